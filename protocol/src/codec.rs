@@ -1,0 +1,280 @@
+//! Sans-I/O frame decoder: feed it the bytes read from a transport, take
+//! complete frames out.
+//!
+//! Errors are detected as early as possible: an unknown frame type or an
+//! oversized length is reported from the 10-byte header alone, before any of
+//! the payload has arrived, so a peer can never make the decoder buffer more
+//! than [`MAX_PAYLOAD`] bytes.
+
+use bytes::{Buf, BytesMut};
+
+use crate::frame::{Frame, FrameType, HEADER_LEN, MAX_PAYLOAD};
+
+/// Why a byte stream is not a valid sequence of frames. Every variant is
+/// fatal for the session: the decoder cannot resynchronise after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The header announces a payload larger than the limit.
+    #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
+    Oversized { len: u32, max: u32 },
+    /// The header's type byte names no known frame type.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    /// A session-level frame names a stream, or a stream frame names stream 0.
+    #[error("{kind:?} frame on stream {stream} is not allowed")]
+    WrongStream { kind: FrameType, stream: u32 },
+    /// A fixed-size payload has the wrong length or value.
+    #[error("malformed {kind:?} frame: {reason}")]
+    Malformed { kind: FrameType, reason: &'static str },
+}
+
+/// Incremental decoder of a frame stream.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    max_payload: u32,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(MAX_PAYLOAD)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects payloads longer than `max_payload` bytes.
+    pub fn new(max_payload: u32) -> Self {
+        Self { max_payload }
+    }
+
+    /// Takes one complete frame from the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when `buf` holds only part of a frame (nothing is
+    /// consumed; more capacity is reserved for the rest), and an error as soon
+    /// as the header shows the stream is invalid.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let stream = u32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
+        let type_byte = buf[4];
+        let len = u32::from_be_bytes(buf[6..10].try_into().expect("4 bytes"));
+        let kind = FrameType::from_u8(type_byte).ok_or(DecodeError::UnknownType(type_byte))?;
+        if len > self.max_payload {
+            return Err(DecodeError::Oversized { len, max: self.max_payload });
+        }
+        if kind.is_session_level() != (stream == 0) {
+            return Err(DecodeError::WrongStream { kind, stream });
+        }
+        let total = HEADER_LEN + len as usize;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(HEADER_LEN);
+        let payload = buf.split_to(len as usize).freeze();
+        let text = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+        let frame = match kind {
+            FrameType::Data => Frame::Data { stream, payload },
+            FrameType::Window => {
+                let increment = fixed_u32(&payload, kind)?;
+                if increment == 0 {
+                    return Err(DecodeError::Malformed { kind, reason: "zero increment" });
+                }
+                Frame::Window { stream, increment }
+            }
+            FrameType::Open => Frame::Open { stream, target: payload },
+            FrameType::OpenOk => {
+                expect_empty(&payload, kind)?;
+                Frame::OpenOk { stream }
+            }
+            FrameType::OpenRefused => Frame::OpenRefused { stream, reason: text(&payload) },
+            FrameType::Fin => {
+                expect_empty(&payload, kind)?;
+                Frame::Fin { stream }
+            }
+            FrameType::Reset => Frame::Reset { stream, reason: text(&payload) },
+            FrameType::Control => Frame::Control { message: payload },
+            FrameType::Ping => Frame::Ping { nonce: fixed_u64(&payload, kind)? },
+            FrameType::Pong => Frame::Pong { nonce: fixed_u64(&payload, kind)? },
+            FrameType::GoAway => Frame::GoAway { reason: text(&payload) },
+        };
+        Ok(Some(frame))
+    }
+}
+
+fn fixed_u32(p: &[u8], kind: FrameType) -> Result<u32, DecodeError> {
+    let arr: [u8; 4] = p
+        .try_into()
+        .map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 4 bytes" })?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+fn fixed_u64(p: &[u8], kind: FrameType) -> Result<u64, DecodeError> {
+    let arr: [u8; 8] = p
+        .try_into()
+        .map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 8 bytes" })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn expect_empty(p: &[u8], kind: FrameType) -> Result<(), DecodeError> {
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::Malformed { kind, reason: "payload must be empty" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::header;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let stream = 1u32..=u32::MAX;
+        let bytes = proptest::collection::vec(any::<u8>(), 0..2048).prop_map(Bytes::from);
+        let reason = "[a-zA-Z0-9 éß]{0,64}";
+        prop_oneof![
+            (stream.clone(), bytes.clone()).prop_map(|(stream, payload)| Frame::Data { stream, payload }),
+            (stream.clone(), 1u32..).prop_map(|(stream, increment)| Frame::Window { stream, increment }),
+            (stream.clone(), bytes.clone()).prop_map(|(stream, target)| Frame::Open { stream, target }),
+            stream.clone().prop_map(|stream| Frame::OpenOk { stream }),
+            (stream.clone(), reason).prop_map(|(stream, r)| Frame::OpenRefused { stream, reason: r }),
+            stream.clone().prop_map(|stream| Frame::Fin { stream }),
+            (stream, reason).prop_map(|(stream, r)| Frame::Reset { stream, reason: r }),
+            bytes.prop_map(|message| Frame::Control { message }),
+            any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+            reason.prop_map(|r| Frame::GoAway { reason: r }),
+        ]
+    }
+
+    fn encode_all(frames: &[Frame]) -> BytesMut {
+        let mut out = BytesMut::new();
+        for f in frames {
+            f.clone().encode(&mut out);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(frames in proptest::collection::vec(arb_frame(), 1..16)) {
+            let mut buf = encode_all(&frames);
+            let mut dec = FrameDecoder::default();
+            for f in &frames {
+                prop_assert_eq!(dec.decode(&mut buf).unwrap(), Some(f.clone()));
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        }
+
+        #[test]
+        fn every_truncation_point_waits_for_more(frame in arb_frame()) {
+            let full = encode_all(std::slice::from_ref(&frame));
+            for cut in 0..full.len() {
+                let mut part = BytesMut::from(&full[..cut]);
+                let mut dec = FrameDecoder::default();
+                prop_assert_eq!(dec.decode(&mut part).unwrap(), None);
+                prop_assert_eq!(part.len(), cut, "a partial frame must not be consumed");
+            }
+        }
+
+        #[test]
+        fn byte_by_byte_feeding_yields_same_frames(frames in proptest::collection::vec(arb_frame(), 1..6)) {
+            let full = encode_all(&frames);
+            let mut buf = BytesMut::new();
+            let mut dec = FrameDecoder::default();
+            let mut got = Vec::new();
+            for b in full.iter() {
+                buf.extend_from_slice(&[*b]);
+                while let Some(f) = dec.decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got, frames);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let mut dec = FrameDecoder::default();
+            // Either frames, a clean "need more", or an error: never a panic or a loop.
+            for _ in 0..data.len() + 1 {
+                match dec.decode(&mut buf) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn oversized_length_is_rejected_from_header(len in (MAX_PAYLOAD + 1)..=u32::MAX, stream in 1u32..) {
+            let mut buf = BytesMut::from(&header(stream, FrameType::Data, len)[..]);
+            prop_assert_eq!(
+                FrameDecoder::default().decode(&mut buf),
+                Err(DecodeError::Oversized { len, max: MAX_PAYLOAD })
+            );
+        }
+
+        #[test]
+        fn unknown_type_is_rejected(t in 11u8.., stream in any::<u32>()) {
+            let mut h = header(stream, FrameType::Data, 0);
+            h[4] = t;
+            let mut buf = BytesMut::from(&h[..]);
+            prop_assert_eq!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::UnknownType(t)));
+        }
+    }
+
+    #[test]
+    fn session_frames_must_use_stream_zero() {
+        let mut buf = BytesMut::from(&header(5, FrameType::Ping, 8)[..]);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::WrongStream { .. })
+        ));
+        let mut buf = BytesMut::from(&header(0, FrameType::Data, 0)[..]);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::WrongStream { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_fixed_payloads_are_rejected() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&header(3, FrameType::Window, 3));
+        buf.extend_from_slice(&[0, 0, 1]);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::Malformed { .. })
+        ));
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&header(3, FrameType::Window, 4));
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(matches!(
+            FrameDecoder::default().decode(&mut buf),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn data_payload_is_a_slice_of_the_receive_buffer() {
+        let mut buf = encode_all(&[Frame::Data { stream: 1, payload: Bytes::from(vec![7u8; 4096]) }]);
+        let start = buf.as_ptr() as usize;
+        let Some(Frame::Data { payload, .. }) = FrameDecoder::default().decode(&mut buf).unwrap() else {
+            panic!("expected data frame");
+        };
+        assert_eq!(payload.as_ptr() as usize, start + HEADER_LEN, "payload must not be copied");
+    }
+
+    #[test]
+    fn long_reasons_are_truncated_to_the_limit() {
+        let mut buf = encode_all(&[Frame::GoAway { reason: "é".repeat(4000) }]);
+        let Some(Frame::GoAway { reason }) = FrameDecoder::default().decode(&mut buf).unwrap() else {
+            panic!("expected goaway");
+        };
+        assert!(reason.len() <= crate::frame::MAX_REASON_LEN && reason.chars().all(|c| c == 'é'));
+    }
+}

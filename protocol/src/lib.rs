@@ -1,0 +1,20 @@
+//! ferry's wire format, shared by the guest agent and the host forwarder.
+//!
+//! Everything in this crate is sans-I/O: it turns bytes into frames and
+//! frames into bytes, and keeps the per-stream flow-control arithmetic, but it
+//! never touches a socket. The tokio driver lives in `ferry-mux`.
+//!
+//! A session is: both peers send a fixed-size [`handshake::Hello`], check each
+//! other's version, then exchange [`frame::Frame`]s until one side closes.
+
+pub mod codec;
+pub mod flow;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod stream_id;
+
+pub use codec::{DecodeError, FrameDecoder};
+pub use frame::{Frame, FrameType, StreamId, HEADER_LEN, MAX_PAYLOAD};
+pub use handshake::{Hello, HandshakeError, Role, PROTOCOL_VERSION};
+pub use message::{ControlMessage, Listener, Proto, Target};

@@ -1,0 +1,90 @@
+//! Control messages and open targets, encoded with postcard.
+//!
+//! New variants are only ever appended, so an older peer fails to decode a
+//! newer message cleanly (and ignores it) instead of misreading it.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Transport protocol of a discovered listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Proto {
+    /// A TCP socket in LISTEN state.
+    Tcp,
+    /// A bound, unconnected UDP socket.
+    Udp,
+}
+
+/// A listening socket inside the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Listener {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// The address the socket is bound to (may be a wildcard).
+    pub addr: SocketAddr,
+}
+
+/// Where a new stream should connect on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// A TCP address, connected from the receiver's network namespace.
+    Tcp(SocketAddr),
+}
+
+/// Session-level messages carried in CONTROL frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMessage {
+    /// The complete set of guest listeners; sent when a session starts.
+    PortSnapshot(Vec<Listener>),
+    /// Listeners that appeared and disappeared since the previous message.
+    PortsChanged {
+        /// New listeners.
+        added: Vec<Listener>,
+        /// Listeners that went away.
+        removed: Vec<Listener>,
+    },
+}
+
+/// A control payload that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable message: {0}")]
+pub struct MessageError(pub String);
+
+/// Encodes a message with postcard.
+pub fn encode<T: Serialize>(msg: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(msg).expect("postcard encoding into a Vec cannot fail"))
+}
+
+/// Decodes a postcard message; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| MessageError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(MessageError(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn control_round_trip() {
+        let l = Listener { proto: Proto::Tcp, addr: "[::]:8080".parse().unwrap() };
+        let m = ControlMessage::PortsChanged { added: vec![l], removed: vec![] };
+        assert_eq!(decode::<ControlMessage>(&encode(&m)).unwrap(), m);
+        let t = Target::Tcp("127.0.0.1:22".parse().unwrap());
+        assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_is_an_error_not_a_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<ControlMessage>(&data);
+            let _ = decode::<Target>(&data);
+        }
+    }
+}
