@@ -1,0 +1,25 @@
+//! The stream multiplexer shared by `ferry-agent` and `ferry`.
+//!
+//! A [`Session`] runs the sans-I/O protocol of `ferry-protocol` over one
+//! [`Transport`] (vsock, hybrid vsock, Unix, TCP, or a command's stdio):
+//! one reader task decodes frames and routes them to streams, one writer task
+//! batches outgoing frames into vectored writes, and a keepalive task detects a
+//! dead peer. Each forwarded connection is a [`MuxStream`] with its own credit
+//! window, so a slow reader stalls only its own stream.
+//!
+//! [`pump`] splices a socket with a stream, keeping half-close and resets.
+
+pub mod address;
+pub mod pump;
+pub mod session;
+pub mod stream;
+pub mod transport;
+
+mod reader;
+mod shared;
+mod writer;
+
+pub use address::Address;
+pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
+pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
+pub use transport::{Transport, TransportListener};

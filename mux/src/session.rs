@@ -1,0 +1,301 @@
+//! A multiplexed session over one transport: handshake, stream opening,
+//! control messages, keepalive and shutdown.
+
+use std::{
+    sync::{atomic::AtomicU64, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ferry_protocol::{
+    handshake::{Negotiated, HELLO_LEN},
+    message,
+    stream_id::StreamIds,
+    ControlMessage, Frame, HandshakeError, Hello, Role, StreamId, Target,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::{mpsc, oneshot, watch},
+};
+
+use crate::{
+    shared::{Shared, StreamState, Table},
+    stream::{MuxStream, StreamError},
+    transport::Transport,
+};
+
+/// Tunables of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Per-stream receive window in bytes.
+    pub window: u32,
+    /// Most concurrent streams the peer may open.
+    pub max_streams: usize,
+    /// How often to ping the peer.
+    pub keepalive_interval: Duration,
+    /// Silence after which the peer is declared dead.
+    pub keepalive_timeout: Duration,
+    /// Longest wait for the peer's hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            window: ferry_protocol::flow::DEFAULT_WINDOW,
+            max_streams: 16_384,
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The transport failed during the handshake.
+    #[error("handshake I/O with {peer}: {source}")]
+    Io {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer's hello was unacceptable.
+    #[error("handshake with {peer}: {source}")]
+    Handshake {
+        peer: String,
+        #[source]
+        source: HandshakeError,
+    },
+    /// The peer sent no hello in time.
+    #[error("handshake with {peer}: no hello within {0:?}", .timeout)]
+    Timeout { peer: String, timeout: Duration },
+}
+
+/// Why opening a stream failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The peer could not reach the target.
+    #[error("open refused: {0}")]
+    Refused(String),
+    /// The session is gone.
+    #[error("session closed: {0}")]
+    SessionClosed(String),
+    /// This session has used up its stream ids.
+    #[error("stream ids exhausted; the session must be re-established")]
+    IdsExhausted,
+}
+
+/// Something the peer asked of us.
+pub enum SessionEvent {
+    /// The peer wants a stream to `target`: accept or refuse it.
+    Open(IncomingOpen),
+    /// A control message.
+    Control(ControlMessage),
+}
+
+/// A stream the peer asked to open, awaiting our answer.
+pub struct IncomingOpen {
+    /// Where the peer wants to be connected.
+    pub target: Target,
+    stream: Option<MuxStream>,
+    shared: Arc<Shared>,
+}
+
+impl IncomingOpen {
+    pub(crate) fn new(target: Target, stream: MuxStream, shared: Arc<Shared>) -> Self {
+        Self { target, stream: Some(stream), shared }
+    }
+
+    /// Confirms the stream to the peer and returns it.
+    pub async fn accept(mut self) -> Result<MuxStream, StreamError> {
+        let stream = self.stream.take().expect("accepted once");
+        self.shared
+            .ordered
+            .send(Frame::OpenOk { stream: stream.id() })
+            .await
+            .map_err(|_| StreamError::SessionClosed("session writer gone".into()))?;
+        Ok(stream)
+    }
+
+    /// Tells the peer the target is unreachable, with the reason.
+    pub fn refuse(mut self, reason: &str) {
+        self.refuse_inner(reason);
+    }
+
+    fn refuse_inner(&mut self, reason: &str) {
+        if let Some(stream) = self.stream.take() {
+            let id = stream.id();
+            if let Some(st) = self.shared.stream(id) {
+                st.fail(reason);
+                self.shared.reap(&st);
+            }
+            self.shared.send_urgent(Frame::OpenRefused { stream: id, reason: reason.to_string() });
+            // The halves see the stream already failed and send nothing more.
+            drop(stream);
+        }
+    }
+}
+
+impl Drop for IncomingOpen {
+    fn drop(&mut self) {
+        self.refuse_inner("open request dropped");
+    }
+}
+
+/// A handle on a running session; clones share it.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+    negotiated: Negotiated,
+    peer: Arc<str>,
+}
+
+impl Session {
+    /// Performs the handshake over `transport` and starts the session's
+    /// tasks. Returns the handle and the events the peer sends; the event
+    /// channel ends when the session does.
+    pub async fn start(
+        mut transport: Transport,
+        role: Role,
+        cfg: SessionConfig,
+    ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
+        let peer = transport.peer.clone();
+        let ours = Hello::ours(role);
+        let io_err = |source| SessionError::Io { peer: peer.clone(), source };
+        transport.writer.write_all(&ours.encode()).await.map_err(io_err)?;
+        transport.writer.flush().await.map_err(io_err)?;
+        let mut buf = [0u8; HELLO_LEN];
+        match tokio::time::timeout(cfg.handshake_timeout, transport.reader.read_exact(&mut buf)).await {
+            Err(_) => return Err(SessionError::Timeout { peer, timeout: cfg.handshake_timeout }),
+            Ok(Err(e)) => return Err(io_err(e)),
+            Ok(Ok(_)) => {}
+        }
+        let negotiated = Hello::decode(&buf)
+            .and_then(|theirs| ours.negotiate(&theirs))
+            .map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
+
+        let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
+        let (ordered_tx, ordered_rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (closed_tx, _) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            role,
+            cfg: cfg.clone(),
+            urgent: urgent_tx,
+            ordered: ordered_tx,
+            table: Mutex::new(Table::default()),
+            ids: Mutex::new(StreamIds::new(role)),
+            closed_tx,
+            started: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+        });
+        let Transport { reader, writer, child, .. } = transport;
+        tokio::spawn(crate::writer::run(shared.clone(), urgent_rx, ordered_rx, writer));
+        tokio::spawn(crate::reader::run(shared.clone(), reader, events_tx));
+        tokio::spawn(keepalive(shared.clone()));
+        if let Some(mut child) = child {
+            // Reap an exec: transport's command, and close the session when it exits.
+            let s = shared.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    status = child.wait() => s.close(&format!("transport command exited ({})",
+                        status.map(|st| st.to_string()).unwrap_or_else(|e| e.to_string()))),
+                    _ = s.wait_closed() => { let _ = child.kill().await; }
+                }
+            });
+        }
+        Ok((Session { shared, negotiated, peer: Arc::from(peer) }, events_rx))
+    }
+
+    /// What the handshake agreed on.
+    pub fn negotiated(&self) -> Negotiated {
+        self.negotiated
+    }
+
+    /// The peer's description (its transport address).
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Opens a stream to `target` on the peer's side and waits for the answer.
+    pub async fn open(&self, target: &Target) -> Result<MuxStream, OpenError> {
+        let id: StreamId = self.shared.ids.lock().unwrap().next_id().ok_or(OpenError::IdsExhausted)?;
+        let (st, rx) = StreamState::new(id, self.shared.cfg.window);
+        let (tx, reply) = oneshot::channel();
+        *st.open_reply.lock().unwrap() = Some(tx);
+        self.shared.register(st.clone()).map_err(|r| OpenError::SessionClosed(r.to_string()))?;
+        let stream = MuxStream::new(st, rx, self.shared.clone());
+        let closed = |shared: &Shared| {
+            OpenError::SessionClosed(shared.closed_reason().map(|r| r.to_string()).unwrap_or_default())
+        };
+        self.shared
+            .ordered
+            .send(Frame::Open { stream: id, target: message::encode(target) })
+            .await
+            .map_err(|_| closed(&self.shared))?;
+        match reply.await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(reason)) => match self.shared.closed_reason() {
+                Some(r) => Err(OpenError::SessionClosed(r.to_string())),
+                None => Err(OpenError::Refused(reason)),
+            },
+            Err(_) => Err(closed(&self.shared)),
+        }
+    }
+
+    /// Sends a control message to the peer.
+    pub fn send_control(&self, msg: &ControlMessage) -> Result<(), OpenError> {
+        if let Some(r) = self.shared.closed_reason() {
+            return Err(OpenError::SessionClosed(r.to_string()));
+        }
+        self.shared.send_urgent(Frame::Control { message: message::encode(msg) });
+        Ok(())
+    }
+
+    /// Number of streams currently open.
+    pub fn stream_count(&self) -> usize {
+        self.shared.stream_count()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed_reason().is_some()
+    }
+
+    /// Waits until the session ends and returns why.
+    pub async fn closed(&self) -> String {
+        self.shared.wait_closed().await;
+        self.shared.closed_reason().map(|r| r.to_string()).unwrap_or_default()
+    }
+
+    /// Closes the session, telling the peer why (GOAWAY) first.
+    pub async fn close(&self, reason: &str) {
+        self.shared.send_urgent(Frame::GoAway { reason: reason.to_string() });
+        let closed = self.closed();
+        if tokio::time::timeout(Duration::from_secs(1), closed).await.is_err() {
+            self.shared.close(reason);
+        }
+    }
+}
+
+async fn keepalive(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.keepalive_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.wait_closed() => return,
+        }
+        let silent = shared.silence_ms();
+        if silent > shared.cfg.keepalive_timeout.as_millis() as u64 {
+            let reason = format!("keepalive timeout: nothing heard from the peer for {silent} ms");
+            tracing::warn!("{reason}");
+            shared.close(&reason);
+            return;
+        }
+        nonce += 1;
+        shared.send_urgent(Frame::Ping { nonce });
+    }
+}

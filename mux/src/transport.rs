@@ -1,0 +1,269 @@
+//! Connecting and listening on every transport kind, yielding a
+//! [`Transport`]: a pair of byte-stream halves plus whatever must live as long
+//! as they do (the child process of `exec:`).
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    pin::Pin,
+    process::Stdio,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UnixListener, UnixStream},
+    process::{Child, Command},
+};
+use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
+
+use crate::Address;
+
+/// The read half of a transport.
+pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+/// The write half of a transport.
+pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// One established byte stream between the two peers.
+pub struct Transport {
+    /// Bytes from the peer.
+    pub reader: BoxRead,
+    /// Bytes to the peer.
+    pub writer: BoxWrite,
+    /// A human-readable description of the peer, for logs.
+    pub peer: String,
+    /// For `exec:`: the command, killed when the transport is dropped.
+    pub child: Option<Child>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    fn from_unix(s: UnixStream, peer: String) -> Self {
+        let (r, w) = s.into_split();
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+    }
+
+    fn from_tcp(s: TcpStream, peer: String) -> Self {
+        let _ = s.set_nodelay(true);
+        let (r, w) = s.into_split();
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+    }
+
+    fn from_vsock(s: VsockStream, peer: String) -> Self {
+        let (r, w) = s.into_split();
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+    }
+
+    /// This process's stdin and stdout (the agent's `--stdio` mode).
+    pub fn stdio() -> Self {
+        Self {
+            reader: Box::pin(tokio::io::stdin()),
+            writer: Box::pin(tokio::io::stdout()),
+            peer: "stdio".into(),
+            child: None,
+        }
+    }
+
+    /// Connects to `addr` (the host side's dial).
+    pub async fn dial(addr: &Address) -> io::Result<Self> {
+        let peer = addr.to_string();
+        match addr {
+            Address::Unix(path) => Ok(Self::from_unix(UnixStream::connect(path).await?, peer)),
+            Address::Tcp(a) => Ok(Self::from_tcp(TcpStream::connect(a.as_str()).await?, peer)),
+            Address::Vsock { cid, port } => {
+                Ok(Self::from_vsock(VsockStream::connect(VsockAddr::new(*cid, *port)).await?, peer))
+            }
+            Address::HybridVsock { path, port } => {
+                let s = hybrid_vsock_connect(path, *port).await?;
+                Ok(Self::from_unix(s, peer))
+            }
+            Address::Exec(cmd) => spawn_exec(cmd, peer),
+            Address::Stdio => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "stdio cannot be dialled; it is the agent's --stdio mode",
+            )),
+        }
+    }
+}
+
+/// Performs the hybrid-vsock handshake: `CONNECT <port>\n` answered by `OK <n>\n`.
+pub async fn hybrid_vsock_connect(path: &Path, port: u32) -> io::Result<UnixStream> {
+    let mut s = UnixStream::connect(path).await?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    // Read the answer byte by byte so that no session byte is consumed.
+    let mut line = Vec::with_capacity(32);
+    loop {
+        let b = s.read_u8().await.map_err(|e| {
+            io::Error::new(e.kind(), format!("hybrid vsock {}: no answer to CONNECT {port}: {e}", path.display()))
+        })?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+        if line.len() > 64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "hybrid vsock answer too long"));
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    if !text.starts_with("OK ") {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("hybrid vsock {} refused CONNECT {port}: {text:?}", path.display()),
+        ));
+    }
+    Ok(s)
+}
+
+fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child) })
+}
+
+/// A bound transport address that accepts sessions (the agent's side).
+pub enum TransportListener {
+    /// A Unix socket, removed again when the listener is dropped.
+    Unix(UnixListener, PathBuf),
+    /// TCP.
+    Tcp(TcpListener),
+    /// AF_VSOCK.
+    Vsock(VsockListener),
+}
+
+impl TransportListener {
+    /// Binds `addr`. A Unix socket file is created with mode 0600; a stale
+    /// socket file at the path is replaced, but never a file of another kind.
+    pub fn bind(addr: &Address) -> io::Result<Self> {
+        match addr {
+            Address::Unix(path) => {
+                remove_stale_socket(path)?;
+                let l = UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                Ok(Self::Unix(l, path.clone()))
+            }
+            Address::Tcp(a) => {
+                let std = std::net::TcpListener::bind(a.as_str())?;
+                std.set_nonblocking(true)?;
+                Ok(Self::Tcp(TcpListener::from_std(std)?))
+            }
+            Address::Vsock { cid, port } => Ok(Self::Vsock(VsockListener::bind(VsockAddr::new(*cid, *port))?)),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot listen on {other}: use vsock:, unix: or tcp:"),
+            )),
+        }
+    }
+
+    /// Waits for the next peer.
+    pub async fn accept(&self) -> io::Result<Transport> {
+        match self {
+            Self::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                Ok(Transport::from_unix(s, format!("unix:{}", path.display())))
+            }
+            Self::Tcp(l) => {
+                let (s, a) = l.accept().await?;
+                Ok(Transport::from_tcp(s, format!("tcp:{a}")))
+            }
+            Self::Vsock(l) => {
+                let (s, a) = l.accept().await?;
+                Ok(Transport::from_vsock(s, format!("vsock:{}:{}", a.cid(), a.port())))
+            }
+        }
+    }
+
+    /// The local TCP address, if this is a TCP listener.
+    pub fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Self::Tcp(l) => l.local_addr().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for TransportListener {
+    fn drop(&mut self) {
+        if let Self::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes `path` if it is a socket file; refuses to touch anything else.
+pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket; refusing to replace it", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hybrid_vsock_handshake_then_raw_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 13];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"CONNECT 1024\n");
+            s.write_all(b"OK 1073741824\nhello").await.unwrap();
+        });
+        let mut s = hybrid_vsock_connect(&path, 1024).await.unwrap();
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"hello");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_refusal_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 10];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(b"FAILURE\n").await.unwrap();
+        });
+        let e = hybrid_vsock_connect(&path, 5).await.unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unix_listener_is_private_and_never_replaces_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let l = TransportListener::bind(&Address::Unix(path.clone())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(l);
+        assert!(!path.exists(), "socket file is removed with the listener");
+        std::fs::write(&path, b"precious").unwrap();
+        assert!(TransportListener::bind(&Address::Unix(path.clone())).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
+}

@@ -1,0 +1,219 @@
+//! In-process session tests over a Unix socket pair: both ends run the real
+//! multiplexer; the "agent" end serves an in-memory echo.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_mux::{
+    pump::{pump, PumpEnd},
+    transport::Transport,
+    OpenError, Session, SessionConfig, SessionEvent, StreamError,
+};
+use ferry_protocol::{ControlMessage, Role, Target};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UnixStream,
+    sync::mpsc,
+};
+
+fn pair() -> (Transport, Transport) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = |s: UnixStream, name: &str| {
+        let (r, w) = s.into_split();
+        Transport { reader: Box::pin(r), writer: Box::pin(w), peer: name.into(), child: None }
+    };
+    (t(a, "agent"), t(b, "host"))
+}
+
+async fn sessions(cfg: SessionConfig) -> (Session, mpsc::Receiver<SessionEvent>, Session, mpsc::Receiver<SessionEvent>) {
+    let (ta, th) = pair();
+    let (h, a) = tokio::join!(
+        Session::start(ta, Role::Host, cfg.clone()),
+        Session::start(th, Role::Agent, cfg)
+    );
+    let (h, hev) = h.unwrap();
+    let (a, aev) = a.unwrap();
+    (h, hev, a, aev)
+}
+
+/// Agent side: echo every stream whose target port is 7, refuse others.
+fn serve_echo(mut events: mpsc::Receiver<SessionEvent>) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let SessionEvent::Open(open) = ev else { continue };
+            let Target::Tcp(addr) = open.target;
+            if addr.port() != 7 {
+                open.refuse("connection refused");
+                continue;
+            }
+            tokio::spawn(async move {
+                let stream = open.accept().await.unwrap();
+                let (mut rx, mut tx) = stream.into_split();
+                while let Ok(Some(b)) = rx.recv().await {
+                    tx.send(b).await.unwrap();
+                }
+                tx.finish().await.unwrap();
+            });
+        }
+    });
+}
+
+fn echo_target() -> Target {
+    Target::Tcp("127.0.0.1:7".parse().unwrap())
+}
+
+#[tokio::test]
+async fn echo_and_half_close_through_the_mux() {
+    let (host, _hev, _agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let stream = host.open(&echo_target()).await.unwrap();
+    let (mut rx, mut tx) = stream.into_split();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sender = {
+        let data = Bytes::from(data.clone());
+        tokio::spawn(async move {
+            tx.send(data).await.unwrap();
+            tx.finish().await.unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    while let Some(b) = rx.recv().await.unwrap() {
+        got.extend_from_slice(&b);
+    }
+    sender.await.unwrap();
+    assert_eq!(got, data);
+    // Both FINs exchanged: the stream is gone from both tables.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(host.stream_count(), 0);
+}
+
+#[tokio::test]
+async fn refused_open_carries_the_reason() {
+    let (host, _hev, _agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let err = host.open(&Target::Tcp("127.0.0.1:8".parse().unwrap())).await.err().unwrap();
+    assert_eq!(err, OpenError::Refused("connection refused".into()));
+    assert_eq!(host.stream_count(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_reader_does_not_block_other_streams() {
+    let cfg = SessionConfig { window: 64 * 1024, ..Default::default() };
+    let (host, _hev, _agent, aev) = sessions(cfg).await;
+    serve_echo(aev);
+    // Stream A: send far more than the window and never read the echo.
+    let (_stalled_rx, mut stalled_tx) = host.open(&echo_target()).await.unwrap().into_split();
+    let blocked = tokio::spawn(async move { stalled_tx.send(Bytes::from(vec![1u8; 4 << 20])).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!blocked.is_finished(), "the stalled stream must be held back by its window");
+    // Stream B still flows.
+    let (mut rx, mut tx) = host.open(&echo_target()).await.unwrap().into_split();
+    for i in 0..100u32 {
+        tx.send(Bytes::from(i.to_be_bytes().to_vec())).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.extend_from_slice(&rx.recv().await.unwrap().unwrap());
+        }
+        assert_eq!(got, i.to_be_bytes());
+    }
+    blocked.abort();
+}
+
+#[tokio::test]
+async fn control_messages_arrive_in_order() {
+    let (host, mut hev, agent, _aev) = sessions(SessionConfig::default()).await;
+    for n in 0..50u16 {
+        let l = ferry_protocol::Listener { proto: ferry_protocol::Proto::Tcp, addr: ([127, 0, 0, 1], n).into() };
+        agent.send_control(&ControlMessage::PortSnapshot(vec![l])).unwrap();
+    }
+    for n in 0..50u16 {
+        match hev.recv().await.unwrap() {
+            SessionEvent::Control(ControlMessage::PortSnapshot(v)) => assert_eq!(v[0].addr.port(), n),
+            _ => panic!("unexpected event"),
+        }
+    }
+    drop(host);
+}
+
+#[tokio::test]
+async fn garbage_after_handshake_closes_with_a_protocol_error() {
+    let (ta, mut raw) = {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = a.into_split();
+        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
+    };
+    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    let (host, _ev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
+    // An oversized frame header.
+    raw.write_all(&ferry_protocol::frame::header(1, ferry_protocol::FrameType::Data, u32::MAX)).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), host.closed()).await.unwrap();
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+    // The peer was told why before the close.
+    let mut buf = Vec::new();
+    raw.read_to_end(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf).contains("protocol error"));
+}
+
+#[tokio::test]
+async fn version_mismatch_names_both_versions() {
+    let (ta, mut raw) = {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = a.into_split();
+        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
+    };
+    let future = ferry_protocol::Hello { version: 9, min_version: 9, features: 0, role: Role::Agent };
+    raw.write_all(&future.encode()).await.unwrap();
+    let err = Session::start(ta, Role::Host, SessionConfig::default()).await.err().unwrap().to_string();
+    assert!(err.contains("v1") && err.contains("v9"), "{err}");
+}
+
+#[tokio::test]
+async fn silent_peer_is_detected_by_keepalive() {
+    let (ta, mut raw) = {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, w) = a.into_split();
+        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
+    };
+    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    let cfg = SessionConfig {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), host.closed()).await.unwrap();
+    assert!(reason.contains("keepalive"), "{reason}");
+    let err = host.open(&echo_target()).await.err().unwrap();
+    assert!(matches!(err, OpenError::SessionClosed(_)));
+    drop(raw);
+}
+
+#[tokio::test]
+async fn session_loss_resets_open_streams() {
+    let (host, _hev, agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let (mut rx, _tx) = host.open(&echo_target()).await.unwrap().into_split();
+    agent.close("agent shutting down").await;
+    match rx.recv().await {
+        Err(StreamError::SessionClosed(r)) => assert!(r.contains("agent shutting down"), "{r}"),
+        other => panic!("expected session closed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pump_splices_a_socket_with_half_close() {
+    let (host, _hev, _agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let (mut client, server_side) = UnixStream::pair().unwrap();
+    let stream = host.open(&echo_target()).await.unwrap();
+    let pumping = tokio::spawn(async move {
+        let (r, w) = server_side.into_split();
+        pump(r, w, stream).await
+    });
+    client.write_all(b"request").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    client.read_to_end(&mut resp).await.unwrap();
+    assert_eq!(resp, b"request");
+    assert_eq!(pumping.await.unwrap(), PumpEnd::Closed);
+}
