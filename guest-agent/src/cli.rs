@@ -1,0 +1,46 @@
+//! Command-line interface of `ferry-agent`.
+
+use std::time::Duration;
+
+use clap::Parser;
+use ferry_mux::Address;
+
+/// ferry's guest agent: reports listening ports to the host forwarder and
+/// opens the connections it asks for inside the guest.
+#[derive(Debug, Parser)]
+#[command(name = "ferry-agent", version)]
+pub struct Args {
+    /// Transport address to accept the host on (repeatable):
+    /// vsock:CID:PORT, unix:PATH or tcp:HOST:PORT.
+    #[arg(long = "listen", value_name = "ADDR", default_value = "vsock:any:1024")]
+    pub listen: Vec<Address>,
+
+    /// Serve exactly one session on stdin/stdout (for `exec:` transports such as ssh), then exit.
+    #[arg(long, conflicts_with = "listen")]
+    pub stdio: bool,
+
+    /// How often to rescan listening sockets, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub scan_interval_ms: u64,
+
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Args {
+    /// The rescan period.
+    pub fn scan_interval(&self) -> Duration {
+        Duration::from_millis(self.scan_interval_ms)
+    }
+}
+
+/// The log filter for a verbosity count; `RUST_LOG` overrides it.
+pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+}

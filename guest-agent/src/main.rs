@@ -1,0 +1,17 @@
+//! `ferry-agent`: the guest side of ferry. Wiring only; see the modules.
+
+use clap::Parser;
+
+mod cli;
+mod ports;
+mod server;
+mod session;
+
+fn main() -> anyhow::Result<()> {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(cli::log_filter(args.verbose))
+        .init();
+    tokio::runtime::Runtime::new()?.block_on(server::run(args))
+}

@@ -1,0 +1,19 @@
+//! `ferry`: the host side of ferry. Wiring only; see the modules.
+
+use clap::Parser;
+
+mod cli;
+mod ports;
+mod supervisor;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(cli::log_filter(cli.verbose))
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        cli::Command::Run(args) => runtime.block_on(supervisor::run(args)),
+    }
+}
