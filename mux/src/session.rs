@@ -220,20 +220,23 @@ impl Session {
 
     /// Opens a stream to `target` on the peer's side and waits for the answer.
     pub async fn open(&self, target: &Target) -> Result<MuxStream, OpenError> {
-        let id: StreamId = self.shared.ids.lock().unwrap().next_id().ok_or(OpenError::IdsExhausted)?;
-        let (st, rx) = StreamState::new(id, self.shared.cfg.window);
-        let (tx, reply) = oneshot::channel();
-        *st.open_reply.lock().unwrap() = Some(tx);
-        self.shared.register(st.clone()).map_err(|r| OpenError::SessionClosed(r.to_string()))?;
-        let stream = MuxStream::new(st, rx, self.shared.clone());
         let closed = |shared: &Shared| {
             OpenError::SessionClosed(shared.closed_reason().map(|r| r.to_string()).unwrap_or_default())
         };
-        self.shared
-            .ordered
-            .send(Frame::Open { stream: id, target: message::encode(target) })
-            .await
-            .map_err(|_| closed(&self.shared))?;
+        let payload = message::encode(target);
+        // Reserve queue space first, then take the id and queue the OPEN under
+        // one lock: ids reach the wire in increasing order, as the peer requires.
+        let permit = self.shared.ordered.reserve().await.map_err(|_| closed(&self.shared))?;
+        let (tx, reply) = oneshot::channel();
+        let stream = {
+            let mut ids = self.shared.ids.lock().unwrap();
+            let id: StreamId = ids.next_id().ok_or(OpenError::IdsExhausted)?;
+            let (st, rx) = StreamState::new(id, self.shared.cfg.window);
+            *st.open_reply.lock().unwrap() = Some(tx);
+            self.shared.register(st.clone()).map_err(|r| OpenError::SessionClosed(r.to_string()))?;
+            permit.send(Frame::Open { stream: id, target: payload });
+            MuxStream::new(st, rx, self.shared.clone())
+        };
         match reply.await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(reason)) => match self.shared.closed_reason() {

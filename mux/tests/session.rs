@@ -217,3 +217,27 @@ async fn pump_splices_a_socket_with_half_close() {
     assert_eq!(resp, b"request");
     assert_eq!(pumping.await.unwrap(), PumpEnd::Closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_opens_keep_ids_in_order() {
+    let (host, _hev, agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let mut tasks = Vec::new();
+    for i in 0..500u32 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut rx, mut tx) = host.open(&echo_target()).await.unwrap().into_split();
+            tx.send(Bytes::from(i.to_be_bytes().to_vec())).await.unwrap();
+            tx.finish().await.unwrap();
+            let mut got = Vec::new();
+            while let Some(b) = rx.recv().await.unwrap() {
+                got.extend_from_slice(&b);
+            }
+            assert_eq!(got, i.to_be_bytes());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(!agent.is_closed(), "agent saw no protocol error");
+}

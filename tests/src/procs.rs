@@ -1,0 +1,117 @@
+//! Owned child processes and the agent + forwarder pair.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use crate::{bin_dir, wait_for, Guest};
+
+/// A child process killed (by pid) and reaped on drop; its stderr goes to a log file.
+pub struct Proc {
+    child: Option<Child>,
+    /// Where the process's stderr is written.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Self { child: Some(child), log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A guest namespace with `ferry-agent` in it and `ferry run` on the host.
+pub struct Bridge {
+    /// The forwarder (host side). Declared first: dropped first.
+    pub forwarder: Proc,
+    /// The agent (guest side).
+    pub agent: Proc,
+    /// The guest namespace.
+    pub guest: Guest,
+    /// Holds the agent socket and the logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    /// Starts agent and forwarder and waits until they are connected.
+    pub fn start() -> Self {
+        let guest = Guest::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Self::spawn_agent(&guest, &dir);
+        let sock = dir.path().join("agent.sock");
+        wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
+        let mut fwd = Command::new(bin_dir().join("ferry"));
+        fwd.args(["run", "--agent", &format!("unix:{}", sock.display()), "--retry-busy-ms", "200", "-v"]);
+        let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
+        let bridge = Self { forwarder, agent, guest, dir };
+        bridge.wait_log(1, "connected to agent");
+        bridge
+    }
+
+    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir) -> Proc {
+        let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
+        cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display()), "--scan-interval-ms", "50", "-v"]);
+        Proc::spawn(cmd, dir.path().join("agent.log"))
+    }
+
+    /// Kills the agent (SIGKILL) and starts a new one on the same socket.
+    pub fn restart_agent(&mut self) {
+        self.agent.kill();
+        self.agent = Self::spawn_agent(&self.guest, &self.dir);
+    }
+
+    /// Waits until the forwarder has logged `needle` at least `count` times.
+    pub fn wait_log(&self, count: usize, needle: &str) {
+        wait_for(Duration::from_secs(15), &format!("forwarder log line {needle:?} x{count}"), || {
+            (self.forwarder.log_text().matches(needle).count() >= count).then_some(())
+        });
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // A failing test shows what both ends logged.
+        if std::thread::panicking() {
+            eprintln!("--- ferry log ---\n{}", self.forwarder.log_text());
+            eprintln!("--- ferry-agent log ---\n{}", self.agent.log_text());
+        }
+    }
+}

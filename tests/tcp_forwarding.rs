@@ -1,0 +1,304 @@
+//! TCP forwarding end to end: real agent in a guest namespace, real
+//! forwarder on the host, real sockets, bytes checked on both ends.
+
+use std::{
+    process::Command,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ferry_tests::{
+    bin_dir,
+    data::{pattern, sha256, Hasher},
+    free_port, Bridge, Guest, Proc,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const GUARD: Duration = Duration::from_secs(30);
+
+/// Connects to a host port once the forwarder publishes it.
+async fn connect_forwarded(addr: &str) -> TcpStream {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        if let Ok(s) = TcpStream::connect(addr).await {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{addr} never became reachable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until a host port refuses connections.
+async fn wait_released(addr: &str) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            _ => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{addr} was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Echoes every connection until the client half-closes, then half-closes back.
+fn spawn_echo(l: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    })
+}
+
+/// One echo round: write `data` (in `chunk`-sized writes) while reading it back.
+async fn echo_round(s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for c in data.chunks(chunk.max(1)) {
+            w.write_all(c).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_started_after_the_forwarder_is_reachable_with_curl() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    let www = tempfile::tempdir().unwrap();
+    let body = pattern(42, 100_000);
+    std::fs::write(www.path().join("blob.bin"), &body).unwrap();
+    let mut http = bridge.guest.command("python3");
+    http.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(www.path());
+    let _server = Proc::spawn(http, bridge.dir.path().join("http.log"));
+    let url = format!("http://127.0.0.1:{port}/blob.bin");
+    let out = ferry_tests::wait_for(GUARD, "curl through the forwarded port", || {
+        let out = Command::new("curl").args(["-sf", "--max-time", "5", &url]).output().unwrap();
+        out.status.success().then_some(out.stdout)
+    });
+    assert_eq!(sha256(&out), sha256(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_256_mib_each_direction_checksums_equal() {
+    const SIZE: usize = 256 << 20;
+    let bridge = Bridge::start();
+    let port = free_port();
+    let up = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
+    // The guest server hashes what it receives, then sends SIZE bytes of a pattern.
+    tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.unwrap();
+        let mut h = Hasher::default();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let mut reply = h.finish().into_bytes();
+        reply.extend_from_slice(&pattern(7, SIZE));
+        s.write_all(&reply).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let upload = pattern(3, SIZE);
+    let want_up = sha256(&upload);
+    let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    let got = echo_round(s, upload, 1 << 20).await;
+    assert_eq!(got.len(), 64 + SIZE, "download length");
+    assert_eq!(std::str::from_utf8(&got[..64]).unwrap(), want_up, "guest saw the exact upload");
+    assert_eq!(sha256(&got[64..]), sha256(&pattern(7, SIZE)), "host saw the exact download");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_request_then_full_response() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    let l = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
+    let response = pattern(11, 5 << 20);
+    let expected = response.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).await.unwrap(); // completes only if the FIN arrived
+        assert_eq!(req, b"GET everything");
+        s.write_all(&response).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    s.write_all(b"GET everything").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(GUARD, s.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "response differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_interleaved() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let addr = format!("127.0.0.1:{port}");
+    drop(connect_forwarded(&addr).await);
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = pattern(i, 20_000 + (i as usize * 997) % 200_000);
+            let s = TcpStream::connect(&addr).await.unwrap();
+            let got = echo_round(s, data.clone(), 1 + (i as usize * 131) % 9000).await;
+            assert_eq!(sha256(&got), sha256(&data), "connection {i}");
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(GUARD, t).await.expect("connection hung").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_does_not_slow_another_stream() {
+    const FLOOD: u64 = 512 << 20;
+    let bridge = Bridge::start();
+    let (flood_port, echo_port) = (free_port(), free_port());
+    let flood = bridge.guest.tcp_listener(&format!("127.0.0.1:{flood_port}"));
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{echo_port}")));
+    // The guest floods a client that never reads; count what it manages to write.
+    let written = Arc::new(AtomicU64::new(0));
+    let w2 = written.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = flood.accept().await.unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while w2.load(Ordering::Relaxed) < FLOOD {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
+            w2.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let _stalled = connect_forwarded(&format!("127.0.0.1:{flood_port}")).await;
+    // Let the stalled stream fill every buffer along the way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let data = pattern(5, 32 << 20);
+    let s = connect_forwarded(&format!("127.0.0.1:{echo_port}")).await;
+    let got = tokio::time::timeout(GUARD, echo_round(s, data.clone(), 1 << 16)).await.expect("second stream stalled");
+    assert!(got == data, "echo differs");
+    let stuck = written.load(Ordering::Relaxed);
+    assert!(stuck < FLOOD, "the stalled stream must be held back by flow control, not buffered without bound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_server_exit_releases_the_host_port() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = spawn_echo(bridge.guest.tcp_listener(&addr));
+    let s = connect_forwarded(&addr).await;
+    assert_eq!(echo_round(s, b"ping".to_vec(), 4).await, b"ping");
+    server.abort(); // drops the guest listener
+    wait_released(&addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_resumes_after_the_agent_is_killed_and_restarted() {
+    let mut bridge = Bridge::start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    spawn_echo(bridge.guest.tcp_listener(&addr));
+    let s = connect_forwarded(&addr).await;
+    assert_eq!(echo_round(s, b"before".to_vec(), 6).await, b"before");
+    // A connection in flight when the agent dies is reset, not left hanging.
+    let mut inflight = connect_forwarded(&addr).await;
+    inflight.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    inflight.read_exact(&mut one).await.unwrap();
+    bridge.restart_agent();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(GUARD, inflight.read_to_end(&mut rest)).await.expect("in-flight connection hung");
+    assert!(end.is_err() || rest.is_empty(), "in-flight connection must end");
+    bridge.wait_log(2, "connected to agent");
+    let s = connect_forwarded(&addr).await;
+    assert_eq!(echo_round(s, b"after".to_vec(), 5).await, b"after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_host_port_is_reported_and_others_still_forward() {
+    let bridge = Bridge::start();
+    let (taken, free) = (free_port(), free_port());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{taken}")));
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{free}")));
+    let s = connect_forwarded(&format!("127.0.0.1:{free}")).await;
+    assert_eq!(echo_round(s, b"ok".to_vec(), 2).await, b"ok");
+    bridge.wait_log(1, &format!("host port 127.0.0.1:{taken} is unavailable"));
+    // Reported once, not on every retry.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(bridge.forwarder.log_text().matches(&format!("host port 127.0.0.1:{taken} is unavailable")).count(), 1);
+    // Once the port is free, the retry picks it up.
+    drop(squatter);
+    bridge.wait_log(1, &format!("forwarding 127.0.0.1:{taken}"));
+    let s = connect_forwarded(&format!("127.0.0.1:{taken}")).await;
+    assert_eq!(echo_round(s, b"later".to_vec(), 5).await, b"later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_guest_listener_is_published_on_both_host_loopbacks() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("[::1]:{port}")));
+    for addr in [format!("[::1]:{port}"), format!("127.0.0.1:{port}")] {
+        let s = connect_forwarded(&addr).await;
+        assert_eq!(echo_round(s, b"six".to_vec(), 3).await, b"six", "{addr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_transport_runs_the_agent_over_stdio() {
+    let guest = Guest::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    spawn_echo(guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let agent = bin_dir().join("ferry-agent");
+    let mut fwd = Command::new(bin_dir().join("ferry"));
+    fwd.args(["run", "--agent", &format!("exec:ip netns exec {} {} --stdio", guest.name, agent.display())]);
+    let _fwd = Proc::spawn(fwd, dir.path().join("ferry.log"));
+    let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    let data = pattern(9, 3 << 20);
+    assert!(echo_round(s, data.clone(), 1 << 15).await == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives() {
+    let mut bridge = Bridge::start();
+    let sock = bridge.dir.path().join("agent.sock");
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], b"FERRY\0"] {
+        let mut raw = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let _ = raw.write_all(junk).await;
+        let _ = raw.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(GUARD, raw.read_to_end(&mut sink)).await.expect("agent hung on garbage");
+    }
+    assert!(bridge.agent.is_running(), "agent must survive garbage");
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(echo_round(s, b"still fine".to_vec(), 3).await, b"still fine");
+    assert!(bridge.agent.log_text().contains("not a ferry endpoint"), "agent logs why: {}", bridge.agent.log_text());
+}
+
