@@ -301,4 +301,3 @@ async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives() {
     assert_eq!(echo_round(s, b"still fine".to_vec(), 3).await, b"still fine");
     assert!(bridge.agent.log_text().contains("not a ferry endpoint"), "agent logs why: {}", bridge.agent.log_text());
 }
-

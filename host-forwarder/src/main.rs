@@ -1,5 +1,7 @@
 //! `ferry`: the host side of ferry. Wiring only; see the modules.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 mod cli;
@@ -10,6 +12,7 @@ fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(cli::log_filter(cli.verbose))
         .init();
     let runtime = tokio::runtime::Runtime::new()?;

@@ -25,12 +25,11 @@ fn pair() -> (Transport, Transport) {
     (t(a, "agent"), t(b, "host"))
 }
 
-async fn sessions(cfg: SessionConfig) -> (Session, mpsc::Receiver<SessionEvent>, Session, mpsc::Receiver<SessionEvent>) {
+async fn sessions(
+    cfg: SessionConfig,
+) -> (Session, mpsc::Receiver<SessionEvent>, Session, mpsc::Receiver<SessionEvent>) {
     let (ta, th) = pair();
-    let (h, a) = tokio::join!(
-        Session::start(ta, Role::Host, cfg.clone()),
-        Session::start(th, Role::Agent, cfg)
-    );
+    let (h, a) = tokio::join!(Session::start(ta, Role::Host, cfg.clone()), Session::start(th, Role::Agent, cfg));
     let (h, hev) = h.unwrap();
     let (a, aev) = a.unwrap();
     (h, hev, a, aev)

@@ -103,16 +103,12 @@ impl FrameDecoder {
 }
 
 fn fixed_u32(p: &[u8], kind: FrameType) -> Result<u32, DecodeError> {
-    let arr: [u8; 4] = p
-        .try_into()
-        .map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 4 bytes" })?;
+    let arr: [u8; 4] = p.try_into().map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 4 bytes" })?;
     Ok(u32::from_be_bytes(arr))
 }
 
 fn fixed_u64(p: &[u8], kind: FrameType) -> Result<u64, DecodeError> {
-    let arr: [u8; 8] = p
-        .try_into()
-        .map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 8 bytes" })?;
+    let arr: [u8; 8] = p.try_into().map_err(|_| DecodeError::Malformed { kind, reason: "payload must be 8 bytes" })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -230,15 +226,9 @@ mod tests {
     #[test]
     fn session_frames_must_use_stream_zero() {
         let mut buf = BytesMut::from(&header(5, FrameType::Ping, 8)[..]);
-        assert!(matches!(
-            FrameDecoder::default().decode(&mut buf),
-            Err(DecodeError::WrongStream { .. })
-        ));
+        assert!(matches!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::WrongStream { .. })));
         let mut buf = BytesMut::from(&header(0, FrameType::Data, 0)[..]);
-        assert!(matches!(
-            FrameDecoder::default().decode(&mut buf),
-            Err(DecodeError::WrongStream { .. })
-        ));
+        assert!(matches!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::WrongStream { .. })));
     }
 
     #[test]
@@ -246,17 +236,11 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&header(3, FrameType::Window, 3));
         buf.extend_from_slice(&[0, 0, 1]);
-        assert!(matches!(
-            FrameDecoder::default().decode(&mut buf),
-            Err(DecodeError::Malformed { .. })
-        ));
+        assert!(matches!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::Malformed { .. })));
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&header(3, FrameType::Window, 4));
         buf.extend_from_slice(&[0, 0, 0, 0]);
-        assert!(matches!(
-            FrameDecoder::default().decode(&mut buf),
-            Err(DecodeError::Malformed { .. })
-        ));
+        assert!(matches!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

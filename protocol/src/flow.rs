@@ -153,7 +153,7 @@ mod tests {
                 in_flight.push_back(n);
                 sent += n as u64;
             }
-            if (x >> 20) % 3 == 0 {
+            if (x >> 20).is_multiple_of(3) {
                 if let Some(n) = in_flight.pop_front() {
                     consumed += n as u64;
                     if let Some(inc) = r.on_consumed(n) {

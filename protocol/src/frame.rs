@@ -73,10 +73,7 @@ impl FrameType {
 
     /// Whether frames of this kind belong to stream 0 (the session).
     pub fn is_session_level(self) -> bool {
-        matches!(
-            self,
-            FrameType::Control | FrameType::Ping | FrameType::Pong | FrameType::GoAway
-        )
+        matches!(self, FrameType::Control | FrameType::Ping | FrameType::Pong | FrameType::GoAway)
     }
 }
 
@@ -150,12 +147,10 @@ impl Frame {
             Frame::Open { target, .. } => target,
             Frame::Control { message } => message,
             Frame::Window { increment, .. } => Bytes::copy_from_slice(&increment.to_be_bytes()),
-            Frame::Ping { nonce } | Frame::Pong { nonce } => {
-                Bytes::copy_from_slice(&nonce.to_be_bytes())
+            Frame::Ping { nonce } | Frame::Pong { nonce } => Bytes::copy_from_slice(&nonce.to_be_bytes()),
+            Frame::OpenRefused { reason, .. } | Frame::Reset { reason, .. } | Frame::GoAway { reason } => {
+                Bytes::from(truncate_reason(reason).into_bytes())
             }
-            Frame::OpenRefused { reason, .. }
-            | Frame::Reset { reason, .. }
-            | Frame::GoAway { reason } => Bytes::from(truncate_reason(reason).into_bytes()),
             Frame::OpenOk { .. } | Frame::Fin { .. } => Bytes::new(),
         };
         (header(stream, kind, payload.len() as u32), payload)

@@ -81,12 +81,7 @@ pub enum HandshakeError {
 impl Hello {
     /// The hello this build sends in the given role.
     pub fn ours(role: Role) -> Self {
-        Self {
-            version: PROTOCOL_VERSION,
-            min_version: MIN_COMPATIBLE_VERSION,
-            features: features::SUPPORTED,
-            role,
-        }
+        Self { version: PROTOCOL_VERSION, min_version: MIN_COMPATIBLE_VERSION, features: features::SUPPORTED, role }
     }
 
     /// Encodes the hello into its fixed wire form.

@@ -16,5 +16,5 @@ pub mod stream_id;
 
 pub use codec::{DecodeError, FrameDecoder};
 pub use frame::{Frame, FrameType, StreamId, HEADER_LEN, MAX_PAYLOAD};
-pub use handshake::{Hello, HandshakeError, Role, PROTOCOL_VERSION};
+pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
 pub use message::{ControlMessage, Listener, Proto, Target};

@@ -58,8 +58,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
 
 /// Decodes a postcard message; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MessageError> {
-    let (msg, rest) =
-        postcard::take_from_bytes::<T>(bytes).map_err(|e| MessageError(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| MessageError(e.to_string()))?;
     if !rest.is_empty() {
         return Err(MessageError(format!("{} trailing bytes", rest.len())));
     }

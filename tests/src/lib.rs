@@ -65,7 +65,9 @@ pub fn free_port() -> u16 {
     static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
     let dir = std::env::temp_dir().join("ferry-test-ports");
     std::fs::create_dir_all(&dir).expect("port lock dir");
-    let mut x = std::process::id() as u64 ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut x = std::process::id() as u64
+        ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
+        ^ 0x9e37_79b9_7f4a_7c15;
     loop {
         x ^= x << 13;
         x ^= x >> 7;

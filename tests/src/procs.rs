@@ -88,7 +88,13 @@ impl Bridge {
 
     fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir) -> Proc {
         let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
-        cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display()), "--scan-interval-ms", "50", "-v"]);
+        cmd.args([
+            "--listen",
+            &format!("unix:{}", dir.path().join("agent.sock").display()),
+            "--scan-interval-ms",
+            "50",
+            "-v",
+        ]);
         Proc::spawn(cmd, dir.path().join("agent.log"))
     }
 

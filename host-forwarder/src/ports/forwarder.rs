@@ -85,7 +85,9 @@ impl PortForwarder {
                 Err(e) => {
                     let e = e.to_string();
                     if self.busy.get(&host) != Some(&e) {
-                        tracing::warn!("cannot forward guest {guest}: host port {host} is unavailable ({e}); will retry");
+                        tracing::warn!(
+                            "cannot forward guest {guest}: host port {host} is unavailable ({e}); will retry"
+                        );
                     }
                     self.busy.insert(host, e);
                 }
