@@ -68,40 +68,42 @@ pub struct Bridge {
     pub guest: Guest,
     /// Holds the agent socket and the logs.
     pub dir: tempfile::TempDir,
+    agent_args: Vec<String>,
 }
 
 impl Bridge {
-    /// Starts agent and forwarder and waits until they are connected.
+    /// Starts agent and forwarder (fast rescans, busy-port retries and
+    /// debug logs, for tests) and waits until they are connected.
     pub fn start() -> Self {
+        Self::start_with(&["--scan-interval-ms", "50", "-v"], &["--retry-busy-ms", "200", "-v"])
+    }
+
+    /// Starts agent and forwarder with extra arguments each.
+    pub fn start_with(agent_args: &[&str], forwarder_args: &[&str]) -> Self {
         let guest = Guest::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        let agent = Self::spawn_agent(&guest, &dir);
+        let agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
+        let agent = Self::spawn_agent(&guest, &dir, &agent_args);
         let sock = dir.path().join("agent.sock");
         wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
         let mut fwd = Command::new(bin_dir().join("ferry"));
-        fwd.args(["run", "--agent", &format!("unix:{}", sock.display()), "--retry-busy-ms", "200", "-v"]);
+        fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]).args(forwarder_args);
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
-        let bridge = Self { forwarder, agent, guest, dir };
+        let bridge = Self { forwarder, agent, guest, dir, agent_args };
         bridge.wait_log(1, "connected to agent");
         bridge
     }
 
-    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir) -> Proc {
+    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir, args: &[String]) -> Proc {
         let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
-        cmd.args([
-            "--listen",
-            &format!("unix:{}", dir.path().join("agent.sock").display()),
-            "--scan-interval-ms",
-            "50",
-            "-v",
-        ]);
+        cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display())]).args(args);
         Proc::spawn(cmd, dir.path().join("agent.log"))
     }
 
     /// Kills the agent (SIGKILL) and starts a new one on the same socket.
     pub fn restart_agent(&mut self) {
         self.agent.kill();
-        self.agent = Self::spawn_agent(&self.guest, &self.dir);
+        self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.agent_args);
     }
 
     /// Waits until the forwarder has logged `needle` at least `count` times.

@@ -1,0 +1,128 @@
+//! `cargo bench --bench forwarding [-- --quick]`: forwarding scenarios over
+//! the namespace harness, for ferry and for the baselines, in one run.
+//!
+//! Paths: direct (client inside the guest: the limit), ferry (Unix-socket
+//! transport, multiplexed), socat two-hop over a Unix socket with 256 KiB
+//! buffers, and ssh -L. Results: target/bench/forwarding.{md,json}.
+
+use std::time::Duration;
+
+use ferry_bench::{
+    load::{connection_rate, download, round_trips, upload},
+    paths::{self, ForwardPath},
+    procstat::{rss_bytes, CpuMeter},
+    report::Report,
+    servers::GuestServers,
+};
+use ferry_tests::{free_port, require_root, Bridge};
+
+struct Plan {
+    rounds: usize,
+    dur: Duration,
+    rr: usize,
+    many: usize,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("FERRY_BENCH_QUICK").is_some();
+    let plan = if quick {
+        Plan { rounds: 1, dur: Duration::from_millis(700), rr: 2000, many: 100 }
+    } else {
+        Plan { rounds: 3, dur: Duration::from_secs(3), rr: 20_000, many: 1000 }
+    };
+    require_root();
+    let bridge = Bridge::start_with(&[], &[]);
+    let ports = [free_port(), free_port(), free_port()];
+    let servers = GuestServers::start(&bridge.guest.name, ports);
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut report = Report::default();
+
+    let mut all: Vec<ForwardPath> =
+        vec![paths::direct(&bridge.guest, &ports), paths::ferry(bridge.forwarder.pid(), bridge.agent.pid(), &ports)];
+    for (name, made) in [
+        ("socat -b262144", paths::socat(&bridge.guest, work.path(), &ports)),
+        ("ssh -L", paths::ssh(&bridge.guest, work.path(), &ports)),
+    ] {
+        match made {
+            Ok(p) => all.push(p),
+            Err(why) => report.notes.push(format!("{name} not measured: {why}")),
+        }
+    }
+    report.notes.push(
+        "Not measured here: pasta (its port forwarding needs a user namespace set-up of its own) and the \
+         Go yamux forwarder of shared/baseline-bench (no Go toolchain on this machine); \
+         shared/anchors.md has its figures."
+            .into(),
+    );
+    report.notes.push(format!(
+        "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} concurrent streams).",
+        if quick { "quick" } else { "full" },
+        plan.rounds,
+        plan.dur,
+        plan.rr,
+        plan.many
+    ));
+    for p in &all {
+        report.paths.push(p.name.to_string());
+    }
+
+    for round in 0..plan.rounds {
+        let mut order: Vec<&ForwardPath> = all.iter().collect();
+        order.rotate_left(round % all.len());
+        eprintln!("round {}/{}: {:?}", round + 1, plan.rounds, order.iter().map(|p| p.name).collect::<Vec<_>>());
+        for streams in [1, 4] {
+            for p in &order {
+                let meter = CpuMeter::start(&p.pids);
+                let up = upload(&p.endpoint(servers.sink), &servers.counters, streams, plan.dur, &mut || {});
+                let cpu = meter.stop();
+                report.record(&format!("TCP bulk host->guest, {streams} stream(s)"), "Gbit/s", true, p.name, up.gbit_s);
+                if streams == 1 && !p.pids.is_empty() && up.total_bytes > 0 {
+                    let per_gb = cpu / (up.total_bytes as f64 / 1e9);
+                    report.record("CPU of the forwarder per GB (1 stream)", "CPU s/GB", false, p.name, per_gb);
+                }
+            }
+            for p in &order {
+                let g = download(&p.endpoint(servers.source), streams, plan.dur);
+                report.record(&format!("TCP bulk guest->host, {streams} stream(s)"), "Gbit/s", true, p.name, g);
+            }
+        }
+        for p in &order {
+            let (med, p99) = round_trips(&p.endpoint(servers.echo), plan.rr);
+            report.record("64 B round trip, median", "µs", false, p.name, med);
+            report.record("64 B round trip, p99", "µs", false, p.name, p99);
+        }
+        for p in &order {
+            let r = connection_rate(&p.endpoint(servers.echo), plan.dur);
+            report.record("connections/s (connect, 1 B echo, close)", "conn/s", true, p.name, r);
+        }
+        for p in &order {
+            let rss0 = rss_bytes(&p.pids);
+            let mut rss_idle = 0;
+            let up = upload(&p.endpoint(servers.sink), &servers.counters, plan.many, plan.dur, &mut || {
+                std::thread::sleep(Duration::from_millis(300));
+                rss_idle = rss_bytes(&p.pids);
+            });
+            let n = plan.many;
+            report.record(&format!("{n} concurrent streams, aggregate"), "Gbit/s", true, p.name, up.gbit_s);
+            report.record(&format!("{n} concurrent streams, Jain fairness"), "index", true, p.name, up.jain);
+            report.record(&format!("{n} concurrent streams, smallest/mean"), "ratio", true, p.name, up.min_share);
+            if p.name == "ferry" {
+                let per = rss_idle.saturating_sub(rss0) as f64 / n as f64;
+                report.record(
+                    &format!("RSS per idle stream (ferry + agent, {n} streams)"),
+                    "bytes",
+                    false,
+                    p.name,
+                    per,
+                );
+            }
+        }
+    }
+
+    let md = report.markdown("ferry forwarding benchmark");
+    println!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    report.save(&dir, "forwarding", "ferry forwarding benchmark").expect("save report");
+    eprintln!("saved {}/forwarding.{{md,json}}", dir.display());
+    drop(all);
+}

@@ -1,0 +1,160 @@
+//! The forwarding paths under comparison, all reaching the same guest servers.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use ferry_tests::{free_port, wait_for, Guest, Proc};
+
+use crate::load::Endpoint;
+
+/// One way of reaching the guest's servers from a client.
+pub struct ForwardPath {
+    /// Short name used in the report.
+    pub name: &'static str,
+    /// Guest port -> the port a client dials.
+    pub ports: HashMap<u16, u16>,
+    /// Clients dial from inside this namespace (direct path only).
+    pub netns: Option<String>,
+    /// The processes that make up the path, for CPU and memory accounting.
+    pub pids: Vec<u32>,
+    procs: Vec<Proc>,
+}
+
+impl ForwardPath {
+    /// The endpoint clients use for a guest port.
+    pub fn endpoint(&self, guest_port: u16) -> Endpoint {
+        Endpoint {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.ports[&guest_port]),
+            netns: self.netns.clone(),
+        }
+    }
+
+    /// Adds processes that belong to the path.
+    pub fn adopt(&mut self, p: Proc) {
+        self.pids.push(p.pid());
+        self.procs.push(p);
+    }
+}
+
+/// The limit: the client runs inside the guest namespace.
+pub fn direct(guest: &Guest, guest_ports: &[u16]) -> ForwardPath {
+    ForwardPath {
+        name: "direct",
+        ports: guest_ports.iter().map(|p| (*p, *p)).collect(),
+        netns: Some(guest.name.clone()),
+        pids: vec![],
+        procs: vec![],
+    }
+}
+
+/// ferry: the forwarder publishes the guest ports at the same numbers.
+pub fn ferry(forwarder_pid: u32, agent_pid: u32, guest_ports: &[u16]) -> ForwardPath {
+    for p in guest_ports {
+        wait_for(Duration::from_secs(20), "ferry to publish the port", || {
+            std::net::TcpStream::connect(("127.0.0.1", *p)).ok().map(|_| ())
+        });
+    }
+    ForwardPath {
+        name: "ferry",
+        ports: guest_ports.iter().map(|p| (*p, *p)).collect(),
+        netns: None,
+        pids: vec![forwarder_pid, agent_pid],
+        procs: vec![],
+    }
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// socat two-hop over a Unix socket, 256 KiB buffers, one process pair per
+/// service (forking per connection, as socat does).
+pub fn socat(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPath, String> {
+    if !have("socat") {
+        return Err("socat not installed (apt-get install socat)".into());
+    }
+    let mut path = ForwardPath { name: "socat", ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] };
+    for &gp in guest_ports {
+        let sock = dir.join(format!("socat-{gp}.sock"));
+        let mut g = guest.command("socat");
+        g.args(["-b262144", &format!("UNIX-LISTEN:{},fork", sock.display()), &format!("TCP:127.0.0.1:{gp}")]);
+        path.adopt(Proc::spawn(g, dir.join(format!("socat-guest-{gp}.log"))));
+        wait_for(Duration::from_secs(10), "socat guest socket", || sock.exists().then_some(()));
+        let hp = free_port();
+        let mut h = Command::new("socat");
+        h.args([
+            "-b262144",
+            &format!("TCP-LISTEN:{hp},fork,reuseaddr,bind=127.0.0.1"),
+            &format!("UNIX-CONNECT:{}", sock.display()),
+        ]);
+        path.adopt(Proc::spawn(h, dir.join(format!("socat-host-{gp}.log"))));
+        path.ports.insert(gp, hp);
+    }
+    for hp in path.ports.values() {
+        wait_for(Duration::from_secs(10), "socat host port", || {
+            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
+        });
+    }
+    Ok(path)
+}
+
+/// ssh -L (OpenSSH's default cipher, chacha20-poly1305, as Lima uses), with
+/// the guest's sshd run per session through a ProxyCommand (`sshd -i`).
+pub fn ssh(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPath, String> {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists());
+    let Some(sshd) = sshd else { return Err("sshd not installed (apt-get install openssh-server)".into()) };
+    if !have("ssh") || !have("ssh-keygen") {
+        return Err("ssh client not installed (apt-get install openssh-client)".into());
+    }
+    let d = dir.join("ssh");
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    for key in ["host", "client"] {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(key))
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !st.success() {
+            return Err("ssh-keygen failed".into());
+        }
+    }
+    std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
+    let config = format!(
+        "HostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+         StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+         AllowTcpForwarding yes\nPidFile none\nLogLevel ERROR\n",
+        d = d.display()
+    );
+    std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
+    let mut path = ForwardPath { name: "ssh -L", ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] };
+    let mut cmd = Command::new("ssh");
+    cmd.args(["-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+        .args(["-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-i"])
+        .arg(d.join("client"))
+        .arg("-o")
+        .arg(format!("ProxyCommand=ip netns exec {} {sshd} -i -f {}", guest.name, d.join("sshd_config").display()));
+    for &gp in guest_ports {
+        let hp = free_port();
+        cmd.args(["-L", &format!("127.0.0.1:{hp}:127.0.0.1:{gp}")]);
+        path.ports.insert(gp, hp);
+    }
+    cmd.arg("root@guest");
+    let mut proc = Proc::spawn(cmd, dir.join("ssh.log"));
+    for hp in path.ports.values() {
+        let ok = ferry_tests::try_wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
+        });
+        if ok.is_none() || !proc.is_running() {
+            return Err(format!("ssh -L did not come up: {}", proc.log_text().trim()));
+        }
+    }
+    path.adopt(proc);
+    Ok(path)
+}

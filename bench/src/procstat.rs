@@ -1,0 +1,127 @@
+//! CPU time and memory of a forwarder's processes, read from /proc.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+fn clock_ticks() -> f64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// (ppid, utime+stime, start time) in ticks.
+fn stat(pid: u32) -> Option<(u32, u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some((n(1) as u32, n(11) + n(12), n(19)))
+}
+
+fn uptime_ticks() -> u64 {
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = up.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (secs * clock_ticks()) as u64
+}
+
+/// The processes under `roots` (inclusive) with their CPU ticks and start times.
+fn tree(roots: &[u32]) -> HashMap<u32, (u64, u64)> {
+    let mut all: HashMap<u32, (u32, u64, u64)> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                if let Some(st) = stat(pid) {
+                    all.insert(pid, st);
+                }
+            }
+        }
+    }
+    let in_tree = |mut pid: u32| {
+        for _ in 0..64 {
+            if roots.contains(&pid) {
+                return true;
+            }
+            match all.get(&pid) {
+                Some((ppid, _, _)) if *ppid > 1 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    all.iter().filter(|(pid, _)| in_tree(**pid)).map(|(pid, (_, ticks, start))| (*pid, (*ticks, *start))).collect()
+}
+
+/// Measures the CPU time of a process tree over an interval by sampling it,
+/// so that children which fork per connection and are reaped without
+/// accounting (socat ignores SIGCHLD) still count.
+pub struct CpuMeter {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl CpuMeter {
+    /// Starts sampling the tree under `roots` every 20 ms.
+    pub fn start(roots: &[u32]) -> Self {
+        let roots = roots.to_vec();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let began = uptime_ticks();
+            // pid -> (ticks when first seen, or 0 if born after we began; last ticks)
+            let mut seen: HashMap<u32, (u64, u64)> = HashMap::new();
+            loop {
+                let done = s2.load(Ordering::Relaxed);
+                for (pid, (ticks, start)) in tree(&roots) {
+                    let e = seen.entry(pid).or_insert((if start >= began { 0 } else { ticks }, ticks));
+                    e.1 = ticks;
+                }
+                if done {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            seen.values().map(|(first, last)| last.saturating_sub(*first)).sum::<u64>() as f64 / clock_ticks()
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling and returns the CPU seconds used since `start`.
+    pub fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+/// Resident memory of `pids`, in bytes.
+pub fn rss_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_counts_children_born_during_the_interval() {
+        let mut root = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.1; timeout 0.8 sh -c 'while :; do :; done'; sleep 0.2"])
+            .spawn()
+            .unwrap();
+        let meter = CpuMeter::start(&[root.id()]);
+        root.wait().unwrap();
+        let secs = meter.stop();
+        assert!(secs > 0.3, "busy child used {secs} s");
+    }
+}
