@@ -30,13 +30,17 @@ echo "==> creating guest network namespace $NS"
 ip netns add "$NS"
 ip netns exec "$NS" ip link set lo up
 
+echo "==> creating the instance secret both sides must prove they hold"
+SECRET=$(target/release/ferry secret --file "$WORK/secret")
+echo "    $SECRET (mode $(stat -c %a "$SECRET"))"
+
 echo "==> starting ferry-agent in the guest on unix:$WORK/agent.sock"
-ip netns exec "$NS" target/release/ferry-agent --listen "unix:$WORK/agent.sock" 2>"$WORK/agent.log" &
+ip netns exec "$NS" target/release/ferry-agent --listen "unix:$WORK/agent.sock" --secret-file "$SECRET" 2>"$WORK/agent.log" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$WORK/agent.sock" ] && break; sleep 0.05; done
 
 echo "==> starting ferry on the host"
-target/release/ferry run --agent "unix:$WORK/agent.sock" 2>"$WORK/ferry.log" &
+target/release/ferry run --agent "unix:$WORK/agent.sock" --secret-file "$SECRET" 2>"$WORK/ferry.log" &
 PIDS+=($!)
 
 mkdir "$WORK/www"

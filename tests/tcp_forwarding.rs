@@ -13,7 +13,9 @@ use std::{
 use ferry_tests::{
     bin_dir,
     data::{pattern, sha256, Hasher},
-    free_port, Bridge, Guest, Proc,
+    free_port,
+    procs::make_secret,
+    Bridge, Guest, Proc,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -275,8 +277,11 @@ async fn exec_transport_runs_the_agent_over_stdio() {
     let port = free_port();
     spawn_echo(guest.tcp_listener(&format!("127.0.0.1:{port}")));
     let agent = bin_dir().join("ferry-agent");
+    let secret = make_secret(dir.path());
     let mut fwd = Command::new(bin_dir().join("ferry"));
-    fwd.args(["run", "--agent", &format!("exec:ip netns exec {} {} --stdio", guest.name, agent.display())]);
+    let cmd =
+        format!("exec:ip netns exec {} {} --stdio --secret-file {}", guest.name, agent.display(), secret.display());
+    fwd.args(["run", "--agent", &cmd, "--secret-file"]).arg(&secret);
     let _fwd = Proc::spawn(fwd, dir.path().join("ferry.log"));
     let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
     let data = pattern(9, 3 << 20);
@@ -300,4 +305,41 @@ async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives() {
     let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
     assert_eq!(echo_round(s, b"still fine".to_vec(), 3).await, b"still fine");
     assert!(bridge.agent.log_text().contains("not a ferry endpoint"), "agent logs why: {}", bridge.agent.log_text());
+}
+
+/// Starts a forwarder against `bridge`'s agent with other arguments and
+/// returns it once it has logged `needle`.
+fn second_forwarder(bridge: &Bridge, name: &str, args: &[&str], needle: &str) -> Proc {
+    let mut cmd = Command::new(bin_dir().join("ferry"));
+    cmd.args(["run", "--agent", &format!("unix:{}", bridge.dir.path().join("agent.sock").display())]).args(args);
+    let p = Proc::spawn(cmd, bridge.dir.path().join(format!("{name}.log")));
+    ferry_tests::wait_for(GUARD, needle, || p.log_text().contains(needle).then_some(()));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_with_the_wrong_secret_gets_nothing() {
+    let mut bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    // The real forwarder publishes the port; take it down to free the host port.
+    drop(connect_forwarded(&format!("127.0.0.1:{port}")).await);
+    bridge.forwarder.kill();
+    wait_released(&format!("127.0.0.1:{port}")).await;
+
+    let other = tempfile::tempdir().unwrap();
+    let wrong = make_secret(other.path());
+    let impostor = second_forwarder(
+        &bridge,
+        "impostor",
+        &["--secret-file", wrong.to_str().unwrap()],
+        "the two sides hold different secrets",
+    );
+    assert!(bridge.agent.log_text().contains("the host could not prove it holds the secret"));
+    // Nothing was forwarded to the impostor.
+    assert!(!impostor.log_text().contains("forwarding"), "{}", impostor.log_text());
+    assert!(TcpStream::connect(format!("127.0.0.1:{port}")).await.is_err());
+
+    let insecure = second_forwarder(&bridge, "insecure", &["--insecure-no-auth"], "requires authentication");
+    assert!(!insecure.log_text().contains("forwarding"));
 }

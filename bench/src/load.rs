@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Barrier,
+        Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -41,13 +41,28 @@ impl Endpoint {
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
+    try_connect(addr).unwrap_or_else(|| panic!("cannot connect to {addr}"))
+}
+
+/// Connects, retrying for a while (a forwarder may still be publishing).
+fn try_connect(addr: SocketAddr) -> Option<TcpStream> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match TcpStream::connect(addr) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("connect {addr}: {e}"),
+            Ok(s) => return Some(s),
+            Err(e) if Instant::now() > deadline => {
+                eprintln!("connect {addr}: {e}");
+                return None;
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
+    }
+}
+
+/// Sleeps until `go` (or `stop`) is set.
+fn wait_flag(go: &AtomicBool, stop: &AtomicBool) {
+    while !go.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -81,16 +96,18 @@ pub fn upload(
     on_idle: &mut dyn FnMut(),
 ) -> Upload {
     let stop = Arc::new(AtomicBool::new(false));
-    let go = Arc::new(Barrier::new(streams + 1));
+    let go = Arc::new(AtomicBool::new(false));
     let ids: Vec<u64> = (0..streams).map(|_| NEXT_ID.fetch_add(1, Ordering::Relaxed)).collect();
     let handles: Vec<_> = ids
         .iter()
         .map(|&id| {
             let (stop, go) = (stop.clone(), go.clone());
             ep.client_thread(move |addr| {
-                let mut s = connect(addr);
-                s.write_all(&id.to_le_bytes()).unwrap();
-                go.wait();
+                let Some(mut s) = try_connect(addr) else { return };
+                if s.write_all(&id.to_le_bytes()).is_err() {
+                    return;
+                }
+                wait_flag(&go, &stop);
                 let buf = vec![0xa5u8; 128 * 1024];
                 while !stop.load(Ordering::Relaxed) {
                     if s.write_all(&buf).is_err() {
@@ -100,9 +117,10 @@ pub fn upload(
             })
         })
         .collect();
-    // Wait until the sink has seen every stream, then let the caller look at the idle state.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counters.lock().unwrap().len() < streams && Instant::now() < deadline {
+    // Wait until the sink has seen every stream (or give up on the laggards),
+    // then let the caller look at the idle state.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
         let map = counters.lock().unwrap();
         if ids.iter().all(|id| map.contains_key(id)) {
             break;
@@ -111,7 +129,7 @@ pub fn upload(
         std::thread::sleep(Duration::from_millis(10));
     }
     on_idle();
-    go.wait();
+    go.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     let before = sink_total(counters, &ids);
     let t0 = Instant::now();
@@ -140,14 +158,14 @@ pub fn upload(
 pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
-    let go = Arc::new(Barrier::new(streams + 1));
+    let go = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..streams)
         .map(|_| {
             let (stop, total, go) = (stop.clone(), total.clone(), go.clone());
             ep.client_thread(move |addr| {
-                let mut s = connect(addr);
+                let Some(mut s) = try_connect(addr) else { return };
                 let mut buf = vec![0u8; 256 * 1024];
-                go.wait();
+                wait_flag(&go, &stop);
                 while !stop.load(Ordering::Relaxed) {
                     match s.read(&mut buf) {
                         Ok(0) | Err(_) => break,
@@ -157,7 +175,7 @@ pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
             })
         })
         .collect();
-    go.wait();
+    go.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(300));
     let before = total.load(Ordering::Relaxed);
     let t0 = Instant::now();

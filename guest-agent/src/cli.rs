@@ -1,6 +1,6 @@
 //! Command-line interface of `ferry-agent`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use ferry_mux::Address;
@@ -22,6 +22,16 @@ pub struct Args {
     /// How often to rescan listening sockets, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub scan_interval_ms: u64,
+
+    /// File holding the instance secret (64 hex digits, mode 0600), as made
+    /// on the host by `ferry secret`; the host must prove it holds the same.
+    #[arg(long, value_name = "PATH", env = "FERRY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// DEVELOPMENT ONLY: accept any peer without authentication. Anyone who
+    /// can reach the agent's address can then reach every guest-local service.
+    #[arg(long, conflicts_with = "secret_file")]
+    pub insecure_no_auth: bool,
 
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_mux::{Address, Transport, TransportListener};
+use ferry_mux::{secret_file, Address, SessionConfig, Transport, TransportListener};
 
 use crate::{cli::Args, ports::PortWatcher, session};
 
@@ -16,21 +16,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ => None,
         })
         .collect();
+    let cfg = session_config(&args)?;
     let watcher = Arc::new(PortWatcher::start(args.scan_interval(), exclude)?);
     if args.stdio {
-        session::serve(Transport::stdio(), watcher).await;
+        session::serve(Transport::stdio(), watcher, cfg).await;
         return Ok(());
     }
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on {addr}");
-        let watcher = watcher.clone();
+        let (watcher, cfg) = (watcher.clone(), cfg.clone());
         tasks.spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok(t) => {
-                        tokio::spawn(session::serve(t, watcher.clone()));
+                        tokio::spawn(session::serve(t, watcher.clone(), cfg.clone()));
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -45,6 +46,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// The session settings, with the secret loaded (or insecure mode confirmed).
+fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
+    let secret = match (&args.secret_file, args.insecure_no_auth) {
+        (Some(path), _) => Some(Arc::new(secret_file::load(path)?)),
+        (None, true) => {
+            tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
+            None
+        }
+        (None, false) => anyhow::bail!(
+            "no secret: pass --secret-file PATH (the file `ferry secret` prints on the host) or, \
+             for development only, --insecure-no-auth"
+        ),
+    };
+    Ok(SessionConfig { secret, ..SessionConfig::default() })
 }
 
 async fn shutdown_signal() {

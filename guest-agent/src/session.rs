@@ -12,9 +12,9 @@ use crate::ports::{watcher::diff, PortWatcher};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host session until it ends.
-pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>) {
+pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: SessionConfig) {
     let peer = transport.peer.clone();
-    let (session, mut events) = match Session::start(transport, Role::Agent, SessionConfig::default()).await {
+    let (session, mut events) = match Session::start(transport, Role::Agent, cfg).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("{e}");

@@ -1,6 +1,6 @@
 //! Command-line interface of `ferry`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use ferry_mux::Address;
@@ -24,6 +24,17 @@ pub struct Cli {
 pub enum Command {
     /// Connect to the agent and forward its ports, in the foreground.
     Run(RunArgs),
+    /// Create the instance secret if there is none yet, and print its path
+    /// (give that file to the agent with --secret-file).
+    Secret(SecretArgs),
+}
+
+/// Options of `ferry secret`.
+#[derive(Debug, clap::Args)]
+pub struct SecretArgs {
+    /// Where the secret lives [default: STATE_DIR/secret].
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
 }
 
 /// Options of `ferry run`.
@@ -41,6 +52,17 @@ pub struct RunArgs {
     /// How often to retry host ports that were busy, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub retry_busy_ms: u64,
+
+    /// The instance secret both sides prove they hold; created (mode 0600, in
+    /// a 0700 directory) if missing [default: STATE_DIR/secret, where
+    /// STATE_DIR is $FERRY_STATE_DIR or $XDG_STATE_HOME/ferry or ~/.local/state/ferry].
+    #[arg(long, value_name = "PATH", env = "FERRY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// DEVELOPMENT ONLY: connect without authentication (the agent must be
+    /// started with --insecure-no-auth as well).
+    #[arg(long, conflicts_with = "secret_file")]
+    pub insecure_no_auth: bool,
 }
 
 impl RunArgs {
@@ -53,6 +75,24 @@ impl RunArgs {
     pub fn retry_busy(&self) -> Duration {
         Duration::from_millis(self.retry_busy_ms)
     }
+}
+
+/// ferry's state directory: $FERRY_STATE_DIR, else $XDG_STATE_HOME/ferry,
+/// else ~/.local/state/ferry.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FERRY_STATE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("ferry");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/state/ferry")
+}
+
+/// The secret file to use when none is given.
+pub fn default_secret_file() -> PathBuf {
+    state_dir().join("secret")
 }
 
 /// The log filter for a verbosity count; `RUST_LOG` overrides it.

@@ -18,5 +18,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         cli::Command::Run(args) => runtime.block_on(supervisor::run(args)),
+        cli::Command::Secret(args) => {
+            let path = args.file.unwrap_or_else(cli::default_secret_file);
+            ferry_mux::secret_file::load_or_create(&path)?;
+            println!("{}", path.display());
+            Ok(())
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! Keeps a session with the agent alive: connect, forward, and on loss tear
 //! everything down and reconnect with backoff.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use ferry_mux::{Session, SessionConfig, SessionEvent, Transport};
+use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::Role;
 
-use crate::{cli::RunArgs, ports::PortForwarder};
+use crate::{
+    cli::{default_secret_file, RunArgs},
+    ports::PortForwarder,
+};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -22,10 +25,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn connect_forever(args: &RunArgs) -> anyhow::Result<()> {
+    let cfg = session_config(args)?;
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
     loop {
-        match connect(args).await {
+        match connect(args, &cfg).await {
             Ok((session, events)) => {
                 backoff = MIN_BACKOFF;
                 last_error.clear();
@@ -46,9 +50,26 @@ async fn connect_forever(args: &RunArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(args: &RunArgs) -> Result<(Session, tokio::sync::mpsc::Receiver<SessionEvent>), String> {
+/// The session settings, with the secret loaded or created.
+fn session_config(args: &RunArgs) -> anyhow::Result<SessionConfig> {
+    let secret = if args.insecure_no_auth {
+        tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
+        None
+    } else {
+        let path = args.secret_file.clone().unwrap_or_else(default_secret_file);
+        let secret = secret_file::load_or_create(&path)?;
+        tracing::info!("authenticating with the secret in {}", path.display());
+        Some(Arc::new(secret))
+    };
+    Ok(SessionConfig { secret, ..SessionConfig::default() })
+}
+
+async fn connect(
+    args: &RunArgs,
+    cfg: &SessionConfig,
+) -> Result<(Session, tokio::sync::mpsc::Receiver<SessionEvent>), String> {
     let transport = Transport::dial(&args.agent).await.map_err(|e| e.to_string())?;
-    Session::start(transport, Role::Host, SessionConfig::default()).await.map_err(|e| e.to_string())
+    Session::start(transport, Role::Host, cfg.clone()).await.map_err(|e| e.to_string())
 }
 
 /// Forwards the session's ports until it ends; returns why it ended.

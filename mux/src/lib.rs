@@ -11,6 +11,7 @@
 
 pub mod address;
 pub mod pump;
+pub mod secret_file;
 pub mod session;
 pub mod stream;
 pub mod transport;

@@ -7,7 +7,8 @@ use std::{
 };
 
 use ferry_protocol::{
-    handshake::{Negotiated, HELLO_LEN},
+    auth::{self, Secret},
+    handshake::{features, Negotiated, HELLO_LEN},
     message,
     stream_id::StreamIds,
     ControlMessage, Frame, HandshakeError, Hello, Role, StreamId, Target,
@@ -34,8 +35,11 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Silence after which the peer is declared dead.
     pub keepalive_timeout: Duration,
-    /// Longest wait for the peer's hello.
+    /// Longest wait for the whole handshake (hello and authentication).
     pub handshake_timeout: Duration,
+    /// The per-instance secret both peers must prove; `None` only for
+    /// `--insecure-no-auth`, and then the peer must not require it either.
+    pub secret: Option<Arc<Secret>>,
 }
 
 impl Default for SessionConfig {
@@ -46,6 +50,7 @@ impl Default for SessionConfig {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            secret: None,
         }
     }
 }
@@ -67,9 +72,12 @@ pub enum SessionError {
         #[source]
         source: HandshakeError,
     },
-    /// The peer sent no hello in time.
-    #[error("handshake with {peer}: no hello within {0:?}", .timeout)]
+    /// The handshake did not finish in time.
+    #[error("handshake with {peer}: not finished within {timeout:?}")]
     Timeout { peer: String, timeout: Duration },
+    /// Authentication failed or the peers' authentication modes differ.
+    #[error("authentication with {peer} failed: {reason}")]
+    Auth { peer: String, reason: String },
 }
 
 /// Why opening a stream failed.
@@ -161,20 +169,11 @@ impl Session {
         cfg: SessionConfig,
     ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
         let peer = transport.peer.clone();
-        let ours = Hello::ours(role);
-        let io_err = |source| SessionError::Io { peer: peer.clone(), source };
-        transport.writer.write_all(&ours.encode()).await.map_err(io_err)?;
-        transport.writer.flush().await.map_err(io_err)?;
-        let mut buf = [0u8; HELLO_LEN];
-        match tokio::time::timeout(cfg.handshake_timeout, transport.reader.read_exact(&mut buf)).await {
+        let negotiated = match tokio::time::timeout(cfg.handshake_timeout, handshake(&mut transport, role, &cfg)).await
+        {
             Err(_) => return Err(SessionError::Timeout { peer, timeout: cfg.handshake_timeout }),
-            Ok(Err(e)) => return Err(io_err(e)),
-            Ok(Ok(_)) => {}
-        }
-        let negotiated = Hello::decode(&buf)
-            .and_then(|theirs| ours.negotiate(&theirs))
-            .map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
-
+            Ok(r) => r?,
+        };
         let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
         let (ordered_tx, ordered_rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(256);
@@ -281,6 +280,78 @@ impl Session {
         }
     }
 }
+
+/// Hello exchange, then authentication unless both sides run without it.
+async fn handshake(t: &mut Transport, role: Role, cfg: &SessionConfig) -> Result<Negotiated, SessionError> {
+    let peer = t.peer.clone();
+    let io_err = |source| SessionError::Io { peer: peer.clone(), source };
+    let auth_err = |reason: &str| SessionError::Auth { peer: peer.clone(), reason: reason.to_string() };
+    let mut ours = Hello::ours(role);
+    if cfg.secret.is_some() {
+        ours.features |= features::AUTH;
+    }
+    t.writer.write_all(&ours.encode()).await.map_err(io_err)?;
+    t.writer.flush().await.map_err(io_err)?;
+    let mut buf = [0u8; HELLO_LEN];
+    t.reader.read_exact(&mut buf).await.map_err(io_err)?;
+    let theirs = Hello::decode(&buf).map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
+    let negotiated =
+        ours.negotiate(&theirs).map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
+    let secret = match (&cfg.secret, theirs.features & features::AUTH != 0) {
+        (None, false) => return Ok(negotiated),
+        (Some(s), true) => s,
+        (Some(_), false) => {
+            return Err(auth_err(
+                "the peer runs without authentication (--insecure-no-auth); refusing it. \
+                 Give both sides the same secret file, or start both with --insecure-no-auth",
+            ))
+        }
+        (None, true) => {
+            return Err(auth_err(
+                "the peer requires authentication; give this side the instance's secret file (--secret-file)",
+            ))
+        }
+    };
+    let own_nonce = auth::nonce().map_err(|e| auth_err(&e.to_string()))?;
+    t.writer.write_all(&own_nonce).await.map_err(io_err)?;
+    t.writer.flush().await.map_err(io_err)?;
+    let mut peer_nonce = [0u8; auth::NONCE_LEN];
+    t.reader.read_exact(&mut peer_nonce).await.map_err(io_err)?;
+    let peer_role = theirs.role;
+    let mut proof = [0u8; auth::PROOF_LEN];
+    if role == Role::Host {
+        // The host proves first; the agent answers only after checking.
+        t.writer.write_all(&secret.proof(role, &own_nonce, &peer_nonce)).await.map_err(io_err)?;
+        t.writer.flush().await.map_err(io_err)?;
+        let mut verdict = [0u8; 1];
+        t.reader
+            .read_exact(&mut verdict)
+            .await
+            .map_err(|_| auth_err("the agent closed the connection instead of answering our proof"))?;
+        if verdict[0] != AUTH_ACCEPTED {
+            return Err(auth_err("the agent rejected our proof: the two sides hold different secrets"));
+        }
+        t.reader.read_exact(&mut proof).await.map_err(io_err)?;
+        if !secret.verify(peer_role, &peer_nonce, &own_nonce, &proof) {
+            return Err(auth_err("the agent could not prove it holds the secret"));
+        }
+    } else {
+        t.reader.read_exact(&mut proof).await.map_err(io_err)?;
+        if !secret.verify(peer_role, &peer_nonce, &own_nonce, &proof) {
+            let _ = t.writer.write_all(&[AUTH_REJECTED]).await;
+            let _ = t.writer.flush().await;
+            return Err(auth_err("the host could not prove it holds the secret (wrong or missing secret file)"));
+        }
+        t.writer.write_all(&[AUTH_ACCEPTED]).await.map_err(io_err)?;
+        t.writer.write_all(&secret.proof(role, &own_nonce, &peer_nonce)).await.map_err(io_err)?;
+        t.writer.flush().await.map_err(io_err)?;
+    }
+    Ok(negotiated)
+}
+
+/// The agent's verdict byte on the host's proof.
+const AUTH_ACCEPTED: u8 = 1;
+const AUTH_REJECTED: u8 = 0;
 
 async fn keepalive(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.cfg.keepalive_interval);

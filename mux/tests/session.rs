@@ -240,3 +240,48 @@ async fn many_concurrent_opens_keep_ids_in_order() {
     }
     assert!(!agent.is_closed(), "agent saw no protocol error");
 }
+
+async fn start_pair(
+    host_secret: Option<ferry_protocol::auth::Secret>,
+    agent_secret: Option<ferry_protocol::auth::Secret>,
+) -> (Result<Session, String>, Result<Session, String>) {
+    let (ta, th) = pair();
+    let cfg = |s: Option<ferry_protocol::auth::Secret>| SessionConfig {
+        secret: s.map(std::sync::Arc::new),
+        handshake_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let (h, a) = tokio::join!(
+        Session::start(ta, Role::Host, cfg(host_secret)),
+        Session::start(th, Role::Agent, cfg(agent_secret))
+    );
+    (h.map(|(s, _)| s).map_err(|e| e.to_string()), a.map(|(s, _)| s).map_err(|e| e.to_string()))
+}
+
+#[tokio::test]
+async fn peers_with_the_same_secret_authenticate() {
+    let s = ferry_protocol::auth::Secret::generate().unwrap();
+    let (h, a) = start_pair(Some(s.clone()), Some(s)).await;
+    assert!(h.is_ok() && a.is_ok(), "{:?} {:?}", h.err(), a.err());
+}
+
+#[tokio::test]
+async fn different_secrets_fail_on_both_sides_with_clear_errors() {
+    let (h, a) = start_pair(
+        Some(ferry_protocol::auth::Secret::generate().unwrap()),
+        Some(ferry_protocol::auth::Secret::generate().unwrap()),
+    )
+    .await;
+    let (h, a) = (h.err().unwrap(), a.err().unwrap());
+    assert!(h.contains("different secrets"), "{h}");
+    assert!(a.contains("could not prove"), "{a}");
+}
+
+#[tokio::test]
+async fn authentication_modes_must_match() {
+    let (h, a) = start_pair(Some(ferry_protocol::auth::Secret::generate().unwrap()), None).await;
+    assert!(h.err().unwrap().contains("without authentication"));
+    assert!(a.err().unwrap().contains("requires authentication"));
+    let (h, a) = start_pair(None, None).await;
+    assert!(h.is_ok() && a.is_ok(), "both sides insecure is allowed");
+}

@@ -25,7 +25,11 @@ pub mod features {
     /// The peer answers keepalive pings (every v1 peer does; kept as a bit so
     /// that the field is exercised from the first version on).
     pub const KEEPALIVE: u64 = 1 << 0;
-    /// Everything this build supports.
+    /// The sender authenticates and requires the peer to (see [`crate::auth`]).
+    /// Set per session, not part of [`SUPPORTED`]: a peer without it is a peer
+    /// started with `--insecure-no-auth`.
+    pub const AUTH: u64 = 1 << 1;
+    /// Everything this build supports unconditionally.
     pub const SUPPORTED: u64 = KEEPALIVE;
 }
 

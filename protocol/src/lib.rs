@@ -7,6 +7,7 @@
 //! A session is: both peers send a fixed-size [`handshake::Hello`], check each
 //! other's version, then exchange [`frame::Frame`]s until one side closes.
 
+pub mod auth;
 pub mod codec;
 pub mod flow;
 pub mod frame;

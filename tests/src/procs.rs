@@ -1,6 +1,7 @@
 //! Owned child processes and the agent + forwarder pair.
 
 use std::{
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -19,6 +20,13 @@ impl Proc {
     /// Spawns `cmd` with stderr to `log`.
     pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
+        // The child dies with us even if we are killed before our guards run.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -58,6 +66,16 @@ impl Drop for Proc {
     }
 }
 
+/// Creates a fresh instance secret in `dir` with `ferry secret` and returns its path.
+pub fn make_secret(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("secret");
+    let out =
+        Command::new(bin_dir().join("ferry")).args(["secret", "--file"]).arg(&path).output().expect("run ferry secret");
+    assert!(out.status.success(), "ferry secret failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), path.display().to_string());
+    path
+}
+
 /// A guest namespace with `ferry-agent` in it and `ferry run` on the host.
 pub struct Bridge {
     /// The forwarder (host side). Declared first: dropped first.
@@ -82,12 +100,15 @@ impl Bridge {
     pub fn start_with(agent_args: &[&str], forwarder_args: &[&str]) -> Self {
         let guest = Guest::new();
         let dir = tempfile::tempdir().expect("tempdir");
-        let agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
+        let secret = make_secret(dir.path());
+        let mut agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
+        agent_args.extend(["--secret-file".to_string(), secret.display().to_string()]);
         let agent = Self::spawn_agent(&guest, &dir, &agent_args);
         let sock = dir.path().join("agent.sock");
         wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
         let mut fwd = Command::new(bin_dir().join("ferry"));
-        fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]).args(forwarder_args);
+        fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]);
+        fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
         let bridge = Self { forwarder, agent, guest, dir, agent_args };
         bridge.wait_log(1, "connected to agent");
