@@ -24,6 +24,37 @@ use tokio::{
 
 const GUARD: Duration = Duration::from_secs(30);
 
+/// Runs each scenario twice: with dedicated (spliced) data connections, the
+/// default on a Unix transport, and with every stream multiplexed as frames
+/// over the one session (`--no-dedicated`, the mode of exec: transports).
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dedicated() {
+                super::$name(super::Bridge::start()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn multiplexed() {
+                super::$name(super::Bridge::start_multiplexed()).await
+            }
+        }
+    )* };
+}
+
+in_both_modes!(
+    a_reader_that_stops_does_not_slow_another_stream,
+    bulk_256_mib_each_direction_checksums_equal,
+    server_started_after_the_forwarder_is_reachable_with_curl,
+    half_close_request_then_full_response,
+    two_hundred_concurrent_connections_interleaved,
+    guest_server_exit_releases_the_host_port,
+    forwarding_resumes_after_the_agent_is_killed_and_restarted,
+    a_taken_host_port_is_reported_and_others_still_forward,
+    ipv6_guest_listener_is_published_on_both_host_loopbacks,
+    garbage_on_the_agent_socket_is_rejected_and_the_agent_survives,
+);
+
 /// Connects to a host port once the forwarder publishes it.
 async fn connect_forwarded(addr: &str) -> TcpStream {
     let deadline = tokio::time::Instant::now() + GUARD;
@@ -78,9 +109,7 @@ async fn echo_round(s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_started_after_the_forwarder_is_reachable_with_curl() {
-    let bridge = Bridge::start();
+async fn server_started_after_the_forwarder_is_reachable_with_curl(bridge: Bridge) {
     let port = free_port();
     let www = tempfile::tempdir().unwrap();
     let body = pattern(42, 100_000);
@@ -96,10 +125,8 @@ async fn server_started_after_the_forwarder_is_reachable_with_curl() {
     assert_eq!(sha256(&out), sha256(&body));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bulk_256_mib_each_direction_checksums_equal() {
+async fn bulk_256_mib_each_direction_checksums_equal(bridge: Bridge) {
     const SIZE: usize = 256 << 20;
-    let bridge = Bridge::start();
     let port = free_port();
     let up = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
     // The guest server hashes what it receives, then sends SIZE bytes of a pattern.
@@ -128,9 +155,7 @@ async fn bulk_256_mib_each_direction_checksums_equal() {
     assert_eq!(sha256(&got[64..]), sha256(&pattern(7, SIZE)), "host saw the exact download");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn half_close_request_then_full_response() {
-    let bridge = Bridge::start();
+async fn half_close_request_then_full_response(bridge: Bridge) {
     let port = free_port();
     let l = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
     let response = pattern(11, 5 << 20);
@@ -152,9 +177,7 @@ async fn half_close_request_then_full_response() {
     assert!(got == expected, "response differs");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_concurrent_connections_interleaved() {
-    let bridge = Bridge::start();
+async fn two_hundred_concurrent_connections_interleaved(bridge: Bridge) {
     let port = free_port();
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
     let addr = format!("127.0.0.1:{port}");
@@ -174,10 +197,8 @@ async fn two_hundred_concurrent_connections_interleaved() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_stops_does_not_slow_another_stream() {
+async fn a_reader_that_stops_does_not_slow_another_stream(bridge: Bridge) {
     const FLOOD: u64 = 512 << 20;
-    let bridge = Bridge::start();
     let (flood_port, echo_port) = (free_port(), free_port());
     let flood = bridge.guest.tcp_listener(&format!("127.0.0.1:{flood_port}"));
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{echo_port}")));
@@ -205,9 +226,7 @@ async fn a_reader_that_stops_does_not_slow_another_stream() {
     assert!(stuck < FLOOD, "the stalled stream must be held back by flow control, not buffered without bound");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_server_exit_releases_the_host_port() {
-    let bridge = Bridge::start();
+async fn guest_server_exit_releases_the_host_port(bridge: Bridge) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let server = spawn_echo(bridge.guest.tcp_listener(&addr));
@@ -217,9 +236,7 @@ async fn guest_server_exit_releases_the_host_port() {
     wait_released(&addr).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarding_resumes_after_the_agent_is_killed_and_restarted() {
-    let mut bridge = Bridge::start();
+async fn forwarding_resumes_after_the_agent_is_killed_and_restarted(mut bridge: Bridge) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     spawn_echo(bridge.guest.tcp_listener(&addr));
@@ -239,9 +256,7 @@ async fn forwarding_resumes_after_the_agent_is_killed_and_restarted() {
     assert_eq!(echo_round(s, b"after".to_vec(), 5).await, b"after");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taken_host_port_is_reported_and_others_still_forward() {
-    let bridge = Bridge::start();
+async fn a_taken_host_port_is_reported_and_others_still_forward(bridge: Bridge) {
     let (taken, free) = (free_port(), free_port());
     let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{taken}")));
@@ -259,9 +274,7 @@ async fn a_taken_host_port_is_reported_and_others_still_forward() {
     assert_eq!(echo_round(s, b"later".to_vec(), 5).await, b"later");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipv6_guest_listener_is_published_on_both_host_loopbacks() {
-    let bridge = Bridge::start();
+async fn ipv6_guest_listener_is_published_on_both_host_loopbacks(bridge: Bridge) {
     let port = free_port();
     spawn_echo(bridge.guest.tcp_listener(&format!("[::1]:{port}")));
     for addr in [format!("[::1]:{port}"), format!("127.0.0.1:{port}")] {
@@ -288,9 +301,7 @@ async fn exec_transport_runs_the_agent_over_stdio() {
     assert!(echo_round(s, data.clone(), 1 << 15).await == data);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives() {
-    let mut bridge = Bridge::start();
+async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives(mut bridge: Bridge) {
     let sock = bridge.dir.path().join("agent.sock");
     for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], b"FERRY\0"] {
         let mut raw = tokio::net::UnixStream::connect(&sock).await.unwrap();
@@ -342,4 +353,22 @@ async fn a_forwarder_with_the_wrong_secret_gets_nothing() {
 
     let insecure = second_forwarder(&bridge, "insecure", &["--insecure-no-auth"], "requires authentication");
     assert!(!insecure.log_text().contains("forwarding"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_connection_with_an_unknown_token_is_refused() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let hello = ferry_protocol::data_conn::DataHello {
+        token: [0x42; ferry_protocol::data_conn::TOKEN_LEN],
+        target: ferry_protocol::Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
+    };
+    let mut raw = tokio::net::UnixStream::connect(bridge.dir.path().join("agent.sock")).await.unwrap();
+    raw.write_all(&hello.encode()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(GUARD, raw.read_to_end(&mut answer)).await.expect("agent hung").unwrap();
+    assert_eq!(answer.first(), Some(&ferry_protocol::data_conn::REFUSED));
+    assert!(String::from_utf8_lossy(&answer).contains("unknown session token"));
+    assert!(bridge.agent.log_text().contains("data connection rejected: unknown session token"));
 }

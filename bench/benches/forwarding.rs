@@ -5,7 +5,7 @@
 //! transport, multiplexed), socat two-hop over a Unix socket with 256 KiB
 //! buffers, and ssh -L. Results: target/bench/forwarding.{md,json}.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
     load::{connection_rate, download, round_trips, upload},
@@ -28,20 +28,27 @@ fn main() {
     let plan = if quick {
         Plan { rounds: 1, dur: Duration::from_millis(700), rr: 2000, many: 100 }
     } else {
-        Plan { rounds: 3, dur: Duration::from_secs(3), rr: 20_000, many: 1000 }
+        Plan { rounds: 2, dur: Duration::from_secs(2), rr: 20_000, many: 1000 }
     };
     require_root();
+    // Two guests, identical servers: one bridged by ferry in its default mode
+    // (dedicated spliced connections on a Unix transport), one by ferry with
+    // every stream multiplexed over the session (the mode of exec: transports).
     let bridge = Bridge::start_with(&[], &[]);
-    let ports = [free_port(), free_port(), free_port()];
-    let servers = GuestServers::start(&bridge.guest.name, ports);
+    let bridge_mux = Bridge::start_with(&[], &["--no-dedicated"]);
+    let servers = Arc::new(GuestServers::start(&bridge.guest.name, [free_port(), free_port(), free_port()]));
+    let servers_mux = Arc::new(GuestServers::start(&bridge_mux.guest.name, [free_port(), free_port(), free_port()]));
     let work = tempfile::tempdir().expect("tempdir");
     let mut report = Report::default();
 
-    let mut all: Vec<ForwardPath> =
-        vec![paths::direct(&bridge.guest, &ports), paths::ferry(bridge.forwarder.pid(), bridge.agent.pid(), &ports)];
+    let mut all: Vec<ForwardPath> = vec![
+        paths::direct(&bridge.guest, &servers),
+        paths::ferry("ferry", &bridge, &servers),
+        paths::ferry("ferry (mux)", &bridge_mux, &servers_mux),
+    ];
     for (name, made) in [
-        ("socat -b262144", paths::socat(&bridge.guest, work.path(), &ports)),
-        ("ssh -L", paths::ssh(&bridge.guest, work.path(), &ports)),
+        ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),
+        ("ssh -L", paths::ssh(&bridge.guest, work.path(), &servers)),
     ] {
         match made {
             Ok(p) => all.push(p),
@@ -73,7 +80,7 @@ fn main() {
         for streams in [1, 4] {
             for p in &order {
                 let meter = CpuMeter::start(&p.pids);
-                let up = upload(&p.endpoint(servers.sink), &servers.counters, streams, plan.dur, &mut || {});
+                let up = upload(&p.sink(), &p.servers.counters, streams, plan.dur, &mut || {});
                 let cpu = meter.stop();
                 report.record(&format!("TCP bulk host->guest, {streams} stream(s)"), "Gbit/s", true, p.name, up.gbit_s);
                 if streams == 1 && !p.pids.is_empty() && up.total_bytes > 0 {
@@ -82,23 +89,23 @@ fn main() {
                 }
             }
             for p in &order {
-                let g = download(&p.endpoint(servers.source), streams, plan.dur);
+                let g = download(&p.source(), streams, plan.dur);
                 report.record(&format!("TCP bulk guest->host, {streams} stream(s)"), "Gbit/s", true, p.name, g);
             }
         }
         for p in &order {
-            let (med, p99) = round_trips(&p.endpoint(servers.echo), plan.rr);
+            let (med, p99) = round_trips(&p.echo(), plan.rr);
             report.record("64 B round trip, median", "µs", false, p.name, med);
             report.record("64 B round trip, p99", "µs", false, p.name, p99);
         }
         for p in &order {
-            let r = connection_rate(&p.endpoint(servers.echo), plan.dur);
+            let r = connection_rate(&p.echo(), plan.dur);
             report.record("connections/s (connect, 1 B echo, close)", "conn/s", true, p.name, r);
         }
         for p in &order {
             let rss0 = rss_bytes(&p.pids);
             let mut rss_idle = 0;
-            let up = upload(&p.endpoint(servers.sink), &servers.counters, plan.many, plan.dur, &mut || {
+            let up = upload(&p.sink(), &p.servers.counters, plan.many, plan.dur, &mut || {
                 std::thread::sleep(Duration::from_millis(300));
                 rss_idle = rss_bytes(&p.pids);
             });
@@ -106,7 +113,7 @@ fn main() {
             report.record(&format!("{n} concurrent streams, aggregate"), "Gbit/s", true, p.name, up.gbit_s);
             report.record(&format!("{n} concurrent streams, Jain fairness"), "index", true, p.name, up.jain);
             report.record(&format!("{n} concurrent streams, smallest/mean"), "ratio", true, p.name, up.min_share);
-            if p.name == "ferry" {
+            if p.name.starts_with("ferry") {
                 let per = rss_idle.saturating_sub(rss0) as f64 / n as f64;
                 report.record(
                     &format!("RSS per idle stream (ferry + agent, {n} streams)"),

@@ -5,17 +5,20 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
+    sync::Arc,
     time::Duration,
 };
 
-use ferry_tests::{free_port, wait_for, Guest, Proc};
+use ferry_tests::{free_port, wait_for, Bridge, Guest, Proc};
 
-use crate::load::Endpoint;
+use crate::{load::Endpoint, servers::GuestServers};
 
 /// One way of reaching the guest's servers from a client.
 pub struct ForwardPath {
     /// Short name used in the report.
     pub name: &'static str,
+    /// The guest servers this path reaches.
+    pub servers: Arc<GuestServers>,
     /// Guest port -> the port a client dials.
     pub ports: HashMap<u16, u16>,
     /// Clients dial from inside this namespace (direct path only).
@@ -26,6 +29,21 @@ pub struct ForwardPath {
 }
 
 impl ForwardPath {
+    /// The endpoint of the guest's sink (uploads).
+    pub fn sink(&self) -> Endpoint {
+        self.endpoint(self.servers.sink)
+    }
+
+    /// The endpoint of the guest's source (downloads).
+    pub fn source(&self) -> Endpoint {
+        self.endpoint(self.servers.source)
+    }
+
+    /// The endpoint of the guest's echo server.
+    pub fn echo(&self) -> Endpoint {
+        self.endpoint(self.servers.echo)
+    }
+
     /// The endpoint clients use for a guest port.
     pub fn endpoint(&self, guest_port: u16) -> Endpoint {
         Endpoint {
@@ -41,10 +59,16 @@ impl ForwardPath {
     }
 }
 
+fn ports_of(s: &GuestServers) -> [u16; 3] {
+    [s.sink, s.source, s.echo]
+}
+
 /// The limit: the client runs inside the guest namespace.
-pub fn direct(guest: &Guest, guest_ports: &[u16]) -> ForwardPath {
+pub fn direct(guest: &Guest, servers: &Arc<GuestServers>) -> ForwardPath {
+    let guest_ports = ports_of(servers);
     ForwardPath {
         name: "direct",
+        servers: servers.clone(),
         ports: guest_ports.iter().map(|p| (*p, *p)).collect(),
         netns: Some(guest.name.clone()),
         pids: vec![],
@@ -53,17 +77,19 @@ pub fn direct(guest: &Guest, guest_ports: &[u16]) -> ForwardPath {
 }
 
 /// ferry: the forwarder publishes the guest ports at the same numbers.
-pub fn ferry(forwarder_pid: u32, agent_pid: u32, guest_ports: &[u16]) -> ForwardPath {
-    for p in guest_ports {
+pub fn ferry(name: &'static str, bridge: &Bridge, servers: &Arc<GuestServers>) -> ForwardPath {
+    let guest_ports = ports_of(servers);
+    for p in &guest_ports {
         wait_for(Duration::from_secs(20), "ferry to publish the port", || {
             std::net::TcpStream::connect(("127.0.0.1", *p)).ok().map(|_| ())
         });
     }
     ForwardPath {
-        name: "ferry",
+        name,
+        servers: servers.clone(),
         ports: guest_ports.iter().map(|p| (*p, *p)).collect(),
         netns: None,
-        pids: vec![forwarder_pid, agent_pid],
+        pids: vec![bridge.forwarder.pid(), bridge.agent.pid()],
         procs: vec![],
     }
 }
@@ -75,12 +101,19 @@ pub fn have(program: &str) -> bool {
 
 /// socat two-hop over a Unix socket, 256 KiB buffers, one process pair per
 /// service (forking per connection, as socat does).
-pub fn socat(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPath, String> {
+pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
     if !have("socat") {
         return Err("socat not installed (apt-get install socat)".into());
     }
-    let mut path = ForwardPath { name: "socat", ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] };
-    for &gp in guest_ports {
+    let mut path = ForwardPath {
+        name: "socat",
+        servers: servers.clone(),
+        ports: HashMap::new(),
+        netns: None,
+        pids: vec![],
+        procs: vec![],
+    };
+    for gp in ports_of(servers) {
         let sock = dir.join(format!("socat-{gp}.sock"));
         let mut g = guest.command("socat");
         g.args(["-b262144", &format!("UNIX-LISTEN:{},fork", sock.display()), &format!("TCP:127.0.0.1:{gp}")]);
@@ -106,7 +139,7 @@ pub fn socat(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPa
 
 /// ssh -L (OpenSSH's default cipher, chacha20-poly1305, as Lima uses), with
 /// the guest's sshd run per session through a ProxyCommand (`sshd -i`).
-pub fn ssh(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPath, String> {
+pub fn ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
     let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists());
     let Some(sshd) = sshd else { return Err("sshd not installed (apt-get install openssh-server)".into()) };
     if !have("ssh") || !have("ssh-keygen") {
@@ -133,14 +166,21 @@ pub fn ssh(guest: &Guest, dir: &Path, guest_ports: &[u16]) -> Result<ForwardPath
         d = d.display()
     );
     std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-    let mut path = ForwardPath { name: "ssh -L", ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] };
+    let mut path = ForwardPath {
+        name: "ssh -L",
+        servers: servers.clone(),
+        ports: HashMap::new(),
+        netns: None,
+        pids: vec![],
+        procs: vec![],
+    };
     let mut cmd = Command::new("ssh");
     cmd.args(["-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
         .args(["-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes", "-i"])
         .arg(d.join("client"))
         .arg("-o")
         .arg(format!("ProxyCommand=ip netns exec {} {sshd} -i -f {}", guest.name, d.join("sshd_config").display()));
-    for &gp in guest_ports {
+    for gp in ports_of(servers) {
         let hp = free_port();
         cmd.args(["-L", &format!("127.0.0.1:{hp}:127.0.0.1:{gp}")]);
         path.ports.insert(gp, hp);

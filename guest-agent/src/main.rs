@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 
 mod cli;
+mod dedicated;
 mod ports;
 mod server;
 mod session;

@@ -2,9 +2,18 @@
 
 use std::sync::Arc;
 
-use ferry_mux::{secret_file, Address, SessionConfig, Transport, TransportListener};
+use ferry_mux::{
+    secret_file,
+    transport::{Incoming, Pending},
+    Address, SessionConfig, Transport, TransportListener,
+};
 
-use crate::{cli::Args, ports::PortWatcher, session};
+use crate::{
+    cli::Args,
+    dedicated::{self, Tokens},
+    ports::PortWatcher,
+    session,
+};
 
 /// Runs the agent until it is killed (or, with `--stdio`, until the session ends).
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -19,19 +28,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = session_config(&args)?;
     let watcher = Arc::new(PortWatcher::start(args.scan_interval(), exclude)?);
     if args.stdio {
-        session::serve(Transport::stdio(), watcher, cfg).await;
+        // A single pipe: streams travel as frames, no data connections.
+        session::serve(Transport::stdio(), watcher, cfg, None).await;
         return Ok(());
     }
+    let tokens = Tokens::default();
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on {addr}");
-        let (watcher, cfg) = (watcher.clone(), cfg.clone());
+        let (watcher, cfg, tokens) = (watcher.clone(), cfg.clone(), tokens.clone());
         tasks.spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok(t) => {
-                        tokio::spawn(session::serve(t, watcher.clone(), cfg.clone()));
+                    Ok(pending) => {
+                        tokio::spawn(dispatch(pending, watcher.clone(), cfg.clone(), tokens.clone()));
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -46,6 +57,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// Tells sessions from data connections and serves each.
+async fn dispatch(pending: Pending, watcher: Arc<PortWatcher>, cfg: SessionConfig, tokens: Tokens) {
+    match pending.classify().await {
+        Ok(Incoming::Session(t)) => session::serve(t, watcher, cfg, Some(tokens)).await,
+        Ok(Incoming::Data(conn)) => dedicated::serve(conn, tokens).await,
+        Err(e) => tracing::debug!("connection closed before its first bytes: {e}"),
+    }
 }
 
 /// The session settings, with the secret loaded (or insecure mode confirmed).

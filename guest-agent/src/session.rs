@@ -6,13 +6,17 @@ use ferry_mux::{pump::pump, IncomingOpen, Session, SessionConfig, SessionEvent, 
 use ferry_protocol::{ControlMessage, Role, Target};
 use tokio::net::TcpStream;
 
-use crate::ports::{watcher::diff, PortWatcher};
+use crate::{
+    dedicated::Tokens,
+    ports::{watcher::diff, PortWatcher},
+};
 
 /// How long the agent tries to reach a guest target before refusing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host session until it ends.
-pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: SessionConfig) {
+/// With `tokens`, the host may also open dedicated data connections.
+pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: SessionConfig, tokens: Option<Tokens>) {
     let peer = transport.peer.clone();
     let (session, mut events) = match Session::start(transport, Role::Agent, cfg).await {
         Ok(s) => s,
@@ -22,6 +26,19 @@ pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: Session
         }
     };
     tracing::info!("host connected via {peer}");
+    // Issued before the port snapshot, so the host has it before any port.
+    let _token = match tokens.map(|t| t.issue()).transpose() {
+        Ok(guard) => {
+            if let Some(g) = &guard {
+                let _ = session.send_control(&ControlMessage::DataToken(g.token));
+            }
+            guard
+        }
+        Err(e) => {
+            tracing::warn!("no data connections for this session: {e}");
+            None
+        }
+    };
     let reporter = tokio::spawn(report_ports(session.clone(), watcher));
     while let Some(event) = events.recv().await {
         match event {

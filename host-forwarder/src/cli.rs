@@ -59,6 +59,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", env = "FERRY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 
+    /// Carry every connection as frames on the one session, even where the
+    /// transport could dial a dedicated (spliced) connection per client.
+    #[arg(long)]
+    pub no_dedicated: bool,
+
     /// DEVELOPMENT ONLY: connect without authentication (the agent must be
     /// started with --insecure-no-auth as well).
     #[arg(long, conflicts_with = "secret_file")]

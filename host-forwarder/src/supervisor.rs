@@ -4,11 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
-use ferry_protocol::Role;
+use ferry_protocol::{ControlMessage, Role};
 
 use crate::{
     cli::{default_secret_file, RunArgs},
-    ports::PortForwarder,
+    ports::{dedicated::DataPath, PortForwarder},
 };
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -80,6 +80,15 @@ async fn serve(session: Session, mut events: tokio::sync::mpsc::Receiver<Session
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
+                Some(SessionEvent::Control(ControlMessage::DataToken(token))) => {
+                    match DataPath::new(&args.agent, token).filter(|_| !args.no_dedicated) {
+                        Some(data) => {
+                            tracing::info!("connections get dedicated data connections (spliced)");
+                            ports.set_data_path(data);
+                        }
+                        None => tracing::info!("connections are multiplexed over the session"),
+                    }
+                }
                 Some(SessionEvent::Control(msg)) => ports.apply(msg),
                 Some(SessionEvent::Open(open)) => open.refuse("the host accepts no streams from the guest yet"),
                 None => break,

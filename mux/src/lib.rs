@@ -13,6 +13,7 @@ pub mod address;
 pub mod pump;
 pub mod secret_file;
 pub mod session;
+pub mod splice;
 pub mod stream;
 pub mod transport;
 
@@ -23,4 +24,4 @@ mod writer;
 pub use address::Address;
 pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
 pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
-pub use transport::{Transport, TransportListener};
+pub use transport::{Incoming, RawConn, Transport, TransportListener};

@@ -133,6 +133,70 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
     Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child) })
 }
 
+/// A raw transport connection that can carry a dedicated data stream with
+/// splice(2): a Unix or TCP socket.
+pub enum RawConn {
+    /// A Unix stream socket (also hybrid vsock after its handshake).
+    Unix(UnixStream),
+    /// A TCP socket.
+    Tcp(TcpStream),
+}
+
+impl RawConn {
+    /// Dials a new connection for a dedicated data stream; `Unsupported` for
+    /// transports that cannot be dialled again (vsock from this side, exec:, stdio).
+    pub async fn dial(addr: &Address) -> io::Result<Self> {
+        match addr {
+            Address::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
+            Address::HybridVsock { path, port } => Ok(Self::Unix(hybrid_vsock_connect(path, *port).await?)),
+            Address::Tcp(a) => {
+                let s = TcpStream::connect(a.as_str()).await?;
+                s.set_nodelay(true)?;
+                Ok(Self::Tcp(s))
+            }
+            other => Err(io::Error::new(io::ErrorKind::Unsupported, format!("{other} carries no data connections"))),
+        }
+    }
+
+    /// Whether [`RawConn::dial`] works for `addr`.
+    pub fn dialable(addr: &Address) -> bool {
+        matches!(addr, Address::Unix(_) | Address::HybridVsock { .. } | Address::Tcp(_))
+    }
+
+    /// Reads exactly `buf.len()` bytes.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.read_exact(buf).await.map(|_| ()),
+            Self::Tcp(s) => s.read_exact(buf).await.map(|_| ()),
+        }
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Unix(s) => s.write_all(buf).await,
+            Self::Tcp(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Relays between `tcp` and this connection with splice(2) until both
+    /// directions are finished.
+    pub async fn splice_with(&self, tcp: &TcpStream) -> io::Result<(u64, u64)> {
+        match self {
+            Self::Unix(s) => crate::splice::splice_bidirectional(tcp, s).await,
+            Self::Tcp(s) => crate::splice::splice_bidirectional(tcp, s).await,
+        }
+    }
+}
+
+/// What arrived on an agent listener.
+pub enum Incoming {
+    /// A session (hello first).
+    Session(Transport),
+    /// A dedicated data connection; its 6-byte magic has been read already.
+    Data(RawConn),
+}
+
 /// A bound transport address that accepts sessions (the agent's side).
 pub enum TransportListener {
     /// A Unix socket, removed again when the listener is dropped.
@@ -167,20 +231,20 @@ impl TransportListener {
         }
     }
 
-    /// Waits for the next peer.
-    pub async fn accept(&self) -> io::Result<Transport> {
+    /// Waits for the next peer connection (not yet classified: see [`Pending::classify`]).
+    pub async fn accept(&self) -> io::Result<Pending> {
         match self {
             Self::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
-                Ok(Transport::from_unix(s, format!("unix:{}", path.display())))
+                Ok(Pending::Unix(s, format!("unix:{}", path.display())))
             }
             Self::Tcp(l) => {
                 let (s, a) = l.accept().await?;
-                Ok(Transport::from_tcp(s, format!("tcp:{a}")))
+                Ok(Pending::Tcp(s, format!("tcp:{a}")))
             }
             Self::Vsock(l) => {
                 let (s, a) = l.accept().await?;
-                Ok(Transport::from_vsock(s, format!("vsock:{}:{}", a.cid(), a.port())))
+                Ok(Pending::Vsock(s, format!("vsock:{}:{}", a.cid(), a.port())))
             }
         }
     }
@@ -190,6 +254,47 @@ impl TransportListener {
         match self {
             Self::Tcp(l) => l.local_addr().ok(),
             _ => None,
+        }
+    }
+}
+
+/// An accepted connection whose first bytes have not been read yet.
+pub enum Pending {
+    /// From a Unix listener.
+    Unix(UnixStream, String),
+    /// From a TCP listener.
+    Tcp(TcpStream, String),
+    /// From a vsock listener (always a session).
+    Vsock(VsockStream, String),
+}
+
+impl Pending {
+    /// Reads the first 6 bytes to tell a session (`FERRY\0`) from a data
+    /// connection (`FERRYD`); a session gets those bytes back in front of
+    /// its reader. Call this off the accept loop: it waits for the peer.
+    pub async fn classify(self) -> io::Result<Incoming> {
+        let mut magic = [0u8; 6];
+        match self {
+            Pending::Vsock(s, peer) => Ok(Incoming::Session(Transport::from_vsock(s, peer))),
+            Pending::Unix(mut s, peer) => {
+                s.read_exact(&mut magic).await?;
+                if magic == ferry_protocol::data_conn::DATA_MAGIC {
+                    return Ok(Incoming::Data(RawConn::Unix(s)));
+                }
+                let mut t = Transport::from_unix(s, peer);
+                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
+                Ok(Incoming::Session(t))
+            }
+            Pending::Tcp(mut s, peer) => {
+                s.read_exact(&mut magic).await?;
+                if magic == ferry_protocol::data_conn::DATA_MAGIC {
+                    let _ = s.set_nodelay(true);
+                    return Ok(Incoming::Data(RawConn::Tcp(s)));
+                }
+                let mut t = Transport::from_tcp(s, peer);
+                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
+                Ok(Incoming::Session(t))
+            }
         }
     }
 }

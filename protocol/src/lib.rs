@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod data_conn;
 pub mod flow;
 pub mod frame;
 pub mod handshake;

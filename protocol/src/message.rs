@@ -44,6 +44,9 @@ pub enum ControlMessage {
         /// Listeners that went away.
         removed: Vec<Listener>,
     },
+    /// The agent accepts dedicated data connections that present this token
+    /// (see [`crate::data_conn`]); sent once, right after the session starts.
+    DataToken([u8; crate::data_conn::TOKEN_LEN]),
 }
 
 /// A control payload that could not be decoded.

@@ -13,7 +13,11 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{listener::accept_loop, mapping};
+use super::{
+    dedicated::DataPath,
+    listener::{accept_loop, Routes},
+    mapping,
+};
 
 struct Active {
     target: Arc<Mutex<SocketAddr>>,
@@ -22,7 +26,7 @@ struct Active {
 
 /// The host listeners of one session. Dropping it closes them all.
 pub struct PortForwarder {
-    session: Session,
+    routes: Arc<Routes>,
     guest: BTreeSet<Listener>,
     active: BTreeMap<SocketAddr, Active>,
     /// Host addresses we want but could not bind yet, with the logged error.
@@ -32,7 +36,18 @@ pub struct PortForwarder {
 impl PortForwarder {
     /// A forwarder with no ports yet.
     pub fn new(session: Session) -> Self {
-        Self { session, guest: BTreeSet::new(), active: BTreeMap::new(), busy: BTreeMap::new() }
+        Self {
+            routes: Arc::new(Routes { session, data: None }),
+            guest: BTreeSet::new(),
+            active: BTreeMap::new(),
+            busy: BTreeMap::new(),
+        }
+    }
+
+    /// Lets listeners opened from now on use dedicated data connections.
+    pub fn set_data_path(&mut self, data: DataPath) {
+        let session = self.routes.session.clone();
+        self.routes = Arc::new(Routes { session, data: Some(Arc::new(data)) });
     }
 
     /// Applies a port message from the agent.
@@ -45,6 +60,7 @@ impl PortForwarder {
                 }
                 self.guest.extend(added);
             }
+            ControlMessage::DataToken(_) => return,
         }
         self.reconcile();
     }
@@ -79,7 +95,7 @@ impl PortForwarder {
                     }
                     tracing::info!("forwarding {host} -> guest {guest}");
                     let target = Arc::new(Mutex::new(guest));
-                    let task = tokio::spawn(accept_loop(l, self.session.clone(), target.clone()));
+                    let task = tokio::spawn(accept_loop(l, self.routes.clone(), target.clone()));
                     self.active.insert(host, Active { target, task });
                 }
                 Err(e) => {

@@ -10,19 +10,40 @@ use ferry_mux::{
     OpenError, Session,
 };
 use ferry_protocol::Target;
+
+use super::dedicated::DataPath;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The guest address a host listener forwards to; shared so that it can be
 /// retargeted without closing the listener.
 pub type SharedTarget = Arc<Mutex<SocketAddr>>;
 
+/// The ways a host listener can reach the guest.
+pub struct Routes {
+    /// The session: streams as frames (always available).
+    pub session: Session,
+    /// Dedicated data connections, when the transport allows them.
+    pub data: Option<Arc<DataPath>>,
+}
+
 /// Accepts on `listener` forever, forwarding each client to the current target.
-pub async fn accept_loop(listener: TcpListener, session: Session, target: SharedTarget) {
+pub async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, target: SharedTarget) {
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
                 let guest = *target.lock().unwrap();
-                tokio::spawn(forward(tcp, session.clone(), guest));
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let tcp = match &routes.data {
+                        Some(data) => match data.forward(tcp, guest).await {
+                            Ok(()) => return,
+                            Err(tcp) => tcp,
+                        },
+                        None => tcp,
+                    };
+                    forward(tcp, routes.session.clone(), guest).await;
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -33,9 +54,8 @@ pub async fn accept_loop(listener: TcpListener, session: Session, target: Shared
     }
 }
 
-/// Forwards one client connection to `guest` through the session.
+/// Forwards one client connection to `guest` as a stream of the session.
 async fn forward(mut tcp: TcpStream, session: Session, guest: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
     let stream = match session.open(&Target::Tcp(guest)).await {
         Ok(s) => s,
         Err(e) => {

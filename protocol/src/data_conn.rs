@@ -1,0 +1,145 @@
+//! Dedicated data connections (sans-I/O part).
+//!
+//! Where the transport can dial more connections (Unix, hybrid vsock, TCP),
+//! each forwarded connection may travel on a transport connection of its own
+//! instead of as frames on the session: the kernel then does the flow
+//! control, and the bytes can move with splice(2). Such a connection opens
+//! with a [`DataHello`] naming the session token (handed out by the agent
+//! over the authenticated session) and the target; the agent answers with
+//! one status byte, and, on refusal, a reason. After that the connection
+//! carries raw bytes both ways, and closing a direction is a half-close.
+//!
+//! ```text
+//!  "FERRYD" (6) | version u16 BE | token [32] | target length u16 BE | postcard Target
+//!  answer: 0x00 (connected) | 0x01, reason length u16 BE, UTF-8 reason
+//! ```
+
+use crate::{message, Target};
+
+/// Magic of a data connection (the session's hello starts `FERRY\0`).
+pub const DATA_MAGIC: [u8; 6] = *b"FERRYD";
+
+/// Length of the session token.
+pub const TOKEN_LEN: usize = 32;
+
+/// Length of the fixed part of a [`DataHello`], before the target bytes.
+pub const FIXED_LEN: usize = 6 + 2 + TOKEN_LEN + 2;
+
+/// Largest encoded target accepted.
+pub const MAX_TARGET_LEN: usize = 1024;
+
+/// Status byte: the agent reached the target.
+pub const CONNECTED: u8 = 0;
+/// Status byte: the agent could not reach the target; a reason follows.
+pub const REFUSED: u8 = 1;
+
+/// The opening of a data connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataHello {
+    /// The session token proving the dialer belongs to an authenticated session.
+    pub token: [u8; TOKEN_LEN],
+    /// Where the agent should connect.
+    pub target: Target,
+}
+
+/// A data-connection opening that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataHelloError {
+    /// Not a data connection.
+    #[error("not a ferry data connection (bad magic)")]
+    BadMagic,
+    /// A version this build does not speak.
+    #[error("data connection of protocol v{0}; this build speaks v{ours}", ours = crate::PROTOCOL_VERSION)]
+    Version(u16),
+    /// The target length is over the limit.
+    #[error("data connection target of {0} bytes exceeds the limit")]
+    TargetTooLong(usize),
+    /// The target does not decode.
+    #[error("data connection target: {0}")]
+    Target(String),
+}
+
+impl DataHello {
+    /// Encodes the opening.
+    pub fn encode(&self) -> Vec<u8> {
+        let target = message::encode(&self.target);
+        let mut out = Vec::with_capacity(FIXED_LEN + target.len());
+        out.extend_from_slice(&DATA_MAGIC);
+        out.extend_from_slice(&crate::PROTOCOL_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.token);
+        out.extend_from_slice(&(target.len() as u16).to_be_bytes());
+        out.extend_from_slice(&target);
+        out
+    }
+
+    /// Parses the fixed part; returns the token and the target length to read next.
+    pub fn decode_fixed(b: &[u8; FIXED_LEN]) -> Result<([u8; TOKEN_LEN], usize), DataHelloError> {
+        if b[..6] != DATA_MAGIC {
+            return Err(DataHelloError::BadMagic);
+        }
+        let version = u16::from_be_bytes([b[6], b[7]]);
+        if version != crate::PROTOCOL_VERSION {
+            return Err(DataHelloError::Version(version));
+        }
+        let token: [u8; TOKEN_LEN] = b[8..8 + TOKEN_LEN].try_into().expect("token length");
+        let len = u16::from_be_bytes([b[FIXED_LEN - 2], b[FIXED_LEN - 1]]) as usize;
+        if len > MAX_TARGET_LEN {
+            return Err(DataHelloError::TargetTooLong(len));
+        }
+        Ok((token, len))
+    }
+
+    /// Parses the target bytes that follow the fixed part.
+    pub fn decode_target(b: &[u8]) -> Result<Target, DataHelloError> {
+        message::decode(b).map_err(|e| DataHelloError::Target(e.to_string()))
+    }
+}
+
+/// Encodes a refusal answer.
+pub fn refusal(reason: &str) -> Vec<u8> {
+    let r = &reason.as_bytes()[..reason.len().min(crate::frame::MAX_REASON_LEN)];
+    let mut out = vec![REFUSED];
+    out.extend_from_slice(&(r.len() as u16).to_be_bytes());
+    out.extend_from_slice(r);
+    out
+}
+
+/// Compares two tokens in constant time.
+pub fn token_eq(a: &[u8; TOKEN_LEN], b: &[u8; TOKEN_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let h = DataHello { token: [7; TOKEN_LEN], target: Target::Tcp("[::1]:8080".parse().unwrap()) };
+        let wire = h.encode();
+        let (token, len) = DataHello::decode_fixed(wire[..FIXED_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(token, h.token);
+        assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + len]).unwrap(), h.target);
+    }
+
+    #[test]
+    fn rejects_garbage_versions_and_oversized_targets() {
+        let mut b = [0u8; FIXED_LEN];
+        assert_eq!(DataHello::decode_fixed(&b), Err(DataHelloError::BadMagic));
+        b[..6].copy_from_slice(&DATA_MAGIC);
+        b[7] = 9;
+        assert_eq!(DataHello::decode_fixed(&b), Err(DataHelloError::Version(9)));
+        b[7] = 1;
+        b[FIXED_LEN - 2] = 0xff;
+        assert!(matches!(DataHello::decode_fixed(&b), Err(DataHelloError::TargetTooLong(_))));
+        assert!(DataHello::decode_target(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_eq(&[1; TOKEN_LEN], &[1; TOKEN_LEN]));
+        let mut other = [1; TOKEN_LEN];
+        other[31] = 2;
+        assert!(!token_eq(&[1; TOKEN_LEN], &other));
+    }
+}
