@@ -8,6 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
+    discovery::listen_to_host_accept,
     load::{connection_rate, download, round_trips, upload},
     paths::{self, ForwardPath},
     procstat::{rss_bytes, CpuMeter},
@@ -17,6 +18,7 @@ use ferry_bench::{
 use ferry_tests::{free_port, require_root, Bridge};
 
 struct Plan {
+    discovery: usize,
     rounds: usize,
     dur: Duration,
     rr: usize,
@@ -26,9 +28,9 @@ struct Plan {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("FERRY_BENCH_QUICK").is_some();
     let plan = if quick {
-        Plan { rounds: 1, dur: Duration::from_millis(700), rr: 2000, many: 100 }
+        Plan { discovery: 10, rounds: 1, dur: Duration::from_millis(700), rr: 2000, many: 100 }
     } else {
-        Plan { rounds: 2, dur: Duration::from_secs(2), rr: 20_000, many: 1000 }
+        Plan { discovery: 50, rounds: 2, dur: Duration::from_secs(2), rr: 20_000, many: 1000 }
     };
     require_root();
     // Two guests, identical servers: one bridged by ferry in its default mode
@@ -125,6 +127,11 @@ fn main() {
             }
         }
     }
+
+    // Discovery: only ferry finds ports by itself (the baselines forward fixed ports).
+    let (med, p99) = listen_to_host_accept(&bridge.guest, plan.discovery);
+    report.record("port discovery, guest listen() -> host accepts, median", "ms", false, "ferry", med);
+    report.record("port discovery, guest listen() -> host accepts, p99", "ms", false, "ferry", p99);
 
     let md = report.markdown("ferry forwarding benchmark");
     println!("{md}");

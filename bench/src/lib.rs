@@ -5,6 +5,7 @@
 //! path, alternating the paths' order between rounds, so that ratios come
 //! from figures measured side by side on a noisy machine.
 
+pub mod discovery;
 pub mod load;
 pub mod paths;
 pub mod procstat;

@@ -61,9 +61,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Tells sessions from data connections and serves each.
 async fn dispatch(pending: Pending, watcher: Arc<PortWatcher>, cfg: SessionConfig, tokens: Tokens) {
+    // A host only gets a data token where its data connections can arrive.
+    let tokens = pending.carries_data_connections().then_some(tokens);
     match pending.classify().await {
-        Ok(Incoming::Session(t)) => session::serve(t, watcher, cfg, Some(tokens)).await,
-        Ok(Incoming::Data(conn)) => dedicated::serve(conn, tokens).await,
+        Ok(Incoming::Session(t)) => session::serve(t, watcher, cfg, tokens).await,
+        Ok(Incoming::Data(conn)) => dedicated::serve(conn, tokens.unwrap_or_default()).await,
         Err(e) => tracing::debug!("connection closed before its first bytes: {e}"),
     }
 }

@@ -269,6 +269,13 @@ pub enum Pending {
 }
 
 impl Pending {
+    /// Whether data connections can arrive the same way (Unix and TCP; a
+    /// vsock listener takes sessions only, as tokio-vsock offers no
+    /// readiness for splice).
+    pub fn carries_data_connections(&self) -> bool {
+        !matches!(self, Pending::Vsock(..))
+    }
+
     /// Reads the first 6 bytes to tell a session (`FERRY\0`) from a data
     /// connection (`FERRYD`); a session gets those bytes back in front of
     /// its reader. Call this off the accept loop: it waits for the peer.

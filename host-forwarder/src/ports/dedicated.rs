@@ -35,9 +35,9 @@ impl DataPath {
         let hello = DataHello { token: self.token, target: Target::Tcp(guest) }.encode();
         let mut status = [0u8; 1];
         if conn.write_all(&hello).await.is_err() || conn.read_exact(&mut status).await.is_err() {
-            tracing::debug!("data connection to {guest} failed during its hello");
-            reset_tcp(client);
-            return Ok(());
+            // Nothing has been read from the client yet: it can still go through the session.
+            tracing::debug!("data connection to {guest} failed during its hello; multiplexing instead");
+            return Err(client);
         }
         if status[0] != data_conn::CONNECTED {
             let mut len = [0u8; 2];
