@@ -44,13 +44,3 @@ impl Args {
         Duration::from_millis(self.scan_interval_ms)
     }
 }
-
-/// The log filter for a verbosity count; `RUST_LOG` overrides it.
-pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
-}

@@ -99,13 +99,3 @@ pub fn state_dir() -> PathBuf {
 pub fn default_secret_file() -> PathBuf {
     state_dir().join("secret")
 }
-
-/// The log filter for a verbosity count; `RUST_LOG` overrides it.
-pub fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
-}

@@ -1,7 +1,5 @@
 //! `ferry`: the host side of ferry. Wiring only; see the modules.
 
-use std::io::IsTerminal;
-
 use clap::Parser;
 
 mod cli;
@@ -10,11 +8,7 @@ mod supervisor;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(cli::log_filter(cli.verbose))
-        .init();
+    ferry_mux::logging::init(cli.verbose);
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         cli::Command::Run(args) => runtime.block_on(supervisor::run(args)),

@@ -10,6 +10,7 @@
 //! [`pump`] splices a socket with a stream, keeping half-close and resets.
 
 pub mod address;
+pub mod logging;
 pub mod pump;
 pub mod secret_file;
 pub mod session;

@@ -43,7 +43,8 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    fn from_unix(s: UnixStream, peer: String) -> Self {
+    /// A transport over a connected Unix stream socket.
+    pub fn from_unix(s: UnixStream, peer: String) -> Self {
         let (r, w) = s.into_split();
         Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
     }

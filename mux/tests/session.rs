@@ -18,11 +18,13 @@ use tokio::{
 
 fn pair() -> (Transport, Transport) {
     let (a, b) = UnixStream::pair().unwrap();
-    let t = |s: UnixStream, name: &str| {
-        let (r, w) = s.into_split();
-        Transport { reader: Box::pin(r), writer: Box::pin(w), peer: name.into(), child: None }
-    };
-    (t(a, "agent"), t(b, "host"))
+    (Transport::from_unix(a, "agent".into()), Transport::from_unix(b, "host".into()))
+}
+
+/// A transport for a session under test, and the raw socket of its peer.
+fn raw_peer() -> (Transport, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (Transport::from_unix(a, "raw".into()), b)
 }
 
 async fn sessions(
@@ -136,11 +138,7 @@ async fn control_messages_arrive_in_order() {
 
 #[tokio::test]
 async fn garbage_after_handshake_closes_with_a_protocol_error() {
-    let (ta, mut raw) = {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (r, w) = a.into_split();
-        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
-    };
+    let (ta, mut raw) = raw_peer();
     raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
     let (host, _ev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
     // An oversized frame header.
@@ -155,11 +153,7 @@ async fn garbage_after_handshake_closes_with_a_protocol_error() {
 
 #[tokio::test]
 async fn version_mismatch_names_both_versions() {
-    let (ta, mut raw) = {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (r, w) = a.into_split();
-        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
-    };
+    let (ta, mut raw) = raw_peer();
     let future = ferry_protocol::Hello { version: 9, min_version: 9, features: 0, role: Role::Agent };
     raw.write_all(&future.encode()).await.unwrap();
     let err = Session::start(ta, Role::Host, SessionConfig::default()).await.err().unwrap().to_string();
@@ -168,11 +162,7 @@ async fn version_mismatch_names_both_versions() {
 
 #[tokio::test]
 async fn silent_peer_is_detected_by_keepalive() {
-    let (ta, mut raw) = {
-        let (a, b) = UnixStream::pair().unwrap();
-        let (r, w) = a.into_split();
-        (Transport { reader: Box::pin(r), writer: Box::pin(w), peer: "raw".into(), child: None }, b)
-    };
+    let (ta, mut raw) = raw_peer();
     raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
     let cfg = SessionConfig {
         keepalive_interval: Duration::from_millis(50),
