@@ -7,7 +7,9 @@
 //! dead peer. Each forwarded connection is a [`MuxStream`] with its own credit
 //! window, so a slow reader stalls only its own stream.
 //!
-//! [`pump`] splices a socket with a stream, keeping half-close and resets.
+//! [`pump`] copies between a socket and a stream, keeping half-close and
+//! resets; [`splice`] relays a socket and a dedicated data connection
+//! ([`RawConn`]) through a pipe, without copies to user space.
 
 pub mod address;
 pub mod logging;
