@@ -48,6 +48,18 @@ async fn wait_echo(addr: &str) {
     }
 }
 
+/// Connects once the forwarder has published `addr`.
+async fn connect_forwarded(addr: &str) -> TcpStream {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        if let Ok(s) = TcpStream::connect(addr).await {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{addr} never became reachable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
 }
@@ -131,4 +143,142 @@ async fn ten_thousand_connections_leave_no_fds_or_memory_behind_dedicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_connections_leave_no_fds_or_memory_behind_multiplexed() {
     no_growth_after_ten_thousand_connections(Bridge::start_multiplexed()).await;
+}
+
+/// A fake agent: accepts one connection at a time on `path` and answers
+/// each with `reply`, then closes.
+fn fake_agent(path: std::path::PathBuf, reply: Vec<u8>) {
+    let l = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let _ = s.write_all(&reply).await;
+            let _ = s.shutdown().await;
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_oversized_input_from_the_agent_side_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut valid_hello = ferry_protocol::Hello::ours(ferry_protocol::Role::Agent).encode().to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("garbage", b"SSH-2.0-OpenSSH_9.2\r\n and then some".to_vec(), "not a ferry endpoint"),
+        ("truncated", b"FERR".to_vec(), "handshake I/O"),
+        (
+            "oversized",
+            {
+                valid_hello.extend_from_slice(&ferry_protocol::frame::header(
+                    0,
+                    ferry_protocol::FrameType::Control,
+                    u32::MAX,
+                ));
+                valid_hello.clone()
+            },
+            "exceeds the limit",
+        ),
+    ];
+    for (name, reply, needle) in cases {
+        let sock = dir.path().join(format!("{name}.sock"));
+        fake_agent(sock.clone(), reply);
+        let mut cmd = Command::new(ferry_tests::bin_dir().join("ferry"));
+        cmd.args(["run", "--insecure-no-auth", "--agent", &format!("unix:{}", sock.display())]);
+        let mut fwd = ferry_tests::Proc::spawn(cmd, dir.path().join(format!("{name}.log")));
+        wait_for(GUARD, needle, || fwd.log_text().contains(needle).then_some(()));
+        // It keeps retrying instead of dying.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(fwd.is_running(), "{name}: the forwarder must survive: {}", fwd.log_text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_guest_target_resets_the_client_in_both_routes() {
+    for multiplexed in [false, true] {
+        // The guest listener exists when the agent takes its (only) snapshot,
+        // then goes away: the host still listens, the guest refuses.
+        let guest = ferry_tests::Guest::new();
+        let port = free_port();
+        let gone = guest.run_in(move || std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+        let fwd_args: &[&str] = if multiplexed { &["--no-dedicated"] } else { &[] };
+        let bridge = Bridge::start_in(guest, &["--scan-interval-ms", "60000"], fwd_args, &[]);
+        let addr = format!("127.0.0.1:{port}");
+        bridge.wait_log(1, &format!("forwarding {addr}"));
+        drop(gone);
+        // The reset may already be there when connect() completes, or arrive on the first read.
+        let r = match TcpStream::connect(&addr).await {
+            Err(e) => Err(e),
+            Ok(mut s) => tokio::time::timeout(GUARD, s.read(&mut [0u8; 1])).await.expect("client hung"),
+        };
+        assert_eq!(
+            r.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "multiplexed={multiplexed}: a refused target must reset the client"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_mid_stream_frees_the_guest_side_and_harms_nothing_else() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let l = bridge.guest.tcp_listener(&addr);
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // Send until the (reset) client's side is torn down.
+        let chunk = vec![1u8; 64 << 10];
+        while s.write_all(&chunk).await.is_ok() {}
+        let _ = ended_tx.send(());
+    });
+    let mut s = connect_forwarded(&addr).await;
+    let mut buf = vec![0u8; 1 << 16];
+    s.read_exact(&mut buf).await.unwrap();
+    ferry_mux::pump::reset_tcp(s); // RST mid-stream
+    tokio::time::timeout(GUARD, ended_rx).await.expect("guest side never ended").unwrap();
+    let port2 = free_port();
+    let addr2 = format!("127.0.0.1:{port2}");
+    spawn_echo(bridge.guest.tcp_listener(&addr2));
+    wait_echo(&addr2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_gives_clear_errors_and_full_recovery() {
+    let bridge = Bridge::start_in(
+        ferry_tests::Guest::new(),
+        &["--scan-interval-ms", "50"],
+        &["--retry-busy-ms", "200"],
+        &["prlimit", "--nofile=256:256"],
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    spawn_echo(bridge.guest.tcp_listener(&addr));
+    wait_echo(&addr).await;
+    // 1000 clients hold connections open at once: far beyond 256 descriptors.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+            held.push(s);
+        }
+    }
+    bridge.wait_log(1, "Too many open files");
+    assert!(bridge.forwarder.log_text().contains("accept on"), "the error names what failed");
+    drop(held);
+    // Full recovery once the clients are gone.
+    wait_echo(&addr).await;
+    let data = vec![9u8; 1 << 20];
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let (mut r, mut w) = s.split();
+    let (_, back) = tokio::join!(
+        async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        },
+        async {
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).await.unwrap();
+            back
+        }
+    );
+    assert!(back == data);
 }

@@ -275,3 +275,18 @@ async fn authentication_modes_must_match() {
     let (h, a) = start_pair(None, None).await;
     assert!(h.is_ok() && a.is_ok(), "both sides insecure is allowed");
 }
+
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused_with_a_reason() {
+    let cfg = SessionConfig { max_streams: 4, ..Default::default() };
+    let (host, _hev, agent, aev) = sessions(cfg).await;
+    serve_echo(aev);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(host.open(&echo_target()).await.unwrap());
+    }
+    let err = host.open(&echo_target()).await.err().unwrap();
+    assert_eq!(err, OpenError::Refused("too many streams (limit 4)".into()));
+    assert!(!agent.is_closed(), "refusing a stream does not end the session");
+    drop(held);
+}

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod data_conn;
 pub mod flow;
 pub mod frame;
+pub mod fuzzing;
 pub mod handshake;
 pub mod message;
 pub mod stream_id;

@@ -109,7 +109,12 @@ impl Bridge {
 
     /// Starts agent and forwarder with extra arguments each.
     pub fn start_with(agent_args: &[&str], forwarder_args: &[&str]) -> Self {
-        let guest = Guest::new();
+        Self::start_in(Guest::new(), agent_args, forwarder_args, &[])
+    }
+
+    /// Starts agent and forwarder in an existing guest; `forwarder_wrapper`
+    /// (e.g. `prlimit --nofile=256:256`) runs the forwarder, exec'ing it.
+    pub fn start_in(guest: Guest, agent_args: &[&str], forwarder_args: &[&str], forwarder_wrapper: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = make_secret(dir.path());
         let mut agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
@@ -117,7 +122,15 @@ impl Bridge {
         let agent = Self::spawn_agent(&guest, &dir, &agent_args);
         let sock = dir.path().join("agent.sock");
         wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
-        let mut fwd = Command::new(bin_dir().join("ferry"));
+        let ferry = bin_dir().join("ferry");
+        let mut fwd = match forwarder_wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&ferry);
+                c
+            }
+            None => Command::new(&ferry),
+        };
         fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]);
         fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));

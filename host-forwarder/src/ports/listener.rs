@@ -28,6 +28,7 @@ pub struct Routes {
 
 /// Accepts on `listener` forever, forwarding each client to the current target.
 pub async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, target: SharedTarget) {
+    let mut errors = ErrorLog::default();
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
@@ -46,10 +47,35 @@ pub async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, target: Sha
                 });
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("accept on {:?} failed: {e}", listener.local_addr());
+                // EMFILE and friends: back off instead of spinning, and say so
+                // without flooding the log.
+                errors.report(&format!("accept on {:?} failed: {e}", listener.local_addr()));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Logs a repeating error at most every few seconds, with the count of repeats.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn report(&mut self, msg: &str) {
+        let due = self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
+        if due {
+            if self.suppressed > 0 {
+                tracing::warn!("{msg} (and {} more times since the last report)", self.suppressed);
+            } else {
+                tracing::warn!("{msg}");
+            }
+            self.last = Some(std::time::Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
         }
     }
 }

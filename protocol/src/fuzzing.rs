@@ -1,0 +1,91 @@
+//! Property checks run by the fuzz targets (`fuzz/`) and by the replay of
+//! their corpus in the normal test suite. Each takes arbitrary bytes and
+//! panics only if a decoder breaks one of its promises.
+
+use bytes::BytesMut;
+
+use crate::{
+    auth::Secret,
+    data_conn::{DataHello, FIXED_LEN},
+    frame::MAX_REASON_LEN,
+    handshake::HELLO_LEN,
+    message, ControlMessage, Frame, FrameDecoder, Hello, Role, Target, MAX_PAYLOAD,
+};
+
+/// Feeds `data` to a frame decoder in chunks whose size the first byte picks.
+/// Promises: no panic; no payload over [`MAX_PAYLOAD`]; decoding stops at
+/// the first error; every decoded frame re-encodes to one that decodes equal.
+pub fn check_frame_stream(data: &[u8]) {
+    let Some((&seed, data)) = data.split_first() else { return };
+    let chunk = 1 + seed as usize * 7;
+    let mut dec = FrameDecoder::default();
+    let mut buf = BytesMut::new();
+    for piece in data.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(frame)) => check_reencode(frame),
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn check_reencode(frame: Frame) {
+    let long_reason = match &frame {
+        Frame::OpenRefused { reason, .. } | Frame::Reset { reason, .. } | Frame::GoAway { reason } => {
+            reason.len() > MAX_REASON_LEN
+        }
+        _ => false,
+    };
+    let (_, payload) = frame.clone().into_parts();
+    assert!(payload.len() <= MAX_PAYLOAD as usize, "payload over the limit");
+    if long_reason {
+        return; // re-encoding truncates reasons by design
+    }
+    let mut wire = BytesMut::new();
+    frame.clone().encode(&mut wire);
+    let again = FrameDecoder::default().decode(&mut wire).expect("re-encoded frame decodes").expect("complete");
+    assert_eq!(again, frame, "re-encoded frame differs");
+    assert!(wire.is_empty(), "re-encoded frame left bytes behind");
+}
+
+/// Decodes `data` as a control message and as an open target; whatever
+/// decodes must re-encode to something that decodes equal.
+pub fn check_messages(data: &[u8]) {
+    if let Ok(m) = message::decode::<ControlMessage>(data) {
+        assert_eq!(message::decode::<ControlMessage>(&message::encode(&m)).expect("re-decode"), m);
+    }
+    if let Ok(t) = message::decode::<Target>(data) {
+        assert_eq!(message::decode::<Target>(&message::encode(&t)).expect("re-decode"), t);
+    }
+}
+
+/// Decodes `data` as a session hello, a data-connection hello and a secret:
+/// no panic, and what decodes re-encodes faithfully.
+pub fn check_handshakes(data: &[u8]) {
+    if let Some(b) = data.get(..HELLO_LEN) {
+        let b: &[u8; HELLO_LEN] = b.try_into().expect("length checked");
+        if let Ok(h) = Hello::decode(b) {
+            assert_eq!(Hello::decode(&h.encode()).expect("re-decode"), h);
+            let _ = Hello::ours(Role::Host).negotiate(&h);
+            let _ = Hello::ours(Role::Agent).negotiate(&h);
+        }
+    }
+    if let Some(b) = data.get(..FIXED_LEN) {
+        let b: &[u8; FIXED_LEN] = b.try_into().expect("length checked");
+        if let Ok((token, len)) = DataHello::decode_fixed(b) {
+            if let Some(rest) = data.get(FIXED_LEN..FIXED_LEN + len) {
+                if let Ok(target) = DataHello::decode_target(rest) {
+                    let wire = DataHello { token, target: target.clone() }.encode();
+                    let fixed: &[u8; FIXED_LEN] = wire[..FIXED_LEN].try_into().expect("fixed part");
+                    let (t2, l2) = DataHello::decode_fixed(fixed).expect("re-decode");
+                    assert_eq!(t2, token);
+                    assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + l2]).expect("target"), target);
+                }
+            }
+        }
+    }
+    let _ = Secret::from_hex(&String::from_utf8_lossy(data));
+}
