@@ -282,3 +282,63 @@ async fn descriptor_exhaustion_gives_clear_errors_and_full_recovery() {
     );
     assert!(back == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_transfer_resets_clients_and_forwarding_resumes() {
+    for multiplexed in [false, true] {
+        let mut bridge = if multiplexed { Bridge::start_multiplexed() } else { Bridge::start() };
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let l = bridge.guest.tcp_listener(&addr);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else { return };
+                tokio::spawn(async move {
+                    // A download that never ends by itself, or a 1-byte echo.
+                    let mut first = [0u8; 1];
+                    if s.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    if first[0] == b'?' {
+                        let _ = s.write_all(b"?").await;
+                        return;
+                    }
+                    let chunk = vec![7u8; 64 << 10];
+                    while s.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        let mut s = connect_forwarded(&addr).await;
+        s.write_all(b"d").await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        s.read_exact(&mut buf).await.unwrap();
+        bridge.restart_agent(); // SIGKILL mid-transfer, then a fresh agent
+        let end = tokio::time::timeout(GUARD, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e.kind()),
+                }
+            }
+        })
+        .await
+        .expect("client hung");
+        assert_eq!(
+            end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "multiplexed={multiplexed}: a cut download must not look complete"
+        );
+        bridge.wait_log(2, "connected to agent");
+        let deadline = tokio::time::Instant::now() + GUARD;
+        loop {
+            let mut c = connect_forwarded(&addr).await;
+            let mut one = [0u8; 1];
+            if c.write_all(b"?").await.is_ok() && c.read_exact(&mut one).await.is_ok() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "forwarding never resumed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -87,14 +87,20 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 /// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts
-/// down `dst`'s write side. Returns the number of bytes moved.
-pub async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(src: &A, dst: &B) -> io::Result<u64> {
+/// down `dst`'s write side. Returns the number of bytes moved. `at_eof` may
+/// turn the EOF into an error (an abort to pass on instead of a half-close).
+async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
+    src: &A,
+    dst: &B,
+    at_eof: impl Fn() -> io::Result<()>,
+) -> io::Result<u64> {
     let pipe = Pipe::new()?;
     let mut total = 0u64;
     loop {
         // Socket -> pipe. The pipe is empty here, so only the socket can block.
         let n = src.ready_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)).await?;
         if n == 0 {
+            at_eof()?;
             let _ = dst.shutdown_write();
             return Ok(total);
         }
@@ -111,16 +117,55 @@ pub async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(src: &A, dst: &B) 
     }
 }
 
-/// Relays both directions until both have reached EOF (or one fails).
-/// Returns the bytes moved a -> b and b -> a.
-pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(a: &A, b: &B) -> io::Result<(u64, u64)> {
-    tokio::try_join!(splice_one_way(a, b), splice_one_way(b, a))
+/// Whether the peer of `fd` has closed both directions (POLLHUP), as a
+/// process does when it exits; a half-close (shutdown of its write side)
+/// shows only POLLRDHUP. Unix sockets tell the two apart, TCP does not.
+fn peer_gone(fd: RawFd) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+    let ready = unsafe { libc::poll(&mut p, 1, 0) };
+    ready == 1 && p.revents & libc::POLLHUP != 0
+}
+
+/// Relays `client` and the data connection `conn` both ways until both have
+/// reached EOF (or one fails). Returns the bytes moved client -> conn and
+/// conn -> client.
+///
+/// A clean end from the far side arrives as a half-close of `conn`. If
+/// `conn` instead ends altogether while the client is still sending (the
+/// far process died), that is an abort: an error is returned so the caller
+/// resets the client instead of passing on a truncated stream as complete.
+pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(client: &A, conn: &B) -> io::Result<(u64, u64)> {
+    let client_done = std::sync::atomic::AtomicBool::new(false);
+    let up = async {
+        let n = splice_one_way(client, conn, || Ok(())).await;
+        client_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        n
+    };
+    let down = splice_one_way(conn, client, || {
+        if !client_done.load(std::sync::atomic::Ordering::Relaxed) && peer_gone(conn.as_raw_fd()) {
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"));
+        }
+        Ok(())
+    });
+    tokio::try_join!(up, down)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_vanished_far_side_is_an_abort_not_a_half_close() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        let (b, far) = UnixStream::pair().unwrap();
+        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b).await });
+        drop(far); // the far process "dies" while the client is still connected
+        let err = relay.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
