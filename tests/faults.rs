@@ -3,26 +3,17 @@
 
 use std::{process::Command, time::Duration};
 
-use ferry_tests::{free_port, wait_for, Bridge};
+use ferry_tests::{
+    free_port,
+    net::{connect_forwarded, spawn_echo},
+    wait_for, Bridge,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
 const GUARD: Duration = Duration::from_secs(60);
-
-fn spawn_echo(l: tokio::net::TcpListener) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-}
 
 async fn echo_once(addr: &str, msg: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -45,18 +36,6 @@ async fn wait_echo(addr: &str) {
         }
         assert!(tokio::time::Instant::now() < deadline, "{addr} never forwarded again");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Connects once the forwarder has published `addr`.
-async fn connect_forwarded(addr: &str) -> TcpStream {
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        if let Ok(s) = TcpStream::connect(addr).await {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{addr} never became reachable");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

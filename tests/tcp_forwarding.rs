@@ -14,12 +14,13 @@ use ferry_tests::{
     bin_dir,
     data::{pattern, sha256, Hasher},
     free_port,
+    net::{connect_forwarded, spawn_echo, wait_released},
     procs::make_secret,
     Bridge, Guest, Proc,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 const GUARD: Duration = Duration::from_secs(30);
@@ -54,45 +55,6 @@ in_both_modes!(
     ipv6_guest_listener_is_published_on_both_host_loopbacks,
     garbage_on_the_agent_socket_is_rejected_and_the_agent_survives,
 );
-
-/// Connects to a host port once the forwarder publishes it.
-async fn connect_forwarded(addr: &str) -> TcpStream {
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        if let Ok(s) = TcpStream::connect(addr).await {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{addr} never became reachable");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until a host port refuses connections.
-async fn wait_released(addr: &str) {
-    let deadline = tokio::time::Instant::now() + GUARD;
-    loop {
-        match TcpStream::connect(addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
-            _ => {}
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{addr} was never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Echoes every connection until the client half-closes, then half-closes back.
-fn spawn_echo(l: TcpListener) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    })
-}
 
 /// One echo round: write `data` (in `chunk`-sized writes) while reading it back.
 async fn echo_round(s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {

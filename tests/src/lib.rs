@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod guest;
+pub mod net;
 pub mod procs;
 
 pub use guest::Guest;
