@@ -334,3 +334,24 @@ async fn a_data_connection_with_an_unknown_token_is_refused() {
     assert!(String::from_utf8_lossy(&answer).contains("unknown session token"));
     assert!(bridge.agent.log_text().contains("data connection rejected: unknown session token"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_flags_agent_and_forwarder_share_the_default_secret() {
+    // As a user would run them on one machine: no --secret-file anywhere.
+    let guest = Guest::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let sock = dir.path().join("agent.sock");
+    let port = free_port();
+    spawn_echo(guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let mut agent = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
+    agent.env("FERRY_STATE_DIR", &state).args(["--listen", &format!("unix:{}", sock.display())]);
+    let _agent = Proc::spawn(agent, dir.path().join("agent.log"));
+    let mut fwd = Command::new(bin_dir().join("ferry"));
+    fwd.env("FERRY_STATE_DIR", &state).args(["run", "--agent", &format!("unix:{}", sock.display())]);
+    let _fwd = Proc::spawn(fwd, dir.path().join("ferry.log"));
+    let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    assert_eq!(echo_round(s, b"defaults".to_vec(), 8).await, b"defaults");
+    let mode = std::fs::metadata(state.join("secret")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+}

@@ -25,6 +25,9 @@ pub struct Args {
 
     /// File holding the instance secret (64 hex digits, mode 0600), as made
     /// on the host by `ferry secret`; the host must prove it holds the same.
+    /// [default: STATE_DIR/secret, the same default as `ferry`'s, created if
+    /// missing; STATE_DIR is $FERRY_STATE_DIR or $XDG_STATE_HOME/ferry or
+    /// ~/.local/state/ferry]
     #[arg(long, value_name = "PATH", env = "FERRY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
 

@@ -72,16 +72,17 @@ async fn dispatch(pending: Pending, watcher: Arc<PortWatcher>, cfg: SessionConfi
 
 /// The session settings, with the secret loaded (or insecure mode confirmed).
 fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
-    let secret = match (&args.secret_file, args.insecure_no_auth) {
-        (Some(path), _) => Some(Arc::new(secret_file::load(path)?)),
-        (None, true) => {
-            tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
-            None
-        }
-        (None, false) => anyhow::bail!(
-            "no secret: pass --secret-file PATH (the file `ferry secret` prints on the host) or, \
-             for development only, --insecure-no-auth"
-        ),
+    let secret = if args.insecure_no_auth {
+        tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
+        None
+    } else {
+        let path = args.secret_file.clone().unwrap_or_else(secret_file::default_path);
+        let secret = match &args.secret_file {
+            Some(p) => secret_file::load(p)?,
+            None => secret_file::load_or_create(&path)?,
+        };
+        tracing::info!("authenticating hosts with the secret in {}", path.display());
+        Some(Arc::new(secret))
     };
     Ok(SessionConfig { secret, ..SessionConfig::default() })
 }

@@ -81,21 +81,3 @@ impl RunArgs {
         Duration::from_millis(self.retry_busy_ms)
     }
 }
-
-/// ferry's state directory: $FERRY_STATE_DIR, else $XDG_STATE_HOME/ferry,
-/// else ~/.local/state/ferry.
-pub fn state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FERRY_STATE_DIR") {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("ferry");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-    PathBuf::from(home).join(".local/state/ferry")
-}
-
-/// The secret file to use when none is given.
-pub fn default_secret_file() -> PathBuf {
-    state_dir().join("secret")
-}

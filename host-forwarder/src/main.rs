@@ -13,7 +13,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(args) => runtime.block_on(supervisor::run(args)),
         cli::Command::Secret(args) => {
-            let path = args.file.unwrap_or_else(cli::default_secret_file);
+            let path = args.file.unwrap_or_else(ferry_mux::secret_file::default_path);
             ferry_mux::secret_file::load_or_create(&path)?;
             println!("{}", path.display());
             Ok(())

@@ -7,7 +7,7 @@ use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::{ControlMessage, Role};
 
 use crate::{
-    cli::{default_secret_file, RunArgs},
+    cli::RunArgs,
     ports::{dedicated::DataPath, PortForwarder},
 };
 
@@ -56,7 +56,7 @@ fn session_config(args: &RunArgs) -> anyhow::Result<SessionConfig> {
         tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
         None
     } else {
-        let path = args.secret_file.clone().unwrap_or_else(default_secret_file);
+        let path = args.secret_file.clone().unwrap_or_else(secret_file::default_path);
         let secret = secret_file::load_or_create(&path)?;
         tracing::info!("authenticating with the secret in {}", path.display());
         Some(Arc::new(secret))

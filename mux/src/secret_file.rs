@@ -5,10 +5,30 @@ use std::{
     fs::{DirBuilder, OpenOptions},
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use ferry_protocol::auth::Secret;
+
+/// ferry's state directory: $FERRY_STATE_DIR, else $XDG_STATE_HOME/ferry,
+/// else ~/.local/state/ferry.
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FERRY_STATE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("ferry");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/state/ferry")
+}
+
+/// The secret file both binaries use when none is named: STATE_DIR/secret.
+/// On one machine (a namespace guest) agent and forwarder thus share it; a
+/// VM's agent needs the host's secret copied to it.
+pub fn default_path() -> PathBuf {
+    state_dir().join("secret")
+}
 
 /// Reads the secret at `path`.
 pub fn load(path: &Path) -> io::Result<Secret> {
@@ -38,9 +58,21 @@ pub fn load_or_create(path: &Path) -> io::Result<Secret> {
             writeln!(f, "{}", secret.to_hex())?;
             Ok(secret)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load(path),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_settled(path),
         Err(e) => Err(io::Error::new(e.kind(), format!("creating secret file {}: {e}", path.display()))),
     }
+}
+
+/// Loads a secret another process may be writing right now (it won the
+/// race to create the file): an empty file is given a moment to fill.
+fn load_settled(path: &Path) -> io::Result<Secret> {
+    for _ in 0..50 {
+        if std::fs::metadata(path)?.len() > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    load(path)
 }
 
 #[cfg(test)]
