@@ -2,7 +2,7 @@
 //! by the same simple, low-overhead code.
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -108,10 +108,15 @@ pub fn upload(
                     return;
                 }
                 wait_flag(&go, &stop);
+                // A timeout lets a starved stream (some paths starve streams)
+                // still notice the stop, instead of blocking the join forever.
+                let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
                 let buf = vec![0xa5u8; 128 * 1024];
                 while !stop.load(Ordering::Relaxed) {
-                    if s.write_all(&buf).is_err() {
-                        break;
+                    match s.write(&buf) {
+                        Ok(_) => {}
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break,
                     }
                 }
             })
@@ -164,13 +169,18 @@ pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
             let (stop, total, go) = (stop.clone(), total.clone(), go.clone());
             ep.client_thread(move |addr| {
                 let Some(mut s) = try_connect(addr) else { return };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
                 let mut buf = vec![0u8; 256 * 1024];
                 wait_flag(&go, &stop);
                 while !stop.load(Ordering::Relaxed) {
                     match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => total.fetch_add(n as u64, Ordering::Relaxed),
-                    };
+                        Ok(0) => break,
+                        Ok(n) => {
+                            total.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break,
+                    }
                 }
             })
         })
@@ -194,6 +204,7 @@ pub fn round_trips(ep: &Endpoint, n: usize) -> (f64, f64) {
     ep.client_thread(move |addr| {
         let mut s = connect(addr);
         s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let msg = [7u8; 64];
         let mut back = [0u8; 64];
         let mut us = Vec::with_capacity(n);
@@ -221,6 +232,7 @@ pub fn connection_rate(ep: &Endpoint, dur: Duration) -> f64 {
         while t0.elapsed() < dur {
             let mut s = connect(addr);
             s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             s.write_all(b"x").unwrap();
             s.read_exact(&mut b).unwrap();
             drop(s);
