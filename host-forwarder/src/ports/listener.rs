@@ -1,4 +1,5 @@
-//! One host listener: accepts clients and forwards each over its own stream.
+//! One host listener: accepts clients and forwards each one, over a
+//! dedicated data connection where there is one, else as a stream of the session.
 
 use std::{
     net::SocketAddr,
@@ -10,9 +11,9 @@ use ferry_mux::{
     OpenError, Session,
 };
 use ferry_protocol::Target;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::dedicated::DataPath;
-use tokio::net::{TcpListener, TcpStream};
 
 /// The guest address a host listener forwards to; shared so that it can be
 /// retargeted without closing the listener.
@@ -49,7 +50,8 @@ pub async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, target: Sha
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning, and say so
                 // without flooding the log.
-                errors.report(&format!("accept on {:?} failed: {e}", listener.local_addr()));
+                let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                errors.report(&format!("accept on {at} failed: {e}"));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
