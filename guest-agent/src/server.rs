@@ -70,20 +70,10 @@ async fn dispatch(pending: Pending, watcher: Arc<PortWatcher>, cfg: SessionConfi
     }
 }
 
-/// The session settings, with the secret loaded (or insecure mode confirmed).
+/// The session settings: a named secret file must exist; the default one
+/// is created if missing.
 fn session_config(args: &Args) -> anyhow::Result<SessionConfig> {
-    let secret = if args.insecure_no_auth {
-        tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
-        None
-    } else {
-        let path = args.secret_file.clone().unwrap_or_else(secret_file::default_path);
-        let secret = match &args.secret_file {
-            Some(p) => secret_file::load(p)?,
-            None => secret_file::load_or_create(&path)?,
-        };
-        tracing::info!("authenticating hosts with the secret in {}", path.display());
-        Some(Arc::new(secret))
-    };
+    let secret = secret_file::session_secret(args.secret_file.as_deref(), args.insecure_no_auth, false)?;
     Ok(SessionConfig { secret, ..SessionConfig::default() })
 }
 

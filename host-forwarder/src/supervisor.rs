@@ -1,7 +1,7 @@
 //! Keeps a session with the agent alive: connect, forward, and on loss tear
 //! everything down and reconnect with backoff.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::{ControlMessage, Role};
@@ -52,15 +52,7 @@ async fn connect_forever(args: &RunArgs) -> anyhow::Result<()> {
 
 /// The session settings, with the secret loaded or created.
 fn session_config(args: &RunArgs) -> anyhow::Result<SessionConfig> {
-    let secret = if args.insecure_no_auth {
-        tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
-        None
-    } else {
-        let path = args.secret_file.clone().unwrap_or_else(secret_file::default_path);
-        let secret = secret_file::load_or_create(&path)?;
-        tracing::info!("authenticating with the secret in {}", path.display());
-        Some(Arc::new(secret))
-    };
+    let secret = secret_file::session_secret(args.secret_file.as_deref(), args.insecure_no_auth, true)?;
     Ok(SessionConfig { secret, ..SessionConfig::default() })
 }
 

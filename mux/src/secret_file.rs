@@ -6,6 +6,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use ferry_protocol::auth::Secret;
@@ -61,6 +62,25 @@ pub fn load_or_create(path: &Path) -> io::Result<Secret> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => load_settled(path),
         Err(e) => Err(io::Error::new(e.kind(), format!("creating secret file {}: {e}", path.display()))),
     }
+}
+
+/// The secret a session runs with, as both binaries choose it: `None` with
+/// `insecure` (said loudly in the log), else the file `named`, or the
+/// default file when none is named. A missing default file is created; a
+/// missing named file is created only with `create_named`.
+pub fn session_secret(named: Option<&Path>, insecure: bool, create_named: bool) -> io::Result<Option<Arc<Secret>>> {
+    if insecure {
+        tracing::warn!("running WITHOUT authentication (--insecure-no-auth): for development only");
+        return Ok(None);
+    }
+    let secret = match named {
+        Some(path) if !create_named => load(path)?,
+        Some(path) => load_or_create(path)?,
+        None => load_or_create(&default_path())?,
+    };
+    let path = named.map(Path::to_path_buf).unwrap_or_else(default_path);
+    tracing::info!("authenticating with the secret in {}", path.display());
+    Ok(Some(Arc::new(secret)))
 }
 
 /// Loads a secret another process may be writing right now (it won the
