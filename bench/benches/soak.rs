@@ -19,12 +19,10 @@ use ferry_bench::{
 };
 use ferry_tests::{
     data::{pattern, sha256},
-    free_port, require_root, Bridge,
+    free_port,
+    procs::fd_count,
+    require_root, Bridge,
 };
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
 
 /// Echoes `n` checksummed payloads; returns how many came back intact.
 fn echo_checks(ep: &Endpoint, n: usize, seed: u64) -> usize {
@@ -88,9 +86,9 @@ fn main() {
         println!(
             "  {name:>12}: ferry RSS {:.1} MiB, {} fds; agent RSS {:.1} MiB, {} fds",
             rss_bytes(&[f]) as f64 / 1048576.0,
-            fds(f),
+            fd_count(f),
             rss_bytes(&[a]) as f64 / 1048576.0,
-            fds(a)
+            fd_count(a)
         );
     }
     println!("  checksum mismatches: {bad}");

@@ -95,19 +95,7 @@ impl CpuMeter {
     }
 }
 
-/// Resident memory of `pids`, in bytes.
-pub fn rss_bytes(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        * 1024
-}
+pub use ferry_tests::procs::rss_bytes;
 
 #[cfg(test)]
 mod tests {

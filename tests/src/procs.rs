@@ -66,6 +66,25 @@ impl Drop for Proc {
     }
 }
 
+/// Open file descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Resident memory of `pids`, in bytes.
+pub fn rss_bytes(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 1024
+}
+
 /// Creates a fresh instance secret in `dir` with `ferry secret` and returns its path.
 pub fn make_secret(dir: &std::path::Path) -> PathBuf {
     let path = dir.join("secret");
