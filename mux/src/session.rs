@@ -156,7 +156,6 @@ impl Drop for IncomingOpen {
 pub struct Session {
     shared: Arc<Shared>,
     negotiated: Negotiated,
-    peer: Arc<str>,
 }
 
 impl Session {
@@ -204,17 +203,12 @@ impl Session {
                 }
             });
         }
-        Ok((Session { shared, negotiated, peer: Arc::from(peer) }, events_rx))
+        Ok((Session { shared, negotiated }, events_rx))
     }
 
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
-    }
-
-    /// The peer's description (its transport address).
-    pub fn peer(&self) -> &str {
-        &self.peer
     }
 
     /// Opens a stream to `target` on the peer's side and waits for the answer.

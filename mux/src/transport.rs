@@ -249,14 +249,6 @@ impl TransportListener {
             }
         }
     }
-
-    /// The local TCP address, if this is a TCP listener.
-    pub fn tcp_local_addr(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            Self::Tcp(l) => l.local_addr().ok(),
-            _ => None,
-        }
-    }
 }
 
 /// An accepted connection whose first bytes have not been read yet.
