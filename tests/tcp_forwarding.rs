@@ -225,13 +225,18 @@ async fn a_taken_host_port_is_reported_and_others_still_forward(bridge: Bridge) 
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{free}")));
     let s = connect_forwarded(&format!("127.0.0.1:{free}")).await;
     assert_eq!(echo_round(s, b"ok".to_vec(), 2).await, b"ok");
-    bridge.wait_log(1, &format!("host port 127.0.0.1:{taken} is unavailable"));
-    // Reported once, not on every retry.
+    let needle = format!("host 127.0.0.1:{taken}: host port in use");
+    bridge.wait_log(1, &needle);
+    // Reported once, not on every retry; the status says why it waits.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(bridge.forwarder.log_text().matches(&format!("host port 127.0.0.1:{taken} is unavailable")).count(), 1);
+    assert_eq!(bridge.forwarder.log_text().matches(&needle).count(), 1);
+    let row = bridge.status_row("tcp", &format!("127.0.0.1:{taken}")).expect("a status row for the taken port");
+    assert_eq!(row["state"], "retrying", "{row}");
+    assert!(row["reason"].as_str().unwrap().contains("in use"), "{row}");
     // Once the port is free, the retry picks it up.
     drop(squatter);
     bridge.wait_log(1, &format!("forwarding 127.0.0.1:{taken}"));
+    assert!(bridge.forwarder.log_text().contains("(the host port is free now)"));
     let s = connect_forwarded(&format!("127.0.0.1:{taken}")).await;
     assert_eq!(echo_round(s, b"later".to_vec(), 5).await, b"later");
 }
@@ -285,6 +290,7 @@ async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives(mut brid
 fn second_forwarder(bridge: &Bridge, name: &str, args: &[&str], needle: &str) -> Proc {
     let mut cmd = Command::new(bin_dir().join("ferry"));
     cmd.args(["run", "--agent", &format!("unix:{}", bridge.dir.path().join("agent.sock").display())]).args(args);
+    cmd.arg("--control-socket").arg(bridge.dir.path().join(format!("{name}.sock")));
     let p = Proc::spawn(cmd, bridge.dir.path().join(format!("{name}.log")));
     ferry_tests::wait_for(GUARD, needle, || p.log_text().contains(needle).then_some(()));
     p

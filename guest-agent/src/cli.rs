@@ -19,9 +19,27 @@ pub struct Args {
     #[arg(long, conflicts_with = "listen")]
     pub stdio: bool,
 
-    /// How often to rescan listening sockets, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    /// How often to scan for new listening sockets, in milliseconds (closed
+    /// ones are noticed at once through the kernel's socket-destroy events).
+    #[arg(long, value_name = "MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub scan_interval_ms: u64,
+
+    /// UDP ports never reported unless a host rule names them, comma-separated
+    /// (ports in the kernel's ephemeral range are skipped too). The default
+    /// covers the DHCP client (68), NetBIOS (137, 138), chrony (323), the
+    /// DHCPv6 client (546), mDNS (5353) and LLMNR (5355); `--udp-ignore=`
+    /// ignores none.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', default_value = "68,137,138,323,546,5353,5355")]
+    pub udp_ignore: Vec<String>,
+
+    /// Report Kubernetes NodePort and LoadBalancer services (found with
+    /// kubectl): `auto` follows a cluster whenever kubectl reaches one, `off` never.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub kubernetes: KubernetesMode,
+
+    /// The kubectl to run for `--kubernetes auto` (it honours $KUBECONFIG).
+    #[arg(long, value_name = "PATH", default_value = "kubectl")]
+    pub kubectl: PathBuf,
 
     /// File holding the instance secret (64 hex digits, mode 0600), as made
     /// on the host by `ferry secret`; the host must prove it holds the same.
@@ -41,7 +59,25 @@ pub struct Args {
     pub verbose: u8,
 }
 
+/// Whether the Kubernetes source runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubernetesMode {
+    /// Follow services whenever kubectl reaches a cluster.
+    Auto,
+    /// Never run kubectl.
+    Off,
+}
+
 impl Args {
+    /// The UDP ignore list as numbers.
+    pub fn udp_ignore_ports(&self) -> anyhow::Result<Vec<u16>> {
+        self.udp_ignore
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().parse::<u16>().map_err(|e| anyhow::anyhow!("--udp-ignore: {s:?}: {e}")))
+            .collect()
+    }
+
     /// The rescan period.
     pub fn scan_interval(&self) -> Duration {
         Duration::from_millis(self.scan_interval_ms)

@@ -80,7 +80,7 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens) {
     if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
         return;
     }
-    if let Err(e) = conn.splice_with(&tcp).await {
+    if let Err(e) = conn.splice_with(&tcp, &ferry_mux::Traffic::default()).await {
         tracing::debug!("data connection to {addr} ended: {e}");
         ferry_mux::pump::reset_tcp(tcp);
     }

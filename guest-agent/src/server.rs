@@ -9,10 +9,10 @@ use ferry_mux::{
 };
 
 use crate::{
-    cli::Args,
+    cli::{Args, KubernetesMode},
     dedicated::{self, Tokens},
-    ports::PortWatcher,
-    session,
+    ports::{filter::UdpFilter, kubernetes::KubernetesServices, scanner::SocketScanner, watcher::Source, PortWatcher},
+    session::{self, Ports},
 };
 
 /// Runs the agent until it is killed (or, with `--stdio`, until the session ends).
@@ -26,10 +26,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect();
     let cfg = session_config(&args)?;
-    let watcher = Arc::new(PortWatcher::start(args.scan_interval(), exclude)?);
+    let watcher = Arc::new(PortWatcher::start(sources(&args, exclude)?)?);
+    let filter = UdpFilter::new(&args.udp_ignore_ports()?);
+    let ports = Ports { watcher, filter };
     if args.stdio {
         // A single pipe: streams travel as frames, no data connections.
-        session::serve(Transport::stdio(), watcher, cfg, None).await;
+        session::serve(Transport::stdio(), ports, cfg, None).await;
         return Ok(());
     }
     let tokens = Tokens::default();
@@ -37,12 +39,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for addr in &args.listen {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on {addr}");
-        let (watcher, cfg, tokens) = (watcher.clone(), cfg.clone(), tokens.clone());
+        let (ports, cfg, tokens) = (ports.clone(), cfg.clone(), tokens.clone());
         tasks.spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok(pending) => {
-                        tokio::spawn(dispatch(pending, watcher.clone(), cfg.clone(), tokens.clone()));
+                        tokio::spawn(dispatch(pending, ports.clone(), cfg.clone(), tokens.clone()));
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -60,14 +62,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Tells sessions from data connections and serves each.
-async fn dispatch(pending: Pending, watcher: Arc<PortWatcher>, cfg: SessionConfig, tokens: Tokens) {
+async fn dispatch(pending: Pending, ports: Ports, cfg: SessionConfig, tokens: Tokens) {
     // A host only gets a data token where its data connections can arrive.
     let tokens = pending.carries_data_connections().then_some(tokens);
     match pending.classify().await {
-        Ok(Incoming::Session(t)) => session::serve(t, watcher, cfg, tokens).await,
+        Ok(Incoming::Session(t)) => session::serve(t, ports, cfg, tokens).await,
         Ok(Incoming::Data(conn)) => dedicated::serve(conn, tokens.unwrap_or_default()).await,
         Err(e) => tracing::debug!("connection closed before its first bytes: {e}"),
     }
+}
+
+/// The discovery sources the options ask for.
+fn sources(args: &Args, exclude: Vec<std::net::SocketAddr>) -> anyhow::Result<Vec<Box<dyn Source>>> {
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(SocketScanner::new(args.scan_interval(), exclude)?)];
+    if args.kubernetes == KubernetesMode::Auto {
+        sources.push(Box::new(KubernetesServices::new(args.kubectl.clone())));
+    }
+    Ok(sources)
 }
 
 /// The session settings: a named secret file must exist; the default one

@@ -8,15 +8,28 @@ use tokio::net::TcpStream;
 
 use crate::{
     dedicated::Tokens,
-    ports::{watcher::diff, PortWatcher},
+    ports::{
+        filter::UdpFilter,
+        watcher::{diff, PortSet},
+        PortWatcher,
+    },
 };
+
+/// What a session reports: the discovered ports, through the agent's filter.
+#[derive(Clone)]
+pub struct Ports {
+    /// The merged discovery sources.
+    pub watcher: Arc<PortWatcher>,
+    /// The agent's UDP policy; each session adds the ports its host wants.
+    pub filter: UdpFilter,
+}
 
 /// How long the agent tries to reach a guest target before refusing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host session until it ends.
 /// With `tokens`, the host may also open dedicated data connections.
-pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: SessionConfig, tokens: Option<Tokens>) {
+pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, tokens: Option<Tokens>) {
     let peer = transport.peer.clone();
     let (session, mut events) = match Session::start(transport, Role::Agent, cfg).await {
         Ok(s) => s,
@@ -39,11 +52,15 @@ pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: Session
             None
         }
     };
-    let reporter = tokio::spawn(report_ports(session.clone(), watcher));
+    let (filter_tx, filter_rx) = tokio::sync::watch::channel(ports.filter.clone());
+    let reporter = tokio::spawn(report_ports(session.clone(), ports.watcher, filter_rx));
     while let Some(event) = events.recv().await {
         match event {
             SessionEvent::Open(open) => {
                 tokio::spawn(serve_open(open));
+            }
+            SessionEvent::Control(ControlMessage::UdpPortsWanted(wanted)) => {
+                filter_tx.send_modify(|f| f.set_wanted(wanted));
             }
             SessionEvent::Control(msg) => tracing::debug!("ignoring control message from host: {msg:?}"),
         }
@@ -52,15 +69,28 @@ pub async fn serve(transport: Transport, watcher: Arc<PortWatcher>, cfg: Session
     tracing::info!("host session via {peer} ended: {}", session.closed().await);
 }
 
-/// Sends the full port set, then every change, for as long as the session lives.
-async fn report_ports(session: Session, watcher: Arc<PortWatcher>) {
+/// Sends the full port set, then every change, for as long as the session
+/// lives; both a new scan and a new filter from the host count as a change.
+async fn report_ports(
+    session: Session,
+    watcher: Arc<PortWatcher>,
+    mut filter: tokio::sync::watch::Receiver<UdpFilter>,
+) {
     let mut rx = watcher.subscribe();
-    let mut sent = rx.borrow_and_update().clone();
+    let visible = |set: &PortSet, f: &UdpFilter| -> PortSet { set.iter().filter(|l| f.keep(l)).copied().collect() };
+    let mut sent = visible(&rx.borrow_and_update(), &filter.borrow_and_update());
     if session.send_control(&ControlMessage::PortSnapshot(sent.iter().copied().collect())).is_err() {
         return;
     }
-    while rx.changed().await.is_ok() {
-        let now = rx.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = filter.changed() => if r.is_err() { return },
+        }
+        let now = visible(&rx.borrow_and_update(), &filter.borrow_and_update());
+        if now == sent {
+            continue;
+        }
         let (added, removed) = diff(&sent, &now);
         for l in &added {
             tracing::debug!("port opened: {:?} {}", l.proto, l.addr);
@@ -87,7 +117,7 @@ async fn serve_open(open: IncomingOpen) {
     let Ok(stream) = open.accept().await else { return };
     let mut tcp = tcp;
     let (r, w) = tcp.split();
-    if let ferry_mux::pump::PumpEnd::Reset(reason) = pump(r, w, stream).await {
+    if let ferry_mux::pump::PumpEnd::Reset(reason) = pump(r, w, stream, &ferry_mux::Traffic::default()).await {
         tracing::debug!("connection to {addr} reset: {reason}");
         ferry_mux::pump::reset_tcp(tcp);
     }

@@ -27,6 +27,20 @@ pub enum Command {
     /// Create the instance secret if there is none yet, and print its path
     /// (give that file to the agent with --secret-file).
     Secret(SecretArgs),
+    /// Show what a running `ferry run` forwards: a table, or JSON.
+    Status(StatusArgs),
+}
+
+/// Options of `ferry status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The control socket of the `ferry run` to ask [default: STATE_DIR/ferry.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Print the status as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `ferry secret`.
@@ -49,9 +63,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub max_backoff_ms: u64,
 
-    /// How often to retry host ports that were busy, in milliseconds.
+    /// Longest wait between attempts to bind a host port that was taken, in
+    /// milliseconds (the wait starts at 250 ms and doubles).
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub retry_busy_ms: u64,
+
+    /// Forwarding rules: a Lima instance's lima.yaml or a ferry config file,
+    /// read for its `portForwards` list (Lima's keys, defaults and order).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+
+    /// The instance's SSH port on the host, never forwarded (overrides the
+    /// rules file's ssh.localPort).
+    #[arg(long, value_name = "PORT")]
+    pub ssh_local_port: Option<u16>,
+
+    /// The control socket `ferry status` asks (0600 in a 0700 directory)
+    /// [default: STATE_DIR/ferry.sock]. Each running forwarder needs its own.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Print one JSON line per forwarding change on stdout
+    /// (type forwarding, not-forwarding or failed; Lima's PortForwardEvent keys).
+    #[arg(long)]
+    pub events: bool,
 
     /// The instance secret both sides prove they hold; created (mode 0600, in
     /// a 0700 directory) if missing [default: STATE_DIR/secret, where

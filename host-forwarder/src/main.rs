@@ -3,7 +3,9 @@
 use clap::Parser;
 
 mod cli;
+mod config;
 mod ports;
+mod status;
 mod supervisor;
 
 fn main() -> anyhow::Result<()> {
@@ -16,6 +18,16 @@ fn main() -> anyhow::Result<()> {
             let path = args.file.unwrap_or_else(ferry_mux::secret_file::default_path);
             ferry_mux::secret_file::load_or_create(&path)?;
             println!("{}", path.display());
+            Ok(())
+        }
+        cli::Command::Status(args) => {
+            let path = args.control_socket.unwrap_or_else(status::server::default_path);
+            let report = status::client::query(&path)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::client::render(&report));
+            }
             Ok(())
         }
     }

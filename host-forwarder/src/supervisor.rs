@@ -1,22 +1,42 @@
 //! Keeps a session with the agent alive: connect, forward, and on loss tear
 //! everything down and reconnect with backoff.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::{ControlMessage, Role};
 
 use crate::{
     cli::RunArgs,
-    ports::{dedicated::DataPath, PortForwarder},
+    config,
+    ports::{
+        dedicated::DataPath,
+        forwarder::{ForwarderOptions, PortForwarder},
+    },
+    status::{self, EventSink, StatusBoard},
 };
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often waiting host ports are checked for their retry time.
+const RETRY_TICK: Duration = Duration::from_millis(250);
+
 /// Runs until interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let rules = Arc::new(config::load_rules(args.rules.as_deref(), args.ssh_local_port)?);
+    if let Some(file) = &args.rules {
+        tracing::info!("{} forwarding rules from {}", rules.user_rules().len(), file.display());
+    }
+    tracing::debug!("effective rules: {:?}", rules.rules());
+    let board = StatusBoard::new(args.agent.to_string());
+    let control = args.control_socket.clone().unwrap_or_else(status::server::default_path);
+    let listener = status::server::bind(&control)
+        .await
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", control.display()))?;
+    let _control = ControlSocket { path: control, task: tokio::spawn(status::server::serve(listener, board.clone())) };
+    let opts = ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events) };
     tokio::select! {
-        r = connect_forever(&args) => r,
+        r = connect_forever(&args, &opts) => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
@@ -24,7 +44,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn connect_forever(args: &RunArgs) -> anyhow::Result<()> {
+/// The control socket's server task; the socket file goes when it does.
+struct ControlSocket {
+    path: std::path::PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn connect_forever(args: &RunArgs, opts: &ForwarderOptions) -> anyhow::Result<()> {
     let cfg = session_config(args)?;
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
@@ -34,7 +67,9 @@ async fn connect_forever(args: &RunArgs) -> anyhow::Result<()> {
                 backoff = MIN_BACKOFF;
                 last_error.clear();
                 tracing::info!("connected to agent at {} (protocol v{})", args.agent, session.negotiated().version);
-                let reason = serve(session, events, args).await;
+                opts.board.set_session(true, "multiplexed");
+                let reason = serve(session, events, args, opts).await;
+                opts.board.set_session(false, "-");
                 tracing::warn!("session with agent ended: {reason}; reconnecting");
             }
             Err(e) => {
@@ -65,9 +100,18 @@ async fn connect(
 }
 
 /// Forwards the session's ports until it ends; returns why it ended.
-async fn serve(session: Session, mut events: tokio::sync::mpsc::Receiver<SessionEvent>, args: &RunArgs) -> String {
-    let mut ports = PortForwarder::new(session.clone());
-    let mut retry = tokio::time::interval(args.retry_busy());
+async fn serve(
+    session: Session,
+    mut events: tokio::sync::mpsc::Receiver<SessionEvent>,
+    args: &RunArgs,
+    opts: &ForwarderOptions,
+) -> String {
+    let wanted = opts.rules.udp_wanted();
+    if !wanted.is_empty() {
+        let _ = session.send_control(&ControlMessage::UdpPortsWanted(wanted));
+    }
+    let mut ports = PortForwarder::new(session.clone(), opts.clone());
+    let mut retry = tokio::time::interval(RETRY_TICK);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -77,6 +121,7 @@ async fn serve(session: Session, mut events: tokio::sync::mpsc::Receiver<Session
                         Some(data) => {
                             tracing::info!("connections get dedicated data connections (spliced)");
                             ports.set_data_path(data);
+                            opts.board.set_session(true, "dedicated");
                         }
                         None => tracing::info!("connections are multiplexed over the session"),
                     }
@@ -85,7 +130,7 @@ async fn serve(session: Session, mut events: tokio::sync::mpsc::Receiver<Session
                 Some(SessionEvent::Open(open)) => open.refuse("the host accepts no streams from the guest yet"),
                 None => break,
             },
-            _ = retry.tick() => ports.retry_busy(),
+            _ = retry.tick() => ports.retry_due(),
         }
     }
     // Dropping the forwarder closes every host listener; in-flight

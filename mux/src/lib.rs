@@ -18,6 +18,7 @@ pub mod secret_file;
 pub mod session;
 pub mod splice;
 pub mod stream;
+pub mod traffic;
 pub mod transport;
 
 mod reader;
@@ -27,4 +28,5 @@ mod writer;
 pub use address::Address;
 pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
 pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
+pub use traffic::Traffic;
 pub use transport::{Incoming, RawConn, Transport, TransportListener};

@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::stream::{MuxStream, StreamError, StreamReader, StreamWriter, MAX_DATA_FRAME};
+use crate::{
+    stream::{MuxStream, StreamError, StreamReader, StreamWriter, MAX_DATA_FRAME},
+    traffic::Traffic,
+};
 
 /// First read size of a stream; doubled while reads fill it, so idle
 /// streams stay small and bulk streams reach [`MAX_DATA_FRAME`].
@@ -23,15 +26,16 @@ pub enum PumpEnd {
 }
 
 /// Copies `r` into the stream and the stream into `w` until both directions
-/// are finished or either side aborts.
-pub async fn pump<R, W>(r: R, w: W, stream: MuxStream) -> PumpEnd
+/// are finished or either side aborts, counting bytes in `traffic`
+/// (up: `r` -> stream).
+pub async fn pump<R, W>(r: R, w: W, stream: MuxStream, traffic: &Traffic) -> PumpEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let (rx, tx) = stream.into_split();
-    let up = upstream(r, tx);
-    let down = downstream(w, rx);
+    let up = upstream(r, tx, traffic);
+    let down = downstream(w, rx, traffic);
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
@@ -47,7 +51,7 @@ where
 }
 
 /// Socket -> stream. Reads only as much as the peer has credit for.
-async fn upstream<R: AsyncRead + Unpin>(mut r: R, mut tx: StreamWriter) -> Result<(), String> {
+async fn upstream<R: AsyncRead + Unpin>(mut r: R, mut tx: StreamWriter, traffic: &Traffic) -> Result<(), String> {
     let mut buf = BytesMut::new();
     let mut chunk = FIRST_READ;
     loop {
@@ -62,6 +66,7 @@ async fn upstream<R: AsyncRead + Unpin>(mut r: R, mut tx: StreamWriter) -> Resul
                 if n == limit && chunk < MAX_DATA_FRAME {
                     chunk *= 2;
                 }
+                traffic.add_up(n);
                 tx.send(buf.split().freeze()).await.map_err(err_text)?;
             }
             Err(e) => {
@@ -75,7 +80,7 @@ async fn upstream<R: AsyncRead + Unpin>(mut r: R, mut tx: StreamWriter) -> Resul
 
 /// Stream -> socket. Returning credit only after each write keeps a slow
 /// client's backlog on the peer's side of this stream alone.
-async fn downstream<W: AsyncWrite + Unpin>(mut w: W, mut rx: StreamReader) -> Result<(), String> {
+async fn downstream<W: AsyncWrite + Unpin>(mut w: W, mut rx: StreamReader, traffic: &Traffic) -> Result<(), String> {
     loop {
         match rx.recv().await {
             Ok(Some(b)) => {
@@ -83,6 +88,7 @@ async fn downstream<W: AsyncWrite + Unpin>(mut w: W, mut rx: StreamReader) -> Re
                     // Dropping `rx` unfinished resets the stream.
                     return Err(format!("client write failed: {e}"));
                 }
+                traffic.add_down(b.len());
             }
             Ok(None) => {
                 let _ = w.shutdown().await;

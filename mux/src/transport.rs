@@ -181,11 +181,11 @@ impl RawConn {
     }
 
     /// Relays between `tcp` and this connection with splice(2) until both
-    /// directions are finished.
-    pub async fn splice_with(&self, tcp: &TcpStream) -> io::Result<(u64, u64)> {
+    /// directions are finished, counting bytes in `traffic` (up: tcp -> this).
+    pub async fn splice_with(&self, tcp: &TcpStream, traffic: &crate::Traffic) -> io::Result<(u64, u64)> {
         match self {
-            Self::Unix(s) => crate::splice::splice_bidirectional(tcp, s).await,
-            Self::Tcp(s) => crate::splice::splice_bidirectional(tcp, s).await,
+            Self::Unix(s) => crate::splice::splice_bidirectional(tcp, s, traffic).await,
+            Self::Tcp(s) => crate::splice::splice_bidirectional(tcp, s, traffic).await,
         }
     }
 }

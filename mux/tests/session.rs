@@ -197,7 +197,7 @@ async fn pump_splices_a_socket_with_half_close() {
     let stream = host.open(&echo_target()).await.unwrap();
     let pumping = tokio::spawn(async move {
         let (r, w) = server_side.into_split();
-        pump(r, w, stream).await
+        pump(r, w, stream, &ferry_mux::Traffic::default()).await
     });
     client.write_all(b"request").await.unwrap();
     client.shutdown().await.unwrap();

@@ -47,6 +47,25 @@ pub enum ControlMessage {
     /// The agent accepts dedicated data connections that present this token
     /// (see [`crate::data_conn`]); sent once, right after the session starts.
     DataToken([u8; crate::data_conn::TOKEN_LEN]),
+    /// Host -> agent: UDP ports the host's rules name explicitly, to be
+    /// reported even inside the ephemeral range or the agent's ignore list.
+    UdpPortsWanted(Vec<PortRange>),
+}
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port of the range.
+    pub first: u16,
+    /// Last port of the range (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
 }
 
 /// A control payload that could not be decoded.
@@ -80,6 +99,14 @@ mod tests {
         assert_eq!(decode::<ControlMessage>(&encode(&m)).unwrap(), m);
         let t = Target::Tcp("127.0.0.1:22".parse().unwrap());
         assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
+        let w = ControlMessage::UdpPortsWanted(vec![PortRange { first: 5353, last: 5353 }]);
+        assert_eq!(decode::<ControlMessage>(&encode(&w)).unwrap(), w);
+    }
+
+    #[test]
+    fn port_ranges_are_inclusive() {
+        let r = PortRange { first: 10, last: 12 };
+        assert!(r.contains(10) && r.contains(12) && !r.contains(9) && !r.contains(13));
     }
 
     proptest! {

@@ -9,7 +9,8 @@ use std::{
 
 use crate::{bin_dir, wait_for, Guest};
 
-/// A child process killed (by pid) and reaped on drop; its stderr goes to a log file.
+/// A child process killed (by pid) and reaped on drop; its stderr goes to
+/// a log file, its stdout to the same path with the extension `out`.
 pub struct Proc {
     child: Option<Child>,
     /// Where the process's stderr is written.
@@ -17,9 +18,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with stderr to `log`.
+    /// Spawns `cmd` with stderr to `log` and stdout next to it.
     pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
+        let out = std::fs::File::create(log.with_extension("out")).expect("stdout file");
         // The child dies with us even if we are killed before our guards run.
         unsafe {
             cmd.pre_exec(|| {
@@ -27,12 +29,8 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let child =
+            cmd.stdin(Stdio::null()).stdout(out).stderr(file).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         Self { child: Some(child), log }
     }
 
@@ -44,6 +42,11 @@ impl Proc {
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the process printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
     }
 
     /// Sends SIGKILL and reaps the process.
@@ -152,6 +155,7 @@ impl Bridge {
         };
         fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]);
         fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
+        fwd.env("FERRY_STATE_DIR", dir.path().join("state"));
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
         let bridge = Self { forwarder, agent, guest, dir, agent_args };
         bridge.wait_log(1, "connected to agent");
@@ -160,6 +164,7 @@ impl Bridge {
 
     fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir, args: &[String]) -> Proc {
         let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
+        cmd.env("FERRY_STATE_DIR", dir.path().join("agent-state"));
         cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display())]).args(args);
         Proc::spawn(cmd, dir.path().join("agent.log"))
     }
@@ -168,6 +173,27 @@ impl Bridge {
     pub fn restart_agent(&mut self) {
         self.agent.kill();
         self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.agent_args);
+    }
+
+    /// The forwarder's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("state/ferry.sock")
+    }
+
+    /// `ferry status --json` of this bridge's forwarder, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = Command::new(bin_dir().join("ferry"))
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.control_socket())
+            .output()
+            .expect("run ferry status");
+        assert!(out.status.success(), "ferry status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// The status row of the host address `host` ("127.0.0.1:8080"), if any.
+    pub fn status_row(&self, proto: &str, host: &str) -> Option<serde_json::Value> {
+        self.status()["ports"].as_array()?.iter().find(|r| r["proto"] == proto && r["host"] == host).cloned()
     }
 
     /// Waits until the forwarder has logged `needle` at least `count` times.

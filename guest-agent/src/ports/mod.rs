@@ -1,6 +1,14 @@
 //! The ports channel on the guest side: which sockets listen, and how the
 //! set changes over time.
+//!
+//! Sources ([`scanner`]: the kernel's socket table; [`kubernetes`]: cluster
+//! services) feed the [`watcher`]; each session applies its [`filter`] and
+//! sends diffs.
 
+pub mod destroy_events;
+pub mod filter;
+pub mod kubernetes;
+pub mod scanner;
 pub mod sock_diag;
 pub mod watcher;
 

@@ -1,12 +1,13 @@
-//! Listing listening TCP sockets with netlink sock_diag (the kernel filters by
-//! state, so a scan costs a few system calls however many connections exist).
+//! Listing listening sockets with netlink sock_diag: TCP in LISTEN and UDP
+//! bound but unconnected (state CLOSE), IPv4 and IPv6. The kernel filters by
+//! state, so a scan costs a few system calls however many connections exist.
 
 use std::{collections::BTreeSet, io};
 
 use ferry_protocol::{Listener, Proto};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagMessage,
 };
@@ -27,16 +28,24 @@ impl SockDiag {
         Ok(Self { socket, buf: vec![0; 64 * 1024] })
     }
 
-    /// Every TCP socket in LISTEN state, IPv4 and IPv6.
-    pub fn tcp_listeners(&mut self) -> io::Result<BTreeSet<Listener>> {
+    /// Every TCP socket in LISTEN state and every bound, unconnected UDP
+    /// socket, IPv4 and IPv6.
+    pub fn listeners(&mut self) -> io::Result<BTreeSet<Listener>> {
         let mut out = BTreeSet::new();
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, &mut out)?;
+            self.dump(family, Proto::Tcp, &mut out)?;
+            self.dump(family, Proto::Udp, &mut out)?;
         }
         Ok(out)
     }
 
-    fn dump(&mut self, family: u8, out: &mut BTreeSet<Listener>) -> io::Result<()> {
+    fn dump(&mut self, family: u8, proto: Proto, out: &mut BTreeSet<Listener>) -> io::Result<()> {
+        // An unconnected UDP socket is in TCP_CLOSE, the state numbering the
+        // kernel shares between the two.
+        let (protocol, states) = match proto {
+            Proto::Tcp => (IPPROTO_TCP, StateFlags::LISTEN),
+            Proto::Udp => (IPPROTO_UDP, StateFlags::CLOSE),
+        };
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
         let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
@@ -44,9 +53,9 @@ impl SockDiag {
             header,
             SockDiagMessage::InetRequest(InetRequest {
                 family,
-                protocol: IPPROTO_TCP,
+                protocol,
                 extensions: ExtensionFlags::empty(),
-                states: StateFlags::LISTEN,
+                states,
                 socket_id,
             })
             .into(),
@@ -65,10 +74,13 @@ impl SockDiag {
                 match msg.payload {
                     NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
                         let id = &r.header.socket_id;
-                        out.insert(Listener {
-                            proto: Proto::Tcp,
-                            addr: std::net::SocketAddr::new(id.source_address, id.source_port),
-                        });
+                        // Port 0: a UDP socket that was never bound.
+                        if id.source_port != 0 && id.destination_port == 0 {
+                            out.insert(Listener {
+                                proto,
+                                addr: std::net::SocketAddr::new(id.source_address, id.source_port),
+                            });
+                        }
                     }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => {
@@ -95,16 +107,26 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let mut diag = SockDiag::open().unwrap();
         let want = Listener { proto: Proto::Tcp, addr };
-        assert!(diag.tcp_listeners().unwrap().contains(&want));
+        assert!(diag.listeners().unwrap().contains(&want));
         drop(l);
-        assert!(!diag.tcp_listeners().unwrap().contains(&want));
+        assert!(!diag.listeners().unwrap().contains(&want));
+    }
+
+    #[test]
+    fn finds_bound_udp_but_not_connected_udp() {
+        let bound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        connected.connect(bound.local_addr().unwrap()).unwrap();
+        let found = SockDiag::open().unwrap().listeners().unwrap();
+        assert!(found.contains(&Listener { proto: Proto::Udp, addr: bound.local_addr().unwrap() }));
+        assert!(!found.iter().any(|l| l.addr == connected.local_addr().unwrap()));
     }
 
     #[test]
     fn sees_ipv6_listeners() {
         let Ok(l) = std::net::TcpListener::bind("[::1]:0") else { return };
         let addr = l.local_addr().unwrap();
-        let found = SockDiag::open().unwrap().tcp_listeners().unwrap();
+        let found = SockDiag::open().unwrap().listeners().unwrap();
         assert!(found.contains(&Listener { proto: Proto::Tcp, addr }));
     }
 }

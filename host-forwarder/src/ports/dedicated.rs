@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use ferry_mux::{pump::reset_tcp, Address, RawConn};
+use ferry_mux::{pump::reset_tcp, Address, RawConn, Traffic};
 use ferry_protocol::{
     data_conn::{self, DataHello, TOKEN_LEN},
     Target,
@@ -24,7 +24,7 @@ impl DataPath {
 
     /// Forwards `client` to `guest`. Gives the client back if no data
     /// connection could be made, so the caller can use the session instead.
-    pub async fn forward(&self, client: TcpStream, guest: SocketAddr) -> Result<(), TcpStream> {
+    pub async fn forward(&self, client: TcpStream, guest: SocketAddr, traffic: &Traffic) -> Result<(), TcpStream> {
         let mut conn = match RawConn::dial(&self.addr).await {
             Ok(c) => c,
             Err(e) => {
@@ -52,7 +52,7 @@ impl DataPath {
             reset_tcp(client);
             return Ok(());
         }
-        if let Err(e) = conn.splice_with(&client).await {
+        if let Err(e) = conn.splice_with(&client, traffic).await {
             tracing::debug!("connection to guest {guest} reset: {e}");
             reset_tcp(client);
         }

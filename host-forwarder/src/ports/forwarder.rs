@@ -1,13 +1,17 @@
-//! Keeps the host listeners in step with the guest's port set.
+//! Keeps the host listeners in step with the guest's port set and the rules,
+//! retries host ports that are taken, and reports every change (log, status
+//! board, `--events`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use ferry_mux::Session;
-use ferry_protocol::{ControlMessage, Listener};
+use ferry_protocol::{ControlMessage, Listener, Proto};
 use tokio::{
     net::{TcpListener, TcpSocket},
     task::JoinHandle,
@@ -16,31 +20,57 @@ use tokio::{
 use super::{
     dedicated::DataPath,
     listener::{accept_loop, Routes},
-    mapping,
+    mapping::{self, Binding},
+    rules::{Decision, RuleSet},
+};
+use crate::status::{
+    board::{Row, StatusBoard},
+    events::EventKind,
+    ConnStats, EventSink,
 };
 
-struct Active {
-    target: Arc<Mutex<SocketAddr>>,
-    task: JoinHandle<()>,
+/// First wait before binding a taken host port again; doubles up to the
+/// configured ceiling.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+type Key = (Proto, SocketAddr);
+
+enum Slot {
+    Active { target: Arc<Mutex<SocketAddr>>, task: JoinHandle<()>, stats: Arc<ConnStats> },
+    Waiting { error: String, state: &'static str, next: Instant, backoff: Duration },
+}
+
+/// How the forwarder reports and retries.
+#[derive(Clone)]
+pub struct ForwarderOptions {
+    /// The effective rules.
+    pub rules: Arc<RuleSet>,
+    /// Longest wait between attempts to bind a host port that was unavailable.
+    pub max_retry: Duration,
+    /// Where the status rows go.
+    pub board: StatusBoard,
+    /// Where forwarding changes are printed.
+    pub events: EventSink,
 }
 
 /// The host listeners of one session. Dropping it closes them all.
 pub struct PortForwarder {
     routes: Arc<Routes>,
+    opts: ForwarderOptions,
     guest: BTreeSet<Listener>,
-    active: BTreeMap<SocketAddr, Active>,
-    /// Host addresses we want but could not bind yet, with the logged error.
-    busy: BTreeMap<SocketAddr, String>,
+    slots: BTreeMap<Key, (Binding, Slot)>,
+    skipped: Vec<(Listener, Decision)>,
 }
 
 impl PortForwarder {
     /// A forwarder with no ports yet.
-    pub fn new(session: Session) -> Self {
+    pub fn new(session: Session, opts: ForwarderOptions) -> Self {
         Self {
             routes: Arc::new(Routes { session, data: None }),
+            opts,
             guest: BTreeSet::new(),
-            active: BTreeMap::new(),
-            busy: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -60,72 +90,219 @@ impl PortForwarder {
                 }
                 self.guest.extend(added);
             }
-            ControlMessage::DataToken(_) => return,
+            _ => return,
         }
         self.reconcile();
     }
 
-    /// Tries again to bind host ports that were busy.
-    pub fn retry_busy(&mut self) {
-        if !self.busy.is_empty() {
+    /// Tries again to bind host ports whose retry time has come.
+    pub fn retry_due(&mut self) {
+        let now = Instant::now();
+        if self.slots.values().any(|(_, s)| matches!(s, Slot::Waiting { next, .. } if *next <= now)) {
             self.reconcile();
         }
     }
 
     fn reconcile(&mut self) {
-        let want = mapping::bindings(&self.guest);
-        self.active.retain(|host, a| {
-            if want.contains_key(host) {
+        let plan = mapping::plan(&self.guest, &self.opts.rules);
+        let events = self.opts.events;
+        self.slots.retain(|key, (binding, slot)| {
+            if plan.bindings.contains_key(key) {
                 return true;
             }
-            a.task.abort();
-            tracing::info!("released {host}");
+            if let Slot::Active { task, .. } = slot {
+                task.abort();
+                tracing::info!("released {} ({})", key.1, proto_name(key.0));
+                events.emit(
+                    EventKind::NotForwarding,
+                    proto_name(key.0),
+                    &binding.listener.addr.to_string(),
+                    &key.1.to_string(),
+                    None,
+                );
+            }
             false
         });
-        self.busy.retain(|host, _| want.contains_key(host));
-        for (host, guest) in want {
-            if let Some(a) = self.active.get(&host) {
-                *a.target.lock().unwrap() = guest;
-                continue;
-            }
-            match bind(host) {
-                Ok(l) => {
-                    if self.busy.remove(&host).is_some() {
-                        tracing::info!("host port {host} is free now");
-                    }
-                    tracing::info!("forwarding {host} -> guest {guest}");
-                    let target = Arc::new(Mutex::new(guest));
-                    let task = tokio::spawn(accept_loop(l, self.routes.clone(), target.clone()));
-                    self.active.insert(host, Active { target, task });
+        let now = Instant::now();
+        for (key, binding) in plan.bindings {
+            match self.slots.get_mut(&key) {
+                Some((b, Slot::Active { target, .. })) => {
+                    *b = binding;
+                    *target.lock().unwrap() = binding.guest;
                 }
-                Err(e) => {
-                    let e = e.to_string();
-                    if self.busy.get(&host) != Some(&e) {
-                        tracing::warn!(
-                            "cannot forward guest {guest}: host port {host} is unavailable ({e}); will retry"
-                        );
-                    }
-                    self.busy.insert(host, e);
-                }
+                Some((_, Slot::Waiting { next, .. })) if *next > now => {}
+                _ => self.open(key, binding),
             }
         }
+        self.skipped = plan.skipped;
+        self.publish();
+    }
+
+    /// Binds one host address, or records why it could not.
+    fn open(&mut self, key: Key, binding: Binding) {
+        let (proto, host) = key;
+        let guest = binding.listener.addr.to_string();
+        let result = match proto {
+            Proto::Tcp => bind_tcp(host),
+            Proto::Udp => Err(io::Error::new(io::ErrorKind::Unsupported, "UDP forwarding is not available yet")),
+        };
+        match result {
+            Ok((l, loopback_only)) => {
+                let recovered = matches!(self.slots.get(&key), Some((_, Slot::Waiting { .. })));
+                tracing::info!(
+                    "forwarding {host} -> guest {} ({}){}",
+                    binding.guest,
+                    proto_name(proto),
+                    if recovered { " (the host port is free now)" } else { "" }
+                );
+                let target = Arc::new(Mutex::new(binding.guest));
+                let stats = Arc::new(ConnStats::default());
+                let task =
+                    tokio::spawn(accept_loop(l, self.routes.clone(), target.clone(), stats.clone(), loopback_only));
+                self.opts.events.emit(EventKind::Forwarding, proto_name(proto), &guest, &host.to_string(), None);
+                self.slots.insert(key, (binding, Slot::Active { target, task, stats }));
+            }
+            Err(e) => {
+                let (state, error) = describe_bind_error(&e, host);
+                let backoff = match self.slots.get(&key) {
+                    Some((_, Slot::Waiting { backoff, error: old, .. })) if *old == error => {
+                        (*backoff * 2).min(self.opts.max_retry)
+                    }
+                    _ => {
+                        // Reported once per change of state, not on every retry.
+                        tracing::warn!(
+                            "cannot forward guest {guest} ({}): host {host}: {error}; will retry",
+                            proto_name(proto)
+                        );
+                        self.opts.events.emit(
+                            EventKind::Failed,
+                            proto_name(proto),
+                            &guest,
+                            &host.to_string(),
+                            Some(&error),
+                        );
+                        FIRST_RETRY.min(self.opts.max_retry)
+                    }
+                };
+                let slot = Slot::Waiting { error, state, next: Instant::now() + backoff, backoff };
+                self.slots.insert(key, (binding, slot));
+            }
+        }
+    }
+
+    /// Writes the current rows to the status board.
+    fn publish(&self) {
+        let mut rows: Vec<Row> = self
+            .slots
+            .iter()
+            .map(|((proto, host), (binding, slot))| {
+                let (state, reason, stats) = match slot {
+                    Slot::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
+                    Slot::Waiting { error, state, .. } => (*state, Some(error.clone()), None),
+                };
+                Row {
+                    proto: proto_name(*proto),
+                    guest: binding.listener.addr.to_string(),
+                    host: host.to_string(),
+                    state,
+                    reason,
+                    stats,
+                }
+            })
+            .collect();
+        for (l, decision) in &self.skipped {
+            let (state, reason) = match decision {
+                Decision::Ignored { rule } => ("ignored", format!("rule {rule}")),
+                Decision::HostSocket { path, .. } => {
+                    ("not-forwarded", format!("hostSocket {} is not supported yet", path.display()))
+                }
+                _ => ("not-forwarded", "no rule matches this address".to_string()),
+            };
+            rows.push(Row {
+                proto: proto_name(l.proto),
+                guest: l.addr.to_string(),
+                host: "-".into(),
+                state,
+                reason: Some(reason),
+                stats: None,
+            });
+        }
+        self.opts.board.set_rows(rows);
+    }
+}
+
+/// "tcp" or "udp".
+pub fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+/// The status and the message for a failed bind.
+fn describe_bind_error(e: &io::Error, host: SocketAddr) -> (&'static str, String) {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => ("retrying", "host port in use (by another program or another ferry)".into()),
+        io::ErrorKind::PermissionDenied if host.port() < 1024 => (
+            "failed",
+            format!(
+                "port {} is privileged: give ferry CAP_NET_BIND_SERVICE, lower \
+                 net.ipv4.ip_unprivileged_port_start, or map it to a hostPort of 1024 or more",
+                host.port()
+            ),
+        ),
+        io::ErrorKind::AddrNotAvailable => ("failed", format!("the host has no address {}", host.ip())),
+        _ => ("failed", e.to_string()),
     }
 }
 
 /// Binds a host listener; SO_REUSEADDR lets a port be re-bound at once
 /// after its guest server restarts, despite old connections in TIME_WAIT.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Returns whether the listener must refuse non-loopback peers.
+fn bind_tcp(addr: SocketAddr) -> io::Result<(TcpListener, bool)> {
+    match listen_tcp(addr) {
+        Ok(l) => Ok((l, false)),
+        #[cfg(target_os = "macos")]
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && addr.ip().is_loopback() => {
+            // macOS lets anyone bind privileged ports on the wildcard address
+            // but not on 127.0.0.1 (Lima's "pseudoloopback"): listen there and
+            // refuse every peer that is not local.
+            let any: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            Ok((listen_tcp(SocketAddr::new(any, addr.port()))?, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    if addr.is_ipv6() {
+        // [::] must not also take the IPv4 port that 0.0.0.0 gets on its own.
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
 impl Drop for PortForwarder {
     fn drop(&mut self) {
-        for (host, a) in std::mem::take(&mut self.active) {
-            a.task.abort();
-            tracing::info!("released {host}");
+        for ((proto, host), (binding, slot)) in std::mem::take(&mut self.slots) {
+            if let Slot::Active { task, .. } = slot {
+                task.abort();
+                tracing::info!("released {host} ({})", proto_name(proto));
+                self.opts.events.emit(
+                    EventKind::NotForwarding,
+                    proto_name(proto),
+                    &binding.listener.addr.to_string(),
+                    &host.to_string(),
+                    None,
+                );
+            }
         }
     }
 }

@@ -8,12 +8,13 @@ use std::{
 
 use ferry_mux::{
     pump::{pump, reset_tcp, PumpEnd},
-    OpenError, Session,
+    OpenError, Session, Traffic,
 };
 use ferry_protocol::Target;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::dedicated::DataPath;
+use crate::status::ConnStats;
 
 /// The guest address a host listener forwards to; shared so that it can be
 /// retargeted without closing the listener.
@@ -27,24 +28,40 @@ pub struct Routes {
     pub data: Option<Arc<DataPath>>,
 }
 
-/// Accepts on `listener` forever, forwarding each client to the current target.
-pub async fn accept_loop(listener: TcpListener, routes: Arc<Routes>, target: SharedTarget) {
+/// Accepts on `listener` forever, forwarding each client to the current
+/// target and counting it in `stats`. With `loopback_only`, peers that are
+/// not on this machine are refused (a wildcard listener standing in for a
+/// loopback one).
+pub async fn accept_loop(
+    listener: TcpListener,
+    routes: Arc<Routes>,
+    target: SharedTarget,
+    stats: Arc<ConnStats>,
+    loopback_only: bool,
+) {
     let mut errors = ErrorLog::default();
     loop {
         match listener.accept().await {
-            Ok((tcp, _)) => {
+            Ok((tcp, peer)) => {
+                if loopback_only && !peer.ip().to_canonical().is_loopback() {
+                    tracing::warn!("refused {peer}: this port is published on loopback only");
+                    reset_tcp(tcp);
+                    continue;
+                }
                 let guest = *target.lock().unwrap();
                 let routes = routes.clone();
+                let stats = stats.clone();
                 tokio::spawn(async move {
+                    let _active = stats.open();
                     let _ = tcp.set_nodelay(true);
                     let tcp = match &routes.data {
-                        Some(data) => match data.forward(tcp, guest).await {
+                        Some(data) => match data.forward(tcp, guest, &stats.traffic).await {
                             Ok(()) => return,
                             Err(tcp) => tcp,
                         },
                         None => tcp,
                     };
-                    forward(tcp, routes.session.clone(), guest).await;
+                    forward(tcp, routes.session.clone(), guest, &stats.traffic).await;
                 });
             }
             Err(e) => {
@@ -83,7 +100,7 @@ impl ErrorLog {
 }
 
 /// Forwards one client connection to `guest` as a stream of the session.
-async fn forward(mut tcp: TcpStream, session: Session, guest: SocketAddr) {
+async fn forward(mut tcp: TcpStream, session: Session, guest: SocketAddr, traffic: &Traffic) {
     let stream = match session.open(&Target::Tcp(guest)).await {
         Ok(s) => s,
         Err(e) => {
@@ -97,7 +114,7 @@ async fn forward(mut tcp: TcpStream, session: Session, guest: SocketAddr) {
         }
     };
     let (r, w) = tcp.split();
-    if let PumpEnd::Reset(reason) = pump(r, w, stream).await {
+    if let PumpEnd::Reset(reason) = pump(r, w, stream, traffic).await {
         tracing::debug!("connection to guest {guest} reset: {reason}");
         reset_tcp(tcp);
     }

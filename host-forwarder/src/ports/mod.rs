@@ -1,9 +1,9 @@
-//! The ports channel on the host side: mirror each guest listener as a host
-//! listener on loopback, and forward every accepted connection.
+//! The ports channel on the host side: decide with Lima's rules which guest
+//! listeners to publish, mirror each as a host listener (loopback unless a
+//! rule says otherwise), and forward every accepted connection.
 
 pub mod dedicated;
 pub mod forwarder;
 pub mod listener;
 pub mod mapping;
-
-pub use forwarder::PortForwarder;
+pub mod rules;

@@ -1,0 +1,160 @@
+//! The forwarder's live state: the session and one row per guest listener
+//! or host binding.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
+use ferry_mux::Traffic;
+use serde::{Deserialize, Serialize};
+
+/// Connection counters of one host binding, shared with its accept loop.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Connections accepted in all.
+    pub total: AtomicU64,
+    /// Bytes each way (up: host client -> guest).
+    pub traffic: Traffic,
+}
+
+impl ConnStats {
+    /// Counts a new connection; the guard uncounts it when dropped.
+    pub fn open(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(self.clone())
+    }
+}
+
+/// Marks one connection as active while it lives.
+pub struct ConnGuard(Arc<ConnStats>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One row of the status table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// "tcp" or "udp".
+    pub proto: &'static str,
+    /// The guest listener.
+    pub guest: String,
+    /// The host address, or "-" when there is none.
+    pub host: String,
+    /// forwarding, retrying, failed, ignored, not-forwarded.
+    pub state: &'static str,
+    /// Why the row is not forwarding, if it is not.
+    pub reason: Option<String>,
+    /// Counters of a forwarding row.
+    pub stats: Option<Arc<ConnStats>>,
+}
+
+/// The JSON form of a row (what `ferry status --json` prints).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RowReport {
+    /// "tcp" or "udp".
+    pub proto: String,
+    /// The guest listener.
+    pub guest: String,
+    /// The host address.
+    pub host: String,
+    /// The row's state.
+    pub state: String,
+    /// Why it is not forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Connections open now.
+    pub active_connections: u64,
+    /// Connections accepted in all.
+    pub total_connections: u64,
+    /// Bytes host -> guest.
+    pub bytes_to_guest: u64,
+    /// Bytes guest -> host.
+    pub bytes_from_guest: u64,
+}
+
+/// The whole status report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    /// The agent's transport address.
+    pub agent: String,
+    /// Whether a session with the agent is up.
+    pub connected: bool,
+    /// How connections travel: "dedicated", "multiplexed" or "-" offline.
+    pub data_path: String,
+    /// One row per guest listener and host binding.
+    pub ports: Vec<RowReport>,
+}
+
+#[derive(Default)]
+struct State {
+    connected: bool,
+    data_path: String,
+    rows: Vec<Row>,
+}
+
+/// Shared between the forwarder (which writes) and the control socket (which reads).
+#[derive(Clone)]
+pub struct StatusBoard {
+    agent: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl StatusBoard {
+    /// A board for the agent at `agent`, offline.
+    pub fn new(agent: String) -> Self {
+        Self { agent, state: Arc::default() }
+    }
+
+    /// Records the session state.
+    pub fn set_session(&self, connected: bool, data_path: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.connected = connected;
+        s.data_path = data_path.to_string();
+        if !connected {
+            s.rows.clear();
+        }
+    }
+
+    /// Replaces the rows.
+    pub fn set_rows(&self, rows: Vec<Row>) {
+        self.state.lock().unwrap().rows = rows;
+    }
+
+    /// The report as of now.
+    pub fn report(&self) -> StatusReport {
+        let s = self.state.lock().unwrap();
+        let ports = s
+            .rows
+            .iter()
+            .map(|r| {
+                let (active, total, (up, down)) = r.stats.as_ref().map_or((0, 0, (0, 0)), |c| {
+                    (c.active.load(Ordering::Relaxed), c.total.load(Ordering::Relaxed), c.traffic.snapshot())
+                });
+                RowReport {
+                    proto: r.proto.into(),
+                    guest: r.guest.clone(),
+                    host: r.host.clone(),
+                    state: r.state.into(),
+                    reason: r.reason.clone(),
+                    active_connections: active,
+                    total_connections: total,
+                    bytes_to_guest: up,
+                    bytes_from_guest: down,
+                }
+            })
+            .collect();
+        StatusReport {
+            agent: self.agent.clone(),
+            connected: s.connected,
+            data_path: if s.connected { s.data_path.clone() } else { "-".into() },
+            ports,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `ferry status`: asks the running forwarder for its status and prints it
+//! as a table or as JSON.
+
+use std::{io::Read, os::unix::net::UnixStream, path::Path, time::Duration};
+
+use super::board::StatusReport;
+
+/// Reads the report from the control socket at `path`.
+pub fn query(path: &Path) -> anyhow::Result<StatusReport> {
+    let mut conn = UnixStream::connect(path).map_err(|e| {
+        anyhow::anyhow!("no ferry is running with control socket {} ({e}); is `ferry run` up?", path.display())
+    })?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf)?;
+    Ok(serde_json::from_slice(&buf)?)
+}
+
+/// The report as a human-readable table.
+pub fn render(r: &StatusReport) -> String {
+    let mut out = format!(
+        "agent {} ({})\n",
+        r.agent,
+        if r.connected { format!("connected, {} connections", r.data_path) } else { "not connected".into() }
+    );
+    let mut rows = vec![[
+        "PROTO".to_string(),
+        "GUEST".into(),
+        "HOST".into(),
+        "STATE".into(),
+        "ACTIVE".into(),
+        "TO GUEST".into(),
+        "FROM GUEST".into(),
+    ]];
+    for p in &r.ports {
+        let state = match &p.reason {
+            Some(reason) => format!("{} ({reason})", p.state),
+            None => p.state.clone(),
+        };
+        rows.push([
+            p.proto.clone(),
+            p.guest.clone(),
+            p.host.clone(),
+            state,
+            p.active_connections.to_string(),
+            bytes(p.bytes_to_guest),
+            bytes(p.bytes_from_guest),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::board::RowReport;
+
+    #[test]
+    fn renders_an_aligned_table() {
+        let r = StatusReport {
+            agent: "unix:/a".into(),
+            connected: true,
+            data_path: "dedicated".into(),
+            ports: vec![RowReport {
+                proto: "tcp".into(),
+                guest: "127.0.0.1:80".into(),
+                host: "127.0.0.1:8080".into(),
+                state: "forwarding".into(),
+                reason: None,
+                active_connections: 2,
+                total_connections: 5,
+                bytes_to_guest: 1536,
+                bytes_from_guest: 10,
+            }],
+        };
+        let t = render(&r);
+        assert!(t.starts_with("agent unix:/a (connected, dedicated connections)\n"), "{t}");
+        assert!(t.contains("tcp    127.0.0.1:80  127.0.0.1:8080  forwarding  2       1.5 KiB   10 B"), "{t}");
+    }
+}

@@ -1,0 +1,30 @@
+//! Byte counters of forwarded connections, updated while bytes move so that
+//! a status query sees long-lived connections too.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes moved each way through one forward (all its connections).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Bytes from the accepting side's client towards the far side.
+    pub up: AtomicU64,
+    /// Bytes from the far side back to the client.
+    pub down: AtomicU64,
+}
+
+impl Traffic {
+    /// Adds `n` bytes sent upstream.
+    pub fn add_up(&self, n: usize) {
+        self.up.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Adds `n` bytes sent downstream.
+    pub fn add_down(&self, n: usize) {
+        self.down.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// (up, down) at this moment.
+    pub fn snapshot(&self) -> (u64, u64) {
+        (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
+    }
+}
