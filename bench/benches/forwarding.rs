@@ -8,7 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
-    discovery::listen_to_host_accept,
+    discovery::{agent_cpu_percent, appear_and_release},
     load::{connection_rate, download, round_trips, upload},
     paths::{self, ForwardPath},
     procstat::{rss_bytes, CpuMeter},
@@ -19,6 +19,7 @@ use ferry_tests::{free_port, require_root, Bridge};
 
 struct Plan {
     discovery: usize,
+    cpu_window: Duration,
     rounds: usize,
     dur: Duration,
     rr: usize,
@@ -28,9 +29,23 @@ struct Plan {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("FERRY_BENCH_QUICK").is_some();
     let plan = if quick {
-        Plan { discovery: 10, rounds: 1, dur: Duration::from_millis(700), rr: 2000, many: 100 }
+        Plan {
+            discovery: 10,
+            cpu_window: Duration::from_secs(2),
+            rounds: 1,
+            dur: Duration::from_millis(700),
+            rr: 2000,
+            many: 100,
+        }
     } else {
-        Plan { discovery: 50, rounds: 2, dur: Duration::from_secs(2), rr: 20_000, many: 1000 }
+        Plan {
+            discovery: 100,
+            cpu_window: Duration::from_secs(5),
+            rounds: 2,
+            dur: Duration::from_secs(2),
+            rr: 20_000,
+            many: 1000,
+        }
     };
     require_root();
     // Two guests, identical servers: one bridged by ferry in its default mode
@@ -128,10 +143,17 @@ fn main() {
         }
     }
 
-    // Discovery: only ferry finds ports by itself (the baselines forward fixed ports).
-    let (med, p99) = listen_to_host_accept(&bridge.guest, plan.discovery);
+    // Discovery: only ferry finds ports by itself (the baselines forward
+    // fixed ports; Lima's agent polls every 3 s, so ~1500 ms on average).
+    let ((med, p99), (rel_med, rel_p99)) = appear_and_release(&bridge.guest, plan.discovery);
     report.record("port discovery, guest listen() -> host accepts, median", "ms", false, "ferry", med);
     report.record("port discovery, guest listen() -> host accepts, p99", "ms", false, "ferry", p99);
+    report.record("port release, guest close() -> host refuses, median", "ms", false, "ferry", rel_med);
+    report.record("port release, guest close() -> host refuses, p99", "ms", false, "ferry", rel_p99);
+    let idle = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, None);
+    report.record("agent CPU, idle", "% of a core", false, "ferry", idle);
+    let churn = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, Some(100));
+    report.record("agent CPU, 100 listen/close cycles per second", "% of a core", false, "ferry", churn);
 
     let md = report.markdown("ferry forwarding benchmark");
     println!("{md}");

@@ -21,7 +21,7 @@ pub struct Args {
 
     /// How often to scan for new listening sockets, in milliseconds (closed
     /// ones are noticed at once through the kernel's socket-destroy events).
-    #[arg(long, value_name = "MS", default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, value_name = "MS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub scan_interval_ms: u64,
 
     /// UDP ports never reported unless a host rule names them, comma-separated

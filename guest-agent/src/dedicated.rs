@@ -64,7 +64,13 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens) {
             return;
         }
     };
-    let Target::Tcp(addr) = target;
+    let addr = match target {
+        Target::Tcp(addr) => addr,
+        Target::Udp(_) => {
+            let _ = conn.write_all(&data_conn::refusal("UDP flows travel over the session")).await;
+            return;
+        }
+    };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {

@@ -7,6 +7,7 @@ mod dedicated;
 mod ports;
 mod server;
 mod session;
+mod udp;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();

@@ -105,9 +105,16 @@ async fn report_ports(
     }
 }
 
-/// Connects to the requested target inside the guest and splices it.
+/// Serves an open request from the host: a TCP connection or a UDP flow.
 async fn serve_open(open: IncomingOpen) {
-    let Target::Tcp(addr) = open.target;
+    match open.target {
+        Target::Tcp(addr) => serve_tcp(open, addr).await,
+        Target::Udp(addr) => crate::udp::serve_flow(open, addr).await,
+    }
+}
+
+/// Connects to the requested target inside the guest and pumps it.
+async fn serve_tcp(open: IncomingOpen, addr: std::net::SocketAddr) {
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return open.refuse(&format!("connect to {addr} in the guest: {e}")),

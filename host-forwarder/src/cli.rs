@@ -83,6 +83,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
+    /// A UDP flow (one host client address) with no datagram either way for
+    /// this long ends, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_idle_timeout: u64,
+
+    /// Most UDP flows per host port; datagrams of further clients are dropped (and counted).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub udp_max_flows: u64,
+
     /// Print one JSON line per forwarding change on stdout
     /// (type forwarding, not-forwarding or failed; Lima's PortForwardEvent keys).
     #[arg(long)]

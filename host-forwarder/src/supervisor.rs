@@ -12,6 +12,7 @@ use crate::{
     ports::{
         dedicated::DataPath,
         forwarder::{ForwarderOptions, PortForwarder},
+        udp::UdpLimits,
     },
     status::{self, EventSink, StatusBoard},
 };
@@ -34,7 +35,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("control socket {}: {e}", control.display()))?;
     let _control = ControlSocket { path: control, task: tokio::spawn(status::server::serve(listener, board.clone())) };
-    let opts = ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events) };
+    let udp =
+        UdpLimits { idle_timeout: Duration::from_secs(args.udp_idle_timeout), max_flows: args.udp_max_flows as usize };
+    let opts =
+        ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events), udp };
     tokio::select! {
         r = connect_forever(&args, &opts) => r,
         _ = shutdown_signal() => {

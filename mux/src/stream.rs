@@ -154,6 +154,33 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Sends `datagram` as exactly one DATA frame if that can be done now:
+    /// with enough credit and room in the session's write queue (a quarter
+    /// of it is kept for other streams). Returns `Ok(false)` when the
+    /// datagram was dropped instead: datagrams never wait.
+    pub fn try_send_datagram(&mut self, datagram: Bytes) -> Result<bool, StreamError> {
+        if let Some(r) = &self.st.flags.lock().unwrap().reset {
+            return Err(reset_error(&self.shared, r.clone()));
+        }
+        if datagram.len() > MAX_DATA_FRAME {
+            return Ok(false);
+        }
+        let ordered = &self.shared.ordered;
+        if ordered.capacity() <= ordered.max_capacity() / 4 {
+            return Ok(false);
+        }
+        let Ok(permit) = ordered.try_reserve() else { return Ok(false) };
+        {
+            let mut send = self.st.send.lock().unwrap();
+            if send.available() < datagram.len() as u64 {
+                return Ok(false);
+            }
+            send.take(datagram.len());
+        }
+        permit.send(Frame::Data { stream: self.st.id, payload: datagram });
+        Ok(true)
+    }
+
     /// Half-closes: tells the peer no more data follows.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         self.done = true;

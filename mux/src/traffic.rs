@@ -10,6 +10,8 @@ pub struct Traffic {
     pub up: AtomicU64,
     /// Bytes from the far side back to the client.
     pub down: AtomicU64,
+    /// Datagrams dropped because the path could not take them at once (UDP).
+    pub dropped: AtomicU64,
 }
 
 impl Traffic {
@@ -21,6 +23,16 @@ impl Traffic {
     /// Adds `n` bytes sent downstream.
     pub fn add_down(&self, n: usize) {
         self.down.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one dropped datagram.
+    pub fn add_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// (up, down) at this moment.

@@ -42,7 +42,7 @@ fn serve_echo(mut events: mpsc::Receiver<SessionEvent>) {
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             let SessionEvent::Open(open) = ev else { continue };
-            let Target::Tcp(addr) = open.target;
+            let Target::Tcp(addr) = open.target else { panic!("a TCP target") };
             if addr.port() != 7 {
                 open.refuse("connection refused");
                 continue;

@@ -30,6 +30,9 @@ pub struct Listener {
 pub enum Target {
     /// A TCP address, connected from the receiver's network namespace.
     Tcp(SocketAddr),
+    /// A UDP address: the stream is one flow, each DATA frame exactly one
+    /// datagram; the receiver sends from a socket of the flow's own.
+    Udp(SocketAddr),
 }
 
 /// Session-level messages carried in CONTROL frames.
@@ -99,6 +102,8 @@ mod tests {
         assert_eq!(decode::<ControlMessage>(&encode(&m)).unwrap(), m);
         let t = Target::Tcp("127.0.0.1:22".parse().unwrap());
         assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
+        let u = Target::Udp("[::1]:53".parse().unwrap());
+        assert_eq!(decode::<Target>(&encode(&u)).unwrap(), u);
         let w = ControlMessage::UdpPortsWanted(vec![PortRange { first: 5353, last: 5353 }]);
         assert_eq!(decode::<ControlMessage>(&encode(&w)).unwrap(), w);
     }

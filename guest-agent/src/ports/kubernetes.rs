@@ -12,6 +12,7 @@ use std::{
     collections::BTreeMap,
     io::BufReader,
     net::{Ipv4Addr, SocketAddr},
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -38,7 +39,15 @@ impl KubernetesServices {
 
     /// Runs one watch until kubectl exits; returns why it ended.
     fn watch_once(&self, sink: &SourceSink) -> std::io::Result<String> {
-        let mut child = Command::new(&self.kubectl)
+        let mut cmd = Command::new(&self.kubectl);
+        // kubectl must not outlive the agent, however the agent ends.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args(["get", "services", "--all-namespaces", "--watch", "--output-watch-events", "-o", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

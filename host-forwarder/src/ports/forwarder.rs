@@ -13,7 +13,7 @@ use std::{
 use ferry_mux::Session;
 use ferry_protocol::{ControlMessage, Listener, Proto};
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, UdpSocket},
     task::JoinHandle,
 };
 
@@ -22,6 +22,7 @@ use super::{
     listener::{accept_loop, Routes},
     mapping::{self, Binding},
     rules::{Decision, RuleSet},
+    udp::{self, UdpLimits},
 };
 use crate::status::{
     board::{Row, StatusBoard},
@@ -51,6 +52,8 @@ pub struct ForwarderOptions {
     pub board: StatusBoard,
     /// Where forwarding changes are printed.
     pub events: EventSink,
+    /// Bounds of UDP flows.
+    pub udp: UdpLimits,
 }
 
 /// The host listeners of one session. Dropping it closes them all.
@@ -142,12 +145,19 @@ impl PortForwarder {
     fn open(&mut self, key: Key, binding: Binding) {
         let (proto, host) = key;
         let guest = binding.listener.addr.to_string();
-        let result = match proto {
-            Proto::Tcp => bind_tcp(host),
-            Proto::Udp => Err(io::Error::new(io::ErrorKind::Unsupported, "UDP forwarding is not available yet")),
+        let target = Arc::new(Mutex::new(binding.guest));
+        let stats = Arc::new(ConnStats::default());
+        let started = match proto {
+            Proto::Tcp => bind_tcp(host).map(|(l, loopback_only)| {
+                tokio::spawn(accept_loop(l, self.routes.clone(), target.clone(), stats.clone(), loopback_only))
+            }),
+            Proto::Udp => bind_udp(host).map(|socket| {
+                let session = self.routes.session.clone();
+                tokio::spawn(udp::relay(socket, session, target.clone(), stats.clone(), self.opts.udp))
+            }),
         };
-        match result {
-            Ok((l, loopback_only)) => {
+        match started {
+            Ok(task) => {
                 let recovered = matches!(self.slots.get(&key), Some((_, Slot::Waiting { .. })));
                 tracing::info!(
                     "forwarding {host} -> guest {} ({}){}",
@@ -155,10 +165,6 @@ impl PortForwarder {
                     proto_name(proto),
                     if recovered { " (the host port is free now)" } else { "" }
                 );
-                let target = Arc::new(Mutex::new(binding.guest));
-                let stats = Arc::new(ConnStats::default());
-                let task =
-                    tokio::spawn(accept_loop(l, self.routes.clone(), target.clone(), stats.clone(), loopback_only));
                 self.opts.events.emit(EventKind::Forwarding, proto_name(proto), &guest, &host.to_string(), None);
                 self.slots.insert(key, (binding, Slot::Active { target, task, stats }));
             }
@@ -276,6 +282,18 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<(TcpListener, bool)> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Binds a host UDP socket (IPv6 sockets are IPv6-only, like TCP ones).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {

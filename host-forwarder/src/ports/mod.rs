@@ -7,3 +7,4 @@ pub mod forwarder;
 pub mod listener;
 pub mod mapping;
 pub mod rules;
+pub mod udp;

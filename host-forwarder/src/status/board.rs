@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 /// Connection counters of one host binding, shared with its accept loop.
 #[derive(Debug, Default)]
 pub struct ConnStats {
-    /// Connections open now.
+    /// Connections (UDP: flows) open now.
     pub active: AtomicU64,
-    /// Connections accepted in all.
+    /// Connections (UDP: flows) in all.
     pub total: AtomicU64,
-    /// Bytes each way (up: host client -> guest).
+    /// Bytes each way (up: host client -> guest), and dropped datagrams.
     pub traffic: Traffic,
 }
 
@@ -77,6 +77,9 @@ pub struct RowReport {
     pub bytes_to_guest: u64,
     /// Bytes guest -> host.
     pub bytes_from_guest: u64,
+    /// UDP datagrams dropped under load (either way) or beyond the flow limit.
+    #[serde(default)]
+    pub dropped_datagrams: u64,
 }
 
 /// The whole status report.
@@ -134,8 +137,13 @@ impl StatusBoard {
             .rows
             .iter()
             .map(|r| {
-                let (active, total, (up, down)) = r.stats.as_ref().map_or((0, 0, (0, 0)), |c| {
-                    (c.active.load(Ordering::Relaxed), c.total.load(Ordering::Relaxed), c.traffic.snapshot())
+                let (active, total, (up, down), dropped) = r.stats.as_ref().map_or((0, 0, (0, 0), 0), |c| {
+                    (
+                        c.active.load(Ordering::Relaxed),
+                        c.total.load(Ordering::Relaxed),
+                        c.traffic.snapshot(),
+                        c.traffic.dropped(),
+                    )
                 });
                 RowReport {
                     proto: r.proto.into(),
@@ -147,6 +155,7 @@ impl StatusBoard {
                     total_connections: total,
                     bytes_to_guest: up,
                     bytes_from_guest: down,
+                    dropped_datagrams: dropped,
                 }
             })
             .collect();

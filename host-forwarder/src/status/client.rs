@@ -23,7 +23,7 @@ pub fn render(r: &StatusReport) -> String {
         r.agent,
         if r.connected { format!("connected, {} connections", r.data_path) } else { "not connected".into() }
     );
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 8]> = vec![[
         "PROTO".to_string(),
         "GUEST".into(),
         "HOST".into(),
@@ -31,6 +31,7 @@ pub fn render(r: &StatusReport) -> String {
         "ACTIVE".into(),
         "TO GUEST".into(),
         "FROM GUEST".into(),
+        "DROPPED".into(),
     ]];
     for p in &r.ports {
         let state = match &p.reason {
@@ -45,9 +46,10 @@ pub fn render(r: &StatusReport) -> String {
             p.active_connections.to_string(),
             bytes(p.bytes_to_guest),
             bytes(p.bytes_from_guest),
+            if p.proto == "udp" { p.dropped_datagrams.to_string() } else { "-".into() },
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         out.push_str(line.join("  ").trim_end());
@@ -91,10 +93,11 @@ mod tests {
                 total_connections: 5,
                 bytes_to_guest: 1536,
                 bytes_from_guest: 10,
+                dropped_datagrams: 0,
             }],
         };
         let t = render(&r);
         assert!(t.starts_with("agent unix:/a (connected, dedicated connections)\n"), "{t}");
-        assert!(t.contains("tcp    127.0.0.1:80  127.0.0.1:8080  forwarding  2       1.5 KiB   10 B"), "{t}");
+        assert!(t.contains("tcp    127.0.0.1:80  127.0.0.1:8080  forwarding  2       1.5 KiB   10 B        -"), "{t}");
     }
 }

@@ -1,0 +1,169 @@
+//! One host UDP port: each client address is a flow of its own, a stream of
+//! the session whose DATA frames are single datagrams. The agent sends each
+//! flow from a socket of its own, so replies find their client.
+//!
+//! UDP never waits: a datagram that the flow's queue, credit or the
+//! session's write queue cannot take at once is dropped and counted. Flows
+//! end after an idle timeout; their number is bounded.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use ferry_mux::Session;
+use ferry_protocol::Target;
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+
+use crate::status::ConnStats;
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Datagrams a flow may have waiting while its stream opens or its credit is short.
+const FLOW_QUEUE: usize = 256;
+
+/// Limits of the UDP flows of one host port.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpLimits {
+    /// A flow with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
+    /// At most this many flows at once; datagrams of further clients are dropped.
+    pub max_flows: usize,
+}
+
+impl Default for UdpLimits {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(60), max_flows: 1024 }
+    }
+}
+
+struct Flow {
+    queue: mpsc::Sender<Bytes>,
+    /// Milliseconds since `epoch` of the last datagram either way.
+    last: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays datagrams between host clients on `socket` and the guest address
+/// in `target`, forever (the caller aborts the task to stop).
+pub async fn relay(
+    socket: UdpSocket,
+    session: Session,
+    target: Arc<Mutex<SocketAddr>>,
+    stats: Arc<ConnStats>,
+    limits: UdpLimits,
+) {
+    let socket = Arc::new(socket);
+    let epoch = Instant::now();
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut sweep =
+        tokio::time::interval((limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
+    loop {
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let (n, client) = match r {
+                    Ok(x) => x,
+                    // An ICMP error for an earlier reply to some client.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                    Err(e) => {
+                        tracing::warn!("UDP receive failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                flows.retain(|_, f| !f.task.is_finished());
+                if !flows.contains_key(&client) {
+                    if flows.len() >= limits.max_flows {
+                        stats.traffic.add_dropped();
+                        continue;
+                    }
+                    let guest = *target.lock().unwrap();
+                    let flow = open_flow(&socket, &session, client, guest, &stats, epoch);
+                    flows.insert(client, flow);
+                    stats.total.fetch_add(1, Ordering::Relaxed);
+                }
+                let flow = &flows[&client];
+                flow.last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if flow.queue.try_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                    stats.traffic.add_dropped();
+                }
+            }
+            _ = sweep.tick() => {
+                let now = epoch.elapsed().as_millis() as u64;
+                let idle = limits.idle_timeout.as_millis() as u64;
+                flows.retain(|client, f| {
+                    let keep = !f.task.is_finished() && now.saturating_sub(f.last.load(Ordering::Relaxed)) < idle;
+                    if !keep {
+                        tracing::debug!("UDP flow of {client} ended");
+                    }
+                    keep
+                });
+            }
+        }
+        stats.active.store(flows.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Starts one flow: opens its stream, then moves datagrams both ways.
+fn open_flow(
+    socket: &Arc<UdpSocket>,
+    session: &Session,
+    client: SocketAddr,
+    guest: SocketAddr,
+    stats: &Arc<ConnStats>,
+    epoch: Instant,
+) -> Flow {
+    let (queue, mut datagrams) = mpsc::channel::<Bytes>(FLOW_QUEUE);
+    let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
+    let (socket, session, stats, last2) = (socket.clone(), session.clone(), stats.clone(), last.clone());
+    let task = tokio::spawn(async move {
+        let stream = match session.open(&Target::Udp(guest)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("UDP flow {client} -> guest {guest}: {e}");
+                return;
+            }
+        };
+        let (mut from_guest, mut to_guest) = stream.into_split();
+        loop {
+            tokio::select! {
+                d = datagrams.recv() => {
+                    let Some(d) = d else { return };
+                    let len = d.len();
+                    match to_guest.try_send_datagram(d) {
+                        Ok(true) => stats.traffic.add_up(len),
+                        Ok(false) => stats.traffic.add_dropped(),
+                        Err(_) => return,
+                    }
+                }
+                r = from_guest.recv() => match r {
+                    Ok(Some(d)) => {
+                        last2.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        // A full socket buffer drops, as UDP does.
+                        if socket.try_send_to(&d, client).is_ok() {
+                            stats.traffic.add_down(d.len());
+                        } else {
+                            stats.traffic.add_dropped();
+                        }
+                    }
+                    Ok(None) | Err(_) => return,
+                },
+            }
+        }
+    });
+    Flow { queue, last, task }
+}

@@ -1,0 +1,237 @@
+//! UDP forwarding end to end: guest UDP servers found by discovery, host
+//! clients with flows of their own, real dnsmasq answering real dig.
+
+use std::{
+    net::UdpSocket,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ferry_tests::{
+    bin_dir,
+    data::{pattern, sha256},
+    free_port,
+    net::{connect_forwarded, spawn_echo, GUARD},
+    procs::Proc,
+    wait_for, Bridge, Guest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const AGENT: &[&str] = &["--scan-interval-ms", "50", "-v"];
+
+/// A UDP echo server in the guest, on a thread of its own, until the socket errors.
+fn udp_echo(guest: &Guest, addr: &str) {
+    let addr = addr.to_string();
+    let socket = guest.run_in(move || UdpSocket::bind(&addr).expect("bind udp in guest"));
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// Waits until the forwarder publishes UDP `host`.
+fn wait_udp_forwarded(bridge: &Bridge, host: &str) {
+    wait_for(GUARD, &format!("udp {host} forwarded"), || {
+        (bridge.status_row("udp", host)?["state"] == "forwarding").then_some(())
+    });
+}
+
+fn client(host: &str) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn ten_thousand_datagrams_of_mixed_sizes_each_get_their_own_reply() {
+    let bridge = Bridge::start_with(AGENT, &["-v"]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    udp_echo(&bridge.guest, &addr);
+    wait_udp_forwarded(&bridge, &addr);
+    let c = client(&addr);
+    let sizes = [1usize, 2, 64, 512, 1400, 1472, 4096, 9000, 16_384, 32_768, 65_000];
+    let mut buf = vec![0u8; 65_535];
+    for i in 0..10_000u64 {
+        let d = pattern(i, sizes[i as usize % sizes.len()]);
+        c.send(&d).unwrap();
+        let n = c.recv(&mut buf).unwrap_or_else(|e| panic!("datagram {i} ({} bytes): no reply: {e}", d.len()));
+        assert!(buf[..n] == d[..], "datagram {i}: reply of {n} bytes differs from the {} sent", d.len());
+    }
+    let row = bridge.status_row("udp", &addr).unwrap();
+    let sent: u64 = (0..10_000).map(|i| sizes[i % sizes.len()] as u64).sum();
+    assert_eq!(row["bytes_to_guest"].as_u64(), Some(sent), "{row}");
+    assert_eq!(row["bytes_from_guest"].as_u64(), Some(sent), "{row}");
+}
+
+#[test]
+fn two_clients_at_once_each_get_only_their_own_replies() {
+    let bridge = Bridge::start_with(AGENT, &["-v"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    udp_echo(&bridge.guest, &addr);
+    wait_udp_forwarded(&bridge, &addr);
+    let clients: Vec<_> = (0..2u8)
+        .map(|id| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let c = client(&addr);
+                let mut buf = [0u8; 64];
+                for i in 0..1000u32 {
+                    let msg = format!("client {id} message {i}");
+                    c.send(msg.as_bytes()).unwrap();
+                    let n = c.recv(&mut buf).expect("reply");
+                    assert_eq!(&buf[..n], msg.as_bytes(), "client {id} got someone else's reply");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let row = bridge.status_row("udp", &addr).unwrap();
+    assert_eq!(row["total_connections"], 2, "one flow per client: {row}");
+}
+
+#[test]
+fn dig_on_the_host_asks_dnsmasq_in_the_guest() {
+    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/dig"] {
+        assert!(std::path::Path::new(tool).exists(), "{tool} is missing: apt-get install dnsmasq-base dnsutils");
+    }
+    let bridge = Bridge::start_with(AGENT, &["-v"]);
+    let port = free_port();
+    let hosts = bridge.dir.path().join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 web.ferry.test\n").unwrap();
+    let mut cmd = bridge.guest.command("/usr/sbin/dnsmasq");
+    cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+        .args(["--listen-address=127.0.0.1", "--user=root", "--pid-file"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts.display()));
+    let _dnsmasq = Proc::spawn(cmd, bridge.dir.path().join("dnsmasq.log"));
+    let addr = format!("127.0.0.1:{port}");
+    wait_udp_forwarded(&bridge, &addr);
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "web.ferry.test", "A", "+short", "+time=3", "+tries=2"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.1.2.3", "{}", String::from_utf8_lossy(&out.stderr));
+    // dig +tcp goes through the TCP forward of the same port.
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "web.ferry.test", "A", "+short", "+tcp", "+time=3"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.1.2.3");
+}
+
+#[test]
+fn an_idle_flow_expires_and_frees_its_slot() {
+    let bridge = Bridge::start_with(AGENT, &["--udp-idle-timeout", "1", "-v"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    udp_echo(&bridge.guest, &addr);
+    wait_udp_forwarded(&bridge, &addr);
+    let c = client(&addr);
+    c.send(b"hello").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(c.recv(&mut buf).unwrap(), 5);
+    assert_eq!(bridge.status_row("udp", &addr).unwrap()["active_connections"], 1);
+    wait_for(GUARD, "the flow to expire", || {
+        (bridge.status_row("udp", &addr)?["active_connections"] == 0).then_some(())
+    });
+    // The same client starts a new flow.
+    c.send(b"again").unwrap();
+    assert_eq!(c.recv(&mut buf).unwrap(), 5);
+    assert_eq!(bridge.status_row("udp", &addr).unwrap()["total_connections"], 2);
+}
+
+#[test]
+fn flows_are_bounded_and_the_excess_is_counted() {
+    let bridge = Bridge::start_with(AGENT, &["--udp-max-flows", "2", "-v"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    udp_echo(&bridge.guest, &addr);
+    wait_udp_forwarded(&bridge, &addr);
+    let mut buf = [0u8; 16];
+    let (a, b, c) = (client(&addr), client(&addr), client(&addr));
+    for s in [&a, &b] {
+        s.send(b"in").unwrap();
+        assert_eq!(s.recv(&mut buf).unwrap(), 2);
+    }
+    c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    c.send(b"third").unwrap();
+    assert!(c.recv(&mut buf).is_err(), "a third flow must not be admitted");
+    let row = bridge.status_row("udp", &addr).unwrap();
+    assert_eq!((row["active_connections"].as_u64(), row["dropped_datagrams"].as_u64()), (Some(2), Some(1)), "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flood_does_not_starve_a_tcp_transfer_on_the_same_session() {
+    // Multiplexed: UDP flows and the TCP stream share the one transport connection.
+    let bridge = Bridge::start_with(AGENT, &["--no-dedicated", "-v"]);
+    let (uport, tport) = (free_port(), free_port());
+    let uaddr = format!("127.0.0.1:{uport}");
+    let taddr = format!("127.0.0.1:{tport}");
+    udp_echo(&bridge.guest, &uaddr);
+    spawn_echo(bridge.guest.tcp_listener(&taddr));
+    wait_udp_forwarded(&bridge, &uaddr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, sent, uaddr) = (stop.clone(), sent.clone(), uaddr.clone());
+            std::thread::spawn(move || {
+                let c = client(&uaddr);
+                c.set_nonblocking(true).unwrap();
+                let d = [0x5au8; 1400];
+                let mut sink = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if c.send(&d).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    while c.recv(&mut sink).is_ok() {}
+                }
+            })
+        })
+        .collect();
+    let data = pattern(7, 64 << 20);
+    let want = sha256(&data);
+    let s = connect_forwarded(&taddr).await;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(64 << 20);
+    tokio::time::timeout(Duration::from_secs(120), r.read_to_end(&mut back))
+        .await
+        .expect("the TCP transfer stalled under the UDP flood")
+        .unwrap();
+    writer.await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    assert_eq!(sha256(&back), want, "TCP bytes damaged under the UDP flood");
+    assert!(sent.load(Ordering::Relaxed) > 10_000, "the flood was not a flood");
+    let row = bridge.status_row("udp", &uaddr).unwrap();
+    eprintln!("flood: {} datagrams sent, {} dropped", sent.load(Ordering::Relaxed), row["dropped_datagrams"]);
+}
+
+#[test]
+fn ferry_status_shows_udp_rows() {
+    let bridge = Bridge::start_with(AGENT, &["-v"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    udp_echo(&bridge.guest, &addr);
+    wait_udp_forwarded(&bridge, &addr);
+    let out = Command::new(bin_dir().join("ferry"))
+        .args(["status", "--control-socket"])
+        .arg(bridge.control_socket())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("udp") && l.contains(&addr) && l.contains("forwarding")), "{table}");
+}
