@@ -20,6 +20,7 @@ use ferry_tests::{free_port, require_root, Bridge};
 struct Plan {
     discovery: usize,
     cpu_window: Duration,
+    udp_rates: &'static [u64],
     rounds: usize,
     dur: Duration,
     rr: usize,
@@ -32,6 +33,7 @@ fn main() {
         Plan {
             discovery: 10,
             cpu_window: Duration::from_secs(2),
+            udp_rates: &[10_000, 50_000],
             rounds: 1,
             dur: Duration::from_millis(700),
             rr: 2000,
@@ -41,6 +43,7 @@ fn main() {
         Plan {
             discovery: 100,
             cpu_window: Duration::from_secs(5),
+            udp_rates: &[10_000, 50_000, 100_000],
             rounds: 2,
             dur: Duration::from_secs(2),
             rr: 20_000,
@@ -139,6 +142,25 @@ fn main() {
                     p.name,
                     per,
                 );
+            }
+        }
+    }
+
+    // UDP: the guest's echo, reached directly and through ferry (flows ride
+    // the session in both of ferry's modes).
+    let udp_port = free_port();
+    ferry_bench::udp::start_echo(&bridge.guest.name, udp_port);
+    ferry_tests::wait_for(Duration::from_secs(10), "the UDP port forwarded", || {
+        (bridge.status_row("udp", &format!("127.0.0.1:{udp_port}"))?["state"] == "forwarding").then_some(())
+    });
+    let udp_target: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
+    for size in [64usize, 1400] {
+        for rate in plan.udp_rates {
+            for (name, ns) in [("direct", Some(bridge.guest.name.clone())), ("ferry", None)] {
+                let run = ferry_bench::udp::paced_echo(udp_target, ns, size, *rate, plan.dur);
+                let scenario = format!("UDP echo {size} B at {rate}/s offered");
+                report.record(&format!("{scenario}, delivered"), "datagrams/s", true, name, run.delivered_per_s);
+                report.record(&format!("{scenario}, loss"), "%", false, name, run.loss * 100.0);
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod paths;
 pub mod procstat;
 pub mod report;
 pub mod servers;
+pub mod udp;
 
 /// Enters the network namespace `name` on the calling thread.
 pub fn enter_netns(name: &str) {
