@@ -6,34 +6,44 @@ use std::{
     time::Duration,
 };
 
-use ferry_mux::RawConn;
+use ferry_mux::{RawConn, Traffic};
 use ferry_protocol::{
     data_conn::{self, DataHello, FIXED_LEN, TOKEN_LEN},
     Target,
 };
-use tokio::net::TcpStream;
+
+use crate::targets::{self, Grants};
 
 /// How long a data connection may take to present itself.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the agent tries to reach a guest target.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The tokens of the live authenticated sessions: a data connection is
-/// accepted only if it presents one of them.
+/// The tokens of the live authenticated sessions, each with what its
+/// session may reach: a data connection is accepted only if it presents one.
 #[derive(Clone, Default)]
-pub struct Tokens(Arc<Mutex<Vec<[u8; TOKEN_LEN]>>>);
+pub struct Tokens(Arc<Mutex<Vec<Issued>>>);
+
+/// A session's token and what its session may reach.
+type Issued = ([u8; TOKEN_LEN], Grants);
 
 impl Tokens {
-    /// Registers a fresh token for a session; it is withdrawn when the guard drops.
-    pub fn issue(&self) -> std::io::Result<TokenGuard> {
+    /// Registers a fresh token for a session with `grants`; it is withdrawn
+    /// when the guard drops.
+    pub fn issue(&self, grants: Grants) -> std::io::Result<TokenGuard> {
         let token = ferry_protocol::auth::nonce().map_err(std::io::Error::other)?;
-        self.0.lock().unwrap().push(token);
+        self.0.lock().unwrap().push((token, grants));
         Ok(TokenGuard { tokens: self.clone(), token })
     }
 
-    fn contains(&self, t: &[u8; TOKEN_LEN]) -> bool {
-        // Check every entry so the time taken does not depend on the match.
-        self.0.lock().unwrap().iter().fold(false, |found, ours| found | data_conn::token_eq(ours, t))
+    fn lookup(&self, t: &[u8; TOKEN_LEN]) -> Option<Grants> {
+        // Compare with every entry so the time taken does not depend on the match.
+        let tokens = self.0.lock().unwrap();
+        let mut found = None;
+        for (ours, grants) in tokens.iter() {
+            if data_conn::token_eq(ours, t) {
+                found = Some(grants.clone());
+            }
+        }
+        found
     }
 }
 
@@ -46,13 +56,13 @@ pub struct TokenGuard {
 
 impl Drop for TokenGuard {
     fn drop(&mut self) {
-        self.tokens.0.lock().unwrap().retain(|t| t != &self.token);
+        self.tokens.0.lock().unwrap().retain(|(t, _)| t != &self.token);
     }
 }
 
 /// Serves one data connection whose magic has been read.
 pub async fn serve(mut conn: RawConn, tokens: Tokens) {
-    let target = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &tokens)).await {
+    let (target, grants) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &tokens)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
             tracing::warn!("data connection rejected: {e}");
@@ -64,35 +74,22 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens) {
             return;
         }
     };
-    let addr = match target {
-        Target::Tcp(addr) => addr,
-        Target::Udp(_) => {
-            let _ = conn.write_all(&data_conn::refusal("UDP flows travel over the session")).await;
+    let local = match targets::connect(&target, &grants).await {
+        Ok(l) => l,
+        Err(reason) => {
+            let _ = conn.write_all(&data_conn::refusal(&reason)).await;
             return;
         }
     };
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            let _ = conn.write_all(&data_conn::refusal(&format!("connect to {addr} in the guest: {e}"))).await;
-            return;
-        }
-        Err(_) => {
-            let _ = conn.write_all(&data_conn::refusal(&format!("connect to {addr} in the guest: timed out"))).await;
-            return;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
     if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
-        return;
+        return local.abort();
     }
-    if let Err(e) = conn.splice_with(&tcp, &ferry_mux::Traffic::default()).await {
-        tracing::debug!("data connection to {addr} ended: {e}");
-        ferry_mux::pump::reset_tcp(tcp);
+    if let Some(e) = local.splice(&conn, &Traffic::default()).await {
+        tracing::debug!("data connection to {target:?} ended: {e}");
     }
 }
 
-async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<Target, String> {
+async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<(Target, Grants), String> {
     let mut fixed = [0u8; FIXED_LEN];
     fixed[..6].copy_from_slice(&data_conn::DATA_MAGIC);
     conn.read_exact(&mut fixed[6..]).await.map_err(|e| format!("reading hello: {e}"))?;
@@ -101,8 +98,6 @@ async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<Target, Strin
     // the peer instead of being lost to a reset.
     let mut target = vec![0u8; len];
     conn.read_exact(&mut target).await.map_err(|e| format!("reading target: {e}"))?;
-    if !tokens.contains(&token) {
-        return Err("unknown session token".into());
-    }
-    DataHello::decode_target(&target).map_err(|e| e.to_string())
+    let grants = tokens.lookup(&token).ok_or("unknown session token")?;
+    Ok((DataHello::decode_target(&target).map_err(|e| e.to_string())?, grants))
 }

@@ -5,9 +5,11 @@ use clap::Parser;
 mod cli;
 mod dedicated;
 mod ports;
+mod reverse;
 mod server;
 mod session;
-mod udp;
+mod sockets;
+mod targets;
 
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();

@@ -1,10 +1,11 @@
-//! One session with the host: report ports, serve open requests.
+//! One session with the host: report ports and sockets, serve open
+//! requests, run the host's reverse listeners.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use ferry_mux::{pump::pump, IncomingOpen, Session, SessionConfig, SessionEvent, Transport};
+use ferry_mux::{IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
 use ferry_protocol::{ControlMessage, Role, Target};
-use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::{
     dedicated::Tokens,
@@ -13,6 +14,9 @@ use crate::{
         watcher::{diff, PortSet},
         PortWatcher,
     },
+    reverse::{ReverseAddrs, ReverseListeners},
+    sockets,
+    targets::{self, Grants},
 };
 
 /// What a session reports: the discovered ports, through the agent's filter.
@@ -23,9 +27,6 @@ pub struct Ports {
     /// The agent's UDP policy; each session adds the ports its host wants.
     pub filter: UdpFilter,
 }
-
-/// How long the agent tries to reach a guest target before refusing.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host session until it ends.
 /// With `tokens`, the host may also open dedicated data connections.
@@ -39,8 +40,9 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
         }
     };
     tracing::info!("host connected via {peer}");
+    let grants = Grants::default();
     // Issued before the port snapshot, so the host has it before any port.
-    let _token = match tokens.map(|t| t.issue()).transpose() {
+    let _token = match tokens.map(|t| t.issue(grants.clone())).transpose() {
         Ok(guard) => {
             if let Some(g) = &guard {
                 let _ = session.send_control(&ControlMessage::DataToken(g.token));
@@ -52,32 +54,51 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
             None
         }
     };
-    let (filter_tx, filter_rx) = tokio::sync::watch::channel(ports.filter.clone());
-    let reporter = tokio::spawn(report_ports(session.clone(), ports.watcher, filter_rx));
+    let reverse_addrs = ReverseAddrs::default();
+    let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs.clone());
+    let (filter_tx, filter_rx) = watch::channel(ports.filter.clone());
+    let (sockets_tx, sockets_rx) = watch::channel(Vec::new());
+    let tasks = [
+        tokio::spawn(report_ports(session.clone(), ports.watcher, filter_rx, reverse_addrs)),
+        tokio::spawn(sockets::report_presence(session.clone(), sockets_rx)),
+    ];
     while let Some(event) = events.recv().await {
         match event {
             SessionEvent::Open(open) => {
-                tokio::spawn(serve_open(open));
+                tokio::spawn(serve_open(open, grants.clone()));
             }
             SessionEvent::Control(ControlMessage::UdpPortsWanted(wanted)) => {
                 filter_tx.send_modify(|f| f.set_wanted(wanted));
             }
+            SessionEvent::Control(ControlMessage::GuestSocketsWanted(paths)) => {
+                grants.set(paths.iter().cloned());
+                let _ = sockets_tx.send(paths);
+            }
+            SessionEvent::Control(ControlMessage::ReverseListeners(wanted)) => reverse.apply(wanted),
             SessionEvent::Control(msg) => tracing::debug!("ignoring control message from host: {msg:?}"),
         }
     }
-    reporter.abort();
+    for t in tasks {
+        t.abort();
+    }
+    drop(reverse);
     tracing::info!("host session via {peer} ended: {}", session.closed().await);
 }
 
 /// Sends the full port set, then every change, for as long as the session
-/// lives; both a new scan and a new filter from the host count as a change.
+/// lives; a new scan, a new filter from the host and a new reverse listener
+/// all count as a change. The agent's own reverse listeners are left out.
 async fn report_ports(
     session: Session,
     watcher: Arc<PortWatcher>,
-    mut filter: tokio::sync::watch::Receiver<UdpFilter>,
+    mut filter: watch::Receiver<UdpFilter>,
+    reverse: ReverseAddrs,
 ) {
     let mut rx = watcher.subscribe();
-    let visible = |set: &PortSet, f: &UdpFilter| -> PortSet { set.iter().filter(|l| f.keep(l)).copied().collect() };
+    let visible = |set: &PortSet, f: &UdpFilter| -> PortSet {
+        let own = reverse.lock().unwrap();
+        set.iter().filter(|l| f.keep(l) && !own.contains(&l.addr)).copied().collect()
+    };
     let mut sent = visible(&rx.borrow_and_update(), &filter.borrow_and_update());
     if session.send_control(&ControlMessage::PortSnapshot(sent.iter().copied().collect())).is_err() {
         return;
@@ -105,27 +126,19 @@ async fn report_ports(
     }
 }
 
-/// Serves an open request from the host: a TCP connection or a UDP flow.
-async fn serve_open(open: IncomingOpen) {
-    match open.target {
-        Target::Tcp(addr) => serve_tcp(open, addr).await,
-        Target::Udp(addr) => crate::udp::serve_flow(open, addr).await,
+/// Serves an open request from the host: a UDP flow, or a TCP or Unix
+/// connection pumped as a stream of the session.
+async fn serve_open(open: IncomingOpen, grants: Grants) {
+    if let Target::Udp(addr) = open.target {
+        return crate::ports::udp::serve_flow(open, addr).await;
     }
-}
-
-/// Connects to the requested target inside the guest and pumps it.
-async fn serve_tcp(open: IncomingOpen, addr: std::net::SocketAddr) {
-    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return open.refuse(&format!("connect to {addr} in the guest: {e}")),
-        Err(_) => return open.refuse(&format!("connect to {addr} in the guest: timed out")),
+    let target = open.target.clone();
+    let local = match targets::connect(&target, &grants).await {
+        Ok(l) => l,
+        Err(reason) => return open.refuse(&reason),
     };
-    let _ = tcp.set_nodelay(true);
-    let Ok(stream) = open.accept().await else { return };
-    let mut tcp = tcp;
-    let (r, w) = tcp.split();
-    if let ferry_mux::pump::PumpEnd::Reset(reason) = pump(r, w, stream, &ferry_mux::Traffic::default()).await {
-        tracing::debug!("connection to {addr} reset: {reason}");
-        ferry_mux::pump::reset_tcp(tcp);
+    let Ok(stream) = open.accept().await else { return local.abort() };
+    if let Some(reason) = local.pump(stream, &Traffic::default()).await {
+        tracing::debug!("connection to {target:?} reset: {reason}");
     }
 }

@@ -92,6 +92,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub udp_max_flows: u64,
 
+    /// Make a host service reachable inside the guest (repeatable): GUEST=HOST,
+    /// each an IP:PORT or an absolute Unix socket path, or a bare PORT for
+    /// 127.0.0.1:PORT on both sides. The agent listens at GUEST.
+    #[arg(long, value_name = "GUEST=HOST", value_parser = crate::reverse::parse_reverse)]
+    pub reverse: Vec<crate::reverse::ReverseForward>,
+
     /// Print one JSON line per forwarding change on stdout
     /// (type forwarding, not-forwarding or failed; Lima's PortForwardEvent keys).
     #[arg(long)]

@@ -1,20 +1,91 @@
 //! The rules file of `ferry run --rules`: a Lima instance's lima.yaml or
-//! ferry's own config file. Both carry Lima's `portForwards` list; only the
-//! keys ferry uses are read, the rest of a lima.yaml is ignored.
+//! ferry's own config file. Both carry Lima's `portForwards` list (port
+//! rules, socket rules, reverse socket rules); ferry's file may also list
+//! `reverseForwards` (`{guest, host}`, each an IP:PORT or an absolute socket
+//! path). Only the keys ferry uses are read; the rest of a lima.yaml is ignored.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::ports::rules::{Rule, RuleSet, RuleSpec};
+use crate::{
+    ports::rules::{Rule, RuleSet, RuleSpec},
+    reverse::{self, ReverseForward},
+    sockets::SocketForward,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct ConfigFile {
     #[serde(rename = "portForwards")]
     port_forwards: Option<Vec<RuleSpec>>,
+    #[serde(rename = "reverseForwards")]
+    reverse_forwards: Vec<ReverseSpec>,
     ssh: Ssh,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReverseSpec {
+    guest: String,
+    host: String,
+}
+
+/// Everything the forwarder is configured to do.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// The effective port rules.
+    pub rules: RuleSet,
+    /// Guest sockets published on the host.
+    pub sockets: Vec<SocketForward>,
+    /// Host services reachable in the guest.
+    pub reverse: Vec<ReverseForward>,
+}
+
+/// The configuration from `path` (or the defaults without one), plus the
+/// command line's reverse forwards.
+pub fn load(path: Option<&Path>, ssh_local_port: Option<u16>, extra_reverse: &[ReverseForward]) -> anyhow::Result<Config> {
+    let file = match path {
+        Some(p) => read(p)?,
+        None => ConfigFile::default(),
+    };
+    let socket_dir = path.map(socket_dir).unwrap_or_else(|| ferry_mux::secret_file::state_dir().join("sock"));
+    let name = |i: usize| format!("{}: portForwards[{i}]", path.map(|p| p.display().to_string()).unwrap_or_default());
+    let mut rules = Vec::new();
+    let mut config = Config::default();
+    for (i, spec) in file.port_forwards.unwrap_or_default().iter().enumerate() {
+        let rule = Rule::from_spec(spec, &socket_dir).map_err(|e| anyhow::anyhow!("{}: {e}", name(i)))?;
+        match (&rule.guest_socket, &rule.host_socket) {
+            (Some(guest), Some(host)) if rule.reverse => config.reverse.push(ReverseForward {
+                guest: reverse::guest_endpoint(guest).map_err(|e| anyhow::anyhow!("{}: guestSocket {e}", name(i)))?,
+                host: reverse::HostEndpoint::Unix(host.clone()),
+            }),
+            (Some(guest), Some(host)) if !rule.ignore => {
+                config.sockets.push(SocketForward { guest: guest.clone(), host: host.clone() })
+            }
+            (Some(_), None) => anyhow::bail!("{}: guestSocket needs a hostSocket", name(i)),
+            _ => {}
+        }
+        rules.push(rule);
+    }
+    for (i, r) in file.reverse_forwards.iter().enumerate() {
+        let at = |e: String| anyhow::anyhow!("reverseForwards[{i}]: {e}");
+        config.reverse.push(ReverseForward {
+            guest: reverse::guest_endpoint(&r.guest).map_err(at)?,
+            host: reverse::host_endpoint(&r.host).map_err(at)?,
+        });
+    }
+    config.reverse.extend_from_slice(extra_reverse);
+    config.rules = RuleSet::new(rules, ssh_local_port.or(file.ssh.local_port));
+    Ok(config)
+}
+
+fn read(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,30 +95,10 @@ struct Ssh {
     local_port: Option<u16>,
 }
 
-/// The effective rules from `path`, or the defaults without a file.
-/// `ssh_local_port` overrides the file's `ssh.localPort`.
-pub fn load_rules(path: Option<&Path>, ssh_local_port: Option<u16>) -> anyhow::Result<RuleSet> {
-    let Some(path) = path else {
-        return Ok(RuleSet::new(Vec::new(), ssh_local_port));
-    };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read rules file {}", path.display()))?;
-    let file: ConfigFile = if text.trim().is_empty() {
-        ConfigFile::default()
-    } else {
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-    };
-    let socket_dir = socket_dir(path);
-    let rules = file
-        .port_forwards
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            Rule::from_spec(spec, &socket_dir)
-                .map_err(|e| anyhow::anyhow!("{}: portForwards[{i}]: {e}", path.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(RuleSet::new(rules, ssh_local_port.or(file.ssh.local_port)))
+/// The effective port rules from `path`, or the defaults without a file.
+#[cfg(test)]
+fn load_rules(path: Option<&Path>, ssh_local_port: Option<u16>) -> anyhow::Result<RuleSet> {
+    Ok(load(path, ssh_local_port, &[])?.rules)
 }
 
 /// Where relative `hostSocket` paths live: the instance's `sock/` for a
@@ -131,6 +182,33 @@ portForwards:
         let p = write(dir.path(), "bad.yaml", "portForwards: [ {guestPort: 99999} ]\n");
         assert!(load_rules(Some(&p), None).is_err());
         assert!(load_rules(Some(&dir.path().join("missing.yaml")), None).is_err());
+    }
+
+    #[test]
+    fn socket_rules_and_reverse_forwards_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "lima.yaml",
+            "portForwards:
+- guestSocket: /var/run/docker.sock
+  hostSocket: docker.sock
+- guestSocket: /run/host-services/ssh-auth.sock
+  hostSocket: /tmp/ssh-agent.sock
+  reverse: true
+reverseForwards:
+- guest: 127.0.0.1:15432
+  host: 127.0.0.1:5432
+",
+        );
+        let extra = crate::reverse::parse_reverse("6379").unwrap();
+        let c = load(Some(&p), None, &[extra]).unwrap();
+        assert_eq!(c.sockets, vec![SocketForward { guest: "/var/run/docker.sock".into(), host: dir.path().join("sock/docker.sock") }]);
+        assert_eq!(c.reverse.len(), 3);
+        assert_eq!(c.reverse[0].host, reverse::HostEndpoint::Unix("/tmp/ssh-agent.sock".into()));
+        assert_eq!(c.reverse[1].guest, ferry_protocol::GuestEndpoint::Tcp("127.0.0.1:15432".parse().unwrap()));
+        let p = write(dir.path(), "bad.yaml", "reverseForwards:\n- {guest: nowhere, host: 127.0.0.1:1}\n");
+        assert!(load(Some(&p), None, &[]).unwrap_err().to_string().contains("reverseForwards[0]"));
     }
 
     #[test]

@@ -5,6 +5,9 @@ use clap::Parser;
 mod cli;
 mod config;
 mod ports;
+mod reverse;
+mod routes;
+mod sockets;
 mod status;
 mod supervisor;
 

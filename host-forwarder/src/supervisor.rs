@@ -10,12 +10,22 @@ use crate::{
     cli::RunArgs,
     config,
     ports::{
-        dedicated::DataPath,
         forwarder::{ForwarderOptions, PortForwarder},
         udp::UdpLimits,
     },
+    reverse::{ReverseForward, ReverseForwarder},
+    routes::{dedicated::DataPath, Routes},
+    sockets::{SocketForward, SocketForwarder},
     status::{self, EventSink, StatusBoard},
 };
+
+/// What every session sets up: the ports channel's options, the socket
+/// forwards and the reverse forwards.
+struct Setup {
+    ports: ForwarderOptions,
+    sockets: Vec<SocketForward>,
+    reverse: Vec<ReverseForward>,
+}
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -24,10 +34,17 @@ const RETRY_TICK: Duration = Duration::from_millis(250);
 
 /// Runs until interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let rules = Arc::new(config::load_rules(args.rules.as_deref(), args.ssh_local_port)?);
+    let config = config::load(args.rules.as_deref(), args.ssh_local_port, &args.reverse)?;
     if let Some(file) = &args.rules {
-        tracing::info!("{} forwarding rules from {}", rules.user_rules().len(), file.display());
+        tracing::info!(
+            "from {}: {} port rules, {} socket forwards, {} reverse forwards",
+            file.display(),
+            config.rules.user_rules().len(),
+            config.sockets.len(),
+            config.reverse.len()
+        );
     }
+    let rules = Arc::new(config.rules);
     tracing::debug!("effective rules: {:?}", rules.rules());
     let board = StatusBoard::new(args.agent.to_string());
     let control = args.control_socket.clone().unwrap_or_else(status::server::default_path);
@@ -37,10 +54,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _control = ControlSocket { path: control, task: tokio::spawn(status::server::serve(listener, board.clone())) };
     let udp =
         UdpLimits { idle_timeout: Duration::from_secs(args.udp_idle_timeout), max_flows: args.udp_max_flows as usize };
-    let opts =
+    let ports =
         ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events), udp };
+    let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse };
     tokio::select! {
-        r = connect_forever(&args, &opts) => r,
+        r = connect_forever(&args, &setup) => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
@@ -61,7 +79,7 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn connect_forever(args: &RunArgs, opts: &ForwarderOptions) -> anyhow::Result<()> {
+async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
     let cfg = session_config(args)?;
     let mut backoff = MIN_BACKOFF;
     let mut last_error = String::new();
@@ -71,9 +89,9 @@ async fn connect_forever(args: &RunArgs, opts: &ForwarderOptions) -> anyhow::Res
                 backoff = MIN_BACKOFF;
                 last_error.clear();
                 tracing::info!("connected to agent at {} (protocol v{})", args.agent, session.negotiated().version);
-                opts.board.set_session(true, "multiplexed");
-                let reason = serve(session, events, args, opts).await;
-                opts.board.set_session(false, "-");
+                setup.ports.board.set_session(true, "multiplexed");
+                let reason = serve(session, events, args, setup).await;
+                setup.ports.board.set_session(false, "-");
                 tracing::warn!("session with agent ended: {reason}; reconnecting");
             }
             Err(e) => {
@@ -103,18 +121,22 @@ async fn connect(
     Session::start(transport, Role::Host, cfg.clone()).await.map_err(|e| e.to_string())
 }
 
-/// Forwards the session's ports until it ends; returns why it ended.
+/// Runs every channel over the session until it ends; returns why it ended.
 async fn serve(
     session: Session,
     mut events: tokio::sync::mpsc::Receiver<SessionEvent>,
     args: &RunArgs,
-    opts: &ForwarderOptions,
+    setup: &Setup,
 ) -> String {
-    let wanted = opts.rules.udp_wanted();
+    let board = &setup.ports.board;
+    let wanted = setup.ports.rules.udp_wanted();
     if !wanted.is_empty() {
         let _ = session.send_control(&ControlMessage::UdpPortsWanted(wanted));
     }
-    let mut ports = PortForwarder::new(session.clone(), opts.clone());
+    let routes = Routes::new(session.clone());
+    let mut ports = PortForwarder::new(routes.clone(), setup.ports.clone());
+    let mut sockets = SocketForwarder::start(routes.clone(), &setup.sockets, board.clone(), setup.ports.events);
+    let mut reverse = ReverseForwarder::start(&session, &setup.reverse, board.clone());
     let mut retry = tokio::time::interval(RETRY_TICK);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -124,22 +146,26 @@ async fn serve(
                     match DataPath::new(&args.agent, token).filter(|_| !args.no_dedicated) {
                         Some(data) => {
                             tracing::info!("connections get dedicated data connections (spliced)");
-                            ports.set_data_path(data);
-                            opts.board.set_session(true, "dedicated");
+                            routes.set_data_path(data);
+                            board.set_session(true, "dedicated");
                         }
                         None => tracing::info!("connections are multiplexed over the session"),
                     }
                 }
+                Some(SessionEvent::Control(ControlMessage::GuestSocketsPresent(present))) => {
+                    sockets.apply_present(&present);
+                }
+                Some(SessionEvent::Control(ControlMessage::ReverseState { id, error })) => reverse.set_state(id, error),
                 Some(SessionEvent::Control(msg)) => ports.apply(msg),
-                Some(SessionEvent::Open(open)) => open.refuse("the host accepts no streams from the guest yet"),
+                Some(SessionEvent::Open(open)) => reverse.serve(open),
                 None => break,
             },
             _ = retry.tick() => ports.retry_due(),
         }
     }
-    // Dropping the forwarder closes every host listener; in-flight
+    // Dropping the channels closes every host listener and socket; in-flight
     // connections see the session close and are reset.
-    drop(ports);
+    drop((ports, sockets, reverse));
     session.closed().await
 }
 

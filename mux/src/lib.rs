@@ -12,6 +12,7 @@
 //! ([`RawConn`]) through a pipe, without copies to user space.
 
 pub mod address;
+pub mod local;
 pub mod logging;
 pub mod pump;
 pub mod secret_file;
@@ -26,6 +27,7 @@ mod shared;
 mod writer;
 
 pub use address::Address;
+pub use local::LocalConn;
 pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
 pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
 pub use traffic::Traffic;

@@ -180,12 +180,16 @@ impl RawConn {
         }
     }
 
-    /// Relays between `tcp` and this connection with splice(2) until both
-    /// directions are finished, counting bytes in `traffic` (up: tcp -> this).
-    pub async fn splice_with(&self, tcp: &TcpStream, traffic: &crate::Traffic) -> io::Result<(u64, u64)> {
+    /// Relays between `local` and this connection with splice(2) until both
+    /// directions are finished, counting bytes in `traffic` (up: local -> this).
+    pub async fn splice_with<S: crate::splice::SpliceSocket>(
+        &self,
+        local: &S,
+        traffic: &crate::Traffic,
+    ) -> io::Result<(u64, u64)> {
         match self {
-            Self::Unix(s) => crate::splice::splice_bidirectional(tcp, s, traffic).await,
-            Self::Tcp(s) => crate::splice::splice_bidirectional(tcp, s, traffic).await,
+            Self::Unix(s) => crate::splice::splice_bidirectional(local, s, traffic).await,
+            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic).await,
         }
     }
 }

@@ -33,6 +33,31 @@ pub enum Target {
     /// A UDP address: the stream is one flow, each DATA frame exactly one
     /// datagram; the receiver sends from a socket of the flow's own.
     Udp(SocketAddr),
+    /// Host -> agent: a guest Unix socket, one the host announced in
+    /// [`ControlMessage::GuestSocketsWanted`].
+    Unix(String),
+    /// Agent -> host: a connection accepted on reverse listener `id` (see
+    /// [`ControlMessage::ReverseListeners`]); the host alone knows where it
+    /// goes, so the guest cannot name arbitrary host addresses.
+    Reverse(u32),
+}
+
+/// Where a reverse listener listens inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GuestEndpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(String),
+}
+
+/// A listener the agent opens in the guest for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReverseListener {
+    /// The host's name for it, sent back in [`Target::Reverse`].
+    pub id: u32,
+    /// Where to listen in the guest.
+    pub guest: GuestEndpoint,
 }
 
 /// Session-level messages carried in CONTROL frames.
@@ -53,6 +78,23 @@ pub enum ControlMessage {
     /// Host -> agent: UDP ports the host's rules name explicitly, to be
     /// reported even inside the ephemeral range or the agent's ignore list.
     UdpPortsWanted(Vec<PortRange>),
+    /// Host -> agent: guest Unix socket paths to watch and to accept
+    /// [`Target::Unix`] opens for (the complete list).
+    GuestSocketsWanted(Vec<String>),
+    /// Agent -> host: which of the wanted guest sockets exist now (the
+    /// complete list; sent whenever it changes).
+    GuestSocketsPresent(Vec<String>),
+    /// Host -> agent: listeners to open in the guest whose connections come
+    /// back to the host as [`Target::Reverse`] streams (the complete list).
+    ReverseListeners(Vec<ReverseListener>),
+    /// Agent -> host: the state of reverse listener `id`: `None` when it
+    /// listens, else why it cannot.
+    ReverseState {
+        /// The listener's id.
+        id: u32,
+        /// Why it does not listen, if it does not.
+        error: Option<String>,
+    },
 }
 
 /// An inclusive range of ports.
@@ -104,6 +146,14 @@ mod tests {
         assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
         let u = Target::Udp("[::1]:53".parse().unwrap());
         assert_eq!(decode::<Target>(&encode(&u)).unwrap(), u);
+        for t in [Target::Unix("/run/docker.sock".into()), Target::Reverse(7)] {
+            assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
+        }
+        let r = ControlMessage::ReverseListeners(vec![ReverseListener {
+            id: 1,
+            guest: GuestEndpoint::Unix("/run/host-ssh-agent.sock".into()),
+        }]);
+        assert_eq!(decode::<ControlMessage>(&encode(&r)).unwrap(), r);
         let w = ControlMessage::UdpPortsWanted(vec![PortRange { first: 5353, last: 5353 }]);
         assert_eq!(decode::<ControlMessage>(&encode(&w)).unwrap(), w);
     }

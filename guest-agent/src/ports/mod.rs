@@ -3,13 +3,14 @@
 //!
 //! Sources ([`scanner`]: the kernel's socket table; [`kubernetes`]: cluster
 //! services) feed the [`watcher`]; each session applies its [`filter`] and
-//! sends diffs.
+//! sends diffs. [`udp`] serves the UDP flows the host opens.
 
 pub mod destroy_events;
 pub mod filter;
 pub mod kubernetes;
 pub mod scanner;
 pub mod sock_diag;
+pub mod udp;
 pub mod watcher;
 
 pub use watcher::PortWatcher;

@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_mux::Session;
 use ferry_protocol::{ControlMessage, Listener, Proto};
 use tokio::{
     net::{TcpListener, TcpSocket, UdpSocket},
@@ -18,14 +17,14 @@ use tokio::{
 };
 
 use super::{
-    dedicated::DataPath,
-    listener::{accept_loop, Routes},
+    listener::accept_loop,
     mapping::{self, Binding},
     rules::{Decision, RuleSet},
     udp::{self, UdpLimits},
 };
+use crate::routes::Routes;
 use crate::status::{
-    board::{Row, StatusBoard},
+    board::{Row, Section, StatusBoard},
     events::EventKind,
     ConnStats, EventSink,
 };
@@ -66,21 +65,15 @@ pub struct PortForwarder {
 }
 
 impl PortForwarder {
-    /// A forwarder with no ports yet.
-    pub fn new(session: Session, opts: ForwarderOptions) -> Self {
+    /// A forwarder with no ports yet, forwarding over `routes`.
+    pub fn new(routes: Arc<Routes>, opts: ForwarderOptions) -> Self {
         Self {
-            routes: Arc::new(Routes { session, data: None }),
+            routes,
             opts,
             guest: BTreeSet::new(),
             slots: BTreeMap::new(),
             skipped: Vec::new(),
         }
-    }
-
-    /// Lets listeners opened from now on use dedicated data connections.
-    pub fn set_data_path(&mut self, data: DataPath) {
-        let session = self.routes.session.clone();
-        self.routes = Arc::new(Routes { session, data: Some(Arc::new(data)) });
     }
 
     /// Applies a port message from the agent.
@@ -233,7 +226,7 @@ impl PortForwarder {
                 stats: None,
             });
         }
-        self.opts.board.set_rows(rows);
+        self.opts.board.set_rows(Section::Ports, rows);
     }
 }
 

@@ -1,32 +1,20 @@
-//! One host listener: accepts clients and forwards each one, over a
-//! dedicated data connection where there is one, else as a stream of the session.
+//! One host TCP listener: accepts clients and forwards each one to the
+//! current guest target over the session's routes.
 
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
-use ferry_mux::{
-    pump::{pump, reset_tcp, PumpEnd},
-    OpenError, Session, Traffic,
-};
+use ferry_mux::{pump::reset_tcp, LocalConn};
 use ferry_protocol::Target;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use super::dedicated::DataPath;
-use crate::status::ConnStats;
+use crate::{routes::Routes, status::ConnStats};
 
 /// The guest address a host listener forwards to; shared so that it can be
 /// retargeted without closing the listener.
 pub type SharedTarget = Arc<Mutex<SocketAddr>>;
-
-/// The ways a host listener can reach the guest.
-pub struct Routes {
-    /// The session: streams as frames (always available).
-    pub session: Session,
-    /// Dedicated data connections, when the transport allows them.
-    pub data: Option<Arc<DataPath>>,
-}
 
 /// Accepts on `listener` forever, forwarding each client to the current
 /// target and counting it in `stats`. With `loopback_only`, peers that are
@@ -49,19 +37,11 @@ pub async fn accept_loop(
                     continue;
                 }
                 let guest = *target.lock().unwrap();
-                let routes = routes.clone();
-                let stats = stats.clone();
+                let (routes, stats) = (routes.clone(), stats.clone());
                 tokio::spawn(async move {
                     let _active = stats.open();
                     let _ = tcp.set_nodelay(true);
-                    let tcp = match &routes.data {
-                        Some(data) => match data.forward(tcp, guest, &stats.traffic).await {
-                            Ok(()) => return,
-                            Err(tcp) => tcp,
-                        },
-                        None => tcp,
-                    };
-                    forward(tcp, routes.session.clone(), guest, &stats.traffic).await;
+                    routes.forward(LocalConn::Tcp(tcp), Target::Tcp(guest), &stats.traffic).await;
                 });
             }
             Err(e) => {
@@ -77,13 +57,14 @@ pub async fn accept_loop(
 
 /// Logs a repeating error at most every few seconds, with the count of repeats.
 #[derive(Default)]
-struct ErrorLog {
+pub struct ErrorLog {
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
 
 impl ErrorLog {
-    fn report(&mut self, msg: &str) {
+    /// Logs `msg` now, or counts it if a report was made recently.
+    pub fn report(&mut self, msg: &str) {
         let due = self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
         if due {
             if self.suppressed > 0 {
@@ -96,26 +77,5 @@ impl ErrorLog {
         } else {
             self.suppressed += 1;
         }
-    }
-}
-
-/// Forwards one client connection to `guest` as a stream of the session.
-async fn forward(mut tcp: TcpStream, session: Session, guest: SocketAddr, traffic: &Traffic) {
-    let stream = match session.open(&Target::Tcp(guest)).await {
-        Ok(s) => s,
-        Err(e) => {
-            match &e {
-                OpenError::Refused(r) => tracing::debug!("guest refused {guest}: {r}"),
-                other => tracing::debug!("cannot forward to {guest}: {other}"),
-            }
-            // The client sees a reset, as it would from a closed port.
-            reset_tcp(tcp);
-            return;
-        }
-    };
-    let (r, w) = tcp.split();
-    if let PumpEnd::Reset(reason) = pump(r, w, stream, traffic).await {
-        tracing::debug!("connection to guest {guest} reset: {reason}");
-        reset_tcp(tcp);
     }
 }

@@ -2,7 +2,6 @@
 //! listeners to publish, mirror each as a host listener (loopback unless a
 //! rule says otherwise), and forward every accepted connection.
 
-pub mod dedicated;
 pub mod forwarder;
 pub mod listener;
 pub mod mapping;

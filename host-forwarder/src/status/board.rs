@@ -95,11 +95,22 @@ pub struct StatusReport {
     pub ports: Vec<RowReport>,
 }
 
+/// Which channel a group of rows belongs to; each channel replaces its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Section {
+    /// TCP and UDP ports.
+    Ports,
+    /// Guest Unix sockets published on the host.
+    Sockets,
+    /// Host services reachable from the guest.
+    Reverse,
+}
+
 #[derive(Default)]
 struct State {
     connected: bool,
     data_path: String,
-    rows: Vec<Row>,
+    rows: std::collections::BTreeMap<Section, Vec<Row>>,
 }
 
 /// Shared between the forwarder (which writes) and the control socket (which reads).
@@ -125,9 +136,9 @@ impl StatusBoard {
         }
     }
 
-    /// Replaces the rows.
-    pub fn set_rows(&self, rows: Vec<Row>) {
-        self.state.lock().unwrap().rows = rows;
+    /// Replaces the rows of one channel.
+    pub fn set_rows(&self, section: Section, rows: Vec<Row>) {
+        self.state.lock().unwrap().rows.insert(section, rows);
     }
 
     /// The report as of now.
@@ -135,7 +146,8 @@ impl StatusBoard {
         let s = self.state.lock().unwrap();
         let ports = s
             .rows
-            .iter()
+            .values()
+            .flatten()
             .map(|r| {
                 let (active, total, (up, down), dropped) = r.stats.as_ref().map_or((0, 0, (0, 0), 0), |c| {
                     (

@@ -1,14 +1,11 @@
 //! Forwarding a client over a dedicated data connection of its own: one
 //! transport connection per client, bytes moved with splice(2).
 
-use std::net::SocketAddr;
-
-use ferry_mux::{pump::reset_tcp, Address, RawConn, Traffic};
+use ferry_mux::{Address, LocalConn, RawConn, Traffic};
 use ferry_protocol::{
     data_conn::{self, DataHello, TOKEN_LEN},
     Target,
 };
-use tokio::net::TcpStream;
 
 /// How to open data connections to the agent of one session.
 pub struct DataPath {
@@ -22,22 +19,22 @@ impl DataPath {
         RawConn::dialable(addr).then(|| Self { addr: addr.clone(), token })
     }
 
-    /// Forwards `client` to `guest`. Gives the client back if no data
+    /// Forwards `local` to `target`. Gives the connection back if no data
     /// connection could be made, so the caller can use the session instead.
-    pub async fn forward(&self, client: TcpStream, guest: SocketAddr, traffic: &Traffic) -> Result<(), TcpStream> {
+    pub async fn forward(&self, local: LocalConn, target: &Target, traffic: &Traffic) -> Result<(), LocalConn> {
         let mut conn = match RawConn::dial(&self.addr).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("no data connection ({e}); multiplexing instead");
-                return Err(client);
+                return Err(local);
             }
         };
-        let hello = DataHello { token: self.token, target: Target::Tcp(guest) }.encode();
+        let hello = DataHello { token: self.token, target: target.clone() }.encode();
         let mut status = [0u8; 1];
         if conn.write_all(&hello).await.is_err() || conn.read_exact(&mut status).await.is_err() {
             // Nothing has been read from the client yet: it can still go through the session.
-            tracing::debug!("data connection to {guest} failed during its hello; multiplexing instead");
-            return Err(client);
+            tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
+            return Err(local);
         }
         if status[0] != data_conn::CONNECTED {
             let mut len = [0u8; 2];
@@ -48,13 +45,12 @@ impl DataPath {
                     reason = String::from_utf8_lossy(&r).into_owned();
                 }
             }
-            tracing::debug!("guest refused {guest}: {reason}");
-            reset_tcp(client);
+            tracing::debug!("guest refused {target:?}: {reason}");
+            local.abort();
             return Ok(());
         }
-        if let Err(e) = conn.splice_with(&client, traffic).await {
-            tracing::debug!("connection to guest {guest} reset: {e}");
-            reset_tcp(client);
+        if let Some(e) = local.splice(&conn, traffic).await {
+            tracing::debug!("connection to guest {target:?} reset: {e}");
         }
         Ok(())
     }

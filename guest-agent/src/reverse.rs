@@ -1,0 +1,137 @@
+//! The reverse channel on the guest side: listeners the host asks for
+//! (a TCP address such as 127.0.0.1:5432, or a Unix socket such as the
+//! host's SSH agent) whose connections travel back to the host as streams.
+//!
+//! The agent names only the listener's id; the host alone decides where the
+//! connection goes, so a guest cannot make the host dial anything else.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use ferry_mux::{LocalConn, Session, Traffic};
+use ferry_protocol::{ControlMessage, GuestEndpoint, ReverseListener, Target};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    task::JoinHandle,
+};
+
+/// Guest TCP addresses of reverse listeners; discovery leaves them out so
+/// they are not forwarded back to the host.
+pub type ReverseAddrs = Arc<Mutex<BTreeSet<SocketAddr>>>;
+
+struct Running {
+    spec: ReverseListener,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let GuestEndpoint::Unix(path) = &self.spec.guest {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The reverse listeners of one session; dropping it closes them all.
+pub struct ReverseListeners {
+    session: Session,
+    addrs: ReverseAddrs,
+    running: BTreeMap<u32, Running>,
+}
+
+impl ReverseListeners {
+    /// No listeners yet.
+    pub fn new(session: Session, addrs: ReverseAddrs) -> Self {
+        Self { session, addrs, running: BTreeMap::new() }
+    }
+
+    /// Makes the running listeners match `wanted`, reporting each new one's state.
+    pub fn apply(&mut self, wanted: Vec<ReverseListener>) {
+        self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec));
+        for spec in wanted {
+            if self.running.contains_key(&spec.id) {
+                continue;
+            }
+            let error = match self.start(&spec) {
+                Ok(task) => {
+                    tracing::info!("reverse listener {:?} -> host (id {})", spec.guest, spec.id);
+                    self.running.insert(spec.id, Running { spec: spec.clone(), task });
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("reverse listener {:?}: {e}", spec.guest);
+                    Some(e)
+                }
+            };
+            let _ = self.session.send_control(&ControlMessage::ReverseState { id: spec.id, error });
+        }
+        let addrs = self.running.values().filter_map(|r| match r.spec.guest {
+            GuestEndpoint::Tcp(a) => Some(a),
+            GuestEndpoint::Unix(_) => None,
+        });
+        *self.addrs.lock().unwrap() = addrs.collect();
+    }
+
+    fn start(&self, spec: &ReverseListener) -> Result<JoinHandle<()>, String> {
+        let (session, id) = (self.session.clone(), spec.id);
+        match &spec.guest {
+            GuestEndpoint::Tcp(addr) => {
+                let std = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                std.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let l = TcpListener::from_std(std).map_err(|e| e.to_string())?;
+                Ok(tokio::spawn(async move {
+                    while let Ok((tcp, _)) = l.accept().await {
+                        let _ = tcp.set_nodelay(true);
+                        tokio::spawn(to_host(session.clone(), id, LocalConn::Tcp(tcp)));
+                    }
+                }))
+            }
+            GuestEndpoint::Unix(path) => {
+                let l = bind_unix(Path::new(path)).map_err(|e| format!("cannot listen on {path}: {e}"))?;
+                Ok(tokio::spawn(async move {
+                    while let Ok((unix, _)) = l.accept().await {
+                        tokio::spawn(to_host(session.clone(), id, LocalConn::Unix(unix)));
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Opens a stream to the host for one accepted guest connection.
+async fn to_host(session: Session, id: u32, conn: LocalConn) {
+    match session.open(&Target::Reverse(id)).await {
+        Ok(stream) => {
+            if let Some(reason) = conn.pump(stream, &Traffic::default()).await {
+                tracing::debug!("reverse connection (id {id}) reset: {reason}");
+            }
+        }
+        Err(e) => {
+            tracing::debug!("reverse connection (id {id}) refused by the host: {e}");
+            conn.abort();
+        }
+    }
+}
+
+/// Binds a Unix socket at `path`: a missing directory is created 0700, a
+/// stale socket replaced (never another kind of file), and the socket is
+/// made 0600 and given to the owner of its directory (so that
+/// /run/user/1000/x.sock belongs to user 1000).
+fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    ferry_mux::transport::remove_stale_socket(path)?;
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(dir)?;
+    std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))?;
+    Ok(l)
+}

@@ -1,0 +1,58 @@
+//! How a host connection reaches the guest: over a dedicated data
+//! connection of its own where the transport can dial one (spliced), else
+//! as a stream of the session. Shared by the ports and sockets channels.
+
+pub mod dedicated;
+
+use std::sync::{Arc, Mutex};
+
+use ferry_mux::{LocalConn, OpenError, Session, Traffic};
+use ferry_protocol::Target;
+
+use dedicated::DataPath;
+
+/// The routes of one session.
+pub struct Routes {
+    /// The session: streams as frames (always available).
+    pub session: Session,
+    data: Mutex<Option<Arc<DataPath>>>,
+}
+
+impl Routes {
+    /// Routes over `session` only, until a data path is set.
+    pub fn new(session: Session) -> Arc<Self> {
+        Arc::new(Self { session, data: Mutex::new(None) })
+    }
+
+    /// Lets connections from now on use dedicated data connections.
+    pub fn set_data_path(&self, data: DataPath) {
+        *self.data.lock().unwrap() = Some(Arc::new(data));
+    }
+
+    /// Forwards one accepted local connection to `target` in the guest,
+    /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
+    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) {
+        let data = self.data.lock().unwrap().clone();
+        let local = match data {
+            Some(data) => match data.forward(local, &target, traffic).await {
+                Ok(()) => return,
+                Err(local) => local,
+            },
+            None => local,
+        };
+        let stream = match self.session.open(&target).await {
+            Ok(s) => s,
+            Err(e) => {
+                match &e {
+                    OpenError::Refused(r) => tracing::debug!("guest refused {target:?}: {r}"),
+                    other => tracing::debug!("cannot forward to {target:?}: {other}"),
+                }
+                // The client sees a reset, as it would from a closed port.
+                return local.abort();
+            }
+        };
+        if let Some(reason) = local.pump(stream, traffic).await {
+            tracing::debug!("connection to guest {target:?} reset: {reason}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The sockets channel on the host side: guest Unix sockets (docker.sock,
+//! containerd.sock ...) published as host Unix sockets, from Lima's socket
+//! rules (`guestSocket` + `hostSocket`).
+//!
+//! The agent reports which guest sockets exist; a host socket exists
+//! exactly while its guest socket does, so a client gets an immediate
+//! "no such file" instead of a hang while the guest daemon is away.
+
+pub mod host_socket;
+
+use std::{path::PathBuf, sync::Arc};
+
+use ferry_mux::LocalConn;
+use ferry_protocol::{ControlMessage, Target};
+use tokio::task::JoinHandle;
+
+use crate::{
+    routes::Routes,
+    status::{
+        board::{Row, Section},
+        events::EventKind,
+        ConnStats, EventSink, StatusBoard,
+    },
+};
+use host_socket::HostSocket;
+
+/// One socket rule: guest path -> host path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketForward {
+    /// The guest socket.
+    pub guest: String,
+    /// The host socket ferry creates.
+    pub host: PathBuf,
+}
+
+enum State {
+    /// The guest socket is absent.
+    Waiting,
+    /// Published.
+    Active { task: JoinHandle<()>, stats: Arc<ConnStats>, _socket: Arc<HostSocket> },
+    /// The host socket cannot be created.
+    Failed(String),
+}
+
+/// The socket forwards of one session; dropping it removes every host socket.
+pub struct SocketForwarder {
+    routes: Arc<Routes>,
+    board: StatusBoard,
+    events: EventSink,
+    forwards: Vec<(SocketForward, State)>,
+}
+
+impl SocketForwarder {
+    /// Announces the rules' guest paths to the agent; nothing is published
+    /// until the agent reports them present.
+    pub fn start(routes: Arc<Routes>, rules: &[SocketForward], board: StatusBoard, events: EventSink) -> Self {
+        let wanted: Vec<String> = rules.iter().map(|r| r.guest.clone()).collect();
+        if !wanted.is_empty() {
+            let _ = routes.session.send_control(&ControlMessage::GuestSocketsWanted(wanted));
+        }
+        let forwards = rules.iter().map(|r| (r.clone(), State::Waiting)).collect();
+        let s = Self { routes, board, events, forwards };
+        s.publish();
+        s
+    }
+
+    /// Applies the agent's list of present guest sockets.
+    pub fn apply_present(&mut self, present: &[String]) {
+        for (rule, state) in &mut self.forwards {
+            let here = present.contains(&rule.guest);
+            match (here, &*state) {
+                (true, State::Active { .. }) | (false, State::Waiting) => {}
+                (false, _) => {
+                    if matches!(state, State::Active { .. }) {
+                        tracing::info!("guest socket {} went away; removed {}", rule.guest, rule.host.display());
+                        self.events.emit(EventKind::NotForwarding, "unix", &rule.guest, &rule.host.display().to_string(), None);
+                    }
+                    *state = State::Waiting; // dropping Active removes the host socket
+                }
+                (true, _) => {
+                    let next = open(rule, &self.routes, &self.events, state);
+                    *state = next;
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let rows = self
+            .forwards
+            .iter()
+            .map(|(rule, state)| {
+                let (state, reason, stats) = match state {
+                    State::Waiting => ("waiting", Some("the guest socket does not exist".to_string()), None),
+                    State::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
+                    State::Failed(e) => ("failed", Some(e.clone()), None),
+                };
+                Row { proto: "unix", guest: rule.guest.clone(), host: rule.host.display().to_string(), state, reason, stats }
+            })
+            .collect();
+        self.board.set_rows(Section::Sockets, rows);
+    }
+}
+
+/// Publishes one guest socket on the host.
+fn open(rule: &SocketForward, routes: &Arc<Routes>, events: &EventSink, previous: &State) -> State {
+    let host = rule.host.display().to_string();
+    match HostSocket::bind(&rule.host) {
+        Ok(socket) => {
+            tracing::info!("forwarding {host} -> guest {}", rule.guest);
+            events.emit(EventKind::Forwarding, "unix", &rule.guest, &host, None);
+            let socket = Arc::new(socket);
+            let stats = Arc::new(ConnStats::default());
+            let task = tokio::spawn(accept_loop(socket.clone(), routes.clone(), rule.guest.clone(), stats.clone()));
+            State::Active { task, stats, _socket: socket }
+        }
+        Err(e) => {
+            let e = format!("cannot create {host}: {e}");
+            if !matches!(previous, State::Failed(old) if *old == e) {
+                tracing::warn!("{e}");
+                events.emit(EventKind::Failed, "unix", &rule.guest, &host, Some(&e));
+            }
+            State::Failed(e)
+        }
+    }
+}
+
+async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, guest: String, stats: Arc<ConnStats>) {
+    let mut errors = crate::ports::listener::ErrorLog::default();
+    loop {
+        match socket.listener.accept().await {
+            Ok((unix, _)) => {
+                let (routes, stats, guest) = (routes.clone(), stats.clone(), guest.clone());
+                tokio::spawn(async move {
+                    let _active = stats.open();
+                    routes.forward(LocalConn::Unix(unix), Target::Unix(guest), &stats.traffic).await;
+                });
+            }
+            Err(e) => {
+                errors.report(&format!("accept on {} failed: {e}", socket.path.display()));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let State::Active { task, .. } = self {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The local end of a forwarded connection: a TCP or a Unix stream socket,
+//! relayed either as a stream of the session ([`LocalConn::pump`]) or over a
+//! dedicated data connection ([`LocalConn::splice`]).
+
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::{
+    pump::{pump, reset_tcp, PumpEnd},
+    MuxStream, RawConn, Traffic,
+};
+
+/// A connected local socket.
+pub enum LocalConn {
+    /// A TCP connection (a client of a host port, or a guest server).
+    Tcp(TcpStream),
+    /// A Unix stream connection (docker.sock and friends).
+    Unix(UnixStream),
+}
+
+impl LocalConn {
+    /// Relays with `stream` until both directions end; an abort from either
+    /// side aborts the socket (TCP: RST). Returns the reason of an abort.
+    pub async fn pump(self, stream: MuxStream, traffic: &Traffic) -> Option<String> {
+        match self {
+            Self::Tcp(mut tcp) => {
+                let (r, w) = tcp.split();
+                match pump(r, w, stream, traffic).await {
+                    PumpEnd::Closed => None,
+                    PumpEnd::Reset(reason) => {
+                        reset_tcp(tcp);
+                        Some(reason)
+                    }
+                }
+            }
+            Self::Unix(mut unix) => {
+                let (r, w) = unix.split();
+                match pump(r, w, stream, traffic).await {
+                    PumpEnd::Closed => None,
+                    // A Unix socket has no RST: closing is all there is.
+                    PumpEnd::Reset(reason) => Some(reason),
+                }
+            }
+        }
+    }
+
+    /// Relays with the data connection `conn` through splice(2) until both
+    /// directions end; on an abort the socket is aborted too.
+    pub async fn splice(self, conn: &RawConn, traffic: &Traffic) -> Option<String> {
+        let result = match &self {
+            Self::Tcp(tcp) => conn.splice_with(tcp, traffic).await,
+            Self::Unix(unix) => conn.splice_with(unix, traffic).await,
+        };
+        let err = result.err()?;
+        self.abort();
+        Some(err.to_string())
+    }
+
+    /// Closes the socket so that its peer sees an abort where it can (TCP: RST).
+    pub fn abort(self) {
+        match self {
+            Self::Tcp(tcp) => reset_tcp(tcp),
+            Self::Unix(_) => {}
+        }
+    }
+}
