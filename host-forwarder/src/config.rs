@@ -44,7 +44,11 @@ pub struct Config {
 
 /// The configuration from `path` (or the defaults without one), plus the
 /// command line's reverse forwards.
-pub fn load(path: Option<&Path>, ssh_local_port: Option<u16>, extra_reverse: &[ReverseForward]) -> anyhow::Result<Config> {
+pub fn load(
+    path: Option<&Path>,
+    ssh_local_port: Option<u16>,
+    extra_reverse: &[ReverseForward],
+) -> anyhow::Result<Config> {
     let file = match path {
         Some(p) => read(p)?,
         None => ConfigFile::default(),
@@ -203,7 +207,10 @@ reverseForwards:
         );
         let extra = crate::reverse::parse_reverse("6379").unwrap();
         let c = load(Some(&p), None, &[extra]).unwrap();
-        assert_eq!(c.sockets, vec![SocketForward { guest: "/var/run/docker.sock".into(), host: dir.path().join("sock/docker.sock") }]);
+        assert_eq!(
+            c.sockets,
+            vec![SocketForward { guest: "/var/run/docker.sock".into(), host: dir.path().join("sock/docker.sock") }]
+        );
         assert_eq!(c.reverse.len(), 3);
         assert_eq!(c.reverse[0].host, reverse::HostEndpoint::Unix("/tmp/ssh-agent.sock".into()));
         assert_eq!(c.reverse[1].guest, ferry_protocol::GuestEndpoint::Tcp("127.0.0.1:15432".parse().unwrap()));

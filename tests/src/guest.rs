@@ -1,4 +1,6 @@
-//! A guest: a network namespace with loopback up.
+//! A guest: a network namespace with loopback up, optionally with a private
+//! mount namespace in which a directory is the guest's own (a tmpfs the host
+//! does not see).
 
 use std::{
     fs::File,
@@ -13,6 +15,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Guest {
     /// The namespace's name under /run/netns.
     pub name: String,
+    /// With a private mount namespace: the process holding it and the
+    /// directory that is a private tmpfs inside it.
+    private: Option<(crate::Proc, std::path::PathBuf)>,
 }
 
 impl Guest {
@@ -21,16 +26,59 @@ impl Guest {
         crate::require_root();
         let name = format!("ferry-t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         run(Command::new("ip").args(["netns", "add", &name]));
-        let guest = Self { name };
+        let guest = Self { name, private: None };
         run(Command::new("ip").args(["netns", "exec", &guest.name, "ip", "link", "set", "lo", "up"]));
         guest
     }
 
-    /// A command that runs `program` inside the namespace.
+    /// A guest whose processes also share a private mount namespace in which
+    /// `dir` (an empty directory on the host) is a tmpfs of the guest's own:
+    /// files the guest makes there (sockets, say) are invisible to the host.
+    /// `log` receives the holder process's stderr.
+    pub fn with_private_dir(dir: &std::path::Path, log: std::path::PathBuf) -> Self {
+        let mut guest = Self::new();
+        std::fs::create_dir_all(dir).expect("private dir");
+        let script = format!(
+            "mount -t tmpfs -o mode=0755 ferry-guest {0} && touch {0}/.ready && exec sleep 1000000",
+            dir.display()
+        );
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", guest.name)).args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let holder = crate::Proc::spawn(cmd, log);
+        let pid = holder.pid();
+        guest.private = Some((holder, dir.to_path_buf()));
+        let ready = dir.join(".ready");
+        crate::wait_for(std::time::Duration::from_secs(10), "the guest's private mount", || {
+            let st = guest.command("test").arg("-e").arg(&ready).status().ok()?;
+            st.success().then_some(())
+        });
+        assert!(!ready.exists(), "the private dir must not be visible on the host (holder {pid})");
+        guest
+    }
+
+    /// A command that runs `program` inside the guest (its network
+    /// namespace, and its mount namespace if it has one).
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
+        match &self.private {
+            Some((holder, _)) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &holder.pid().to_string(), "-m", "-n", program]);
+                c
+            }
+            None => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.name, program]);
+                c
+            }
+        }
     }
 
     /// Runs `f` on a thread that has entered the namespace; sockets created
@@ -67,6 +115,8 @@ impl Default for Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        // The holder's death takes the private mount namespace with it.
+        drop(self.private.take());
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

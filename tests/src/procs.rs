@@ -15,6 +15,8 @@ pub struct Proc {
     child: Option<Child>,
     /// Where the process's stderr is written.
     pub log: PathBuf,
+    /// Stop with SIGTERM first (daemons that clean up after themselves).
+    graceful: bool,
 }
 
 impl Proc {
@@ -31,7 +33,15 @@ impl Proc {
         }
         let child =
             cmd.stdin(Stdio::null()).stdout(out).stderr(file).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Self { child: Some(child), log }
+        Self { child: Some(child), log, graceful: false }
+    }
+
+    /// Like [`Proc::spawn`], but on drop the process gets SIGTERM and up to
+    /// 15 s to exit before SIGKILL (dockerd stops its containerd that way).
+    pub fn spawn_graceful(cmd: Command, log: PathBuf) -> Self {
+        let mut p = Self::spawn(cmd, log);
+        p.graceful = true;
+        p
     }
 
     /// The process id.
@@ -47,6 +57,21 @@ impl Proc {
     /// What the process printed on stdout so far.
     pub fn stdout_text(&self) -> String {
         std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for the process to exit; true if it did.
+    pub fn terminate(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else { return true };
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if !matches!(c.try_wait(), Ok(None)) {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Sends SIGKILL and reaps the process.
@@ -65,6 +90,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.graceful {
+            self.terminate();
+        }
         self.kill();
     }
 }

@@ -67,13 +67,7 @@ pub struct PortForwarder {
 impl PortForwarder {
     /// A forwarder with no ports yet, forwarding over `routes`.
     pub fn new(routes: Arc<Routes>, opts: ForwarderOptions) -> Self {
-        Self {
-            routes,
-            opts,
-            guest: BTreeSet::new(),
-            slots: BTreeMap::new(),
-            skipped: Vec::new(),
-        }
+        Self { routes, opts, guest: BTreeSet::new(), slots: BTreeMap::new(), skipped: Vec::new() }
     }
 
     /// Applies a port message from the agent.

@@ -73,7 +73,13 @@ impl SocketForwarder {
                 (false, _) => {
                     if matches!(state, State::Active { .. }) {
                         tracing::info!("guest socket {} went away; removed {}", rule.guest, rule.host.display());
-                        self.events.emit(EventKind::NotForwarding, "unix", &rule.guest, &rule.host.display().to_string(), None);
+                        self.events.emit(
+                            EventKind::NotForwarding,
+                            "unix",
+                            &rule.guest,
+                            &rule.host.display().to_string(),
+                            None,
+                        );
                     }
                     *state = State::Waiting; // dropping Active removes the host socket
                 }
@@ -96,7 +102,14 @@ impl SocketForwarder {
                     State::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
                     State::Failed(e) => ("failed", Some(e.clone()), None),
                 };
-                Row { proto: "unix", guest: rule.guest.clone(), host: rule.host.display().to_string(), state, reason, stats }
+                Row {
+                    proto: "unix",
+                    guest: rule.guest.clone(),
+                    host: rule.host.display().to_string(),
+                    state,
+                    reason,
+                    stats,
+                }
             })
             .collect();
         self.board.set_rows(Section::Sockets, rows);

@@ -1,0 +1,369 @@
+//! Unix socket forwarding (guest -> host) and reverse forwarding (host ->
+//! guest), end to end. The guest has a private mount namespace: its sockets
+//! live in a tmpfs the host cannot see, so only ferry connects the two.
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ferry_tests::{bin_dir, free_port, net::GUARD, procs::Proc, wait_for, Bridge, Guest};
+
+/// An HTTP/1.1 server on a Unix socket (`/small`, and a 1 GiB `/big`), or
+/// with `echo`, a stream echo that says "bye" after the client's EOF.
+const GUEST_SERVER: &str = r#"
+import http.server, os, socketserver, sys
+path, mode = sys.argv[1], sys.argv[2]
+BLOCK = bytes(range(256)) * 256
+class Http(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"hello from the guest\n"
+        n = (1 << 30) if self.path == "/big" else len(body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        if self.path == "/big":
+            for _ in range(n // len(BLOCK)):
+                self.wfile.write(BLOCK)
+        else:
+            self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            d = self.request.recv(65536)
+            if not d:
+                break
+            self.request.sendall(d)
+        self.request.sendall(b"bye\n")
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    def get_request(self):
+        req, _ = super().get_request()
+        return req, ("guest", 0)
+Server(path, Http if mode == "http" else Echo).serve_forever()
+"#;
+
+struct Setup {
+    bridge: Bridge,
+    /// The guest's private directory (a tmpfs only the guest sees).
+    guest_dir: PathBuf,
+    /// Where the host sockets go.
+    host_dir: tempfile::TempDir,
+}
+
+fn setup(rules: impl Fn(&Path, &Path) -> String, forwarder_args: &[&str]) -> Setup {
+    let host_dir = tempfile::tempdir().unwrap();
+    let guest_dir = host_dir.path().join("guest");
+    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
+    let rules_file = host_dir.path().join("ferry.yaml");
+    std::fs::write(&rules_file, rules(&guest_dir, &host_dir.path().join("host"))).unwrap();
+    let mut args = vec!["--rules", rules_file.to_str().unwrap(), "-v"];
+    args.extend_from_slice(forwarder_args);
+    let bridge = Bridge::start_in(guest, &["--scan-interval-ms", "50", "-v"], &args, &[]);
+    Setup { bridge, guest_dir, host_dir }
+}
+
+fn guest_server(s: &Setup, path: &Path, mode: &str) -> Proc {
+    let mut cmd = s.bridge.guest.command("python3");
+    cmd.args(["-c", GUEST_SERVER]).arg(path).arg(mode);
+    let p = Proc::spawn(cmd, s.host_dir.path().join(format!("server-{mode}.log")));
+    let probe = path.to_path_buf();
+    let guest = &s.bridge.guest;
+    wait_for(GUARD, "the guest server's socket", || {
+        guest.command("test").arg("-S").arg(&probe).status().ok()?.success().then_some(())
+    });
+    p
+}
+
+fn wait_row_state(bridge: &Bridge, host: &Path, state: &str) -> serde_json::Value {
+    let host = host.display().to_string();
+    wait_for(GUARD, &format!("{host} {state}"), || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["host"] == host.as_str() && r["state"] == state)
+    })
+}
+
+fn curl(sock: &Path, url: &str) -> std::process::Output {
+    Command::new("curl").args(["-sS", "--max-time", "120", "--unix-socket"]).arg(sock).arg(url).output().unwrap()
+}
+
+#[test]
+fn http_over_a_forwarded_unix_socket_with_curl_including_a_1_gib_response() {
+    let s = setup(
+        |g, h| {
+            format!("portForwards:\n- guestSocket: {}/app.sock\n  hostSocket: {}/app.sock\n", g.display(), h.display())
+        },
+        &[],
+    );
+    let guest_sock = s.guest_dir.join("app.sock");
+    assert!(!guest_sock.exists(), "the host must not see the guest's socket");
+    let _server = guest_server(&s, &guest_sock, "http");
+    let host_sock = s.host_dir.path().join("host/app.sock");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    // 0600 in a 0700 directory.
+    let mode = |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
+    assert_eq!((mode(&host_sock), mode(host_sock.parent().unwrap())), (0o600, 0o700));
+    let out = curl(&host_sock, "http://guest/small");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the guest\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 1 GiB, hashed on the fly.
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "300", "--unix-socket"])
+        .arg(&host_sock)
+        .arg("http://guest/big")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut hasher = ferry_tests::data::Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    assert!(child.wait().unwrap().success());
+    let block: Vec<u8> = (0..=255u8).collect::<Vec<u8>>().repeat(256);
+    let mut want = ferry_tests::data::Hasher::default();
+    for _ in 0..(1 << 30) / block.len() {
+        want.update(&block);
+    }
+    assert_eq!(total, 1 << 30);
+    assert_eq!(hasher.finish(), want.finish(), "the 1 GiB response arrived damaged");
+}
+
+#[test]
+fn an_attach_like_session_is_bidirectional_and_half_closes() {
+    let s = setup(
+        |g, h| {
+            format!(
+                "portForwards:\n- guestSocket: {}/attach.sock\n  hostSocket: {}/attach.sock\n",
+                g.display(),
+                h.display()
+            )
+        },
+        &[],
+    );
+    let _server = guest_server(&s, &s.guest_dir.join("attach.sock"), "echo");
+    let host_sock = s.host_dir.path().join("host/attach.sock");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    let mut c = UnixStream::connect(&host_sock).unwrap();
+    c.set_read_timeout(Some(GUARD)).unwrap();
+    for i in 0..200 {
+        let line = format!("keystroke {i}\n");
+        c.write_all(line.as_bytes()).unwrap();
+        let mut back = vec![0u8; line.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, line.as_bytes());
+    }
+    // Half-close: the guest still answers after our EOF.
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "bye\n");
+}
+
+#[test]
+fn a_guest_socket_that_goes_away_and_comes_back_is_followed() {
+    let s = setup(
+        |g, h| format!("portForwards:\n- guestSocket: {}/d.sock\n  hostSocket: {}/d.sock\n", g.display(), h.display()),
+        &[],
+    );
+    let guest_sock = s.guest_dir.join("d.sock");
+    let host_sock = s.host_dir.path().join("host/d.sock");
+    // Not there yet: no host socket, and the status says why.
+    let row = wait_row_state(&s.bridge, &host_sock, "waiting");
+    assert!(row["reason"].as_str().unwrap().contains("does not exist"), "{row}");
+    assert!(!host_sock.exists());
+    let mut server = guest_server(&s, &guest_sock, "http");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    assert_eq!(curl(&host_sock, "http://guest/small").stdout, b"hello from the guest\n");
+    // The daemon stops and its socket is removed (as dockerd does).
+    server.kill();
+    assert!(s.bridge.guest.command("rm").arg(&guest_sock).status().unwrap().success());
+    wait_row_state(&s.bridge, &host_sock, "waiting");
+    let t = Instant::now();
+    assert!(UnixStream::connect(&host_sock).is_err(), "the host socket must be gone");
+    assert!(t.elapsed() < Duration::from_secs(1), "an immediate error, not a hang");
+    // Back again: the forward is restored.
+    let _server = guest_server(&s, &guest_sock, "http");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    assert_eq!(curl(&host_sock, "http://guest/small").stdout, b"hello from the guest\n");
+}
+
+#[test]
+fn a_stale_host_socket_is_replaced_but_a_regular_file_is_never_touched() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let stale = host_dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap()); // a dead socket file
+    let precious = host_dir.path().join("precious.sock");
+    std::fs::write(&precious, b"not a socket").unwrap();
+    let (stale2, precious2) = (stale.clone(), precious.clone());
+    let s = setup(
+        move |g, _| {
+            format!(
+                "portForwards:\n- guestSocket: {g}/a.sock\n  hostSocket: {}\n- guestSocket: {g}/b.sock\n  hostSocket: {}\n",
+                stale2.display(),
+                precious2.display(),
+                g = g.display()
+            )
+        },
+        &[],
+    );
+    let _a = guest_server(&s, &s.guest_dir.join("a.sock"), "http");
+    let _b = guest_server(&s, &s.guest_dir.join("b.sock"), "http");
+    wait_row_state(&s.bridge, &stale, "forwarding");
+    assert_eq!(curl(&stale, "http://guest/small").stdout, b"hello from the guest\n");
+    let row = wait_row_state(&s.bridge, &precious, "failed");
+    assert!(row["reason"].as_str().unwrap().contains("never replaces"), "{row}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not a socket");
+    // On exit the forwarder removes its own socket, not the file.
+    let mut s = s;
+    assert!(s.bridge.forwarder.terminate(), "ferry must exit on SIGTERM");
+    assert!(!stale.exists());
+    assert_eq!(std::fs::read(&precious).unwrap(), b"not a socket");
+}
+
+#[test]
+fn docker_cli_on_the_host_talks_to_dockerd_in_the_guest() {
+    for tool in ["/usr/sbin/dockerd", "/usr/bin/docker"] {
+        assert!(Path::new(tool).exists(), "{tool} is missing: apt-get install docker.io");
+    }
+    let s = setup(
+        |g, h| {
+            format!(
+                "portForwards:\n- guestSocket: {}/docker.sock\n  hostSocket: {}/docker.sock\n",
+                g.display(),
+                h.display()
+            )
+        },
+        &[],
+    );
+    let g = s.guest_dir.display().to_string();
+    let mut cmd = s.bridge.guest.command("/usr/sbin/dockerd");
+    cmd.args(["--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs"])
+        .arg(format!("--data-root={g}/data"))
+        .arg(format!("--exec-root={g}/exec"))
+        .arg(format!("--pidfile={g}/docker.pid"))
+        .arg(format!("--host=unix://{g}/docker.sock"));
+    let _dockerd = Proc::spawn_graceful(cmd, s.host_dir.path().join("dockerd.log"));
+    let host_sock = s.host_dir.path().join("host/docker.sock");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    let docker = |what: &str| {
+        let out = Command::new("/usr/bin/docker")
+            .arg("-H")
+            .arg(format!("unix://{}", host_sock.display()))
+            .args([what, "--format", "{{json .}}"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {what}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let version = docker("version");
+    assert!(version["Server"]["ApiVersion"].as_str().is_some_and(|v| v.starts_with("1.")), "{version}");
+    let info = docker("info");
+    assert_eq!(info["Driver"], "vfs", "{info}");
+    assert_eq!(info["DockerRootDir"], format!("{g}/data"), "the daemon in the guest answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_tcp_service_is_reachable_inside_the_guest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (host_port, guest_port) = (free_port(), free_port());
+    let db = tokio::net::TcpListener::bind(("127.0.0.1", host_port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = db.accept().await {
+            tokio::spawn(async move {
+                let mut q = Vec::new();
+                let _ = c.read_to_end(&mut q).await;
+                let _ = c.write_all(&[b"host says: ".as_slice(), &q].concat()).await;
+            });
+        }
+    });
+    let spec = format!("127.0.0.1:{guest_port}=127.0.0.1:{host_port}");
+    let bridge = Bridge::start_with(&["--scan-interval-ms", "50", "-v"], &["--reverse", &spec, "-v"]);
+    wait_for(GUARD, "the reverse listener", || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-tcp" && r["state"] == "listening")
+    });
+    let answer = bridge.guest.run_in(move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", guest_port)).expect("connect in the guest");
+        c.write_all(b"SELECT 1").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut a = String::new();
+        c.read_to_string(&mut a).unwrap();
+        a
+    });
+    assert_eq!(answer, "host says: SELECT 1");
+    // The agent's own reverse listener is not forwarded back to the host.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = bridge.status()["ports"].as_array().unwrap().clone();
+    assert!(!rows.iter().any(|r| r["proto"] == "tcp" && r["guest"] == format!("127.0.0.1:{guest_port}")), "{rows:?}");
+}
+
+#[test]
+fn a_host_unix_socket_is_served_inside_the_guest() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let agent_sock = host_dir.path().join("ssh-agent.sock");
+    let l = std::os::unix::net::UnixListener::bind(&agent_sock).unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut q = Vec::new();
+            let _ = c.read_to_end(&mut q);
+            let _ = c.write_all(&[b"agent: ".as_slice(), &q].concat());
+        }
+    });
+    let a = agent_sock.clone();
+    let s = setup(
+        move |g, _| {
+            format!(
+                "portForwards:\n- guestSocket: {}/ssh.sock\n  hostSocket: {}\n  reverse: true\n",
+                g.display(),
+                a.display()
+            )
+        },
+        &[],
+    );
+    let guest_sock = s.guest_dir.join("ssh.sock");
+    wait_for(GUARD, "the reverse socket in the guest", || {
+        let rows = s.bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["state"] == "listening")
+    });
+    let client = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'list keys')\ns.shutdown(socket.SHUT_WR)\nprint(s.makefile('rb').read().decode(),end='')";
+    let out = s.bridge.guest.command("python3").args(["-c", client]).arg(&guest_sock).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "agent: list keys", "{}", String::from_utf8_lossy(&out.stderr));
+    let mode = s.bridge.guest.command("stat").args(["-c", "%a"]).arg(&guest_sock).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
+}
+
+#[test]
+fn ferry_status_lists_sockets_and_reverse_forwards() {
+    let port = free_port();
+    let s = setup(
+        |g, h| format!("portForwards:\n- guestSocket: {}/x.sock\n  hostSocket: {}/x.sock\n", g.display(), h.display()),
+        &["--reverse", &port.to_string()],
+    );
+    wait_row_state(&s.bridge, &s.host_dir.path().join("host/x.sock"), "waiting");
+    let out = Command::new(bin_dir().join("ferry"))
+        .args(["status", "--control-socket"])
+        .arg(s.bridge.control_socket())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("unix") && l.contains("x.sock") && l.contains("waiting")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("reverse-tcp") && l.contains(&format!("127.0.0.1:{port}"))), "{table}");
+}
