@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod cli;
 mod dedicated;
+mod files;
 mod ports;
 mod reverse;
 mod server;

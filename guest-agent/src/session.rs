@@ -1,5 +1,5 @@
-//! One session with the host: report ports and sockets, serve open
-//! requests, run the host's reverse listeners.
+//! One session with the host: report ports, sockets and watch targets,
+//! serve open requests, run the host's reverse listeners, replay file events.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::{
     dedicated::Tokens,
+    files::Files,
     ports::{
         filter::UdpFilter,
         watcher::{diff, PortSet},
@@ -56,6 +57,7 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
     };
     let reverse_addrs = ReverseAddrs::default();
     let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs.clone());
+    let files = Files::start(session.clone());
     let (filter_tx, filter_rx) = watch::channel(ports.filter.clone());
     let (sockets_tx, sockets_rx) = watch::channel(Vec::new());
     let tasks = [
@@ -75,13 +77,15 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
                 let _ = sockets_tx.send(paths);
             }
             SessionEvent::Control(ControlMessage::ReverseListeners(wanted)) => reverse.apply(wanted),
+            SessionEvent::Control(ControlMessage::FileRoots(roots)) => files.set_roots(roots),
+            SessionEvent::Control(ControlMessage::FileEvents(batch)) => files.replay(batch),
             SessionEvent::Control(msg) => tracing::debug!("ignoring control message from host: {msg:?}"),
         }
     }
     for t in tasks {
         t.abort();
     }
-    drop(reverse);
+    drop((reverse, files));
     tracing::info!("host session via {peer} ended: {}", session.closed().await);
 }
 

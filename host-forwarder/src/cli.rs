@@ -98,6 +98,21 @@ pub struct RunArgs {
     #[arg(long, value_name = "GUEST=HOST", value_parser = crate::reverse::parse_reverse)]
     pub reverse: Vec<crate::reverse::ReverseForward>,
 
+    /// Send this host directory's file events to the guest (repeatable):
+    /// HOST=GUEST, or DIR where the guest sees it at the same path. A lima.yaml
+    /// given with --rules adds its `mounts`.
+    #[arg(long, value_name = "HOST=GUEST", value_parser = crate::files::parse_watch)]
+    pub watch: Vec<crate::files::Mount>,
+
+    /// A directory name not to watch deeply, in addition to the defaults
+    /// (.git .hg .svn node_modules target __pycache__ .venv .tox .cache .next); repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub watch_exclude: Vec<String>,
+
+    /// Send no file events, even for a lima.yaml's mounts.
+    #[arg(long)]
+    pub no_file_events: bool,
+
     /// Print one JSON line per forwarding change on stdout
     /// (type forwarding, not-forwarding or failed; Lima's PortForwardEvent keys).
     #[arg(long)]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::{
+    files::Mount,
     ports::rules::{Rule, RuleSet, RuleSpec},
     reverse::{self, ReverseForward},
     sockets::SocketForward,
@@ -22,7 +23,17 @@ struct ConfigFile {
     port_forwards: Option<Vec<RuleSpec>>,
     #[serde(rename = "reverseForwards")]
     reverse_forwards: Vec<ReverseSpec>,
+    mounts: Vec<MountSpec>,
     ssh: Ssh,
+}
+
+/// A Lima `mounts` entry: a host directory and, optionally, where the guest
+/// sees it (Lima's default: the same path).
+#[derive(Debug, Default, Deserialize)]
+struct MountSpec {
+    location: String,
+    #[serde(rename = "mountPoint")]
+    mount_point: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +51,8 @@ pub struct Config {
     pub sockets: Vec<SocketForward>,
     /// Host services reachable in the guest.
     pub reverse: Vec<ReverseForward>,
+    /// Shared folders whose file events go to the guest.
+    pub mounts: Vec<Mount>,
 }
 
 /// The configuration from `path` (or the defaults without one), plus the
@@ -80,8 +93,23 @@ pub fn load(
         });
     }
     config.reverse.extend_from_slice(extra_reverse);
+    for m in &file.mounts {
+        let host = expand_home(&m.location);
+        let guest = m.mount_point.as_deref().map(expand_home).unwrap_or_else(|| host.clone());
+        config.mounts.push(Mount { host: host.into(), guest });
+    }
     config.rules = RuleSet::new(rules, ssh_local_port.or(file.ssh.local_port));
     Ok(config)
+}
+
+/// `~` and `~/x` as the host user's home (as Lima reads `location`).
+fn expand_home(p: &str) -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    match p.strip_prefix('~') {
+        Some("") => home,
+        Some(rest) if rest.starts_with('/') => format!("{home}{rest}"),
+        _ => p.to_string(),
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<ConfigFile> {
@@ -158,7 +186,11 @@ portForwards:
   ignore: true
 "#,
         );
-        let rules = load_rules(Some(&p), None).unwrap();
+        let c = load(Some(&p), None, &[]).unwrap();
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(c.mounts[0], Mount { host: home.clone().into(), guest: home });
+        assert_eq!(c.mounts[1], Mount { host: "/tmp/lima".into(), guest: "/tmp/lima".into() });
+        let rules = c.rules;
         // 22, 60022, three user rules, the fallback.
         assert_eq!(rules.rules().len(), 6);
         let l = Listener { proto: Proto::Tcp, addr: "127.0.0.1:60022".parse().unwrap() };

@@ -4,6 +4,7 @@ use clap::Parser;
 
 mod cli;
 mod config;
+mod files;
 mod ports;
 mod reverse;
 mod routes;

@@ -9,6 +9,7 @@ use ferry_protocol::{ControlMessage, Role};
 use crate::{
     cli::RunArgs,
     config,
+    files::{FileForwarder, FileOptions},
     ports::{
         forwarder::{ForwarderOptions, PortForwarder},
         udp::UdpLimits,
@@ -25,6 +26,7 @@ struct Setup {
     ports: ForwarderOptions,
     sockets: Vec<SocketForward>,
     reverse: Vec<ReverseForward>,
+    files: FileOptions,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -56,7 +58,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         UdpLimits { idle_timeout: Duration::from_secs(args.udp_idle_timeout), max_flows: args.udp_max_flows as usize };
     let ports =
         ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events), udp };
-    let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse };
+    let mut files = FileOptions { mounts: args.watch.clone(), excludes: Vec::new() };
+    if !args.no_file_events {
+        files.mounts.extend(config.mounts);
+    } else {
+        files.mounts.clear();
+    }
+    files.excludes = crate::files::watcher::DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
+    files.excludes.extend(args.watch_exclude.iter().cloned());
+    let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files };
     tokio::select! {
         r = connect_forever(&args, &setup) => r,
         _ = shutdown_signal() => {
@@ -137,6 +147,7 @@ async fn serve(
     let mut ports = PortForwarder::new(routes.clone(), setup.ports.clone());
     let mut sockets = SocketForwarder::start(routes.clone(), &setup.sockets, board.clone(), setup.ports.events);
     let mut reverse = ReverseForwarder::start(&session, &setup.reverse, board.clone());
+    let files = FileForwarder::start(session.clone(), &setup.files, board.clone());
     let mut retry = tokio::time::interval(RETRY_TICK);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -156,6 +167,7 @@ async fn serve(
                     sockets.apply_present(&present);
                 }
                 Some(SessionEvent::Control(ControlMessage::ReverseState { id, error })) => reverse.set_state(id, error),
+                Some(SessionEvent::Control(ControlMessage::WatchTargets(targets))) => files.set_targets(&targets),
                 Some(SessionEvent::Control(msg)) => ports.apply(msg),
                 Some(SessionEvent::Open(open)) => reverse.serve(open),
                 None => break,
@@ -165,7 +177,7 @@ async fn serve(
     }
     // Dropping the channels closes every host listener and socket; in-flight
     // connections see the session close and are reset.
-    drop((ports, sockets, reverse));
+    drop((ports, sockets, reverse, files));
     session.closed().await
 }
 

@@ -20,4 +20,7 @@ pub mod stream_id;
 pub use codec::{DecodeError, FrameDecoder};
 pub use frame::{Frame, FrameType, StreamId, HEADER_LEN, MAX_PAYLOAD};
 pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION};
-pub use message::{ControlMessage, GuestEndpoint, Listener, PortRange, Proto, ReverseListener, Target};
+pub use message::{
+    ControlMessage, FileEvent, FileEventKind, GuestEndpoint, Listener, PortRange, Proto, ReverseListener, SharedMount,
+    Target,
+};

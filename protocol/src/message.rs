@@ -42,6 +42,40 @@ pub enum Target {
     Reverse(u32),
 }
 
+/// What happened to a file on the host, as a guest path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileEvent {
+    /// The guest path (absolute, under one of the announced mount points).
+    pub path: String,
+    /// What happened.
+    pub kind: FileEventKind,
+}
+
+/// The kinds of file events the guest replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileEventKind {
+    /// The path appeared (a new file or directory, or the target of a rename).
+    Created,
+    /// The file's content changed.
+    Modified,
+    /// The path went away (removed, or the source of a rename).
+    Removed,
+    /// Too much happened to list (the host's watcher overflowed): rescan this directory.
+    Rescan,
+}
+
+/// A shared file system the agent sees in the guest, and how many inotify
+/// watches guest processes hold on it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SharedMount {
+    /// Where it is mounted in the guest.
+    pub mount_point: String,
+    /// Its type (virtiofs, 9p, fuse.sshfs, nfs ...).
+    pub fs_type: String,
+    /// inotify watches on it, over all guest processes.
+    pub watches: u32,
+}
+
 /// Where a reverse listener listens inside the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum GuestEndpoint {
@@ -95,6 +129,14 @@ pub enum ControlMessage {
         /// Why it does not listen, if it does not.
         error: Option<String>,
     },
+    /// Host -> agent: the guest directories that host file events may name
+    /// (the complete list); events for other paths are dropped.
+    FileRoots(Vec<String>),
+    /// Host -> agent: coalesced host file events to replay in the guest.
+    FileEvents(Vec<FileEvent>),
+    /// Agent -> host: the shared file systems in the guest and the inotify
+    /// watches on them (sent when it changes).
+    WatchTargets(Vec<SharedMount>),
 }
 
 /// An inclusive range of ports.
@@ -154,6 +196,11 @@ mod tests {
             guest: GuestEndpoint::Unix("/run/host-ssh-agent.sock".into()),
         }]);
         assert_eq!(decode::<ControlMessage>(&encode(&r)).unwrap(), r);
+        let f = ControlMessage::FileEvents(vec![FileEvent {
+            path: "/home/u/app/a.js".into(),
+            kind: FileEventKind::Modified,
+        }]);
+        assert_eq!(decode::<ControlMessage>(&encode(&f)).unwrap(), f);
         let w = ControlMessage::UdpPortsWanted(vec![PortRange { first: 5353, last: 5353 }]);
         assert_eq!(decode::<ControlMessage>(&encode(&w)).unwrap(), w);
     }

@@ -104,6 +104,8 @@ pub enum Section {
     Sockets,
     /// Host services reachable from the guest.
     Reverse,
+    /// Shared folders whose events go to the guest.
+    Files,
 }
 
 #[derive(Default)]

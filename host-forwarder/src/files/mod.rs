@@ -1,0 +1,226 @@
+//! The files channel on the host side: watch the shared folders, coalesce
+//! events per path over a short window, and send them to the agent, which
+//! replays them as real inotify events in the guest.
+
+pub mod coalesce;
+pub mod watcher;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ferry_mux::Session;
+use ferry_protocol::{ControlMessage, FileEvent, FileEventKind, SharedMount};
+use tokio::sync::mpsc;
+
+use crate::status::{
+    board::{Row, Section},
+    ConnStats, StatusBoard,
+};
+pub use coalesce::Mount;
+
+/// How long events are gathered before a batch goes out.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(20);
+
+/// Largest batch message, in bytes of paths (well under a frame).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What the files channel watches.
+#[derive(Debug, Clone, Default)]
+pub struct FileOptions {
+    /// The shared folders.
+    pub mounts: Vec<Mount>,
+    /// Directory names not watched deeply.
+    pub excludes: Vec<String>,
+}
+
+/// One session's file forwarding; dropping it stops the watcher.
+pub struct FileForwarder {
+    task: Option<tokio::task::JoinHandle<()>>,
+    mounts: Vec<Mount>,
+    sent: Arc<ConnStats>,
+    board: StatusBoard,
+    watched_dirs: usize,
+}
+
+impl FileForwarder {
+    /// Starts watching (nothing happens without mounts).
+    pub fn start(session: Session, opts: &FileOptions, board: StatusBoard) -> Self {
+        let sent = Arc::new(ConnStats::default());
+        let mut me = Self { task: None, mounts: opts.mounts.clone(), sent: sent.clone(), board, watched_dirs: 0 };
+        if opts.mounts.is_empty() {
+            return me;
+        }
+        let roots = opts.mounts.iter().map(|m| m.guest.clone()).collect();
+        let _ = session.send_control(&ControlMessage::FileRoots(roots));
+        let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>(8192);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let flag = overflow.clone();
+        let handler = move |ev: notify::Result<notify::Event>| {
+            if tx.try_send(ev).is_err() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        };
+        let mut w = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch host files: {e}");
+                return me;
+            }
+        };
+        for m in &opts.mounts {
+            match watcher::watch_tree(&mut w, &m.host, &opts.excludes) {
+                Ok(n) => {
+                    tracing::info!("watching {} -> guest {} ({n} directories)", m.host.display(), m.guest);
+                    me.watched_dirs += n;
+                }
+                Err(e) => tracing::warn!("cannot watch {}: {e}", m.host.display()),
+            }
+        }
+        let excludes = opts.excludes.clone();
+        me.task = Some(tokio::spawn(run(session, w, rx, overflow, opts.mounts.clone(), excludes, sent)));
+        me.publish(&[]);
+        me
+    }
+
+    /// Records the agent's report on the guest's shared mounts.
+    pub fn set_targets(&self, targets: &[SharedMount]) {
+        for t in targets {
+            tracing::info!("guest shared mount {} ({}): {} inotify watches", t.mount_point, t.fs_type, t.watches);
+        }
+        self.publish(targets);
+    }
+
+    fn publish(&self, targets: &[SharedMount]) {
+        let rows = self
+            .mounts
+            .iter()
+            .map(|m| {
+                let guest =
+                    targets.iter().filter(|t| m.guest.starts_with(&t.mount_point)).max_by_key(|t| t.mount_point.len());
+                let reason = match guest {
+                    Some(t) => format!(
+                        "{} host directories; guest {} mount, {} inotify watches",
+                        self.watched_dirs, t.fs_type, t.watches
+                    ),
+                    None => format!("{} host directories", self.watched_dirs),
+                };
+                Row {
+                    proto: "files",
+                    guest: m.guest.clone(),
+                    host: m.host.display().to_string(),
+                    state: if self.task.is_some() { "watching" } else { "failed" },
+                    reason: Some(reason),
+                    stats: Some(self.sent.clone()),
+                }
+            })
+            .collect();
+        self.board.set_rows(Section::Files, rows);
+    }
+}
+
+impl Drop for FileForwarder {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Gathers events, closes a batch [`COALESCE_WINDOW`] after its first event
+/// and sends it; keeps the watcher alive meanwhile.
+async fn run(
+    session: Session,
+    mut w: notify::RecommendedWatcher,
+    mut rx: mpsc::Receiver<notify::Result<notify::Event>>,
+    overflow: Arc<AtomicBool>,
+    mounts: Vec<Mount>,
+    excludes: Vec<String>,
+    sent: Arc<ConnStats>,
+) {
+    let mut co = coalesce::Coalescer::new(mounts.clone());
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let flush = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                let mut first = false;
+                match ev {
+                    Ok(ev) => {
+                        if ev.need_rescan() {
+                            first |= co.rescan_all();
+                        }
+                        for (path, kind) in watcher::translate(&ev) {
+                            let Some(m) = mounts.iter().find(|m| path.starts_with(&m.host)) else { continue };
+                            if watcher::excluded(&path, &m.host, &excludes) {
+                                continue;
+                            }
+                            if kind == FileEventKind::Created && path.is_dir() {
+                                let mut n = 0;
+                                let _ = watcher::watch_dirs(&mut w, &m.host, &path, &excludes, &mut n);
+                            }
+                            first |= co.add(&path, kind);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("file watcher: {e}; asking the guest to rescan");
+                        first |= co.rescan_all();
+                    }
+                }
+                if overflow.swap(false, Ordering::Relaxed) {
+                    first |= co.rescan_all();
+                }
+                if first && deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + COALESCE_WINDOW);
+                }
+            }
+            _ = flush => {
+                deadline = None;
+                let batch = co.take();
+                let n = batch.len() as u64;
+                for chunk in chunks(batch) {
+                    if session.send_control(&ControlMessage::FileEvents(chunk)).is_err() {
+                        return;
+                    }
+                }
+                sent.total.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Splits a batch into messages of bounded size.
+fn chunks(batch: Vec<FileEvent>) -> Vec<Vec<FileEvent>> {
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for ev in batch {
+        if bytes + ev.path.len() > BATCH_BYTES && !out.last().unwrap().is_empty() {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += ev.path.len();
+        out.last_mut().unwrap().push(ev);
+    }
+    out
+}
+
+/// Parses `HOST=GUEST` or a bare directory shared at the same path.
+pub fn parse_watch(s: &str) -> Result<Mount, String> {
+    let (host, guest) = s.split_once('=').unwrap_or((s, s));
+    if !host.starts_with('/') || !guest.starts_with('/') {
+        return Err(format!("{s:?}: both sides must be absolute paths"));
+    }
+    let guest = if guest == "/" { guest } else { guest.trim_end_matches('/') };
+    Ok(Mount { host: PathBuf::from(host), guest: guest.to_string() })
+}
