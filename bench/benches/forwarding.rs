@@ -21,6 +21,7 @@ struct Plan {
     discovery: usize,
     cpu_window: Duration,
     udp_rates: &'static [u64],
+    file_burst: usize,
     rounds: usize,
     dur: Duration,
     rr: usize,
@@ -34,6 +35,7 @@ fn main() {
             discovery: 10,
             cpu_window: Duration::from_secs(2),
             udp_rates: &[10_000, 50_000],
+            file_burst: 1000,
             rounds: 1,
             dur: Duration::from_millis(700),
             rr: 2000,
@@ -44,6 +46,7 @@ fn main() {
             discovery: 100,
             cpu_window: Duration::from_secs(5),
             udp_rates: &[10_000, 50_000, 100_000],
+            file_burst: 5000,
             rounds: 2,
             dur: Duration::from_secs(2),
             rr: 20_000,
@@ -176,6 +179,25 @@ fn main() {
     report.record("agent CPU, idle", "% of a core", false, "ferry", idle);
     let churn = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, Some(100));
     report.record("agent CPU, 100 listen/close cycles per second", "% of a core", false, "ferry", churn);
+
+    // File events: host write -> guest watcher event (ferry only: no other
+    // bridge produces guest inotify events; Lima's mountInotify gives ATTRIB only).
+    match ferry_bench::files::FileBench::start() {
+        Ok(fb) => {
+            let (med, p99) = fb.write_to_event(plan.discovery);
+            report.record("file event, host write -> guest fs.watch event, median", "ms", false, "ferry", med);
+            report.record("file event, host write -> guest fs.watch event, p99", "ms", false, "ferry", p99);
+            let rate = fb.sustained(plan.file_burst);
+            report.record(
+                &format!("file events, {} new files, delivered", plan.file_burst),
+                "files/s",
+                true,
+                "ferry",
+                rate,
+            );
+        }
+        Err(why) => report.notes.push(format!("file events not measured: {why}")),
+    }
 
     let md = report.markdown("ferry forwarding benchmark");
     println!("{md}");

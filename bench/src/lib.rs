@@ -6,6 +6,7 @@
 //! from figures measured side by side on a noisy machine.
 
 pub mod discovery;
+pub mod files;
 pub mod load;
 pub mod paths;
 pub mod procstat;

@@ -70,8 +70,17 @@ pub fn load(
     let name = |i: usize| format!("{}: portForwards[{i}]", path.map(|p| p.display().to_string()).unwrap_or_default());
     let mut rules = Vec::new();
     let mut config = Config::default();
-    for (i, spec) in file.port_forwards.unwrap_or_default().iter().enumerate() {
-        let rule = Rule::from_spec(spec, &socket_dir).map_err(|e| anyhow::anyhow!("{}: {e}", name(i)))?;
+    let vars = path.map(TemplateVars::for_file).unwrap_or_default();
+    let specs = file.port_forwards.unwrap_or_default();
+    // Leading "ignore everything" rules switch Lima's own forwarding off so
+    // that ferry does it (`limactl ferry start` and the ferry template add
+    // them); they are not meant for ferry.
+    let skip = specs.iter().take_while(|s| disables_lima(s)).count();
+    for (i, spec) in specs.iter().enumerate().skip(skip) {
+        let mut spec = spec.clone();
+        spec.guest_socket = spec.guest_socket.map(|s| vars.expand(&s));
+        spec.host_socket = spec.host_socket.map(|s| vars.expand(&s));
+        let rule = Rule::from_spec(&spec, &socket_dir).map_err(|e| anyhow::anyhow!("{}: {e}", name(i)))?;
         match (&rule.guest_socket, &rule.host_socket) {
             (Some(guest), Some(host)) if rule.reverse => config.reverse.push(ReverseForward {
                 guest: reverse::guest_endpoint(guest).map_err(|e| anyhow::anyhow!("{}: guestSocket {e}", name(i)))?,
@@ -100,6 +109,50 @@ pub fn load(
     }
     config.rules = RuleSet::new(rules, ssh_local_port.or(file.ssh.local_port));
     Ok(config)
+}
+
+/// Whether a rule is one of Lima's "disable all forwarding" rules: ignore,
+/// every port, no socket.
+pub fn disables_lima(s: &RuleSpec) -> bool {
+    s.ignore && s.guest_socket.is_none() && s.guest_port == 0 && s.guest_port_range == Some([1, 65535])
+}
+
+/// The values of Lima's template variables in socket paths.
+#[derive(Debug, Default)]
+struct TemplateVars {
+    dir: String,
+    name: String,
+    user: String,
+    uid: String,
+    home: String,
+}
+
+impl TemplateVars {
+    /// For a lima.yaml at `file`: the instance is its directory.
+    fn for_file(file: &Path) -> Self {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        Self {
+            dir: dir.display().to_string(),
+            name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            home: format!("/home/{user}.linux"),
+            uid: unsafe { libc::getuid() }.to_string(),
+            user,
+        }
+    }
+
+    /// Replaces `{{.Dir}}`, `{{.Name}}`, `{{.User}}`, `{{.UID}}` and `{{.Home}}`.
+    fn expand(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (key, value) in
+            [("Dir", &self.dir), ("Name", &self.name), ("User", &self.user), ("UID", &self.uid), ("Home", &self.home)]
+        {
+            for pattern in [format!("{{{{.{key}}}}}"), format!("{{{{ .{key} }}}}")] {
+                out = out.replace(&pattern, value);
+            }
+        }
+        out
+    }
 }
 
 /// `~` and `~/x` as the host user's home (as Lima reads `location`).
@@ -248,6 +301,28 @@ reverseForwards:
         assert_eq!(c.reverse[1].guest, ferry_protocol::GuestEndpoint::Tcp("127.0.0.1:15432".parse().unwrap()));
         let p = write(dir.path(), "bad.yaml", "reverseForwards:\n- {guest: nowhere, host: 127.0.0.1:1}\n");
         assert!(load(Some(&p), None, &[]).unwrap_err().to_string().contains("reverseForwards[0]"));
+    }
+
+    #[test]
+    fn lima_disabling_rules_are_skipped_and_templates_expanded() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = dir.path().join("myvm");
+        std::fs::create_dir_all(&inst).unwrap();
+        let p = write(
+            &inst,
+            "lima.yaml",
+            "portForwards:
+- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [1, 65535], proto: tcp, ignore: true}
+- {guestIP: 0.0.0.0, guestIPMustBeZero: false, guestPortRange: [1, 65535], proto: udp, ignore: true}
+- guestSocket: /run/user/{{.UID}}/docker.sock
+  hostSocket: '{{.Dir}}/sock/{{.Name}}-docker.sock'
+",
+        );
+        let c = load(Some(&p), None, &[]).unwrap();
+        assert_eq!(c.rules.user_rules().len(), 1, "the two disabling rules are Lima's, not ferry's");
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(c.sockets[0].guest, format!("/run/user/{uid}/docker.sock"));
+        assert_eq!(c.sockets[0].host, inst.join("sock/myvm-docker.sock"));
     }
 
     #[test]
