@@ -29,6 +29,24 @@ pub enum Command {
     Secret(SecretArgs),
     /// Show what a running `ferry run` forwards: a table, or JSON.
     Status(StatusArgs),
+    /// Lima integration (also installed as the `limactl-ferry` plugin).
+    Lima {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::lima::LimaCommand,
+    },
+}
+
+/// `limactl ferry ...`: the `ferry` binary called as `limactl-ferry`.
+#[derive(Debug, Parser)]
+#[command(name = "limactl ferry", version)]
+pub struct LimaPlugin {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: crate::lima::LimaCommand,
 }
 
 /// Options of `ferry status`.

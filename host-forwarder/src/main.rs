@@ -5,6 +5,7 @@ use clap::Parser;
 mod cli;
 mod config;
 mod files;
+mod lima;
 mod ports;
 mod reverse;
 mod routes;
@@ -13,6 +14,12 @@ mod status;
 mod supervisor;
 
 fn main() -> anyhow::Result<()> {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "limactl-ferry") {
+        let plugin = cli::LimaPlugin::parse();
+        ferry_mux::logging::init(plugin.verbose);
+        return lima::run(plugin.command);
+    }
     let cli = cli::Cli::parse();
     ferry_mux::logging::init(cli.verbose);
     let runtime = tokio::runtime::Runtime::new()?;
@@ -24,6 +31,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        cli::Command::Lima { command } => lima::run(command),
         cli::Command::Status(args) => {
             let path = args.control_socket.unwrap_or_else(status::server::default_path);
             let report = status::client::query(&path)?;

@@ -64,6 +64,11 @@ impl Guest {
         guest
     }
 
+    /// The pid of the process holding the private mount namespace, if any.
+    pub fn holder_pid(&self) -> Option<u32> {
+        self.private.as_ref().map(|(p, _)| p.pid())
+    }
+
     /// A command that runs `program` inside the guest (its network
     /// namespace, and its mount namespace if it has one).
     pub fn command(&self, program: &str) -> Command {

@@ -1,0 +1,293 @@
+//! `limactl ferry start|stop|status|logs INSTANCE`: ferry as Lima's port
+//! forwarder, as a Lima CLI plugin (`limactl-ferry` on PATH or next to
+//! limactl; `ferry lima ...` is the same). VM lifecycle stays with limactl.
+//!
+//! `start` installs `ferry-agent` and the instance secret in the guest (over
+//! `limactl copy` and `limactl shell`, only when missing or outdated), adds
+//! Lima's "ignore everything" rules to lima.yaml ([`lima_yaml`]), starts
+//! `ferry run` in the background with its pid file, log and control socket
+//! in `<instance dir>/ferry/`, and waits until it is connected. The agent
+//! runs per session over ssh (`exec:` transport with the instance's
+//! ssh.config, or `limactl shell` without one), unless `--agent` names a
+//! transport such as a vsock address of an agent running as a service.
+
+pub mod lima_yaml;
+pub mod limactl;
+
+use std::{
+    fs::DirBuilder,
+    os::unix::{fs::DirBuilderExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use clap::Subcommand;
+use ferry_mux::Address;
+use serde::Serialize;
+
+use crate::status::client;
+
+/// The plugin's commands.
+#[derive(Debug, Subcommand)]
+pub enum LimaCommand {
+    /// Install the agent if needed, switch Lima's forwarding off and start ferry for INSTANCE.
+    Start(StartArgs),
+    /// Stop ferry for INSTANCE and give Lima its forwarding back.
+    Stop(InstanceArgs),
+    /// What ferry forwards for INSTANCE.
+    Status(InstanceArgs),
+    /// ferry's log for INSTANCE.
+    Logs(InstanceArgs),
+}
+
+/// An instance, and the output format.
+#[derive(Debug, clap::Args)]
+pub struct InstanceArgs {
+    /// The Lima instance.
+    pub instance: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub target: InstanceArgs,
+    /// Reach an agent at this transport address instead of running one over ssh.
+    #[arg(long, value_name = "ADDR")]
+    pub agent: Option<Address>,
+    /// The ferry-agent binary to install [default: next to this ferry].
+    #[arg(long, value_name = "PATH")]
+    pub agent_binary: Option<PathBuf>,
+    /// Where the agent is installed in the guest.
+    #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
+    pub guest_bin: String,
+    /// Where the secret is installed in the guest.
+    #[arg(long, value_name = "DIR", default_value = "/etc/ferry")]
+    pub guest_etc: String,
+    /// How long to wait for ferry to connect, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Runs a plugin command.
+pub fn run(cmd: LimaCommand) -> anyhow::Result<()> {
+    match cmd {
+        LimaCommand::Start(a) => start(&a),
+        LimaCommand::Stop(a) => stop(&a),
+        LimaCommand::Status(a) => status(&a),
+        LimaCommand::Logs(a) => {
+            let inst = limactl::instance(&a.instance)?;
+            let log = state_dir(&inst.dir).join("ferry.log");
+            let text = std::fs::read_to_string(&log).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// `<instance dir>/ferry`.
+fn state_dir(inst_dir: &Path) -> PathBuf {
+    inst_dir.join("ferry")
+}
+
+#[derive(Serialize)]
+struct StartReport<'a> {
+    instance: &'a str,
+    pid: u32,
+    agent: String,
+    agent_installed: bool,
+    control_socket: PathBuf,
+    log: PathBuf,
+}
+
+fn start(a: &StartArgs) -> anyhow::Result<()> {
+    let name = &a.target.instance;
+    let inst = limactl::instance(name)?;
+    if inst.status != "Running" {
+        anyhow::bail!("instance {name} is {}; start it with `limactl start {name}` first", inst.status);
+    }
+    let dir = state_dir(&inst.dir);
+    DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+    if let Some(pid) = running_pid(&dir) {
+        anyhow::bail!("ferry already runs for {name} (pid {pid}); `limactl ferry stop {name}` first");
+    }
+    let secret = dir.join("secret");
+    ferry_mux::secret_file::load_or_create(&secret)?;
+    let agent_bin = format!("{}/ferry-agent", a.guest_bin);
+    let guest_secret = format!("{}/secret", a.guest_etc);
+    let installed = install_agent(name, a, &agent_bin, &secret, &guest_secret)?;
+
+    let lima_yaml = inst.dir.join("lima.yaml");
+    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
+        let edited = lima_yaml::disable_lima_forwarding(&text);
+        if edited != text {
+            std::fs::write(&lima_yaml, edited)?;
+        }
+    }
+    let agent = match &a.agent {
+        Some(addr) => addr.to_string(),
+        None => exec_agent(&inst, &agent_bin, &guest_secret),
+    };
+    let control = dir.join("ferry.sock");
+    let log = dir.join("ferry.log");
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["run", "--agent", &agent, "--rules"])
+        .arg(&lima_yaml)
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--secret-file")
+        .arg(&secret);
+    if inst.ssh_local_port != 0 {
+        cmd.args(["--ssh-local-port", &inst.ssh_local_port.to_string()]);
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    // Its own session: the forwarder outlives this command and its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+    let pid = child.id();
+    std::fs::write(dir.join("ferry.pid"), format!("{pid}\n"))?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    loop {
+        if client::query(&control).is_ok_and(|r| r.connected) {
+            break;
+        }
+        if running_pid(&dir).is_none() || Instant::now() > deadline {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            let _ = stop_process(&dir);
+            anyhow::bail!(
+                "ferry did not connect to the agent of {name}; last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = StartReport { instance: name, pid, agent, agent_installed: installed, control_socket: control, log };
+    if a.target.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("ferry forwards {name} (pid {pid}); `limactl ferry status {name}` shows what");
+    }
+    Ok(())
+}
+
+/// Installs the agent and the secret unless the guest has this version
+/// already; returns whether it installed anything.
+fn install_agent(
+    name: &str,
+    a: &StartArgs,
+    agent_bin: &str,
+    secret: &Path,
+    guest_secret: &str,
+) -> anyhow::Result<bool> {
+    let want = format!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
+    let have = limactl::shell(name, &format!("sudo {agent_bin} --version 2>/dev/null || true"))?;
+    let current = String::from_utf8_lossy(&have.stdout).trim() == want;
+    let secret_ok = limactl::shell(name, &format!("sudo test -s {guest_secret} && echo yes || true"))?;
+    let secret_ok = String::from_utf8_lossy(&secret_ok.stdout).trim() == "yes";
+    if current && secret_ok {
+        return Ok(false);
+    }
+    if !current {
+        let local = match &a.agent_binary {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("ferry-agent"),
+        };
+        limactl::copy_in(name, &local, "/tmp/ferry-agent.new")?;
+        limactl::shell(
+            name,
+            &format!("sudo install -D -m 0755 /tmp/ferry-agent.new {agent_bin} && rm -f /tmp/ferry-agent.new"),
+        )?;
+    }
+    // The secret always goes with a (re)install: the host's file is the truth.
+    limactl::copy_in(name, secret, "/tmp/ferry-secret.new")?;
+    limactl::shell(
+        name,
+        &format!("sudo install -D -m 0600 /tmp/ferry-secret.new {guest_secret} && rm -f /tmp/ferry-secret.new"),
+    )?;
+    Ok(true)
+}
+
+/// The `exec:` transport that runs the agent for one session over ssh.
+fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str) -> String {
+    let remote = format!("sudo {agent_bin} --stdio --secret-file {guest_secret}");
+    match &inst.ssh_config_file {
+        Some(cfg) if cfg.exists() => {
+            format!("exec:ssh -F {} -o BatchMode=yes lima-{} {remote}", cfg.display(), inst.name)
+        }
+        _ => format!("exec:{} shell --workdir / {} {remote}", limactl::program().display(), inst.name),
+    }
+}
+
+/// The pid in the pid file, if that process is a running `ferry run`.
+fn running_pid(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("ferry.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_ferry = args.first().is_some_and(|a| a.ends_with(b"ferry") || a.ends_with(b"limactl-ferry"));
+    (is_ferry && args.get(1) == Some(&&b"run"[..])).then_some(pid)
+}
+
+/// Stops the forwarder of `dir` (SIGTERM, then SIGKILL after 10 s).
+fn stop_process(dir: &Path) -> bool {
+    let Some(pid) = running_pid(dir) else {
+        let _ = std::fs::remove_file(dir.join("ferry.pid"));
+        return false;
+    };
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running_pid(dir).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if running_pid(dir).is_some() {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_file(dir.join("ferry.pid"));
+    true
+}
+
+fn stop(a: &InstanceArgs) -> anyhow::Result<()> {
+    let inst = limactl::instance(&a.instance)?;
+    let stopped = stop_process(&state_dir(&inst.dir));
+    let lima_yaml = inst.dir.join("lima.yaml");
+    let mut restored = false;
+    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
+        let back = lima_yaml::restore(&text);
+        if back != text {
+            std::fs::write(&lima_yaml, back)?;
+            restored = true;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::json!({"instance": a.instance, "stopped": stopped, "lima_yaml_restored": restored}));
+    } else {
+        println!(
+            "{}; {}",
+            if stopped { "ferry stopped" } else { "ferry was not running" },
+            if restored { "Lima forwards again after the next `limactl start`" } else { "lima.yaml unchanged" }
+        );
+    }
+    Ok(())
+}
+
+fn status(a: &InstanceArgs) -> anyhow::Result<()> {
+    let inst = limactl::instance(&a.instance)?;
+    let dir = state_dir(&inst.dir);
+    let report = running_pid(&dir).and_then(|_| client::query(&dir.join("ferry.sock")).ok());
+    match (report, a.json) {
+        (Some(r), true) => println!("{}", serde_json::to_string(&r)?),
+        (Some(r), false) => print!("{}", client::render(&r)),
+        (None, true) => println!("{}", serde_json::json!({"instance": a.instance, "running": false})),
+        (None, false) => println!("ferry is not running for {}", a.instance),
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The `limactl ferry` plugin end to end, against a faithful fake `limactl`
+//! (Lima cannot run here): `list --json` describes one running instance,
+//! `copy` and `shell` act inside a namespace guest with its own mount
+//! namespace, as they would inside the VM.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use ferry_tests::{
+    bin_dir, free_port,
+    net::{connect_forwarded, spawn_echo, wait_released},
+    Guest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FAKE_LIMACTL: &str = r#"#!/bin/sh
+# A fake limactl: one instance, running in a namespace guest.
+case "$1" in
+  list) cat "$FAKE_LIMA_LIST" ;;
+  copy) exec nsenter -t "$FAKE_LIMA_HOLDER" -m cp "$2" "${3#*:}" ;;
+  shell)
+    shift
+    if [ "$1" = "--workdir" ]; then shift 2; fi
+    shift
+    exec nsenter -t "$FAKE_LIMA_HOLDER" -m -n env PATH="$FAKE_LIMA_SHIMS:$PATH" "$@" ;;
+  *) echo "fake limactl: unsupported: $*" >&2; exit 2 ;;
+esac
+"#;
+
+struct Lima {
+    guest: Guest,
+    dir: tempfile::TempDir,
+    inst: PathBuf,
+}
+
+impl Lima {
+    fn new(lima_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = dir.path().join("instances/dev");
+        std::fs::create_dir_all(&inst).unwrap();
+        std::fs::write(inst.join("lima.yaml"), lima_yaml).unwrap();
+        let guest = Guest::with_private_dir(&dir.path().join("guest"), dir.path().join("holder.log"));
+        let bin = dir.path().join("bin");
+        let shims = dir.path().join("shims");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&shims).unwrap();
+        write_exec(&bin.join("limactl"), FAKE_LIMACTL);
+        write_exec(&shims.join("sudo"), "#!/bin/sh\nexec \"$@\"\n");
+        std::os::unix::fs::symlink(bin_dir().join("ferry"), bin.join("limactl-ferry")).unwrap();
+        let list = serde_json::json!({
+            "name": "dev", "status": "Running", "dir": inst, "vmType": "qemu", "arch": "x86_64",
+            "sshLocalPort": 60022, "sshConfigFile": inst.join("ssh.config"), "hostAgentPID": 1,
+        });
+        std::fs::write(dir.path().join("list.json"), format!("{list}\n")).unwrap();
+        Self { guest, dir, inst }
+    }
+
+    fn guest_dir(&self) -> PathBuf {
+        self.dir.path().join("guest")
+    }
+
+    fn plugin(&self, args: &[&str]) -> Output {
+        let bin = self.dir.path().join("bin");
+        let holder = self.guest.holder_pid().expect("a guest with a mount namespace");
+        Command::new(bin.join("limactl-ferry"))
+            .args(args)
+            .env("LIMACTL", bin.join("limactl"))
+            .env("FAKE_LIMA_LIST", self.dir.path().join("list.json"))
+            .env("FAKE_LIMA_HOLDER", holder.to_string())
+            .env("FAKE_LIMA_SHIMS", self.dir.path().join("shims"))
+            .output()
+            .unwrap()
+    }
+
+    fn start(&self) -> serde_json::Value {
+        let g = self.guest_dir();
+        let (gbin, getc) = (g.join("bin"), g.join("etc"));
+        let out = self.plugin(&[
+            "start",
+            "dev",
+            "--json",
+            "--guest-bin",
+            gbin.to_str().unwrap(),
+            "--guest-etc",
+            getc.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Lima {
+    fn drop(&mut self) {
+        // Never leave a background forwarder behind, whatever happened.
+        let _ = self.plugin(&["stop", "dev"]);
+    }
+}
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_status_logs_stop_against_a_fake_limactl() {
+    let (guest_port, host_port) = (free_port(), free_port());
+    let original = format!(
+        "vmType: qemu\nssh:\n  localPort: 60022\nportForwards:\n- guestPort: {guest_port}\n  hostPort: {host_port}\n"
+    );
+    let lima = Lima::new(&original);
+
+    let started = lima.start();
+    assert_eq!(started["agent_installed"], true, "{started}");
+    assert!(started["agent"].as_str().unwrap().starts_with("exec:"), "{started}");
+    // The agent and secret are in the guest, and only there.
+    let agent = lima.guest_dir().join("bin/ferry-agent");
+    assert!(!agent.exists());
+    let out = lima.guest.command(agent.to_str().unwrap()).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ferry-agent {}", env!("CARGO_PKG_VERSION")));
+    // Lima's own forwarding is switched off in lima.yaml.
+    let edited = std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap();
+    assert!(edited.contains("ferry: Lima's own port forwarding is off"), "{edited}");
+
+    // The user's rule keeps its meaning: guest port -> the rule's host port.
+    spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
+    let mut s = connect_forwarded(&format!("127.0.0.1:{host_port}")).await;
+    s.write_all(b"through lima").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"through lima");
+
+    let status = lima.plugin(&["status", "dev", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    let row =
+        status["ports"].as_array().unwrap().iter().find(|r| r["host"] == format!("127.0.0.1:{host_port}")).cloned();
+    assert_eq!(row.unwrap()["state"], "forwarding");
+    let table = String::from_utf8(lima.plugin(&["status", "dev"]).stdout).unwrap();
+    assert!(table.contains(&format!("127.0.0.1:{host_port}")), "{table}");
+    let logs = String::from_utf8(lima.plugin(&["logs", "dev"]).stdout).unwrap();
+    assert!(logs.contains("connected to agent"), "{logs}");
+    // The state lives in the instance directory, private.
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(lima.inst.join("ferry")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    let again = lima.plugin(&["start", "dev"]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already runs"));
+
+    // Stop: the forwarder goes, the port is released, lima.yaml is as it was.
+    let stopped = lima.plugin(&["stop", "dev", "--json"]);
+    let stopped: serde_json::Value = serde_json::from_slice(&stopped.stdout).unwrap();
+    assert_eq!((stopped["stopped"].as_bool(), stopped["lima_yaml_restored"].as_bool()), (Some(true), Some(true)));
+    wait_released(&format!("127.0.0.1:{host_port}")).await;
+    assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), original);
+    let status = lima.plugin(&["status", "dev", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap()["running"], false);
+
+    // A second start finds the agent current and installs nothing.
+    let restarted = lima.start();
+    assert_eq!(restarted["agent_installed"], false, "{restarted}");
+}
+
+#[test]
+fn start_refuses_a_stopped_instance_and_an_unknown_one() {
+    let lima = Lima::new("vmType: qemu\n");
+    let list = lima.dir.path().join("list.json");
+    let text = std::fs::read_to_string(&list).unwrap().replace("\"Running\"", "\"Stopped\"");
+    std::fs::write(&list, text).unwrap();
+    let out = lima.plugin(&["start", "dev"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limactl start dev"));
+    let out = lima.plugin(&["status", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no Lima instance named \"nope\""));
+}
