@@ -1,0 +1,282 @@
+//! ferry across a real VM boundary: a Debian kernel booted under QEMU (TCG,
+//! no KVM needed) with virtio-vsock served by vhost-device-vsock, and a 9p
+//! shared folder. The guest runs the static `ferry-agent --listen
+//! vsock:any:1024`; the host runs `ferry run --agent hvsock:<uds>:1024`.
+//!
+//! Needs `scripts/vm-setup.sh` (QEMU, kernel, backend, static binaries, cached
+//! in $FERRY_VM_CACHE); skips with a message only if QEMU is absent.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use ferry_tests::{
+    bin_dir,
+    data::{pattern, sha256},
+    free_port,
+    procs::{make_secret, Proc},
+    try_wait_for, wait_for,
+};
+
+/// Guest ports of the guest's test services (see tests/vm-guest).
+const ECHO: u16 = 8080;
+const SHA: u16 = 8082;
+const SOURCE: u16 = 8084; // and 8085: its checksum
+const CTL: u16 = 8090;
+/// Where the guest reaches the host's service (reverse forward).
+const REVERSE: u16 = 7000;
+const SOURCE_BYTES: usize = 32 << 20;
+const BOOT: Duration = Duration::from_secs(120);
+
+fn cache() -> PathBuf {
+    std::env::var_os("FERRY_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/ferry-vm"))
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport netfs 9pnet 9pnet_virtio 9p \
+         inet_diag tcp_diag udp_diag; do
+  [ -f /mods/$m.ko ] && insmod /mods/$m.ko
+done
+ip link set lo up
+mkdir -p /share && mount -t 9p -o trans=virtio,version=9p2000.L share /share
+G=/ferry-vm-guest
+$G echo 8080 & $G sha 8082 & $G source 8084 33554432 & $G ctl 8090 &
+$G watch /share > /dev/console &
+echo "GUEST READY"
+while true; do /ferry-agent --listen vsock:any:1024 --secret-file /secret --scan-interval-ms 50 -vv > /dev/console 2>&1; sleep 0.2; done
+"#;
+
+struct Vm {
+    dir: tempfile::TempDir,
+    _procs: Vec<Proc>,
+    console: PathBuf,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- guest console ---\n{}", self.console_text());
+            let backend = std::fs::read_to_string(self.dir.path().join("backend.log")).unwrap_or_default();
+            eprintln!("--- vhost-device-vsock ---\n{backend}");
+        }
+    }
+}
+
+impl Vm {
+    /// Boots the guest; `None` if this machine cannot run it at all.
+    fn boot(share: &Path, secret: &Path) -> Option<Self> {
+        let c = cache();
+        if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+            eprintln!("SKIPPED: qemu-system-x86_64 is not installed; run scripts/vm-setup.sh");
+            return None;
+        }
+        for f in ["vmlinux", "bin/vhost-device-vsock", "ferry-agent", "ferry-vm-guest", "busybox", "modules"] {
+            assert!(c.join(f).exists(), "{} missing: run scripts/vm-setup.sh", c.join(f).display());
+        }
+        let dir = tempfile::Builder::new().prefix("fvm").tempdir_in("/tmp").unwrap();
+        let d = dir.path();
+        let root = d.join("initrd");
+        for sub in ["bin", "proc", "sys", "dev", "tmp", "mods"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        for (from, to) in [("busybox", "bin/busybox"), ("ferry-agent", "ferry-agent"), ("ferry-vm-guest", "ferry-vm-guest")] {
+            std::fs::copy(c.join(from), root.join(to)).unwrap();
+        }
+        for m in std::fs::read_dir(c.join("modules")).unwrap().flatten() {
+            std::fs::copy(m.path(), root.join("mods").join(m.file_name())).unwrap();
+        }
+        std::fs::copy(secret, root.join("secret")).unwrap();
+        std::fs::write(root.join("init"), INIT).unwrap();
+        std::fs::set_permissions(root.join("init"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg("cd initrd && find . | cpio -o -H newc 2>/dev/null | gzip -1 > ../initrd.gz")
+            .current_dir(d)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+
+        let (vhu, uds) = (d.join("vhu.sock"), d.join("v.sock"));
+        let mut backend = Command::new(c.join("bin/vhost-device-vsock"));
+        backend.args(["--guest-cid", "42", "--socket"]).arg(&vhu).arg("--uds-path").arg(&uds);
+        let backend = Proc::spawn(backend, d.join("backend.log"));
+        wait_for(Duration::from_secs(10), "the vsock backend", || vhu.exists().then_some(()));
+        let console = d.join("console.log");
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg", "-M", "q35", "-m", "512M", "-smp", "1"])
+            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
+            .arg("-chardev")
+            .arg(format!("socket,id=vsk,path={}", vhu.display()))
+            .args(["-device", "vhost-user-vsock-pci,chardev=vsk"])
+            .arg("-virtfs")
+            .arg(format!("local,path={},mount_tag=share,security_model=none,id=fs0", share.display()))
+            .arg("-kernel")
+            .arg(c.join("vmlinux"))
+            .arg("-initrd")
+            .arg(d.join("initrd.gz"))
+            .args(["-append", "console=ttyS0 panic=-1 quiet", "-display", "none", "-no-reboot", "-nodefaults"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()));
+        let qemu = Proc::spawn(qemu, d.join("qemu.log"));
+        let vm = Self { dir, _procs: vec![qemu, backend], console };
+        wait_for(BOOT, "the guest to boot", || vm.console_text().contains("GUEST READY").then_some(()));
+        Some(vm)
+    }
+
+    fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    fn uds(&self) -> PathBuf {
+        self.dir.path().join("v.sock")
+    }
+}
+
+/// One request through a forwarded port: send `data`, half-close, read all.
+fn exchange(port: u16, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    back
+}
+
+fn status(control: &Path) -> serde_json::Value {
+    let out = Command::new(bin_dir().join("ferry")).args(["status", "--json", "--control-socket"]).arg(control).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Prints the forwarder's log if the test fails.
+struct LogOnPanic(Proc);
+
+impl std::ops::Deref for LogOnPanic {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
+}
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- ferry ---\n{}", self.0.log_text());
+        }
+    }
+}
+
+#[test]
+fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
+    let work = tempfile::tempdir().unwrap();
+    let share = work.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let secret = make_secret(work.path());
+    let Some(vm) = Vm::boot(&share, &secret) else { return };
+    if let Some(secs) = std::env::var_os("FERRY_VM_HOLD") {
+        eprintln!("HOLD {} {}", vm.dir.path().display(), secret.display());
+        std::thread::sleep(Duration::from_secs(secs.to_string_lossy().parse().unwrap_or(300)));
+    }
+
+    // Control: a host edit in the 9p folder raises no inotify event in the guest.
+    wait_for(Duration::from_secs(30), "the guest watcher", || vm.console_text().contains("INOTIFY watching").then_some(()));
+    std::fs::write(share.join("control.txt"), b"no ferry yet").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!vm.console_text().contains("control.txt"), "the 9p mount raised events by itself:\n{}", vm.console_text());
+
+    // A host service for the reverse direction.
+    let host_port = free_port();
+    let host_service = std::net::TcpListener::bind(("127.0.0.1", host_port)).unwrap();
+    std::thread::spawn(move || {
+        for mut c in host_service.incoming().flatten() {
+            let _ = c.write_all(b"hello from the host\n");
+        }
+    });
+
+    // ferry, with every guest port at a free host port.
+    let ports: Vec<(u16, u16)> = [ECHO, SHA, SOURCE, SOURCE + 1, CTL].iter().map(|g| (*g, free_port())).collect();
+    let rules: String = ports.iter().map(|(g, h)| format!("- guestPort: {g}\n  hostPort: {h}\n")).collect();
+    std::fs::write(work.path().join("ferry.yaml"), format!("portForwards:\n{rules}")).unwrap();
+    let host = |g: u16| ports.iter().find(|(p, _)| *p == g).unwrap().1;
+    let control = work.path().join("ferry.sock");
+    let mut fwd = Command::new(bin_dir().join("ferry"));
+    fwd.arg("run")
+        .arg("--agent")
+        .arg(format!("hvsock:{}:1024", vm.uds().display()))
+        .arg("--secret-file")
+        .arg(&secret)
+        .arg("--rules")
+        .arg(work.path().join("ferry.yaml"))
+        .arg("--control-socket")
+        .arg(&control)
+        .arg("--watch")
+        .arg(format!("{}=/share", share.display()))
+        .arg("--reverse")
+        .arg(format!("127.0.0.1:{REVERSE}=127.0.0.1:{host_port}"))
+        .arg("-v");
+    let ferry = Proc::spawn(fwd, work.path().join("ferry.log"));
+    let ferry = LogOnPanic(ferry);
+    let forwarded = |g: u16| {
+        let h = host(g).to_string();
+        let control = &control;
+        move || {
+            let st = status(control);
+            st["ports"].as_array()?.iter().any(|r| r["host"] == format!("127.0.0.1:{h}") && r["state"] == "forwarding").then_some(())
+        }
+    };
+    for (g, _) in &ports {
+        wait_for(Duration::from_secs(60), &format!("guest port {g} discovered and forwarded"), forwarded(*g));
+    }
+
+    // Echo, and a half-closed upload whose checksum comes back.
+    assert_eq!(exchange(host(ECHO), b"over vsock"), b"over vsock");
+    let up = pattern(11, 32 << 20);
+    assert_eq!(String::from_utf8(exchange(host(SHA), &up)).unwrap(), sha256(&up), "host -> guest bulk damaged");
+    // Bulk guest -> host, checked against the guest's own checksum.
+    let down = exchange(host(SOURCE), b"");
+    assert_eq!(down.len(), SOURCE_BYTES);
+    assert_eq!(sha256(&down), String::from_utf8(exchange(host(SOURCE + 1), b"")).unwrap(), "guest -> host bulk damaged");
+
+    // 50 concurrent connections.
+    let workers: Vec<_> = (0..50u64)
+        .map(|i| {
+            let p = host(ECHO);
+            std::thread::spawn(move || {
+                let d = pattern(i, 64 << 10);
+                assert_eq!(exchange(p, &d), d, "connection {i}");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a concurrent connection failed");
+    }
+
+    // Reverse: the guest reaches the host's service at its own 127.0.0.1:7000.
+    let out = exchange(host(CTL), format!("nc 127.0.0.1 {REVERSE} </dev/null").as_bytes());
+    assert_eq!(String::from_utf8_lossy(&out), "hello from the host\n");
+
+    // File events through the real 9p mount.
+    std::fs::write(share.join("edited.txt"), b"with ferry").unwrap();
+    wait_for(Duration::from_secs(20), "the guest watcher to see the host edit", || {
+        vm.console_text().lines().any(|l| l.starts_with("INOTIFY") && l.ends_with("edited.txt")).then_some(())
+    });
+
+    // The agent restarted inside the guest: ferry reconnects and forwards again.
+    let _ = exchange(host(CTL), b"kill $(pidof ferry-agent)");
+    wait_for(Duration::from_secs(60), "ferry to reconnect", || {
+        (ferry.log_text().matches("connected to agent").count() >= 2).then_some(())
+    });
+    let again = try_wait_for(Duration::from_secs(60), || {
+        std::panic::catch_unwind(|| exchange(host(ECHO), b"after restart")).ok().filter(|b| b == b"after restart")
+    });
+    assert!(again.is_some(), "no echo after the agent restart; ferry log:\n{}", ferry.log_text());
+}
