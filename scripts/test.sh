@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: unit and property tests, then the end-to-end suite (real
-# ferry-agent in a guest network namespace, real ferry on the host), which
-# needs root. Builds the binaries once, in release mode.
+# Runs every test: unit and property tests, the end-to-end suite (real
+# ferry-agent in a guest network namespace, real ferry on the host) and the
+# real-VM suite (QEMU), which need root. Builds the binaries once, in release mode.
 set -euo pipefail
 if [ "$(id -u)" != 0 ]; then exec sudo -E env "PATH=$PATH" "$0" "$@"; fi
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
+# The real-VM suite's QEMU, guest kernel and static binaries (cached outside
+# the repository); without them tests/vm.rs fails, without QEMU it skips.
+scripts/vm-setup.sh || echo "test.sh: vm-setup failed; the real-VM suite will not run" >&2
 cargo nextest run --release --workspace --no-fail-fast "$@"

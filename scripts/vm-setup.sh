@@ -25,7 +25,7 @@ fi
 
 # 2. The guest kernel: Debian's stock one, booted as the uncompressed vmlinux
 #    (PVH direct boot, about twice as fast under TCG), with its modules.
-if [ ! -f "$CACHE/vmlinux" ] || [ ! -f "$CACHE/modules/udp_diag.ko" ]; then
+if [ ! -f "$CACHE/vmlinux" ] || [ ! -f "$CACHE/modules/virtio-rng.ko" ]; then
     pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{p=$2} END{print p}')
     ver=${pkg#linux-image-}
     tmp=$(mktemp -d)
@@ -37,7 +37,8 @@ if [ ! -f "$CACHE/vmlinux" ] || [ ! -f "$CACHE/modules/udp_diag.ko" ]; then
     k="$tmp/root/lib/modules/$ver/kernel"
     for m in drivers/virtio/{virtio_ring,virtio,virtio_pci_legacy_dev,virtio_pci_modern_dev,virtio_pci}.ko \
              net/vmw_vsock/{vsock,vmw_vsock_virtio_transport_common,vmw_vsock_virtio_transport}.ko \
-             fs/netfs/netfs.ko net/9p/{9pnet,9pnet_virtio}.ko fs/9p/9p.ko \
+             fs/netfs/netfs.ko fs/fscache/fscache.ko net/9p/{9pnet,9pnet_virtio}.ko fs/9p/9p.ko \
+             drivers/char/hw_random/virtio-rng.ko \
              net/ipv4/{inet_diag,tcp_diag,udp_diag}.ko; do
         f="$k/$m"; [ -f "$f" ] || f="$f.xz"
         [ -f "$f" ] || { echo "vm-setup: module $m missing in $pkg" >&2; continue; }

@@ -41,8 +41,8 @@ fn cache() -> PathBuf {
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
-         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport netfs 9pnet 9pnet_virtio 9p \
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio-rng \
+         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport netfs fscache 9pnet 9pnet_virtio 9p \
          inet_diag tcp_diag udp_diag; do
   [ -f /mods/$m.ko ] && insmod /mods/$m.ko
 done
@@ -52,7 +52,7 @@ G=/ferry-vm-guest
 $G echo 8080 & $G sha 8082 & $G source 8084 33554432 & $G ctl 8090 &
 $G watch /share > /dev/console &
 echo "GUEST READY"
-while true; do /ferry-agent --listen vsock:any:1024 --secret-file /secret --scan-interval-ms 50 -vv > /dev/console 2>&1; sleep 0.2; done
+while true; do /ferry-agent --listen vsock:any:1024 --secret-file /secret --scan-interval-ms 50 > /dev/console 2>&1; sleep 0.2; done
 "#;
 
 struct Vm {
@@ -88,7 +88,9 @@ impl Vm {
         for sub in ["bin", "proc", "sys", "dev", "tmp", "mods"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        for (from, to) in [("busybox", "bin/busybox"), ("ferry-agent", "ferry-agent"), ("ferry-vm-guest", "ferry-vm-guest")] {
+        for (from, to) in
+            [("busybox", "bin/busybox"), ("ferry-agent", "ferry-agent"), ("ferry-vm-guest", "ferry-vm-guest")]
+        {
             std::fs::copy(c.join(from), root.join(to)).unwrap();
         }
         for m in std::fs::read_dir(c.join("modules")).unwrap().flatten() {
@@ -117,6 +119,9 @@ impl Vm {
             .arg("-chardev")
             .arg(format!("socket,id=vsk,path={}", vhu.display()))
             .args(["-device", "vhost-user-vsock-pci,chardev=vsk"])
+            // Entropy at once: without it getrandom() blocks until the CRNG is
+            // seeded, which under TCG can take minutes.
+            .args(["-device", "virtio-rng-pci"])
             .arg("-virtfs")
             .arg(format!("local,path={},mount_tag=share,security_model=none,id=fs0", share.display()))
             .arg("-kernel")
@@ -153,7 +158,11 @@ fn exchange(port: u16, data: &[u8]) -> Vec<u8> {
 }
 
 fn status(control: &Path) -> serde_json::Value {
-    let out = Command::new(bin_dir().join("ferry")).args(["status", "--json", "--control-socket"]).arg(control).output().unwrap();
+    let out = Command::new(bin_dir().join("ferry"))
+        .args(["status", "--json", "--control-socket"])
+        .arg(control)
+        .output()
+        .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
@@ -188,7 +197,9 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
     }
 
     // Control: a host edit in the 9p folder raises no inotify event in the guest.
-    wait_for(Duration::from_secs(30), "the guest watcher", || vm.console_text().contains("INOTIFY watching").then_some(()));
+    wait_for(Duration::from_secs(30), "the guest watcher", || {
+        vm.console_text().contains("INOTIFY watching").then_some(())
+    });
     std::fs::write(share.join("control.txt"), b"no ferry yet").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert!(!vm.console_text().contains("control.txt"), "the 9p mount raised events by itself:\n{}", vm.console_text());
@@ -230,7 +241,11 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
         let control = &control;
         move || {
             let st = status(control);
-            st["ports"].as_array()?.iter().any(|r| r["host"] == format!("127.0.0.1:{h}") && r["state"] == "forwarding").then_some(())
+            st["ports"]
+                .as_array()?
+                .iter()
+                .any(|r| r["host"] == format!("127.0.0.1:{h}") && r["state"] == "forwarding")
+                .then_some(())
         }
     };
     for (g, _) in &ports {
@@ -244,7 +259,11 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
     // Bulk guest -> host, checked against the guest's own checksum.
     let down = exchange(host(SOURCE), b"");
     assert_eq!(down.len(), SOURCE_BYTES);
-    assert_eq!(sha256(&down), String::from_utf8(exchange(host(SOURCE + 1), b"")).unwrap(), "guest -> host bulk damaged");
+    assert_eq!(
+        sha256(&down),
+        String::from_utf8(exchange(host(SOURCE + 1), b"")).unwrap(),
+        "guest -> host bulk damaged"
+    );
 
     // 50 concurrent connections.
     let workers: Vec<_> = (0..50u64)

@@ -306,7 +306,13 @@ async fn handshake(t: &mut Transport, role: Role, cfg: &SessionConfig) -> Result
             ))
         }
     };
-    let own_nonce = auth::nonce().map_err(|e| auth_err(&e.to_string()))?;
+    // getrandom() blocks until the kernel's generator is seeded, which in a
+    // freshly booted VM without a hardware RNG can take a long time: wait for
+    // it off the runtime's threads, so that only this handshake waits.
+    let own_nonce = tokio::task::spawn_blocking(auth::nonce)
+        .await
+        .map_err(|e| auth_err(&e.to_string()))?
+        .map_err(|e| auth_err(&e.to_string()))?;
     t.writer.write_all(&own_nonce).await.map_err(io_err)?;
     t.writer.flush().await.map_err(io_err)?;
     let mut peer_nonce = [0u8; auth::NONCE_LEN];
