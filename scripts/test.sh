@@ -9,7 +9,7 @@ cargo build --release --workspace --bins
 # The real-VM suite's QEMU, guest kernel and static binaries (cached outside
 # the repository); without them tests/vm.rs fails, without QEMU it skips.
 scripts/vm-setup.sh || echo "test.sh: vm-setup failed; the real-VM suite will not run" >&2
-cargo nextest run --release --workspace --no-fail-fast -E 'not binary(vm)' "$@"
+cargo nextest run --release --workspace --no-fail-fast --no-tests=pass -E 'not binary(vm)' "$@"
 # The guest is emulated (TCG): run it alone, so that it is not starved of CPU
 # by the other suites (its keepalives would time out).
-cargo nextest run --release -p ferry-tests --test vm --no-fail-fast "$@"
+cargo nextest run --release -p ferry-tests --test vm --no-fail-fast --no-tests=pass "$@"
