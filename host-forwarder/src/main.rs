@@ -22,9 +22,8 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = cli::Cli::parse();
     ferry_mux::logging::init(cli.verbose);
-    let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        cli::Command::Run(args) => runtime.block_on(supervisor::run(args)),
+        cli::Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(supervisor::run(args)),
         cli::Command::Secret(args) => {
             let path = args.file.unwrap_or_else(ferry_mux::secret_file::default_path);
             ferry_mux::secret_file::load_or_create(&path)?;
@@ -32,15 +31,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         cli::Command::Lima { command } => lima::run(command),
-        cli::Command::Status(args) => {
-            let path = args.control_socket.unwrap_or_else(status::server::default_path);
-            let report = status::client::query(&path)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", status::client::render(&report));
-            }
-            Ok(())
-        }
+        cli::Command::Status(args) => status::client::print(args.control_socket.as_deref(), args.json),
     }
 }

@@ -16,6 +16,19 @@ pub fn query(path: &Path) -> anyhow::Result<StatusReport> {
     Ok(serde_json::from_slice(&buf)?)
 }
 
+/// `ferry status`: asks the forwarder at `control` (default: the state
+/// directory's socket) and prints a table, or JSON.
+pub fn print(control: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let path = control.map(Path::to_path_buf).unwrap_or_else(super::server::default_path);
+    let report = query(&path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
 /// The report as a human-readable table.
 pub fn render(r: &StatusReport) -> String {
     let mut out = format!(
