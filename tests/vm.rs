@@ -147,14 +147,19 @@ impl Vm {
 }
 
 /// One request through a forwarded port: send `data`, half-close, read all.
-fn exchange(port: u16, data: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(data).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
+fn try_exchange(port: u16, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(data)?;
+    s.shutdown(Shutdown::Write)?;
     let mut back = Vec::new();
-    s.read_to_end(&mut back).unwrap();
-    back
+    s.read_to_end(&mut back)?;
+    Ok(back)
+}
+
+/// [`try_exchange`], which must succeed.
+fn exchange(port: u16, data: &[u8]) -> Vec<u8> {
+    try_exchange(port, data).unwrap_or_else(|e| panic!("exchange through host port {port}: {e}"))
 }
 
 fn status(control: &Path) -> serde_json::Value {
@@ -290,12 +295,14 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
     });
 
     // The agent restarted inside the guest: ferry reconnects and forwards again.
-    let _ = exchange(host(CTL), b"kill $(pidof ferry-agent)");
+    // (Killed a moment later, so that this very connection, which the agent
+    // carries, can end first.)
+    let _ = try_exchange(host(CTL), b"(sleep 0.3; kill $(pidof ferry-agent)) >/dev/null 2>&1 &");
     wait_for(Duration::from_secs(60), "ferry to reconnect", || {
         (ferry.log_text().matches("connected to agent").count() >= 2).then_some(())
     });
     let again = try_wait_for(Duration::from_secs(60), || {
-        std::panic::catch_unwind(|| exchange(host(ECHO), b"after restart")).ok().filter(|b| b == b"after restart")
+        try_exchange(host(ECHO), b"after restart").ok().filter(|b| b == b"after restart")
     });
     assert!(again.is_some(), "no echo after the agent restart; ferry log:\n{}", ferry.log_text());
 }
