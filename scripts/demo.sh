@@ -40,7 +40,7 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -S "$WORK/agent.sock" ] && break; sleep 0.05; done
 
 echo "==> starting ferry on the host"
-target/release/ferry run --agent "unix:$WORK/agent.sock" --secret-file "$SECRET" 2>"$WORK/ferry.log" &
+target/release/ferry run --agent "unix:$WORK/agent.sock" --secret-file "$SECRET" --control-socket "$WORK/ferry.sock" 2>"$WORK/ferry.log" &
 PIDS+=($!)
 
 mkdir "$WORK/www"
@@ -56,6 +56,8 @@ for _ in $(seq 200); do
         echo "    $out"
         echo "==> ferry's log:"
         sed 's/^/    /' "$WORK/ferry.log"
+        echo "==> ferry status:"
+        target/release/ferry status --control-socket "$WORK/ferry.sock" | sed 's/^/    /'
         echo "==> demo OK; cleaning up"
         exit 0
     fi
