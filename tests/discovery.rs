@@ -92,12 +92,7 @@ async fn rules_file_clauses_apply_end_to_end() {
         assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "port {port} must not be published");
     }
     // The table form names the same rows.
-    let out = Command::new(ferry_tests::bin_dir().join("ferry"))
-        .args(["status", "--control-socket"])
-        .arg(bridge.control_socket())
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = bridge.status_table();
     assert!(table.contains(&format!("127.0.0.1:{shifted}")) && table.contains("forwarding"), "{table}");
     assert!(table.contains("ignored (rule"), "{table}");
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_tests::{bin_dir, free_port, net::GUARD, procs::Proc, wait_for, Bridge, Guest};
+use ferry_tests::{free_port, net::GUARD, procs::Proc, wait_for, Bridge, Guest};
 
 /// An HTTP/1.1 server on a Unix socket (`/small`, and a 1 GiB `/big`), or
 /// with `echo`, a stream echo that says "bye" after the client's EOF.
@@ -358,12 +358,7 @@ fn ferry_status_lists_sockets_and_reverse_forwards() {
         &["--reverse", &port.to_string()],
     );
     wait_row_state(&s.bridge, &s.host_dir.path().join("host/x.sock"), "waiting");
-    let out = Command::new(bin_dir().join("ferry"))
-        .args(["status", "--control-socket"])
-        .arg(s.bridge.control_socket())
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = s.bridge.status_table();
     assert!(table.lines().any(|l| l.starts_with("unix") && l.contains("x.sock") && l.contains("waiting")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("reverse-tcp") && l.contains(&format!("127.0.0.1:{port}"))), "{table}");
 }

@@ -12,7 +12,6 @@ use std::{
 };
 
 use ferry_tests::{
-    bin_dir,
     data::{pattern, sha256},
     free_port,
     net::{connect_forwarded, spawn_echo, GUARD},
@@ -227,11 +226,6 @@ fn ferry_status_shows_udp_rows() {
     let addr = format!("127.0.0.1:{}", free_port());
     udp_echo(&bridge.guest, &addr);
     wait_udp_forwarded(&bridge, &addr);
-    let out = Command::new(bin_dir().join("ferry"))
-        .args(["status", "--control-socket"])
-        .arg(bridge.control_socket())
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
+    let table = bridge.status_table();
     assert!(table.lines().any(|l| l.starts_with("udp") && l.contains(&addr) && l.contains("forwarding")), "{table}");
 }

@@ -219,6 +219,17 @@ impl Bridge {
         serde_json::from_slice(&out.stdout).expect("status JSON")
     }
 
+    /// `ferry status` (the table) of this bridge's forwarder.
+    pub fn status_table(&self) -> String {
+        let out = Command::new(bin_dir().join("ferry"))
+            .args(["status", "--control-socket"])
+            .arg(self.control_socket())
+            .output()
+            .expect("run ferry status");
+        assert!(out.status.success(), "ferry status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("a UTF-8 table")
+    }
+
     /// The status row of the host address `host` ("127.0.0.1:8080"), if any.
     pub fn status_row(&self, proto: &str, host: &str) -> Option<serde_json::Value> {
         self.status()["ports"].as_array()?.iter().find(|r| r["proto"] == proto && r["host"] == host).cloned()
