@@ -57,7 +57,7 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
     };
     let reverse_addrs = ReverseAddrs::default();
     let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs.clone());
-    let files = Files::start(session.clone());
+    let mut files = Files::start(session.clone());
     let (filter_tx, filter_rx) = watch::channel(ports.filter.clone());
     let (sockets_tx, sockets_rx) = watch::channel(Vec::new());
     let tasks = [

@@ -20,10 +20,12 @@ enum Command {
 }
 
 /// One session's files channel: a replay thread (file system calls on a
-/// shared folder may block) and a watch-target reporter. Dropping it stops both.
+/// shared folder may block) and, once the host announces folders, a
+/// watch-target reporter. Dropping it stops both.
 pub struct Files {
     tx: mpsc::Sender<Command>,
-    reporter: tokio::task::JoinHandle<()>,
+    session: Session,
+    reporter: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Files {
@@ -43,12 +45,16 @@ impl Files {
                 tracing::debug!("file replays of the session: {:?}", replayer.stats);
             })
             .expect("file-replay thread");
-        let reporter = tokio::spawn(report_targets(session));
-        Self { tx, reporter }
+        Self { tx, session, reporter: None }
     }
 
-    /// Sets the guest directories events may name.
-    pub fn set_roots(&self, roots: Vec<String>) {
+    /// Sets the guest directories events may name; the first folders start
+    /// the watch-target reports (a host without folders gets none, and the
+    /// agent scans nothing for it).
+    pub fn set_roots(&mut self, roots: Vec<String>) {
+        if !roots.is_empty() && self.reporter.is_none() {
+            self.reporter = Some(tokio::spawn(report_targets(self.session.clone())));
+        }
         let _ = self.tx.send(Command::Roots(roots));
     }
 
@@ -60,7 +66,9 @@ impl Files {
 
 impl Drop for Files {
     fn drop(&mut self) {
-        self.reporter.abort();
+        if let Some(r) = &self.reporter {
+            r.abort();
+        }
     }
 }
 
