@@ -167,7 +167,7 @@ async fn a_refusing_guest_target_resets_the_client_in_both_routes() {
         let port = free_port();
         let gone = guest.run_in(move || std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
         let fwd_args: &[&str] = if multiplexed { &["--no-dedicated"] } else { &[] };
-        let bridge = Bridge::start_in(guest, &["--scan-interval-ms", "60000"], fwd_args, &[]);
+        let bridge = Bridge::start_in(guest, &["--port-events", "off", "--scan-interval-ms", "60000"], fwd_args, &[]);
         let addr = format!("127.0.0.1:{port}");
         bridge.wait_log(1, &format!("forwarding {addr}"));
         drop(gone);
@@ -211,12 +211,8 @@ async fn a_client_resetting_mid_stream_frees_the_guest_side_and_harms_nothing_el
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_gives_clear_errors_and_full_recovery() {
-    let bridge = Bridge::start_in(
-        ferry_tests::Guest::new(),
-        &["--scan-interval-ms", "50"],
-        &["--retry-busy-ms", "200"],
-        &["prlimit", "--nofile=256:256"],
-    );
+    let bridge =
+        Bridge::start_in(ferry_tests::Guest::new(), &[], &["--retry-busy-ms", "200"], &["prlimit", "--nofile=256:256"]);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     spawn_echo(bridge.guest.tcp_listener(&addr));

@@ -68,7 +68,7 @@ fn world() -> World {
     assert_eq!(lines(&node), vec!["ready"], "control: node saw events");
 
     let watch = format!("{}={}", host.display(), share.display());
-    let bridge = Bridge::start_in(guest, &["--scan-interval-ms", "50", "-v"], &["--watch", &watch, "-v"], &[]);
+    let bridge = Bridge::start_in(guest, &["-v"], &["--watch", &watch, "-v"], &[]);
     bridge.wait_log(1, "watching");
     World { bridge, inotify, node, _bindfs: bindfs, host, share, _dir: dir }
 }

@@ -65,7 +65,7 @@ fn setup(rules: impl Fn(&Path, &Path) -> String, forwarder_args: &[&str]) -> Set
     std::fs::write(&rules_file, rules(&guest_dir, &host_dir.path().join("host"))).unwrap();
     let mut args = vec!["--rules", rules_file.to_str().unwrap(), "-v"];
     args.extend_from_slice(forwarder_args);
-    let bridge = Bridge::start_in(guest, &["--scan-interval-ms", "50", "-v"], &args, &[]);
+    let bridge = Bridge::start_in(guest, &["-v"], &args, &[]);
     Setup { bridge, guest_dir, host_dir }
 }
 
@@ -295,7 +295,7 @@ async fn a_host_tcp_service_is_reachable_inside_the_guest() {
         }
     });
     let spec = format!("127.0.0.1:{guest_port}=127.0.0.1:{host_port}");
-    let bridge = Bridge::start_with(&["--scan-interval-ms", "50", "-v"], &["--reverse", &spec, "-v"]);
+    let bridge = Bridge::start_with(&["-v"], &["--reverse", &spec, "-v"]);
     wait_for(GUARD, "the reverse listener", || {
         let rows = bridge.status()["ports"].as_array()?.clone();
         rows.into_iter().find(|r| r["proto"] == "reverse-tcp" && r["state"] == "listening")

@@ -20,7 +20,7 @@ use ferry_tests::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const AGENT: &[&str] = &["--scan-interval-ms", "50", "-v"];
+const AGENT: &[&str] = &["-v"];
 
 /// A UDP echo server in the guest, on a thread of its own, until the socket errors.
 fn udp_echo(guest: &Guest, addr: &str) {

@@ -27,6 +27,8 @@ const ECHO: u16 = 8080;
 const SHA: u16 = 8082;
 const SOURCE: u16 = 8084; // and 8085: its checksum
 const CTL: u16 = 8090;
+/// A guest echo server started while ferry runs.
+const LATE: u16 = 8086;
 /// Where the guest reaches the host's service (reverse forward).
 const REVERSE: u16 = 7000;
 const SOURCE_BYTES: usize = 32 << 20;
@@ -47,12 +49,12 @@ for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
   [ -f /mods/$m.ko ] && insmod /mods/$m.ko
 done
 ip link set lo up
-mkdir -p /share && mount -t 9p -o trans=virtio,version=9p2000.L share /share
+mkdir -p /share /tmp && mount -t 9p -o trans=virtio,version=9p2000.L share /share
 G=/ferry-vm-guest
 $G echo 8080 & $G sha 8082 & $G source 8084 33554432 & $G ctl 8090 &
 $G watch /share > /dev/console &
 echo "GUEST READY"
-while true; do /ferry-agent --listen vsock:any:1024 --secret-file /secret --scan-interval-ms 50 > /dev/console 2>&1; sleep 0.2; done
+while true; do /ferry-agent --listen vsock:any:1024 --secret-file /secret > /dev/console 2>&1; sleep 0.2; done
 "#;
 
 struct Vm {
@@ -219,7 +221,7 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
     });
 
     // ferry, with every guest port at a free host port.
-    let ports: Vec<(u16, u16)> = [ECHO, SHA, SOURCE, SOURCE + 1, CTL].iter().map(|g| (*g, free_port())).collect();
+    let ports: Vec<(u16, u16)> = [ECHO, SHA, SOURCE, SOURCE + 1, CTL, LATE].iter().map(|g| (*g, free_port())).collect();
     let rules: String = ports.iter().map(|(g, h)| format!("- guestPort: {g}\n  hostPort: {h}\n")).collect();
     std::fs::write(work.path().join("ferry.yaml"), format!("portForwards:\n{rules}")).unwrap();
     let host = |g: u16| ports.iter().find(|(p, _)| *p == g).unwrap().1;
@@ -253,9 +255,19 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
                 .then_some(())
         }
     };
-    for (g, _) in &ports {
+    for (g, _) in ports.iter().filter(|(g, _)| *g != LATE) {
         wait_for(Duration::from_secs(60), &format!("guest port {g} discovered and forwarded"), forwarded(*g));
     }
+    // The agent finds new ports through the guest kernel's bind/listen
+    // tracepoints, not by polling; a port opened now is forwarded.
+    assert!(
+        vm.console_text().contains("port discovery: woken by bind/listen tracepoints"),
+        "the agent polls in the guest:\n{}",
+        vm.console_text()
+    );
+    let _ = try_exchange(host(CTL), format!("/ferry-vm-guest echo {LATE} >/dev/null 2>&1 &").as_bytes());
+    wait_for(Duration::from_secs(60), "a port opened later discovered and forwarded", forwarded(LATE));
+    assert_eq!(exchange(host(LATE), b"late"), b"late");
 
     // Echo, and a half-closed upload whose checksum comes back.
     assert_eq!(exchange(host(ECHO), b"over vsock"), b"over vsock");

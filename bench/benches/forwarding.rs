@@ -53,6 +53,9 @@ fn main() {
             many: 1000,
         }
     };
+    // FERRY_BENCH_ONLY=tcp,udp,discovery,files runs only those sections.
+    let only = std::env::var("FERRY_BENCH_ONLY").ok();
+    let want = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == section));
     require_root();
     // Two guests, identical servers: one bridged by ferry in its default mode
     // (dedicated spliced connections on a Unix transport), one by ferry with
@@ -97,6 +100,9 @@ fn main() {
     }
 
     for round in 0..plan.rounds {
+        if !want("tcp") {
+            break;
+        }
         let mut order: Vec<&ForwardPath> = all.iter().collect();
         order.rotate_left(round % all.len());
         eprintln!("round {}/{}: {:?}", round + 1, plan.rounds, order.iter().map(|p| p.name).collect::<Vec<_>>());
@@ -151,6 +157,26 @@ fn main() {
 
     // UDP: the guest's echo, reached directly and through ferry (flows ride
     // the session in both of ferry's modes).
+    if want("udp") {
+        udp(&bridge, &plan, &mut report);
+    }
+    if want("discovery") {
+        discovery(&bridge, &plan, &mut report);
+    }
+    if want("files") {
+        files(&plan, &mut report);
+    }
+
+    let md = report.markdown("ferry forwarding benchmark");
+    println!("{md}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    report.save(&dir, "forwarding", "ferry forwarding benchmark").expect("save report");
+    eprintln!("saved {}/forwarding.{{md,json}}", dir.display());
+    drop(all);
+}
+
+/// UDP echo at paced rates, direct and through ferry.
+fn udp(bridge: &Bridge, plan: &Plan, report: &mut Report) {
     let udp_port = free_port();
     ferry_bench::udp::start_echo(&bridge.guest.name, udp_port);
     ferry_tests::wait_for(Duration::from_secs(10), "the UDP port forwarded", || {
@@ -167,7 +193,10 @@ fn main() {
             }
         }
     }
+}
 
+/// Discovery latency and the agent's CPU cost.
+fn discovery(bridge: &Bridge, plan: &Plan, report: &mut Report) {
     // Discovery: only ferry finds ports by itself (the baselines forward
     // fixed ports; Lima's agent polls every 3 s, so ~1500 ms on average).
     let ((med, p99), (rel_med, rel_p99)) = appear_and_release(&bridge.guest, plan.discovery);
@@ -179,7 +208,10 @@ fn main() {
     report.record("agent CPU, idle", "% of a core", false, "ferry", idle);
     let churn = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, Some(100));
     report.record("agent CPU, 100 listen/close cycles per second", "% of a core", false, "ferry", churn);
+}
 
+/// File events: latency and sustained rate.
+fn files(plan: &Plan, report: &mut Report) {
     // File events: host write -> guest watcher event (ferry only: no other
     // bridge produces guest inotify events; Lima's mountInotify gives ATTRIB only).
     match ferry_bench::files::FileBench::start() {
@@ -198,11 +230,4 @@ fn main() {
         }
         Err(why) => report.notes.push(format!("file events not measured: {why}")),
     }
-
-    let md = report.markdown("ferry forwarding benchmark");
-    println!("{md}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    report.save(&dir, "forwarding", "ferry forwarding benchmark").expect("save report");
-    eprintln!("saved {}/forwarding.{{md,json}}", dir.display());
-    drop(all);
 }

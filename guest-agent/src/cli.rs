@@ -19,10 +19,17 @@ pub struct Args {
     #[arg(long, conflicts_with = "listen")]
     pub stdio: bool,
 
-    /// How often to scan for new listening sockets, in milliseconds (closed
-    /// ones are noticed at once through the kernel's socket-destroy events).
+    /// How often to poll for listening sockets, in milliseconds, where
+    /// kernel events cannot wake the scanner (see `--port-events`).
     #[arg(long, value_name = "MS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub scan_interval_ms: u64,
+
+    /// How ports are noticed: `auto` is woken by the kernel's bind and
+    /// listen tracepoints and socket-destroy broadcasts where it can (root
+    /// with tracefs; a scan only when something changed) and polls
+    /// otherwise; `off` only polls, every `--scan-interval-ms`.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub port_events: PortEventsMode,
 
     /// UDP ports never reported unless a host rule names them, comma-separated
     /// (ports in the kernel's ephemeral range are skipped too). The default
@@ -59,6 +66,15 @@ pub struct Args {
     pub verbose: u8,
 }
 
+/// Whether tracepoints wake the port scanner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PortEventsMode {
+    /// Use the bind/listen tracepoints when the kernel allows it.
+    Auto,
+    /// Only poll, every `--scan-interval-ms`.
+    Off,
+}
+
 /// Whether the Kubernetes source runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KubernetesMode {
@@ -78,7 +94,7 @@ impl Args {
             .collect()
     }
 
-    /// The rescan period.
+    /// The polling period, used where tracepoints are unavailable.
     pub fn scan_interval(&self) -> Duration {
         Duration::from_millis(self.scan_interval_ms)
     }

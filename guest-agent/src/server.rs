@@ -9,7 +9,7 @@ use ferry_mux::{
 };
 
 use crate::{
-    cli::{Args, KubernetesMode},
+    cli::{Args, KubernetesMode, PortEventsMode},
     dedicated::{self, Tokens},
     ports::{filter::UdpFilter, kubernetes::KubernetesServices, scanner::SocketScanner, watcher::Source, PortWatcher},
     session::{self, Ports},
@@ -74,7 +74,8 @@ async fn dispatch(pending: Pending, ports: Ports, cfg: SessionConfig, tokens: To
 
 /// The discovery sources the options ask for.
 fn sources(args: &Args, exclude: Vec<std::net::SocketAddr>) -> anyhow::Result<Vec<Box<dyn Source>>> {
-    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(SocketScanner::new(args.scan_interval(), exclude)?)];
+    let mut sources: Vec<Box<dyn Source>> =
+        vec![Box::new(SocketScanner::new(args.scan_interval(), args.port_events == PortEventsMode::Auto, exclude)?)];
     if args.kubernetes == KubernetesMode::Auto {
         sources.push(Box::new(KubernetesServices::new(args.kubectl.clone())));
     }

@@ -144,15 +144,14 @@ impl Bridge {
     /// debug logs, for tests) and waits until they are connected.
     /// Connections use dedicated (spliced) data connections.
     pub fn start() -> Self {
-        let b = Self::start_with(&["--scan-interval-ms", "50", "-v"], &["--retry-busy-ms", "200", "-v"]);
+        let b = Self::start_with(&["-v"], &["--retry-busy-ms", "200", "-v"]);
         b.wait_log(1, "dedicated data connections");
         b
     }
 
     /// Like [`Bridge::start`], but every connection is multiplexed over the session.
     pub fn start_multiplexed() -> Self {
-        let b =
-            Self::start_with(&["--scan-interval-ms", "50", "-v"], &["--retry-busy-ms", "200", "--no-dedicated", "-v"]);
+        let b = Self::start_with(&["-v"], &["--retry-busy-ms", "200", "--no-dedicated", "-v"]);
         b.wait_log(1, "multiplexed over the session");
         b
     }

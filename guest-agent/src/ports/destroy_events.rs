@@ -1,58 +1,79 @@
 //! Instant release: the kernel's sock_diag "socket destroyed" broadcasts
 //! (the multicast groups `ss -E` uses) wake the scanner the moment a
-//! listening socket is closed, instead of at the next poll.
+//! listening socket is closed. The scanner polls the subscription itself.
 //!
 //! Only sockets with no peer (a listener, an unconnected UDP socket) count;
 //! the many connected sockets that close on a busy guest are ignored here.
 
-use std::{io, sync::mpsc::SyncSender};
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-/// SKNLGRP_INET_TCP_DESTROY, _INET_UDP_, _INET6_TCP_, _INET6_UDP_DESTROY.
-const DESTROY_GROUPS: [u32; 4] = [1, 2, 3, 4];
+/// SKNLGRP_INET_TCP_DESTROY and SKNLGRP_INET6_TCP_DESTROY.
+const TCP_GROUPS: [u32; 2] = [1, 3];
+/// SKNLGRP_INET_UDP_DESTROY and SKNLGRP_INET6_UDP_DESTROY.
+const UDP_GROUPS: [u32; 2] = [2, 4];
 
-/// Subscribes to destroy broadcasts and, from a thread of its own, sends a
-/// wake-up on `wake` for each peerless socket that goes away. Fails where
-/// the kernel or the agent's privileges do not allow the subscription.
-pub fn spawn(wake: SyncSender<()>) -> io::Result<()> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind(&SocketAddr::new(0, 0))?;
-    for group in DESTROY_GROUPS {
-        socket.add_membership(group)?;
-    }
-    std::thread::Builder::new().name("socket-destroy".into()).spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match socket.recv(&mut &mut buf[..], 0) {
-                Ok(n) => {
-                    if has_peerless_socket(&buf[..n]) && wake_scanner(&wake).is_err() {
-                        return;
-                    }
-                }
-                // ENOBUFS: broadcasts were lost; a rescan catches up.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    if wake_scanner(&wake).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("socket-destroy events stopped ({e}); relying on polling");
-                    return;
-                }
-            }
-        }
-    })?;
-    Ok(())
+/// Subscriptions to the kernel's socket-destroy broadcasts, one per
+/// protocol (a broadcast does not say its protocol, its group does).
+pub struct DestroyEvents {
+    tcp: Socket,
+    udp: Socket,
+    buf: Vec<u8>,
 }
 
-/// A full channel already holds a wake-up; only a closed one is an error.
-fn wake_scanner(wake: &SyncSender<()>) -> Result<(), ()> {
-    match wake.try_send(()) {
-        Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => Ok(()),
-        Err(std::sync::mpsc::TrySendError::Disconnected(())) => Err(()),
+/// Which protocols lost a listener since the last drain.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Destroyed {
+    /// A TCP listener went away.
+    pub tcp: bool,
+    /// A bound, unconnected UDP socket went away.
+    pub udp: bool,
+}
+
+impl DestroyEvents {
+    /// Subscribes. Fails where the kernel or the agent's privileges do not
+    /// allow it.
+    pub fn open() -> io::Result<Self> {
+        Ok(Self { tcp: subscribe(TCP_GROUPS)?, udp: subscribe(UDP_GROUPS)?, buf: vec![0u8; 64 * 1024] })
+    }
+
+    /// The descriptors to poll for reading.
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.tcp.as_raw_fd(), self.udp.as_raw_fd()]
+    }
+
+    /// Reads every pending broadcast and says which protocols lost a
+    /// peerless socket (lost broadcasts count as such: a rescan catches up).
+    pub fn drain(&mut self) -> Destroyed {
+        Destroyed { tcp: drain(&self.tcp, &mut self.buf), udp: drain(&self.udp, &mut self.buf) }
+    }
+}
+
+fn subscribe(groups: [u32; 2]) -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind(&SocketAddr::new(0, 0))?;
+    for group in groups {
+        socket.add_membership(group)?;
+    }
+    socket.set_non_blocking(true)?;
+    Ok(socket)
+}
+
+fn drain(socket: &Socket, buf: &mut [u8]) -> bool {
+    let mut seen = false;
+    loop {
+        match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => seen |= has_peerless_socket(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => seen = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return seen,
+        }
     }
 }
 
@@ -78,19 +99,23 @@ fn has_peerless_socket(mut buf: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn closing_a_listener_wakes_the_scanner_at_once() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if let Err(e) = spawn(tx) {
-            eprintln!("skipped: no destroy broadcasts here ({e})");
-            return;
-        }
-        // Drain wake-ups caused by other tests' sockets, then close ours.
-        while rx.recv_timeout(Duration::from_millis(50)).is_ok() {}
+    fn closing_a_listener_is_seen_at_once() {
+        let mut events = DestroyEvents::open().expect("destroy broadcasts");
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        events.drain();
         drop(l);
-        rx.recv_timeout(Duration::from_secs(5)).expect("a wake-up for the closed listener");
+        // The kernel sends the broadcast from a work queue, a moment later.
+        let mut pfd = libc::pollfd { fd: events.fds()[0], events: libc::POLLIN, revents: 0 };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 100) };
+            if events.drain().tcp {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no broadcast for the closed listener");
+        }
     }
 }

@@ -30,11 +30,18 @@ impl SockDiag {
 
     /// Every TCP socket in LISTEN state and every bound, unconnected UDP
     /// socket, IPv4 and IPv6.
+    #[cfg(test)]
     pub fn listeners(&mut self) -> io::Result<BTreeSet<Listener>> {
+        let mut out = self.listeners_of(Proto::Tcp)?;
+        out.append(&mut self.listeners_of(Proto::Udp)?);
+        Ok(out)
+    }
+
+    /// The listeners of one protocol, IPv4 and IPv6.
+    pub fn listeners_of(&mut self, proto: Proto) -> io::Result<BTreeSet<Listener>> {
         let mut out = BTreeSet::new();
         for family in [AF_INET, AF_INET6] {
-            self.dump(family, Proto::Tcp, &mut out)?;
-            self.dump(family, Proto::Udp, &mut out)?;
+            self.dump(family, proto, &mut out)?;
         }
         Ok(out)
     }
