@@ -312,3 +312,39 @@ exec sleep 600
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{node_port}")));
     assert_eq!(echo_once(&format!("127.0.0.1:{node_port}"), b"k8s").await, b"k8s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_rule_listens_before_the_guest_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guest, host) = (free_port(), free_port());
+    let rules = write_rules(
+        dir.path(),
+        &format!("portForwards:\n- guestPort: {guest}\n  hostPort: {host}\n  proto: tcp\n  static: true\n"),
+    );
+    let bridge = Bridge::start_with(AGENT, &["--rules", &rules, "-v"]);
+    // Forwarding with nothing listening in the guest: the host port accepts
+    // and resets the client as the guest refuses (the reset may come before
+    // connect() returns); a port nobody listened on would refuse instead.
+    wait_row(&bridge, "tcp", &format!("127.0.0.1:{guest}"), |r| r["state"] == "forwarding");
+    let addr = format!("127.0.0.1:{host}");
+    match TcpStream::connect(&addr).await {
+        Ok(mut s) => {
+            let mut back = Vec::new();
+            let read = tokio::time::timeout(GUARD, s.read_to_end(&mut back)).await.expect("hung");
+            assert!(back.is_empty(), "{read:?}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // The guest starts listening: the same host port reaches it.
+    let echo = spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{guest}")));
+    assert_eq!(echo_once(&addr, b"static").await, b"static");
+    // And it stays when the guest stops listening again (a discovered
+    // port would be released within milliseconds).
+    echo.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Err(e) = TcpStream::connect(&addr).await {
+        assert_ne!(e.kind(), std::io::ErrorKind::ConnectionRefused, "the static host port closed");
+    }
+    let row = bridge.status_row("tcp", &addr).expect("row");
+    assert_eq!(row["state"], "forwarding");
+}

@@ -60,6 +60,8 @@ pub struct PortForwarder {
     routes: Arc<Routes>,
     opts: ForwarderOptions,
     guest: BTreeSet<Listener>,
+    /// What `static` rules forward whether or not the guest listens.
+    statics: Vec<Listener>,
     slots: BTreeMap<Key, (Binding, Slot)>,
     skipped: Vec<(Listener, Decision)>,
 }
@@ -67,7 +69,8 @@ pub struct PortForwarder {
 impl PortForwarder {
     /// A forwarder with no ports yet, forwarding over `routes`.
     pub fn new(routes: Arc<Routes>, opts: ForwarderOptions) -> Self {
-        Self { routes, opts, guest: BTreeSet::new(), slots: BTreeMap::new(), skipped: Vec::new() }
+        let statics = opts.rules.static_listeners();
+        Self { routes, opts, guest: BTreeSet::new(), statics, slots: BTreeMap::new(), skipped: Vec::new() }
     }
 
     /// Applies a port message from the agent.
@@ -94,7 +97,9 @@ impl PortForwarder {
     }
 
     fn reconcile(&mut self) {
-        let plan = mapping::plan(&self.guest, &self.opts.rules);
+        let mut wanted = self.guest.clone();
+        wanted.extend(self.statics.iter().copied());
+        let plan = mapping::plan(&wanted, &self.opts.rules);
         let events = self.opts.events;
         self.slots.retain(|key, (binding, slot)| {
             if plan.bindings.contains_key(key) {

@@ -74,6 +74,9 @@ impl ProtoMatch {
     }
 }
 
+/// The most ports one `static` rule may cover (each is a host listener).
+pub const MAX_STATIC_PORTS: u16 = 1024;
+
 /// A rule with Lima's defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -140,6 +143,12 @@ impl Rule {
                     host_ports.0, host_ports.1, guest_ports.0, guest_ports.1
                 ));
             }
+        }
+        if spec.is_static && !spec.ignore && !socket_rule && guest_ports.1 - guest_ports.0 >= MAX_STATIC_PORTS {
+            return Err(format!(
+                "a static rule listens on every port of its range at once; [{}, {}] is more than {MAX_STATIC_PORTS} ports",
+                guest_ports.0, guest_ports.1
+            ));
         }
         if spec.reverse && !socket_rule {
             return Err("reverse applies to socket rules (guestSocket and hostSocket) only".into());
@@ -252,6 +261,21 @@ impl RuleSet {
         &self.rules[self.leading..self.rules.len() - 1]
     }
 
+    /// The guest listeners that `static` rules forward whether or not the
+    /// guest listens: each port of the rule's range, on its guest IP, for
+    /// each protocol it covers.
+    pub fn static_listeners(&self) -> Vec<Listener> {
+        let mut out = Vec::new();
+        for rule in self.user_rules().iter().filter(|r| r.is_static && !r.ignore && r.guest_socket.is_none()) {
+            for proto in [Proto::Tcp, Proto::Udp].into_iter().filter(|p| rule.proto.covers(*p)) {
+                for port in rule.guest_ports.0..=rule.guest_ports.1 {
+                    out.push(Listener { proto, addr: SocketAddr::new(rule.guest_ip, port) });
+                }
+            }
+        }
+        out
+    }
+
     /// First match wins; an ignore rule for a specific IP lets a wildcard
     /// listener fall through to later rules.
     pub fn decide(&self, l: &Listener) -> Decision {
@@ -315,6 +339,27 @@ mod tests {
 
     fn fwd(host: &str, rule: usize) -> Decision {
         Decision::Forward { host: host.parse().unwrap(), rule }
+    }
+
+    #[test]
+    fn static_rules_name_their_listeners_whatever_the_guest_does() {
+        let set = RuleSet::new(
+            vec![
+                rule("{guestPort: 8080, hostPort: 9090, static: true, proto: tcp}"),
+                rule("{guestIP: 0.0.0.0, guestPortRange: [53, 54], static: true}"),
+                rule("{guestPort: 7000, static: true, ignore: true}"),
+                rule("{guestPort: 7001}"),
+            ],
+            None,
+        );
+        assert_eq!(
+            set.static_listeners(),
+            vec![tcp("127.0.0.1:8080"), tcp("0.0.0.0:53"), tcp("0.0.0.0:54"), udp("0.0.0.0:53"), udp("0.0.0.0:54")]
+        );
+        // They are forwarded by the usual first match.
+        assert_eq!(set.decide(&tcp("127.0.0.1:8080")), fwd("127.0.0.1:9090", 1));
+        // A static range is a listener per port: bounded.
+        assert!(rule_err("{guestPortRange: [1, 65535], static: true}").contains("static"));
     }
 
     #[test]
