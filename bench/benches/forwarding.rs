@@ -53,7 +53,7 @@ fn main() {
             many: 1000,
         }
     };
-    // FERRY_BENCH_ONLY=tcp,udp,discovery,files runs only those sections.
+    // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
     let only = std::env::var("FERRY_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == section));
     require_root();
@@ -100,13 +100,10 @@ fn main() {
     }
 
     for round in 0..plan.rounds {
-        if !want("tcp") {
-            break;
-        }
         let mut order: Vec<&ForwardPath> = all.iter().collect();
         order.rotate_left(round % all.len());
         eprintln!("round {}/{}: {:?}", round + 1, plan.rounds, order.iter().map(|p| p.name).collect::<Vec<_>>());
-        for streams in [1, 4] {
+        for streams in [1, 4].into_iter().filter(|_| want("tcp")) {
             for p in &order {
                 let meter = CpuMeter::start(&p.pids);
                 let up = upload(&p.sink(), &p.servers.counters, streams, plan.dur, &mut || {});
@@ -122,16 +119,16 @@ fn main() {
                 report.record(&format!("TCP bulk guest->host, {streams} stream(s)"), "Gbit/s", true, p.name, g);
             }
         }
-        for p in &order {
+        for p in order.iter().filter(|_| want("rr")) {
             let (med, p99) = round_trips(&p.echo(), plan.rr);
             report.record("64 B round trip, median", "µs", false, p.name, med);
             report.record("64 B round trip, p99", "µs", false, p.name, p99);
         }
-        for p in &order {
+        for p in order.iter().filter(|_| want("conn")) {
             let r = connection_rate(&p.echo(), plan.dur);
             report.record("connections/s (connect, 1 B echo, close)", "conn/s", true, p.name, r);
         }
-        for p in &order {
+        for p in order.iter().filter(|_| want("many")) {
             let rss0 = rss_bytes(&p.pids);
             let mut rss_idle = 0;
             let up = upload(&p.sink(), &p.servers.counters, plan.many, plan.dur, &mut || {

@@ -25,9 +25,12 @@ const CHUNK: usize = 64 * 1024;
 
 /// A socket whose readiness tokio tracks and which can be half-closed.
 pub trait SpliceSocket: AsRawFd {
-    /// Waits until the socket may be ready for `interest`, then runs `f`,
-    /// clearing readiness if it reports `WouldBlock`.
-    fn ready_io<R>(&self, interest: Interest, f: impl FnMut() -> io::Result<R>) -> impl Future<Output = io::Result<R>>;
+    /// Runs `f` if tokio believes the socket ready for `interest` (else
+    /// fails with `WouldBlock`), clearing that readiness if `f` reports
+    /// `WouldBlock`.
+    fn try_op<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    /// Waits until the socket may be ready for `interest`.
+    fn wait_ready(&self, interest: Interest) -> impl Future<Output = io::Result<()>>;
     /// Shuts down the write direction.
     fn shutdown_write(&self) -> io::Result<()> {
         if unsafe { libc::shutdown(self.as_raw_fd(), libc::SHUT_WR) } < 0 {
@@ -40,14 +43,12 @@ pub trait SpliceSocket: AsRawFd {
 macro_rules! splice_socket {
     ($t:ty) => {
         impl SpliceSocket for $t {
-            async fn ready_io<R>(&self, interest: Interest, mut f: impl FnMut() -> io::Result<R>) -> io::Result<R> {
-                loop {
-                    self.ready(interest).await?;
-                    match self.try_io(interest, &mut f) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        r => return r,
-                    }
-                }
+            fn try_op<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+                self.try_io(interest, f)
+            }
+
+            async fn wait_ready(&self, interest: Interest) -> io::Result<()> {
+                self.ready(interest).await.map(|_| ())
             }
         }
     };
@@ -67,6 +68,12 @@ impl Pipe {
             return Err(io::Error::last_os_error());
         }
         Ok(unsafe { Self { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } })
+    }
+
+    /// How many bytes the pipe holds.
+    fn capacity(&self) -> usize {
+        let n = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        if n > 0 { n as usize } else { CHUNK }
     }
 }
 
@@ -91,6 +98,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts
 /// down `dst`'s write side. Returns the number of bytes moved. `at_eof` may
 /// turn the EOF into an error (an abort to pass on instead of a half-close).
+///
+/// Filling and draining the pipe overlap: while `dst` cannot take more,
+/// `src` keeps filling the pipe, so the next write moves a large batch.
 async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
     src: &A,
     dst: &B,
@@ -98,26 +108,61 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
     at_eof: impl Fn() -> io::Result<()>,
 ) -> io::Result<u64> {
     let pipe = Pipe::new()?;
-    let mut total = 0u64;
+    let cap = pipe.capacity();
+    let (mut total, mut in_pipe, mut eof) = (0u64, 0usize, false);
     loop {
-        // Socket -> pipe. The pipe is empty here, so only the socket can block.
-        let n = src.ready_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)).await?;
-        if n == 0 {
-            at_eof()?;
+        let mut progress = false;
+        // EAGAIN from socket -> pipe means "socket empty" only when the pipe
+        // is empty: a pipe holding fragments may be full short of `cap`
+        // bytes. Tokio's readiness is cleared only in the first case.
+        let mut read_blocked = false;
+        if !eof && in_pipe < cap {
+            let fill = || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), cap - in_pipe);
+            let r = if in_pipe == 0 { src.try_op(Interest::READABLE, fill) } else { fill() };
+            match r {
+                Ok(0) => {
+                    at_eof()?;
+                    eof = true;
+                }
+                Ok(n) => {
+                    in_pipe += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = in_pipe == 0,
+                Err(e) => return Err(e),
+            }
+        }
+        if in_pipe > 0 {
+            match dst.try_op(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), in_pipe)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => {
+                    in_pipe -= m;
+                    total += m as u64;
+                    count(m);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if eof && in_pipe == 0 {
             let _ = dst.shutdown_write();
             return Ok(total);
         }
-        // Pipe -> socket, until the pipe is empty again.
-        let mut left = n;
-        while left > 0 {
-            let m = dst.ready_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)).await?;
-            if m == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            left -= m;
-            count(m);
+        if progress {
+            // Busy streams still take turns with the runtime's other tasks.
+            tokio::task::consume_budget().await;
+            continue;
         }
-        total += n as u64;
+        // Neither side moved. With data in the pipe, draining it is what
+        // unblocks everything; else wait for the source.
+        let want_write = in_pipe > 0;
+        let want_read = read_blocked && !want_write;
+        if want_write {
+            dst.wait_ready(Interest::WRITABLE).await?;
+        } else if want_read {
+            src.wait_ready(Interest::READABLE).await?;
+        }
     }
 }
 
