@@ -74,7 +74,11 @@ impl Pipe {
     /// How many bytes the pipe holds.
     fn capacity(&self) -> usize {
         let n = unsafe { libc::fcntl(self.write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        if n > 0 { n as usize } else { CHUNK }
+        if n > 0 {
+            n as usize
+        } else {
+            CHUNK
+        }
     }
 }
 

@@ -311,10 +311,19 @@ impl Drop for TransportListener {
     }
 }
 
-/// Removes `path` if it is a socket file; refuses to touch anything else.
+/// Removes `path` if it is a stale socket file (nobody accepts on it);
+/// refuses to touch a live socket or anything that is not a socket.
 pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is served by another running program; refusing to replace it", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)
+        }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             format!("{} exists and is not a socket; refusing to replace it", path.display()),
@@ -327,6 +336,22 @@ pub fn remove_stale_socket(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_stale_sockets_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = remove_stale_socket(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(path.exists());
+        drop(live); // the file stays, stale
+        remove_stale_socket(&path).unwrap();
+        assert!(!path.exists());
+        std::fs::write(&path, b"data").unwrap();
+        assert_eq!(remove_stale_socket(&path).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
 
     #[tokio::test]
     async fn hybrid_vsock_handshake_then_raw_bytes() {

@@ -42,50 +42,61 @@ pub struct FileOptions {
 /// One session's file forwarding; dropping it stops the watcher.
 pub struct FileForwarder {
     task: Option<tokio::task::JoinHandle<()>>,
+    shown: Arc<Shown>,
+}
+
+/// What the status board shows of the files channel.
+struct Shown {
     mounts: Vec<Mount>,
     sent: Arc<ConnStats>,
     board: StatusBoard,
-    watched_dirs: usize,
+    /// Host directories watched; `None` while the walk runs.
+    watched_dirs: std::sync::Mutex<Option<Result<usize, ()>>>,
+    /// The agent's last report on the guest's shared mounts.
+    targets: std::sync::Mutex<Vec<SharedMount>>,
 }
 
 impl FileForwarder {
-    /// Starts watching (nothing happens without mounts).
+    /// Starts watching (nothing happens without mounts). The host folders
+    /// are walked on a blocking thread, so a large tree (Lima shares `~`)
+    /// does not hold up the session.
     pub fn start(session: Session, opts: &FileOptions, board: StatusBoard) -> Self {
         let sent = Arc::new(ConnStats::default());
-        let mut me = Self { task: None, mounts: opts.mounts.clone(), sent: sent.clone(), board, watched_dirs: 0 };
+        let shown = Arc::new(Shown {
+            mounts: opts.mounts.clone(),
+            sent: sent.clone(),
+            board,
+            watched_dirs: Default::default(),
+            targets: Default::default(),
+        });
         if opts.mounts.is_empty() {
-            return me;
+            return Self { task: None, shown };
         }
         let roots = opts.mounts.iter().map(|m| m.guest.clone()).collect();
         let _ = session.send_control(&ControlMessage::FileRoots(roots));
-        let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>(8192);
-        let overflow = Arc::new(AtomicBool::new(false));
-        let flag = overflow.clone();
-        let handler = move |ev: notify::Result<notify::Event>| {
-            if tx.try_send(ev).is_err() {
-                flag.store(true, Ordering::Relaxed);
-            }
-        };
-        let mut w = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("cannot watch host files: {e}");
-                return me;
-            }
-        };
-        for m in &opts.mounts {
-            match watcher::watch_tree(&mut w, &m.host, &opts.excludes) {
-                Ok(n) => {
-                    tracing::info!("watching {} -> guest {} ({n} directories)", m.host.display(), m.guest);
-                    me.watched_dirs += n;
+        shown.publish();
+        let (mounts, excludes, shown2) = (opts.mounts.clone(), opts.excludes.clone(), shown.clone());
+        let task = tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>(8192);
+            let overflow = Arc::new(AtomicBool::new(false));
+            let flag = overflow.clone();
+            let handler = move |ev: notify::Result<notify::Event>| {
+                if tx.try_send(ev).is_err() {
+                    flag.store(true, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!("cannot watch {}: {e}", m.host.display()),
-            }
-        }
-        let excludes = opts.excludes.clone();
-        me.task = Some(tokio::spawn(run(session, w, rx, overflow, opts.mounts.clone(), excludes, sent)));
-        me.publish(&[]);
-        me
+            };
+            let (m, x) = (mounts.clone(), excludes.clone());
+            let made = tokio::task::spawn_blocking(move || watch_all(handler, &m, &x)).await;
+            let Ok(Some((w, dirs))) = made else {
+                *shown2.watched_dirs.lock().unwrap() = Some(Err(()));
+                shown2.publish();
+                return;
+            };
+            *shown2.watched_dirs.lock().unwrap() = Some(Ok(dirs));
+            shown2.publish();
+            run(session, w, rx, overflow, mounts, excludes, sent).await;
+        });
+        Self { task: Some(task), shown }
     }
 
     /// Records the agent's report on the guest's shared mounts.
@@ -93,28 +104,62 @@ impl FileForwarder {
         for t in targets {
             tracing::info!("guest shared mount {} ({}): {} inotify watches", t.mount_point, t.fs_type, t.watches);
         }
-        self.publish(targets);
+        *self.shown.targets.lock().unwrap() = targets.to_vec();
+        self.shown.publish();
     }
+}
 
-    fn publish(&self, targets: &[SharedMount]) {
+/// Makes the watcher and adds every folder's directories; `None` if no
+/// watcher can be made.
+fn watch_all(
+    handler: impl notify::EventHandler,
+    mounts: &[Mount],
+    excludes: &[String],
+) -> Option<(notify::RecommendedWatcher, usize)> {
+    let mut w = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch host files: {e}");
+            return None;
+        }
+    };
+    let mut dirs = 0;
+    for m in mounts {
+        match watcher::watch_tree(&mut w, &m.host, excludes) {
+            Ok(n) => {
+                tracing::info!("watching {} -> guest {} ({n} directories)", m.host.display(), m.guest);
+                dirs += n;
+            }
+            Err(e) => tracing::warn!("cannot watch {}: {e}", m.host.display()),
+        }
+    }
+    Some((w, dirs))
+}
+
+impl Shown {
+    fn publish(&self) {
+        let watched = *self.watched_dirs.lock().unwrap();
+        let targets = self.targets.lock().unwrap().clone();
         let rows = self
             .mounts
             .iter()
             .map(|m| {
                 let guest =
                     targets.iter().filter(|t| m.guest.starts_with(&t.mount_point)).max_by_key(|t| t.mount_point.len());
+                let host_side = match watched {
+                    None => "walking the host folder".to_string(),
+                    Some(Ok(n)) => format!("{n} host directories"),
+                    Some(Err(())) => "cannot watch host files".to_string(),
+                };
                 let reason = match guest {
-                    Some(t) => format!(
-                        "{} host directories; guest {} mount, {} inotify watches",
-                        self.watched_dirs, t.fs_type, t.watches
-                    ),
-                    None => format!("{} host directories", self.watched_dirs),
+                    Some(t) => format!("{host_side}; guest {} mount, {} inotify watches", t.fs_type, t.watches),
+                    None => host_side,
                 };
                 Row {
                     proto: "files",
                     guest: m.guest.clone(),
                     host: m.host.display().to_string(),
-                    state: if self.task.is_some() { "watching" } else { "failed" },
+                    state: if watched == Some(Err(())) { "failed" } else { "watching" },
                     reason: Some(reason),
                     stats: Some(self.sent.clone()),
                 }
