@@ -362,3 +362,26 @@ fn ferry_status_lists_sockets_and_reverse_forwards() {
     assert!(table.lines().any(|l| l.starts_with("unix") && l.contains("x.sock") && l.contains("waiting")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("reverse-tcp") && l.contains(&format!("127.0.0.1:{port}"))), "{table}");
 }
+
+#[test]
+fn a_guest_tcp_port_is_published_as_a_host_unix_socket() {
+    let port = free_port();
+    let s = setup(|_, h| format!("portForwards:\n- guestPort: {port}\n  hostSocket: {}/api.sock\n", h.display()), &[]);
+    let host_sock = s.host_dir.path().join("host/api.sock");
+    let site = s.host_dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), b"tcp in the guest, unix on the host\n").unwrap();
+    // Nothing listens in the guest yet: no host socket.
+    assert!(!host_sock.exists());
+    let mut cmd = s.bridge.guest.command("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
+    let mut server = Proc::spawn(cmd, s.host_dir.path().join("http.log"));
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&host_sock).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let out = curl(&host_sock, "http://guest/hello.txt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tcp in the guest, unix on the host\n", "{out:?}");
+    // The guest port closes: the host socket goes, as a host port would.
+    server.kill();
+    wait_for(GUARD, "the host socket removed", || (!host_sock.exists()).then_some(()));
+}

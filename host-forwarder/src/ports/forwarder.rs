@@ -17,6 +17,7 @@ use tokio::{
 };
 
 use super::{
+    host_sockets::PortSockets,
     listener::accept_loop,
     mapping::{self, Binding},
     rules::{Decision, RuleSet},
@@ -64,13 +65,22 @@ pub struct PortForwarder {
     statics: Vec<Listener>,
     slots: BTreeMap<Key, (Binding, Slot)>,
     skipped: Vec<(Listener, Decision)>,
+    sockets: PortSockets,
 }
 
 impl PortForwarder {
     /// A forwarder with no ports yet, forwarding over `routes`.
     pub fn new(routes: Arc<Routes>, opts: ForwarderOptions) -> Self {
         let statics = opts.rules.static_listeners();
-        Self { routes, opts, guest: BTreeSet::new(), statics, slots: BTreeMap::new(), skipped: Vec::new() }
+        Self {
+            routes,
+            opts,
+            guest: BTreeSet::new(),
+            statics,
+            slots: BTreeMap::new(),
+            skipped: Vec::new(),
+            sockets: PortSockets::default(),
+        }
     }
 
     /// Applies a port message from the agent.
@@ -129,6 +139,7 @@ impl PortForwarder {
                 _ => self.open(key, binding),
             }
         }
+        self.sockets.reconcile(&plan.skipped, &self.routes, &self.opts.events);
         self.skipped = plan.skipped;
         self.publish();
     }
@@ -208,11 +219,15 @@ impl PortForwarder {
                 }
             })
             .collect();
-        for (l, decision) in &self.skipped {
+        rows.extend(self.sockets.rows());
+        for (l, decision) in self.skipped.iter().filter(|(l, _)| !self.sockets.serves(l)) {
             let (state, reason) = match decision {
                 Decision::Ignored { rule } => ("ignored", format!("rule {rule}")),
+                Decision::HostSocket { path, .. } if l.proto == Proto::Udp => {
+                    ("not-forwarded", format!("a UDP port cannot be the Unix stream socket {}", path.display()))
+                }
                 Decision::HostSocket { path, .. } => {
-                    ("not-forwarded", format!("hostSocket {} is not supported yet", path.display()))
+                    ("not-forwarded", format!("{} already serves another guest address", path.display()))
                 }
                 _ => ("not-forwarded", "no rule matches this address".to_string()),
             };

@@ -1,8 +1,10 @@
 //! The ports channel on the host side: decide with Lima's rules which guest
 //! listeners to publish, mirror each as a host listener (loopback unless a
-//! rule says otherwise), and forward every accepted connection.
+//! rule says otherwise) or as a host Unix socket ([`host_sockets`]), and
+//! forward every accepted connection.
 
 pub mod forwarder;
+pub mod host_sockets;
 pub mod listener;
 pub mod mapping;
 pub mod rules;

@@ -33,13 +33,32 @@ pub struct SocketForward {
     pub host: PathBuf,
 }
 
-enum State {
-    /// The guest socket is absent.
+/// A host socket's state.
+pub enum State {
+    /// The guest side is absent.
     Waiting,
     /// Published.
-    Active { task: JoinHandle<()>, stats: Arc<ConnStats>, _socket: Arc<HostSocket> },
+    Active {
+        /// The accept loop.
+        task: JoinHandle<()>,
+        /// Its connections' counters.
+        stats: Arc<ConnStats>,
+        /// The socket (removed when the last holder drops it).
+        _socket: Arc<HostSocket>,
+    },
     /// The host socket cannot be created.
     Failed(String),
+}
+
+impl State {
+    /// The state's name, a reason and counters, for a status row.
+    pub fn describe(&self, waiting: &str) -> (&'static str, Option<String>, Option<Arc<ConnStats>>) {
+        match self {
+            State::Waiting => ("waiting", Some(waiting.to_string()), None),
+            State::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
+            State::Failed(e) => ("failed", Some(e.clone()), None),
+        }
+    }
 }
 
 /// The socket forwards of one session; dropping it removes every host socket.
@@ -84,7 +103,8 @@ impl SocketForwarder {
                     *state = State::Waiting; // dropping Active removes the host socket
                 }
                 (true, _) => {
-                    let next = open(rule, &self.routes, &self.events, state);
+                    let target = Target::Unix(rule.guest.clone());
+                    let next = open(&rule.host, "unix", &rule.guest, target, &self.routes, &self.events, state);
                     *state = next;
                 }
             }
@@ -97,11 +117,7 @@ impl SocketForwarder {
             .forwards
             .iter()
             .map(|(rule, state)| {
-                let (state, reason, stats) = match state {
-                    State::Waiting => ("waiting", Some("the guest socket does not exist".to_string()), None),
-                    State::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
-                    State::Failed(e) => ("failed", Some(e.clone()), None),
-                };
+                let (state, reason, stats) = state.describe("the guest socket does not exist");
                 Row {
                     proto: "unix",
                     guest: rule.guest.clone(),
@@ -116,38 +132,48 @@ impl SocketForwarder {
     }
 }
 
-/// Publishes one guest socket on the host.
-fn open(rule: &SocketForward, routes: &Arc<Routes>, events: &EventSink, previous: &State) -> State {
-    let host = rule.host.display().to_string();
-    match HostSocket::bind(&rule.host) {
+/// Publishes the guest's `target` as the host socket `host`; `proto` and
+/// `guest` name it in logs and events. `previous` keeps a repeated failure
+/// from being reported again.
+pub fn open(
+    host: &std::path::Path,
+    proto: &str,
+    guest: &str,
+    target: Target,
+    routes: &Arc<Routes>,
+    events: &EventSink,
+    previous: &State,
+) -> State {
+    let host_name = host.display().to_string();
+    match HostSocket::bind(host) {
         Ok(socket) => {
-            tracing::info!("forwarding {host} -> guest {}", rule.guest);
-            events.emit(EventKind::Forwarding, "unix", &rule.guest, &host, None);
+            tracing::info!("forwarding {host_name} -> guest {guest} ({proto})");
+            events.emit(EventKind::Forwarding, proto, guest, &host_name, None);
             let socket = Arc::new(socket);
             let stats = Arc::new(ConnStats::default());
-            let task = tokio::spawn(accept_loop(socket.clone(), routes.clone(), rule.guest.clone(), stats.clone()));
+            let task = tokio::spawn(accept_loop(socket.clone(), routes.clone(), target, stats.clone()));
             State::Active { task, stats, _socket: socket }
         }
         Err(e) => {
-            let e = format!("cannot create {host}: {e}");
+            let e = format!("cannot create {host_name}: {e}");
             if !matches!(previous, State::Failed(old) if *old == e) {
                 tracing::warn!("{e}");
-                events.emit(EventKind::Failed, "unix", &rule.guest, &host, Some(&e));
+                events.emit(EventKind::Failed, proto, guest, &host_name, Some(&e));
             }
             State::Failed(e)
         }
     }
 }
 
-async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, guest: String, stats: Arc<ConnStats>) {
+async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, target: Target, stats: Arc<ConnStats>) {
     let mut errors = crate::ports::listener::ErrorLog::default();
     loop {
         match socket.listener.accept().await {
             Ok((unix, _)) => {
-                let (routes, stats, guest) = (routes.clone(), stats.clone(), guest.clone());
+                let (routes, stats, target) = (routes.clone(), stats.clone(), target.clone());
                 tokio::spawn(async move {
                     let _active = stats.open();
-                    routes.forward(LocalConn::Unix(unix), Target::Unix(guest), &stats.traffic).await;
+                    routes.forward(LocalConn::Unix(unix), target, &stats.traffic).await;
                 });
             }
             Err(e) => {
