@@ -44,11 +44,12 @@ impl LocalConn {
     }
 
     /// Relays with the data connection `conn` through splice(2) until both
-    /// directions end; on an abort the socket is aborted too.
-    pub async fn splice(self, conn: &RawConn, traffic: &Traffic) -> Option<String> {
+    /// directions end; on an abort (or, with `answer`, a refusal: see
+    /// [`RawConn::splice_with`]) the socket is aborted too.
+    pub async fn splice(self, conn: &RawConn, traffic: &Traffic, answer: bool) -> Option<String> {
         let result = match &self {
-            Self::Tcp(tcp) => conn.splice_with(tcp, traffic).await,
-            Self::Unix(unix) => conn.splice_with(unix, traffic).await,
+            Self::Tcp(tcp) => conn.splice_with(tcp, traffic, answer).await,
+            Self::Unix(unix) => conn.splice_with(unix, traffic, answer).await,
         };
         let err = result.err()?;
         self.abort();

@@ -171,6 +171,45 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
     }
 }
 
+/// Reads exactly `buf.len()` bytes from `s`.
+async fn read_exact<S: SpliceSocket>(s: &S, buf: &mut [u8]) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        let read = || {
+            // SAFETY: `rest` is valid writable memory of its length.
+            let n = unsafe { libc::read(s.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        };
+        match s.try_op(Interest::READABLE, read) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::READABLE).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the agent's answer to a data connection's hello: `Ok` once the
+/// guest target is connected, else its refusal as `ConnectionRefused`.
+async fn read_answer<S: SpliceSocket>(conn: &S) -> io::Result<()> {
+    let mut status = [0u8; 1];
+    read_exact(conn, &mut status).await?;
+    if status[0] == ferry_protocol::data_conn::CONNECTED {
+        return Ok(());
+    }
+    let mut len = [0u8; 2];
+    read_exact(conn, &mut len).await?;
+    let mut reason = vec![0u8; u16::from_be_bytes(len) as usize];
+    read_exact(conn, &mut reason).await?;
+    Err(io::Error::new(io::ErrorKind::ConnectionRefused, String::from_utf8_lossy(&reason).into_owned()))
+}
+
 /// Whether the peer of `fd` has closed both directions (POLLHUP), as a
 /// process does when it exits; a half-close (shutdown of its write side)
 /// shows only POLLRDHUP. Unix sockets tell the two apart, TCP does not.
@@ -188,10 +227,16 @@ fn peer_gone(fd: RawFd) -> bool {
 /// `conn` instead ends altogether while the client is still sending (the
 /// far process died), that is an abort: an error is returned so the caller
 /// resets the client instead of passing on a truncated stream as complete.
+///
+/// With `answer`, `conn` first carries the agent's answer to its hello
+/// ([`read_answer`]): the client's bytes already flow up meanwhile (no
+/// round trip before the first byte), nothing flows down before it, and a
+/// refusal ends the relay with `ConnectionRefused`.
 pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
+    answer: bool,
 ) -> io::Result<(u64, u64)> {
     let client_done = std::sync::atomic::AtomicBool::new(false);
     let up = async {
@@ -199,17 +244,23 @@ pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(
         client_done.store(true, std::sync::atomic::Ordering::Relaxed);
         n
     };
-    let down = splice_one_way(
-        conn,
-        client,
-        |n| traffic.add_down(n),
-        || {
-            if !client_done.load(std::sync::atomic::Ordering::Relaxed) && peer_gone(conn.as_raw_fd()) {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"));
-            }
-            Ok(())
-        },
-    );
+    let down = async {
+        if answer {
+            read_answer(conn).await?;
+        }
+        splice_one_way(
+            conn,
+            client,
+            |n| traffic.add_down(n),
+            || {
+                if !client_done.load(std::sync::atomic::Ordering::Relaxed) && peer_gone(conn.as_raw_fd()) {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"));
+                }
+                Ok(())
+            },
+        )
+        .await
+    };
     tokio::try_join!(up, down)
 }
 
@@ -224,7 +275,7 @@ mod tests {
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (a, _) = l.accept().await.unwrap();
         let (b, far) = UnixStream::pair().unwrap();
-        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &Traffic::default()).await });
+        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &Traffic::default(), false).await });
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
@@ -239,7 +290,7 @@ mod tests {
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
-        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &t2).await });
+        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &t2, false).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let d2 = data.clone();
         let writer = tokio::spawn(async move {

@@ -182,14 +182,17 @@ impl RawConn {
 
     /// Relays between `local` and this connection with splice(2) until both
     /// directions are finished, counting bytes in `traffic` (up: local -> this).
+    /// With `answer`, the agent's answer to the hello is read first (see
+    /// [`crate::splice::splice_bidirectional`]).
     pub async fn splice_with<S: crate::splice::SpliceSocket>(
         &self,
         local: &S,
         traffic: &crate::Traffic,
+        answer: bool,
     ) -> io::Result<(u64, u64)> {
         match self {
-            Self::Unix(s) => crate::splice::splice_bidirectional(local, s, traffic).await,
-            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic).await,
+            Self::Unix(s) => crate::splice::splice_bidirectional(local, s, traffic, answer).await,
+            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic, answer).await,
         }
     }
 }

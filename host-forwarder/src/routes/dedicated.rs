@@ -3,7 +3,7 @@
 
 use ferry_mux::{Address, LocalConn, RawConn, Traffic};
 use ferry_protocol::{
-    data_conn::{self, DataHello, TOKEN_LEN},
+    data_conn::{DataHello, TOKEN_LEN},
     Target,
 };
 
@@ -30,27 +30,16 @@ impl DataPath {
             }
         };
         let hello = DataHello { token: self.token, target: target.clone() }.encode();
-        let mut status = [0u8; 1];
-        if conn.write_all(&hello).await.is_err() || conn.read_exact(&mut status).await.is_err() {
+        if conn.write_all(&hello).await.is_err() {
             // Nothing has been read from the client yet: it can still go through the session.
             tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
             return Err(local);
         }
-        if status[0] != data_conn::CONNECTED {
-            let mut len = [0u8; 2];
-            let mut reason = String::from("refused");
-            if conn.read_exact(&mut len).await.is_ok() {
-                let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
-                if conn.read_exact(&mut r).await.is_ok() {
-                    reason = String::from_utf8_lossy(&r).into_owned();
-                }
-            }
-            tracing::debug!("guest refused {target:?}: {reason}");
-            local.abort();
-            return Ok(());
-        }
-        if let Some(e) = local.splice(&conn, traffic).await {
-            tracing::debug!("connection to guest {target:?} reset: {e}");
+        // No round trip before the first byte: the client's bytes follow the
+        // hello at once, and the agent's answer is read before anything
+        // flows back (a refusal resets the client, as a closed port would).
+        if let Some(e) = local.splice(&conn, traffic, true).await {
+            tracing::debug!("connection to guest {target:?} ended: {e}");
         }
         Ok(())
     }
