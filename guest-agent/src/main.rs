@@ -15,5 +15,6 @@ mod targets;
 fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
     ferry_mux::logging::init(args.verbose);
+    ferry_mux::alloc::tune();
     tokio::runtime::Runtime::new()?.block_on(server::run(args))
 }

@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     ferry_mux::logging::init(cli.verbose);
     match cli.command {
-        cli::Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(supervisor::run(args)),
+        cli::Command::Run(args) => {
+            ferry_mux::alloc::tune();
+            tokio::runtime::Runtime::new()?.block_on(supervisor::run(args))
+        }
         cli::Command::Secret(args) => {
             let path = args.file.unwrap_or_else(ferry_mux::secret_file::default_path);
             ferry_mux::secret_file::load_or_create(&path)?;

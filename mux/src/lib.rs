@@ -12,6 +12,7 @@
 //! ([`RawConn`]) through a pipe, without copies to user space.
 
 pub mod address;
+pub mod alloc;
 pub mod local;
 pub mod logging;
 pub mod pump;
