@@ -88,24 +88,9 @@ impl SocketScanner {
     /// polls), leaving out the agent's own transport listeners in `exclude`.
     pub fn new(interval: Duration, events: bool, exclude: Vec<SocketAddr>) -> std::io::Result<Self> {
         let diag = SockDiag::open()?;
-        let destroys = events
-            .then(|| {
-                DestroyEvents::open()
-                    .map_err(|e| {
-                        tracing::warn!("no socket-destroy events ({e}): closed ports are noticed at the next scan")
-                    })
-                    .ok()
-            })
-            .flatten();
-        let binds = events
-            .then(|| {
-                BindEvents::open()
-                    .map_err(|e| {
-                        tracing::warn!("no bind/listen tracepoints ({e}): polling every {interval:?} for new ports")
-                    })
-                    .ok()
-            })
-            .flatten();
+        let destroys =
+            if_allowed(events, DestroyEvents::open, "no socket-destroy events", "closed ports wait for a scan");
+        let binds = if_allowed(events, BindEvents::open, "no bind/listen tracepoints", "new ports wait for a poll");
         let wakeups = Wakeups::new(binds, destroys);
         tracing::info!(
             "port discovery: {}",
@@ -159,6 +144,15 @@ impl SocketScanner {
     fn heat(&mut self) {
         self.hot_until = Instant::now() + HOT_FOR;
     }
+}
+
+/// Opens a kernel event source where `allowed`; a failure is logged with
+/// what it costs, and the scanner does without.
+fn if_allowed<T>(allowed: bool, open: impl FnOnce() -> std::io::Result<T>, what: &str, consequence: &str) -> Option<T> {
+    if !allowed {
+        return None;
+    }
+    open().map_err(|e| tracing::warn!("{what} ({e}): {consequence}")).ok()
 }
 
 /// A token bucket for woken scans: a burst of [`ScanBudget::BURST`] at
