@@ -22,6 +22,7 @@ pub mod splice;
 pub mod stream;
 pub mod traffic;
 pub mod transport;
+pub mod udp_buffers;
 
 mod reader;
 mod shared;

@@ -56,6 +56,7 @@ async fn connect(target: SocketAddr) -> std::io::Result<UdpSocket> {
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(any).await?;
+    ferry_mux::udp_buffers::enlarge(&socket);
     socket.connect(target).await?;
     Ok(socket)
 }

@@ -300,6 +300,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    ferry_mux::udp_buffers::enlarge(&socket);
     UdpSocket::from_std(socket.into())
 }
 
