@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_mux::Session;
+use ferry_mux::{Session, StreamWriter};
 use ferry_protocol::Target;
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 
@@ -45,6 +45,10 @@ impl Default for UdpLimits {
 }
 
 struct Flow {
+    /// The flow's stream once open: datagrams go straight to the session's
+    /// write queue from the receive loop, with no task hop.
+    writer: Arc<Mutex<Option<StreamWriter>>>,
+    /// Datagrams that arrive while the stream opens.
     queue: mpsc::Sender<Bytes>,
     /// Milliseconds since `epoch` of the last datagram either way.
     last: Arc<AtomicU64>,
@@ -85,8 +89,11 @@ pub async fn relay(
                         continue;
                     }
                 };
-                flows.retain(|_, f| !f.task.is_finished());
+                if flows.get(&client).is_some_and(|f| f.task.is_finished()) {
+                    flows.remove(&client);
+                }
                 if !flows.contains_key(&client) {
+                    flows.retain(|_, f| !f.task.is_finished());
                     if flows.len() >= limits.max_flows {
                         stats.traffic.add_dropped();
                         continue;
@@ -98,8 +105,19 @@ pub async fn relay(
                 }
                 let flow = &flows[&client];
                 flow.last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if flow.queue.try_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
-                    stats.traffic.add_dropped();
+                let datagram = Bytes::copy_from_slice(&buf[..n]);
+                let mut writer = flow.writer.lock().unwrap();
+                match writer.as_mut() {
+                    Some(w) => match w.try_send_datagram(datagram) {
+                        Ok(true) => stats.traffic.add_up(n),
+                        Ok(false) => stats.traffic.add_dropped(),
+                        Err(_) => *writer = None, // the stream is gone; the flow task ends
+                    },
+                    None => {
+                        if flow.queue.try_send(datagram).is_err() {
+                            stats.traffic.add_dropped();
+                        }
+                    }
                 }
             }
             _ = sweep.tick() => {
@@ -129,7 +147,9 @@ fn open_flow(
 ) -> Flow {
     let (queue, mut datagrams) = mpsc::channel::<Bytes>(FLOW_QUEUE);
     let last = Arc::new(AtomicU64::new(epoch.elapsed().as_millis() as u64));
-    let (socket, session, stats, last2) = (socket.clone(), session.clone(), stats.clone(), last.clone());
+    let writer: Arc<Mutex<Option<StreamWriter>>> = Arc::default();
+    let (socket, session, stats, last2, slot) =
+        (socket.clone(), session.clone(), stats.clone(), last.clone(), writer.clone());
     let task = tokio::spawn(async move {
         let stream = match session.open(&Target::Udp(guest)).await {
             Ok(s) => s,
@@ -139,16 +159,20 @@ fn open_flow(
             }
         };
         let (mut from_guest, mut to_guest) = stream.into_split();
+        // What queued while the stream opened goes first; from now on the
+        // receive loop sends directly (a datagram it queued meanwhile is
+        // still sent below: UDP may reorder).
+        while let Ok(d) = datagrams.try_recv() {
+            send_up(&mut to_guest, d, &stats);
+        }
+        *slot.lock().unwrap() = Some(to_guest);
         loop {
             tokio::select! {
                 d = datagrams.recv() => {
                     let Some(d) = d else { return };
-                    let len = d.len();
-                    match to_guest.try_send_datagram(d) {
-                        Ok(true) => stats.traffic.add_up(len),
-                        Ok(false) => stats.traffic.add_dropped(),
-                        Err(_) => return,
-                    }
+                    let mut writer = slot.lock().unwrap();
+                    let Some(w) = writer.as_mut() else { return };
+                    send_up(w, d, &stats);
                 }
                 r = from_guest.recv() => match r {
                     Ok(Some(d)) => {
@@ -165,5 +189,14 @@ fn open_flow(
             }
         }
     });
-    Flow { queue, last, task }
+    Flow { writer, queue, last, task }
+}
+
+/// Sends one datagram up the flow's stream, or counts it dropped.
+fn send_up(w: &mut StreamWriter, d: Bytes, stats: &ConnStats) {
+    let len = d.len();
+    match w.try_send_datagram(d) {
+        Ok(true) => stats.traffic.add_up(len),
+        Ok(false) | Err(_) => stats.traffic.add_dropped(),
+    }
 }
