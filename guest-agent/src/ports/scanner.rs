@@ -11,10 +11,13 @@
 //! - closed ports: [`destroy_events`] (sock_diag destroy broadcasts) wake it
 //!   as the socket goes.
 //!
-//! Wake-ups are coalesced (each waits [`SETTLE`] for the ones that follow), so a program
-//! binding thousands of sockets costs at most a few percent of a core. A
-//! safety scan every [`SAFETY_PERIOD`] catches what no tracepoint shows
-//! (io_uring's bind and listen, 32-bit programs' syscalls).
+//! A wake-up names what went stale (a `listen()` or a TCP destroy: the TCP
+//! tables; a `bind()` or a UDP destroy: the UDP ones), and only that is
+//! rescanned. Wake-ups are coalesced (each waits up to [`SETTLE`] for the
+//! one that usually follows) and paced by a token bucket ([`ScanBudget`]),
+//! so a program binding thousands of sockets costs at most a few percent of
+//! a core. A safety scan every [`SAFETY_PERIOD`] catches what no tracepoint
+//! shows (io_uring's bind and listen, 32-bit programs' syscalls).
 //!
 //! Where the tracepoints are unavailable (no CAP_PERFMON, no tracefs) the
 //! scanner polls instead: every configured period (30 ms by default), and
