@@ -6,9 +6,9 @@
 //! walking its hash tables (measured: 56 µs, of which 0.2 µs user time).
 //! What costs is scanning when nothing changed, so the scanner sleeps until
 //! woken:
-//! - new ports: [`bind_events`] (the `bind()`/`listen()` syscall-exit
+//! - new ports: [`bind_events`](super::bind_events) (the `bind()`/`listen()` syscall-exit
 //!   tracepoints) wake it as the syscall returns;
-//! - closed ports: [`destroy_events`] (sock_diag destroy broadcasts) wake it
+//! - closed ports: [`destroy_events`](super::destroy_events) (sock_diag destroy broadcasts) wake it
 //!   as the socket goes.
 //!
 //! A wake-up names what went stale (a `listen()` or a TCP destroy: the TCP
