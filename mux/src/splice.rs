@@ -228,10 +228,10 @@ fn peer_gone(fd: RawFd) -> bool {
 /// far process died), that is an abort: an error is returned so the caller
 /// resets the client instead of passing on a truncated stream as complete.
 ///
-/// With `answer`, `conn` first carries the agent's answer to its hello
-/// (one status byte, or a refusal with its reason): the client's bytes already flow up meanwhile (no
-/// round trip before the first byte), nothing flows down before it, and a
-/// refusal ends the relay with `ConnectionRefused`.
+/// With `answer`, `conn` first carries the agent's answer to its hello (one
+/// status byte, or a refusal with its reason): the client's bytes already
+/// flow up meanwhile (no round trip before the first byte), nothing flows
+/// down before it, and a refusal ends the relay with `ConnectionRefused`.
 pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(
     client: &A,
     conn: &B,
