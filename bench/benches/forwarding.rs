@@ -75,18 +75,17 @@ fn main() {
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),
         ("ssh -L", paths::ssh(&bridge.guest, work.path(), &servers)),
+        ("yamux (Go)", paths::yamux(&bridge.guest, work.path(), &servers)),
     ] {
         match made {
             Ok(p) => all.push(p),
             Err(why) => report.notes.push(format!("{name} not measured: {why}")),
         }
     }
-    report.notes.push(
-        "Not measured here: pasta (its port forwarding needs a user namespace set-up of its own) and the \
-         Go yamux forwarder of shared/baseline-bench (no Go toolchain on this machine); \
-         shared/anchors.md has its figures."
-            .into(),
-    );
+    report
+        .notes
+        .push("Not measured here: pasta (its port forwarding needs a user namespace set-up of its own).".into());
+    report.pairs.push(("ferry (mux)".into(), "yamux (Go)".into()));
     report.notes.push(format!(
         "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} concurrent streams).",
         if quick { "quick" } else { "full" },

@@ -137,6 +137,60 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     Ok(path)
 }
 
+/// Where Debian's golang-github-hashicorp-yamux-dev puts its sources.
+const GOPATH: &str = "/usr/share/gocode";
+
+/// A Go forwarder multiplexing every connection over one Unix socket with
+/// hashicorp/yamux (bench/yamux), built here with Debian's Go packages: the
+/// baseline of ferry's multiplexed route.
+pub fn yamux(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
+    let missing = "Go or hashicorp/yamux not installed (apt-get install golang-go golang-github-hashicorp-yamux-dev)";
+    if !have("go") || !Path::new(GOPATH).join("src/github.com/hashicorp/yamux").exists() {
+        return Err(missing.into());
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("yamux/main.go");
+    let bin = dir.join("yamux-forward");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", GOPATH)
+        .env("GOCACHE", dir.join("gocache"))
+        .output()
+        .map_err(|e| format!("go build: {e}"))?;
+    if !built.status.success() {
+        return Err(format!("go build failed: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    let mut path = ForwardPath {
+        name: "yamux (Go)",
+        servers: servers.clone(),
+        ports: HashMap::new(),
+        netns: None,
+        pids: vec![],
+        procs: vec![],
+    };
+    let sock = dir.join("yamux.sock");
+    let mut g = guest.command(bin.to_str().ok_or("a non-UTF-8 temporary path")?);
+    g.arg("serve").arg(&sock);
+    path.adopt(Proc::spawn(g, dir.join("yamux-guest.log")));
+    wait_for(Duration::from_secs(10), "yamux guest socket", || sock.exists().then_some(()));
+    let mut h = Command::new(&bin);
+    h.arg("listen").arg(&sock);
+    for gp in ports_of(servers) {
+        let hp = free_port();
+        h.arg(format!("{hp}={gp}"));
+        path.ports.insert(gp, hp);
+    }
+    path.adopt(Proc::spawn(h, dir.join("yamux-host.log")));
+    for hp in path.ports.values() {
+        wait_for(Duration::from_secs(10), "yamux host port", || {
+            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
+        });
+    }
+    Ok(path)
+}
+
 /// ssh -L (OpenSSH's default cipher, chacha20-poly1305, as Lima uses), with
 /// the guest's sshd run per session through a ProxyCommand (`sshd -i`).
 pub fn ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {

@@ -25,6 +25,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Path names in display order.
     pub paths: Vec<String>,
+    /// Extra ratio columns besides ferry's: (numerator path, denominator path).
+    pub pairs: Vec<(String, String)>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -67,11 +69,18 @@ impl Report {
         for p in &self.paths {
             let _ = write!(out, " {p} |");
         }
-        for p in &others {
-            let _ = write!(out, " ferry / {p} |");
+        let mut ratios: Vec<(&str, &str)> = others.iter().map(|p| ("ferry", p.as_str())).collect();
+        ratios.extend(
+            self.pairs
+                .iter()
+                .filter(|(a, b)| self.paths.contains(a) && self.paths.contains(b))
+                .map(|(a, b)| (a.as_str(), b.as_str())),
+        );
+        for (a, b) in &ratios {
+            let _ = write!(out, " {a} / {b} |");
         }
         out.push_str("\n|---|---|");
-        out.push_str(&"---:|".repeat(self.paths.len() + others.len()));
+        out.push_str(&"---:|".repeat(self.paths.len() + ratios.len()));
         out.push('\n');
         for r in &self.rows {
             let _ = write!(out, "| {} | {} |", r.scenario, r.unit);
@@ -83,8 +92,8 @@ impl Report {
                     None => out.push_str(" – |"),
                 }
             }
-            for p in &others {
-                match (r.values.get("ferry"), r.values.get(*p)) {
+            for (a, b) in &ratios {
+                match (r.values.get(*a), r.values.get(*b)) {
                     (Some(f), Some(o)) if median(o) != 0.0 => {
                         let _ = write!(out, " {:.2} |", median(f) / median(o));
                     }
@@ -94,7 +103,9 @@ impl Report {
             out.push('\n');
         }
         out.push_str("\nValues are medians over rounds; the paths ran alternately in each round. ");
-        out.push_str("Ratios are ferry's value divided by the other path's: above 1 is better where higher is better ");
+        out.push_str(
+            "Ratios are the first path's value divided by the second's: above 1 is better where higher is better ",
+        );
         out.push_str("(Gbit/s, conn/s, fairness), below 1 is better for latency, CPU and memory.\n");
         for n in &self.notes {
             let _ = writeln!(out, "\n- {n}");
