@@ -74,7 +74,7 @@ impl Transport {
     pub async fn dial(addr: &Address) -> io::Result<Self> {
         let peer = addr.to_string();
         match addr {
-            Address::Unix(path) => Ok(Self::from_unix(UnixStream::connect(path).await?, peer)),
+            Address::Unix(path) => Ok(Self::from_unix(unix_buffers(UnixStream::connect(path).await?), peer)),
             Address::Tcp(a) => Ok(Self::from_tcp(TcpStream::connect(a.as_str()).await?, peer)),
             Address::Vsock { cid, port } => {
                 Ok(Self::from_vsock(VsockStream::connect(VsockAddr::new(*cid, *port)).await?, peer))
@@ -94,7 +94,7 @@ impl Transport {
 
 /// Performs the hybrid-vsock handshake: `CONNECT <port>\n` answered by `OK <n>\n`.
 pub async fn hybrid_vsock_connect(path: &Path, port: u32) -> io::Result<UnixStream> {
-    let mut s = UnixStream::connect(path).await?;
+    let mut s = unix_buffers(UnixStream::connect(path).await?);
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Read the answer byte by byte so that no session byte is consumed.
     let mut line = Vec::with_capacity(32);
@@ -148,7 +148,7 @@ impl RawConn {
     /// transports that cannot be dialled again (vsock from this side, exec:, stdio).
     pub async fn dial(addr: &Address) -> io::Result<Self> {
         match addr {
-            Address::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
+            Address::Unix(path) => Ok(Self::Unix(unix_buffers(UnixStream::connect(path).await?))),
             Address::HybridVsock { path, port } => Ok(Self::Unix(hybrid_vsock_connect(path, *port).await?)),
             Address::Tcp(a) => {
                 let s = TcpStream::connect(a.as_str()).await?;
@@ -283,7 +283,8 @@ impl Pending {
         let mut magic = [0u8; 6];
         match self {
             Pending::Vsock(s, peer) => Ok(Incoming::Session(Transport::from_vsock(s, peer))),
-            Pending::Unix(mut s, peer) => {
+            Pending::Unix(s, peer) => {
+                let mut s = unix_buffers(s);
                 s.read_exact(&mut magic).await?;
                 if magic == ferry_protocol::data_conn::DATA_MAGIC {
                     return Ok(Incoming::Data(RawConn::Unix(s)));
@@ -312,6 +313,22 @@ impl Drop for TransportListener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Bytes a Unix transport connection (session or dedicated data
+/// connection) may have in flight each way. Measured on one stream: the
+/// default 208 KiB gives 14-15 Gbit/s; 1 MiB 16-18; 2 MiB 18-19 at 0.45x
+/// socat's CPU per GB; 4 MiB little more. TCP's own autotuning lets a
+/// loopback connection grow to a few MiB as well.
+const UNIX_BUFFER: usize = 2 << 20;
+
+/// Enlarges a Unix transport connection's buffers (best effort; the kernel
+/// caps them at `net.core.wmem_max`), so that a bulk stream blocks less often.
+fn unix_buffers(s: UnixStream) -> UnixStream {
+    let sock = socket2::SockRef::from(&s);
+    let _ = sock.set_send_buffer_size(UNIX_BUFFER);
+    let _ = sock.set_recv_buffer_size(UNIX_BUFFER);
+    s
 }
 
 /// Removes `path` if it is a stale socket file (nobody accepts on it);
