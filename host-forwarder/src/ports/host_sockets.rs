@@ -2,16 +2,11 @@
 //! `hostSocket`, e.g. a guest's Docker API on TCP 2375 as `docker.sock`).
 //! The socket exists while the guest port listens, like a host port.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use ferry_protocol::{Listener, Proto, Target};
 
-use super::rules::Decision;
+use super::{mapping::dial_addr, rules::Decision};
 use crate::{
     routes::Routes,
     sockets::{self, State},
@@ -67,14 +62,4 @@ impl PortSockets {
             })
             .collect()
     }
-}
-
-/// Where to reach a guest listener: its own address, or loopback for a wildcard.
-fn dial_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
-    };
-    SocketAddr::new(ip, addr.port())
 }

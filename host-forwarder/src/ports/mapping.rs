@@ -52,12 +52,7 @@ pub fn plan(guest: &BTreeSet<Listener>, rules: &RuleSet) -> Plan {
             }
         };
         let ip = l.addr.ip();
-        let dial_ip = match ip {
-            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            other => other,
-        };
-        let binding = Binding { guest: SocketAddr::new(dial_ip, l.addr.port()), listener: *l };
+        let binding = Binding { guest: dial_addr(l.addr), listener: *l };
         out.bindings.entry((l.proto, host)).or_insert(binding);
         if let Some(v6) = v6_twin(host.ip()).filter(|_| ip.is_ipv6() || ip.is_unspecified()) {
             let slot = out.bindings.entry((l.proto, SocketAddr::new(v6, host.port()))).or_insert(binding);
@@ -67,6 +62,17 @@ pub fn plan(guest: &BTreeSet<Listener>, rules: &RuleSet) -> Plan {
         }
     }
     out
+}
+
+/// Where the agent reaches a guest listener: its own address, or loopback
+/// of the same family for a wildcard.
+pub fn dial_addr(listener: SocketAddr) -> SocketAddr {
+    let ip = match listener.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    SocketAddr::new(ip, listener.port())
 }
 
 /// The IPv6 address that goes with an IPv4 host address, for dual-stack publishing.
