@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_mux::{Session, StreamWriter};
+use ferry_mux::{Session, StreamError, StreamWriter};
 use ferry_protocol::Target;
 use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 
@@ -108,11 +108,11 @@ pub async fn relay(
                 let datagram = Bytes::copy_from_slice(&buf[..n]);
                 let mut writer = flow.writer.lock().unwrap();
                 match writer.as_mut() {
-                    Some(w) => match w.try_send_datagram(datagram) {
-                        Ok(true) => stats.traffic.add_up(n),
-                        Ok(false) => stats.traffic.add_dropped(),
-                        Err(_) => *writer = None, // the stream is gone; the flow task ends
-                    },
+                    Some(w) => {
+                        if send_up(w, datagram, &stats).is_err() {
+                            *writer = None; // the stream is gone; the flow task ends
+                        }
+                    }
                     None => {
                         if flow.queue.try_send(datagram).is_err() {
                             stats.traffic.add_dropped();
@@ -163,7 +163,9 @@ fn open_flow(
         // receive loop sends directly (a datagram it queued meanwhile is
         // still sent below: UDP may reorder).
         while let Ok(d) = datagrams.try_recv() {
-            send_up(&mut to_guest, d, &stats);
+            if send_up(&mut to_guest, d, &stats).is_err() {
+                return;
+            }
         }
         *slot.lock().unwrap() = Some(to_guest);
         loop {
@@ -172,7 +174,9 @@ fn open_flow(
                     let Some(d) = d else { return };
                     let mut writer = slot.lock().unwrap();
                     let Some(w) = writer.as_mut() else { return };
-                    send_up(w, d, &stats);
+                    if send_up(w, d, &stats).is_err() {
+                        return;
+                    }
                 }
                 r = from_guest.recv() => match r {
                     Ok(Some(d)) => {
@@ -192,11 +196,14 @@ fn open_flow(
     Flow { writer, queue, last, task }
 }
 
-/// Sends one datagram up the flow's stream, or counts it dropped.
-fn send_up(w: &mut StreamWriter, d: Bytes, stats: &ConnStats) {
+/// Sends one datagram up the flow's stream, or counts it dropped when the
+/// stream has no room; fails only when the stream is gone.
+fn send_up(w: &mut StreamWriter, d: Bytes, stats: &ConnStats) -> Result<(), StreamError> {
     let len = d.len();
-    match w.try_send_datagram(d) {
-        Ok(true) => stats.traffic.add_up(len),
-        Ok(false) | Err(_) => stats.traffic.add_dropped(),
+    if w.try_send_datagram(d)? {
+        stats.traffic.add_up(len);
+    } else {
+        stats.traffic.add_dropped();
     }
+    Ok(())
 }
