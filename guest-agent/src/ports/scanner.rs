@@ -223,11 +223,9 @@ impl Wakeups {
             let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             // SAFETY: `fds` is a valid array of pollfd for the whole call.
             let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
-            if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                tracing::warn!(
-                    "polling for socket events failed ({}); polling the table",
-                    std::io::Error::last_os_error()
-                );
+            let error = (n < 0).then(std::io::Error::last_os_error);
+            if let Some(e) = error.filter(|e| e.kind() != std::io::ErrorKind::Interrupted) {
+                tracing::warn!("polling for socket events failed ({e}); polling the table");
                 *self = Self::new(None, None);
                 continue;
             }
