@@ -13,6 +13,7 @@
 
 pub mod address;
 pub mod alloc;
+pub mod buffer_share;
 pub mod local;
 pub mod logging;
 pub mod pump;

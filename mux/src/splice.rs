@@ -16,7 +16,7 @@ use tokio::{
     net::{TcpStream, UnixStream},
 };
 
-use crate::traffic::Traffic;
+use crate::{buffer_share::BufferShare, traffic::Traffic};
 
 /// The default pipe capacity, used when the kernel does not say. Measured:
 /// enlarging pipes to 1 MiB (F_SETPIPE_SZ) gains nothing for one stream and
@@ -232,15 +232,25 @@ fn peer_gone(fd: RawFd) -> bool {
 /// status byte, or a refusal with its reason): the client's bytes already
 /// flow up meanwhile (no round trip before the first byte), nothing flows
 /// down before it, and a refusal ends the relay with `ConnectionRefused`.
+///
+/// With `share`, `conn`'s send buffer follows the process's live data
+/// connections (see [`crate::buffer_share`]), checked as bytes go up.
 pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
     answer: bool,
+    share: Option<&BufferShare>,
 ) -> io::Result<(u64, u64)> {
     let client_done = std::sync::atomic::AtomicBool::new(false);
+    let sent_up = |n| {
+        traffic.add_up(n);
+        if let Some(share) = share {
+            share.refresh();
+        }
+    };
     let up = async {
-        let n = splice_one_way(client, conn, |n| traffic.add_up(n), || Ok(())).await;
+        let n = splice_one_way(client, conn, sent_up, || Ok(())).await;
         client_done.store(true, std::sync::atomic::Ordering::Relaxed);
         n
     };
@@ -275,7 +285,7 @@ mod tests {
         let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (a, _) = l.accept().await.unwrap();
         let (b, far) = UnixStream::pair().unwrap();
-        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &Traffic::default(), false).await });
+        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &Traffic::default(), false, None).await });
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
@@ -290,7 +300,7 @@ mod tests {
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
-        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &t2, false).await });
+        let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &t2, false, None).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let d2 = data.clone();
         let writer = tokio::spawn(async move {

@@ -182,6 +182,8 @@ impl RawConn {
 
     /// Relays between `local` and this connection with splice(2) until both
     /// directions are finished, counting bytes in `traffic` (up: local -> this).
+    /// A Unix connection's send buffer takes its share of the process's
+    /// budget meanwhile ([`crate::buffer_share`]).
     /// With `answer`, the agent's answer to the hello is read first (see
     /// [`crate::splice::splice_bidirectional`]).
     pub async fn splice_with<S: crate::splice::SpliceSocket>(
@@ -191,8 +193,12 @@ impl RawConn {
         answer: bool,
     ) -> io::Result<(u64, u64)> {
         match self {
-            Self::Unix(s) => crate::splice::splice_bidirectional(local, s, traffic, answer).await,
-            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic, answer).await,
+            Self::Unix(s) => {
+                let share = crate::buffer_share::BufferShare::join(std::os::fd::AsRawFd::as_raw_fd(s));
+                crate::splice::splice_bidirectional(local, s, traffic, answer, Some(&share)).await
+            }
+            // TCP sizes its buffers itself (autotuning), which a fixed size would end.
+            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic, answer, None).await,
         }
     }
 }
@@ -317,9 +323,8 @@ impl Drop for TransportListener {
 /// Bytes a Unix session connection may have in flight each way. One
 /// session carries every multiplexed stream, which ferry schedules fairly
 /// itself, so a larger buffer only means fewer stalls (multiplexed route,
-/// 100 streams: 9 -> 13 Gbit/s). Dedicated data connections keep the
-/// kernel's default: with 2 MiB each, one stream gained 30% but 1000
-/// concurrent ones lost their fairness (Jain 0.98 -> 0.87, one starved).
+/// 100 streams: 9 -> 13 Gbit/s). Dedicated data connections share a budget
+/// instead ([`crate::buffer_share`]).
 const UNIX_BUFFER: usize = 2 << 20;
 
 /// Enlarges a Unix session connection's buffers (best effort; the kernel

@@ -16,14 +16,20 @@ pub const UDP_BUFFER: libc::c_int = 4 << 20;
 pub fn enlarge(socket: &impl AsFd) {
     let fd = socket.as_fd().as_raw_fd();
     for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-        if set(fd, force).is_err() {
-            let _ = set(fd, plain);
-        }
+        request(fd, force, plain, UDP_BUFFER);
     }
 }
 
-fn set(fd: libc::c_int, option: libc::c_int) -> std::io::Result<()> {
-    let value = UDP_BUFFER;
+/// Asks for a buffer of `value` bytes: with the `force` option where the
+/// process may (CAP_NET_ADMIN), else with `plain` (capped by the sysctl
+/// maximum). Best effort.
+pub(crate) fn request(fd: libc::c_int, force: libc::c_int, plain: libc::c_int, value: libc::c_int) {
+    if set(fd, force, value).is_err() {
+        let _ = set(fd, plain, value);
+    }
+}
+
+fn set(fd: libc::c_int, option: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
     // SAFETY: a valid descriptor and an int option value.
     let rc = unsafe {
         libc::setsockopt(
