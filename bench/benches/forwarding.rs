@@ -94,6 +94,10 @@ fn main() {
         plan.rr,
         plan.many
     ));
+    // FERRY_BENCH_PATHS=direct,ferry measures only those paths (names as in the report).
+    if let Ok(names) = std::env::var("FERRY_BENCH_PATHS") {
+        all.retain(|p| names.split(',').any(|n| n.trim() == p.name));
+    }
     for p in &all {
         report.paths.push(p.name.to_string());
     }
