@@ -124,9 +124,15 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("rr")) {
+            let meter = CpuMeter::start(&p.pids);
             let (med, p99) = round_trips(&p.echo(), plan.rr);
+            let cpu = meter.stop();
             report.record("64 B round trip, median", "µs", false, p.name, med);
             report.record("64 B round trip, p99", "µs", false, p.name, p99);
+            if !p.pids.is_empty() {
+                let trips = (plan.rr + plan.rr / 10) as f64;
+                report.record("CPU of the forwarder per round trip", "µs", false, p.name, cpu * 1e6 / trips);
+            }
         }
         for p in order.iter().filter(|_| want("conn")) {
             let r = connection_rate(&p.echo(), plan.dur);
