@@ -9,12 +9,13 @@
 //! at most [`MAX_SHARE`] and never less than the kernel's default, rounded
 //! down to a power of two so that small changes in the count do not resize
 //! every socket. A connection applies a changed share the next time it
-//! sends ([`BufferShare::refresh`]); shrinking a buffer drops nothing, it
+//! sends ([`BufferShare::refresh`]), from its first [`SIZED_AFTER`] bytes
+//! on; shrinking a buffer drops nothing, it
 //! only holds back further sends until the queue is below the new size.
 
 use std::{
     os::fd::RawFd,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 /// The send-buffer bytes (as the kernel counts them: see
@@ -27,30 +28,46 @@ pub const MAX_SHARE: usize = 4 << 20;
 /// How many data connections of this process hold a share.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Bytes a connection sends before its buffer is sized at all: short
+/// connections (most of them) then cost no extra system call.
+pub const SIZED_AFTER: u64 = 256 << 10;
+
 /// One data connection's share of [`BUDGET`], held while it relays.
 pub struct BufferShare {
     fd: RawFd,
-    /// The buffer the kernel gave the socket (its default).
-    floor: usize,
-    /// The size last asked for.
+    /// Bytes sent so far (counted up to [`SIZED_AFTER`]).
+    sent: AtomicU64,
+    /// The buffer the kernel gave the socket (its default), once read.
+    floor: AtomicUsize,
+    /// The size last asked for (0: not sized yet).
     applied: AtomicUsize,
 }
 
 impl BufferShare {
-    /// Takes a share for the socket `fd` and sizes its send buffer.
+    /// Takes a share for the socket `fd`; its buffer is sized once it has
+    /// sent [`SIZED_AFTER`] bytes.
     pub fn join(fd: RawFd) -> Self {
         LIVE.fetch_add(1, Ordering::Relaxed);
-        let floor = current(fd).unwrap_or(0);
-        let share = Self { fd, floor, applied: AtomicUsize::new(floor) };
-        share.refresh();
-        share
+        Self { fd, sent: AtomicU64::new(0), floor: AtomicUsize::new(0), applied: AtomicUsize::new(0) }
     }
 
-    /// Resizes the send buffer if the number of live connections changed
-    /// this connection's share since it was last sized. Costs an atomic
-    /// load when nothing changed.
-    pub fn refresh(&self) {
-        let want = share_of(LIVE.load(Ordering::Relaxed), self.floor);
+    /// Counts `sent` bytes; once past [`SIZED_AFTER`], resizes the send
+    /// buffer if the number of live connections changed this connection's
+    /// share since it was last sized. Costs two atomic loads when nothing
+    /// changed.
+    pub fn refresh(&self, sent: usize) {
+        let so_far = self.sent.load(Ordering::Relaxed);
+        if so_far < SIZED_AFTER {
+            self.sent.store(so_far + sent as u64, Ordering::Relaxed);
+            return;
+        }
+        let mut floor = self.floor.load(Ordering::Relaxed);
+        if floor == 0 {
+            floor = current(self.fd).unwrap_or(1);
+            self.floor.store(floor, Ordering::Relaxed);
+            self.applied.store(floor, Ordering::Relaxed);
+        }
+        let want = share_of(LIVE.load(Ordering::Relaxed), floor);
         if want != self.applied.load(Ordering::Relaxed) {
             self.applied.store(want, Ordering::Relaxed);
             // The kernel doubles what it is asked for (bookkeeping overhead)
@@ -111,21 +128,25 @@ mod tests {
     }
 
     #[test]
-    fn a_live_socket_follows_its_share() {
+    fn a_live_socket_follows_its_share_once_it_carries_bulk() {
         use std::os::fd::AsRawFd;
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let default = current(a.as_raw_fd()).unwrap();
         let share = BufferShare::join(a.as_raw_fd());
+        share.refresh(1000);
+        assert_eq!(share.current().unwrap(), default, "a short connection keeps the default");
+        share.refresh(SIZED_AFTER as usize);
+        share.refresh(1);
         let first = share.current().unwrap();
         // Other tests of this process may hold shares too, so the live
         // count is at least one: the share is above the default unless
         // the sysctl cap forbids it (as a non-root process may find).
         assert!(first >= default, "{default} -> {first}");
         let crowd: Vec<_> = (0..200).map(|_| BufferShare::join(a.as_raw_fd())).collect();
-        share.refresh();
+        share.refresh(1);
         assert_eq!(share.current().unwrap(), default, "with 201 live connections the share is the default");
         drop(crowd);
-        share.refresh();
+        share.refresh(1);
         assert_eq!(share.current().unwrap(), first, "the share grows back once they are gone");
     }
 }

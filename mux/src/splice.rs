@@ -246,7 +246,7 @@ pub async fn splice_bidirectional<A: SpliceSocket, B: SpliceSocket>(
     let sent_up = |n| {
         traffic.add_up(n);
         if let Some(share) = share {
-            share.refresh();
+            share.refresh(n);
         }
     };
     let up = async {
