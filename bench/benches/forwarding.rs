@@ -135,8 +135,14 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("conn")) {
+            let meter = CpuMeter::start(&p.pids);
             let r = connection_rate(&p.echo(), plan.dur);
+            let cpu = meter.stop();
             report.record("connections/s (connect, 1 B echo, close)", "conn/s", true, p.name, r);
+            if !p.pids.is_empty() && r > 0.0 {
+                let conns = r * plan.dur.as_secs_f64();
+                report.record("CPU of the forwarder per connection", "µs", false, p.name, cpu * 1e6 / conns);
+            }
         }
         for p in order.iter().filter(|_| want("many")) {
             let rss0 = rss_bytes(&p.pids);
