@@ -57,6 +57,7 @@ fn main() {
     let only = std::env::var("FERRY_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == section));
     require_root();
+    build_binaries();
     // Two guests, identical servers: one bridged by ferry in its default mode
     // (dedicated spliced connections on a Unix transport), one by ferry with
     // every stream multiplexed over the session (the mode of exec: transports).
@@ -243,4 +244,19 @@ fn files(plan: &Plan, report: &mut Report) {
         }
         Err(why) => report.notes.push(format!("file events not measured: {why}")),
     }
+}
+
+/// `cargo bench` builds this bench, not the `ferry` and `ferry-agent` it
+/// runs: build them here too, so that a bench never measures stale binaries.
+fn build_binaries() {
+    if std::env::var_os("FERRY_BIN_DIR").is_some() {
+        return; // the caller chose its binaries
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--bins", "--quiet", "--manifest-path", manifest])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building ferry and ferry-agent failed");
 }

@@ -8,7 +8,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use crate::frame::{Frame, FrameType, HEADER_LEN, MAX_PAYLOAD};
+use crate::frame::{Frame, FrameType, StreamId, HEADER_LEN, MAX_PAYLOAD};
 
 /// Why a byte stream is not a valid sequence of frames. Every variant is
 /// fatal for the session: the decoder cannot resynchronise after it.
@@ -32,6 +32,11 @@ pub enum DecodeError {
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_payload: u32,
+    /// Whether DATA payloads may be passed on in pieces.
+    fragments: bool,
+    /// The stream and the payload bytes still to come of a DATA frame
+    /// being passed on in pieces.
+    data_left: Option<(StreamId, u32)>,
 }
 
 impl Default for FrameDecoder {
@@ -43,15 +48,38 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects payloads longer than `max_payload` bytes.
     pub fn new(max_payload: u32) -> Self {
-        Self { max_payload }
+        Self { max_payload, fragments: false, data_left: None }
     }
 
-    /// Takes one complete frame from the front of `buf`.
+    /// Passes a DATA frame whose payload has only partly arrived on in
+    /// pieces, each a [`Frame::Data`] of the same stream, as its bytes
+    /// arrive. A stream's bytes are the same either way, but the receive
+    /// buffer then never has to grow (and copy) to hold a whole large frame:
+    /// every payload byte stays where it was read.
+    pub fn with_data_fragments(mut self) -> Self {
+        self.fragments = true;
+        self
+    }
+
+    /// Takes one frame from the front of `buf`: a complete one, or, with
+    /// [`FrameDecoder::with_data_fragments`], the part of a DATA payload
+    /// that has arrived.
     ///
     /// Returns `Ok(None)` when `buf` holds only part of a frame (nothing is
-    /// consumed; more capacity is reserved for the rest), and an error as soon
-    /// as the header shows the stream is invalid.
+    /// consumed but, in fragment mode, a DATA header; more capacity is
+    /// reserved for the rest), and an error as soon as the header shows the
+    /// stream is invalid.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        if let Some((stream, left)) = self.data_left {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = (left as usize).min(buf.len());
+            let payload = buf.split_to(n).freeze();
+            let left = left - n as u32;
+            self.data_left = (left > 0).then_some((stream, left));
+            return Ok(Some(Frame::Data { stream, payload }));
+        }
         if buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -67,6 +95,11 @@ impl FrameDecoder {
         }
         let total = HEADER_LEN + len as usize;
         if buf.len() < total {
+            if self.fragments && kind == FrameType::Data && len > 0 {
+                buf.advance(HEADER_LEN);
+                self.data_left = Some((stream, len));
+                return self.decode(buf);
+            }
             buf.reserve(total - buf.len());
             return Ok(None);
         }
@@ -178,6 +211,24 @@ mod tests {
         }
 
         #[test]
+        fn data_fragments_carry_the_same_bytes_in_any_chunking(
+            frames in proptest::collection::vec(arb_frame(), 1..8),
+            chunk in 1usize..3000,
+        ) {
+            let full = encode_all(&frames);
+            let mut dec = FrameDecoder::default().with_data_fragments();
+            let (mut buf, mut got) = (BytesMut::new(), Vec::new());
+            for piece in full.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = dec.decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(stream_events(&got), stream_events(&frames));
+        }
+
+        #[test]
         fn byte_by_byte_feeding_yields_same_frames(frames in proptest::collection::vec(arb_frame(), 1..6)) {
             let full = encode_all(&frames);
             let mut buf = BytesMut::new();
@@ -221,6 +272,43 @@ mod tests {
             let mut buf = BytesMut::from(&h[..]);
             prop_assert_eq!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::UnknownType(t)));
         }
+    }
+
+    /// The frames as a receiver's streams see them: consecutive DATA of one
+    /// stream joined into one payload.
+    fn stream_events(frames: &[Frame]) -> Vec<Frame> {
+        let mut out: Vec<Frame> = Vec::new();
+        for f in frames {
+            if let (Some(Frame::Data { stream: last, payload: joined }), Frame::Data { stream, payload }) =
+                (out.last_mut(), f)
+            {
+                if last == stream {
+                    let mut both = BytesMut::from(&joined[..]);
+                    both.extend_from_slice(payload);
+                    *joined = both.freeze();
+                    continue;
+                }
+            }
+            out.push(f.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn a_partial_data_frame_is_passed_on_without_growing_the_buffer() {
+        let payload = Bytes::from(vec![9u8; 100_000]);
+        let wire = encode_all(&[Frame::Data { stream: 3, payload }, Frame::Fin { stream: 3 }]);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        buf.extend_from_slice(&wire[..60_000]);
+        let mut dec = FrameDecoder::default().with_data_fragments();
+        let Some(Frame::Data { stream: 3, payload: first }) = dec.decode(&mut buf).unwrap() else { panic!() };
+        assert_eq!(first.len(), 60_000 - HEADER_LEN);
+        assert_eq!(buf.capacity(), 64 * 1024 - 60_000, "nothing was reserved");
+        assert_eq!(dec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(&wire[60_000..]);
+        let Some(Frame::Data { stream: 3, payload: rest }) = dec.decode(&mut buf).unwrap() else { panic!() };
+        assert_eq!(first.len() + rest.len(), 100_000);
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Fin { stream: 3 }));
     }
 
     #[test]

@@ -12,13 +12,18 @@ use crate::{
     message, ControlMessage, Frame, FrameDecoder, Hello, Role, Target, MAX_PAYLOAD,
 };
 
-/// Feeds `data` to a frame decoder in chunks whose size the first byte picks.
+/// Feeds `data` to a frame decoder in chunks whose size the first byte
+/// picks, once whole-frame and once passing DATA on in fragments.
 /// Promises: no panic; no payload over [`MAX_PAYLOAD`]; decoding stops at
 /// the first error; every decoded frame re-encodes to one that decodes equal.
 pub fn check_frame_stream(data: &[u8]) {
     let Some((&seed, data)) = data.split_first() else { return };
     let chunk = 1 + seed as usize * 7;
-    let mut dec = FrameDecoder::default();
+    decode_in_chunks(FrameDecoder::default(), data, chunk);
+    decode_in_chunks(FrameDecoder::default().with_data_fragments(), data, chunk);
+}
+
+fn decode_in_chunks(mut dec: FrameDecoder, data: &[u8], chunk: usize) {
     let mut buf = BytesMut::new();
     for piece in data.chunks(chunk) {
         buf.extend_from_slice(piece);
