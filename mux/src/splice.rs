@@ -72,7 +72,7 @@ struct Pipe {
 static SPARE_PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 
 /// The most spare pipes kept.
-const SPARE_PIPES_MAX: usize = 64;
+pub const SPARE_PIPES_MAX: usize = 64;
 
 impl Pipe {
     /// A spare pipe, or a new one.
