@@ -6,7 +6,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
+        Arc, Condvar, Mutex,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -59,10 +59,28 @@ fn try_connect(addr: SocketAddr) -> Option<TcpStream> {
     }
 }
 
-/// Sleeps until `go` (or `stop`) is set.
-fn wait_flag(go: &AtomicBool, stop: &AtomicBool) {
-    while !go.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(1));
+/// A start line for client threads: they block until it opens, instead
+/// of polling a flag (a thousand threads polling every millisecond kept
+/// hundreds runnable and starved the forwarder's processes for seconds).
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// Blocks until [`Gate::open`].
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
+
+    /// Lets every waiting thread go.
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
     }
 }
 
@@ -96,7 +114,7 @@ pub fn upload(
     on_idle: &mut dyn FnMut(),
 ) -> Upload {
     let stop = Arc::new(AtomicBool::new(false));
-    let go = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(Gate::default());
     let ids: Vec<u64> = (0..streams).map(|_| NEXT_ID.fetch_add(1, Ordering::Relaxed)).collect();
     let handles: Vec<_> = ids
         .iter()
@@ -107,7 +125,7 @@ pub fn upload(
                 if s.write_all(&id.to_le_bytes()).is_err() {
                     return;
                 }
-                wait_flag(&go, &stop);
+                go.wait();
                 // A timeout lets a starved stream (some paths starve streams)
                 // still notice the stop, instead of blocking the join forever.
                 let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
@@ -134,7 +152,7 @@ pub fn upload(
         std::thread::sleep(Duration::from_millis(10));
     }
     on_idle();
-    go.store(true, Ordering::Relaxed);
+    go.open();
     std::thread::sleep(Duration::from_millis(300));
     let before = sink_total(counters, &ids);
     let t0 = Instant::now();
@@ -163,7 +181,7 @@ pub fn upload(
 pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
-    let go = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(Gate::default());
     let handles: Vec<_> = (0..streams)
         .map(|_| {
             let (stop, total, go) = (stop.clone(), total.clone(), go.clone());
@@ -171,7 +189,7 @@ pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
                 let Some(mut s) = try_connect(addr) else { return };
                 let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
                 let mut buf = vec![0u8; 256 * 1024];
-                wait_flag(&go, &stop);
+                go.wait();
                 while !stop.load(Ordering::Relaxed) {
                     match s.read(&mut buf) {
                         Ok(0) => break,
@@ -185,7 +203,7 @@ pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
             })
         })
         .collect();
-    go.store(true, Ordering::Relaxed);
+    go.open();
     std::thread::sleep(Duration::from_millis(300));
     let before = total.load(Ordering::Relaxed);
     let t0 = Instant::now();

@@ -25,6 +25,9 @@ use crate::{buffer_share::BufferShare, traffic::Traffic};
 /// filling and draining overlapped, 256 KiB measured no better than 64 KiB.
 const CHUNK: usize = 64 * 1024;
 
+/// Bytes a relay moves before it lets other tasks run (see `splice_one_way`).
+const TURN: usize = 256 * 1024;
+
 /// A socket whose readiness tokio tracks and which can be half-closed.
 pub trait SpliceSocket: AsRawFd {
     /// Runs `f` if tokio believes the socket ready for `interest` (else
@@ -133,6 +136,7 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
     let pipe = Pipe::take()?;
     let cap = pipe.capacity;
     let (mut total, mut in_pipe, mut eof) = (0u64, 0usize, false);
+    let mut this_turn = 0usize;
     loop {
         let mut progress = false;
         // EAGAIN from socket -> pipe means "socket empty" only when the pipe
@@ -161,6 +165,7 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
                 Ok(m) => {
                     in_pipe -= m;
                     total += m as u64;
+                    this_turn += m;
                     count(m);
                     progress = true;
                 }
@@ -175,10 +180,20 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
             return Ok(total);
         }
         if progress {
-            // Busy streams still take turns with the runtime's other tasks.
-            tokio::task::consume_budget().await;
+            // Busy relays take turns with the runtime's other tasks, the
+            // session's reader and keepalive among them, after every TURN
+            // bytes: with tokio's budget alone (128 operations, up to 8 MiB
+            // per turn here), a thousand busy relays starved the session
+            // for over 5 s and its keepalive gave up.
+            if this_turn >= TURN {
+                this_turn = 0;
+                tokio::task::yield_now().await;
+            } else {
+                tokio::task::consume_budget().await;
+            }
             continue;
         }
+        this_turn = 0;
         // Neither side moved. With data in the pipe, draining it is what
         // unblocks everything; else wait for the source.
         let want_write = in_pipe > 0;
