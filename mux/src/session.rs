@@ -353,17 +353,30 @@ async fn handshake(t: &mut Transport, role: Role, cfg: &SessionConfig) -> Result
 const AUTH_ACCEPTED: u8 = 1;
 const AUTH_REJECTED: u8 = 0;
 
+/// Pings the peer every interval and closes the session once nothing has
+/// been heard from it for the timeout. A tick that comes far too late means
+/// this process itself was not running (an overloaded machine, a suspended
+/// VM): the silence is then partly ours, so the peer is judged only after a
+/// full timeout of this process running again.
 async fn keepalive(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.cfg.keepalive_interval);
+    let interval = shared.cfg.keepalive_interval;
+    let timeout = shared.cfg.keepalive_timeout.as_millis() as u64;
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
+    let (mut last_tick, mut judged_since) = (Instant::now(), Instant::now());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.wait_closed() => return,
         }
+        let now = Instant::now();
+        if now - last_tick > 2 * interval {
+            judged_since = now;
+        }
+        last_tick = now;
         let silent = shared.silence_ms();
-        if silent > shared.cfg.keepalive_timeout.as_millis() as u64 {
+        if silent > timeout && (now - judged_since).as_millis() as u64 > timeout {
             let reason = format!("keepalive timeout: nothing heard from the peer for {silent} ms");
             tracing::warn!("{reason}");
             shared.close(&reason);

@@ -178,6 +178,28 @@ async fn silent_peer_is_detected_by_keepalive() {
 }
 
 #[tokio::test]
+async fn a_stalled_process_does_not_blame_its_peer() {
+    let cfg = SessionConfig {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (host, _hev, _agent, aev) = sessions(cfg).await;
+    serve_echo(aev);
+    // Let both keepalives run (and ping) before the stall.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both ends share this single-threaded runtime: blocking it stalls both
+    // processes' worth of tasks for longer than the timeout, as a starved
+    // machine or a suspended VM would.
+    std::thread::sleep(Duration::from_millis(900));
+    let closed = tokio::time::timeout(Duration::from_millis(600), host.closed()).await;
+    assert!(closed.is_err(), "the session was closed: {:?}", closed.ok());
+    let (mut rx, mut tx) = host.open(&echo_target()).await.unwrap().into_split();
+    tx.send(bytes::Bytes::from_static(b"still here")).await.unwrap();
+    assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"still here");
+}
+
+#[tokio::test]
 async fn session_loss_resets_open_streams() {
     let (host, _hev, agent, aev) = sessions(SessionConfig::default()).await;
     serve_echo(aev);
