@@ -181,13 +181,6 @@ async fn splice_one_way<A: SpliceSocket, B: SpliceSocket>(
             tokio::task::consume_budget().await;
             continue;
         }
-                tokio::task::yield_now().await;
-            } else {
-                tokio::task::consume_budget().await;
-            }
-            continue;
-        }
-        this_turn = 0;
         // Neither side moved. With data in the pipe, draining it is what
         // unblocks everything; else wait for the source.
         let want_write = in_pipe > 0;
