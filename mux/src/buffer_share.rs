@@ -2,9 +2,10 @@
 //!
 //! A Unix stream socket's send buffer bounds the bytes in flight to its
 //! peer. With the kernel's default (about 208 KiB) one bulk stream makes
-//! the relays wake far more often than with 4 MiB (measured: 30% less
-//! throughput), but that on each of 1000 concurrent connections broke
-//! their fairness (Jain 0.98 -> 0.87, one stream starved). So the live data
+//! the relays wake far more often than with 4 MiB (measured: 0.61x of the
+//! direct path's throughput against 0.7-0.87x, and 1.5x the CPU per GB),
+//! but 4 MiB on each of a thousand connections would let them pin 4 GiB of
+//! kernel memory, and every queued byte is latency. So the live data
 //! connections of a process share [`BUDGET`]: each gets `BUDGET / live`,
 //! at most [`MAX_SHARE`] and never less than the kernel's default, rounded
 //! down to a power of two so that small changes in the count do not resize
@@ -39,7 +40,7 @@ pub struct BufferShare {
     sent: AtomicU64,
     /// The buffer the kernel gave the socket (its default), once read.
     floor: AtomicUsize,
-    /// The size last asked for (0: not sized yet).
+    /// The size last asked for (the floor until then).
     applied: AtomicUsize,
 }
 
@@ -63,7 +64,7 @@ impl BufferShare {
         }
         let mut floor = self.floor.load(Ordering::Relaxed);
         if floor == 0 {
-            floor = current(self.fd).unwrap_or(1);
+            floor = crate::sockopt::send_buffer(self.fd).unwrap_or(1);
             self.floor.store(floor, Ordering::Relaxed);
             self.applied.store(floor, Ordering::Relaxed);
         }
@@ -73,13 +74,13 @@ impl BufferShare {
             // The kernel doubles what it is asked for (bookkeeping overhead)
             // and reports the doubled size, so ask for half.
             let ask = (want / 2).min(libc::c_int::MAX as usize) as libc::c_int;
-            crate::udp_buffers::request(self.fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, ask);
+            crate::sockopt::request(self.fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, ask);
         }
     }
 
     /// The send buffer this connection holds now, as the kernel reports it.
     pub fn current(&self) -> Option<usize> {
-        current(self.fd)
+        crate::sockopt::send_buffer(self.fd)
     }
 }
 
@@ -98,16 +99,6 @@ fn share_of(live: usize, floor: usize) -> usize {
     }
     let rounded = 1usize << (usize::BITS - 1 - even.leading_zeros());
     rounded.max(floor)
-}
-
-fn current(fd: RawFd) -> Option<usize> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: a descriptor and an int-sized out value with its length.
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, std::ptr::addr_of_mut!(value).cast(), &mut len)
-    };
-    (rc == 0 && value > 0).then_some(value as usize)
 }
 
 #[cfg(test)]
@@ -131,7 +122,7 @@ mod tests {
     fn a_live_socket_follows_its_share_once_it_carries_bulk() {
         use std::os::fd::AsRawFd;
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let default = current(a.as_raw_fd()).unwrap();
+        let default = crate::sockopt::send_buffer(a.as_raw_fd()).unwrap();
         let share = BufferShare::join(a.as_raw_fd());
         share.refresh(1000);
         assert_eq!(share.current().unwrap(), default, "a short connection keeps the default");

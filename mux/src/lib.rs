@@ -27,6 +27,7 @@ pub mod udp_buffers;
 
 mod reader;
 mod shared;
+mod sockopt;
 mod writer;
 
 pub use address::Address;

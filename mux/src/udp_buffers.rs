@@ -16,34 +16,8 @@ pub const UDP_BUFFER: libc::c_int = 4 << 20;
 pub fn enlarge(socket: &impl AsFd) {
     let fd = socket.as_fd().as_raw_fd();
     for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-        request(fd, force, plain, UDP_BUFFER);
+        crate::sockopt::request(fd, force, plain, UDP_BUFFER);
     }
-}
-
-/// Asks for a buffer of `value` bytes: with the `force` option where the
-/// process may (CAP_NET_ADMIN), else with `plain` (capped by the sysctl
-/// maximum). Best effort.
-pub(crate) fn request(fd: libc::c_int, force: libc::c_int, plain: libc::c_int, value: libc::c_int) {
-    if set(fd, force, value).is_err() {
-        let _ = set(fd, plain, value);
-    }
-}
-
-fn set(fd: libc::c_int, option: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: a valid descriptor and an int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
