@@ -315,22 +315,29 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
 
+    /// A relay's client: writes `data`, half-closes, then reads to the end.
+    fn send_half_close_read_back<S>(mut s: S, data: Vec<u8>) -> tokio::task::JoinHandle<Vec<u8>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            s.write_all(&data).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.unwrap();
+            back
+        })
+    }
+
     #[tokio::test]
     async fn reused_pipes_carry_the_next_relay_exactly() {
         for round in 0..3u8 {
-            let (client, mut a) = UnixStream::pair().unwrap();
+            let (client, a) = UnixStream::pair().unwrap();
             let (b, mut server) = UnixStream::pair().unwrap();
             let relay =
                 tokio::spawn(async move { splice_bidirectional(&client, &b, &Traffic::default(), false, None).await });
             let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
-            let d2 = data.clone();
-            let sender = tokio::spawn(async move {
-                a.write_all(&d2).await.unwrap();
-                a.shutdown().await.unwrap();
-                let mut back = Vec::new();
-                a.read_to_end(&mut back).await.unwrap();
-                back
-            });
+            let sender = send_half_close_read_back(a, data.clone());
             let mut got = Vec::new();
             server.read_to_end(&mut got).await.unwrap();
             assert!(got == data, "round {round}");
@@ -346,21 +353,14 @@ mod tests {
     async fn relays_both_ways_with_half_close() {
         // client <-tcp-> [relay a | relay b] <-unix-> server
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (a, _) = l.accept().await.unwrap();
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
         let relay = tokio::spawn(async move { splice_bidirectional(&a, &b, &t2, false, None).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
-        let d2 = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&d2).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.unwrap();
-            back
-        });
+        let writer = send_half_close_read_back(client, data.clone());
         let mut got = Vec::new();
         server.read_to_end(&mut got).await.unwrap(); // ends only if the FIN was relayed
         assert!(got == data);
