@@ -18,7 +18,8 @@ const READ_CHUNK: usize = 256 * 1024;
 
 pub(crate) async fn run(shared: Arc<Shared>, mut r: BoxRead, events: mpsc::Sender<SessionEvent>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut decoder = FrameDecoder::default().with_data_fragments();
+    // Frames that may hold a datagram stay whole: a datagram is one frame.
+    let mut decoder = FrameDecoder::default().with_data_fragments(crate::stream::MAX_DATAGRAM as u32);
     let mut router = Router { shared: shared.clone(), events, last_peer_id: 0 };
     loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {

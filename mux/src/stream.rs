@@ -11,6 +11,10 @@ use crate::shared::{Inbound, Shared, StreamState};
 /// Largest DATA payload the sender puts in one frame.
 pub const MAX_DATA_FRAME: usize = 256 * 1024;
 
+/// The largest datagram a stream carries: one DATA frame each, never split
+/// by the receiver, which passes only larger frames on in fragments.
+pub const MAX_DATAGRAM: usize = 65_535;
+
 /// Why a stream operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -162,7 +166,7 @@ impl StreamWriter {
         if let Some(r) = &self.st.flags.lock().unwrap().reset {
             return Err(reset_error(&self.shared, r.clone()));
         }
-        if datagram.len() > MAX_DATA_FRAME {
+        if datagram.len() > MAX_DATAGRAM {
             return Ok(false);
         }
         let ordered = &self.shared.ordered;

@@ -32,8 +32,8 @@ pub enum DecodeError {
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     max_payload: u32,
-    /// Whether DATA payloads may be passed on in pieces.
-    fragments: bool,
+    /// DATA payloads longer than this may be passed on in pieces.
+    fragment_above: Option<u32>,
     /// The stream and the payload bytes still to come of a DATA frame
     /// being passed on in pieces.
     data_left: Option<(StreamId, u32)>,
@@ -48,16 +48,18 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects payloads longer than `max_payload` bytes.
     pub fn new(max_payload: u32) -> Self {
-        Self { max_payload, fragments: false, data_left: None }
+        Self { max_payload, fragment_above: None, data_left: None }
     }
 
-    /// Passes a DATA frame whose payload has only partly arrived on in
-    /// pieces, each a [`Frame::Data`] of the same stream, as its bytes
-    /// arrive. A stream's bytes are the same either way, but the receive
-    /// buffer then never has to grow (and copy) to hold a whole large frame:
-    /// every payload byte stays where it was read.
-    pub fn with_data_fragments(mut self) -> Self {
-        self.fragments = true;
+    /// Passes a DATA frame with a payload longer than `larger_than` bytes
+    /// that has only partly arrived on in pieces, each a [`Frame::Data`] of
+    /// the same stream, as its bytes arrive. A byte stream's bytes are the
+    /// same either way, but the receive buffer then never has to grow (and
+    /// copy) to hold a whole large frame: every payload byte stays where it
+    /// was read. Frames up to `larger_than` stay whole, for streams whose
+    /// frames are messages (datagrams).
+    pub fn with_data_fragments(mut self, larger_than: u32) -> Self {
+        self.fragment_above = Some(larger_than);
         self
     }
 
@@ -95,7 +97,7 @@ impl FrameDecoder {
         }
         let total = HEADER_LEN + len as usize;
         if buf.len() < total {
-            if self.fragments && kind == FrameType::Data && len > 0 {
+            if kind == FrameType::Data && self.fragment_above.is_some_and(|above| len > above) {
                 buf.advance(HEADER_LEN);
                 self.data_left = Some((stream, len));
                 return self.decode(buf);
@@ -216,7 +218,7 @@ mod tests {
             chunk in 1usize..3000,
         ) {
             let full = encode_all(&frames);
-            let mut dec = FrameDecoder::default().with_data_fragments();
+            let mut dec = FrameDecoder::default().with_data_fragments(0);
             let (mut buf, mut got) = (BytesMut::new(), Vec::new());
             for piece in full.chunks(chunk) {
                 buf.extend_from_slice(piece);
@@ -300,7 +302,7 @@ mod tests {
         let wire = encode_all(&[Frame::Data { stream: 3, payload }, Frame::Fin { stream: 3 }]);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         buf.extend_from_slice(&wire[..60_000]);
-        let mut dec = FrameDecoder::default().with_data_fragments();
+        let mut dec = FrameDecoder::default().with_data_fragments(65_535);
         let Some(Frame::Data { stream: 3, payload: first }) = dec.decode(&mut buf).unwrap() else { panic!() };
         assert_eq!(first.len(), 60_000 - HEADER_LEN);
         assert_eq!(buf.capacity(), 64 * 1024 - 60_000, "nothing was reserved");
@@ -309,6 +311,17 @@ mod tests {
         let Some(Frame::Data { stream: 3, payload: rest }) = dec.decode(&mut buf).unwrap() else { panic!() };
         assert_eq!(first.len() + rest.len(), 100_000);
         assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Fin { stream: 3 }));
+    }
+
+    #[test]
+    fn data_frames_up_to_the_limit_stay_whole() {
+        let payload = Bytes::from(vec![5u8; 65_535]);
+        let wire = encode_all(&[Frame::Data { stream: 3, payload: payload.clone() }]);
+        let mut dec = FrameDecoder::default().with_data_fragments(65_535);
+        let mut buf = BytesMut::from(&wire[..40_000]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), None, "a datagram-sized frame waits to be whole");
+        buf.extend_from_slice(&wire[40_000..]);
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Data { stream: 3, payload }));
     }
 
     #[test]

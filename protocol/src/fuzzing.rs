@@ -20,7 +20,7 @@ pub fn check_frame_stream(data: &[u8]) {
     let Some((&seed, data)) = data.split_first() else { return };
     let chunk = 1 + seed as usize * 7;
     decode_in_chunks(FrameDecoder::default(), data, chunk);
-    decode_in_chunks(FrameDecoder::default().with_data_fragments(), data, chunk);
+    decode_in_chunks(FrameDecoder::default().with_data_fragments(u32::from(seed)), data, chunk);
 }
 
 fn decode_in_chunks(mut dec: FrameDecoder, data: &[u8], chunk: usize) {

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use ferry_mux::IncomingOpen;
 use tokio::net::UdpSocket;
 
-/// Largest UDP payload (IPv6 jumbograms aside).
-const MAX_DATAGRAM: usize = 65_535;
+// Largest UDP payload (IPv6 jumbograms aside): one DATA frame each.
+use ferry_mux::stream::MAX_DATAGRAM;
 
 /// Relays one flow until the host ends it (idle expiry) or the session dies.
 pub async fn serve_flow(open: IncomingOpen, target: SocketAddr) {

@@ -23,8 +23,8 @@ use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 
 use crate::status::ConnStats;
 
-/// Largest UDP payload.
-const MAX_DATAGRAM: usize = 65_535;
+// Largest UDP payload (IPv6 jumbograms aside): one DATA frame each.
+use ferry_mux::stream::MAX_DATAGRAM;
 
 /// Datagrams a flow may have waiting while its stream opens or its credit is short.
 const FLOW_QUEUE: usize = 256;
