@@ -45,6 +45,18 @@ fn signal(pid: u32, sig: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed_by_the_agent() {
+    let bridge = Bridge::start();
+    let mut silent = tokio::net::UnixStream::connect(bridge.dir.path().join("agent.sock")).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(GUARD, silent.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the agent kept a silent connection open: {read:?}");
+    wait_for(GUARD, "the agent's note on the silent connection", || {
+        bridge.agent.log_text().contains("sent nothing within").then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_agent_is_detected_and_the_bridge_recovers_after_it_thaws() {
     let bridge = Bridge::start_multiplexed();
     let port = free_port();

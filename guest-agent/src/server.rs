@@ -1,6 +1,6 @@
 //! Accepting host connections on every configured transport.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use ferry_mux::{
     secret_file,
@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             }
@@ -61,14 +61,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a new connection may take to send its first bytes (a host
+/// sends them at once); a silent one is closed, so idle connections cannot
+/// pile up.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Tells sessions from data connections and serves each.
 async fn dispatch(pending: Pending, ports: Ports, cfg: SessionConfig, tokens: Tokens) {
     // A host only gets a data token where its data connections can arrive.
     let tokens = pending.carries_data_connections().then_some(tokens);
-    match pending.classify().await {
-        Ok(Incoming::Session(t)) => session::serve(t, ports, cfg, tokens).await,
-        Ok(Incoming::Data(conn)) => dedicated::serve(conn, tokens.unwrap_or_default()).await,
-        Err(e) => tracing::debug!("connection closed before its first bytes: {e}"),
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, pending.classify()).await {
+        Ok(Ok(Incoming::Session(t))) => session::serve(t, ports, cfg, tokens).await,
+        Ok(Ok(Incoming::Data(conn))) => dedicated::serve(conn, tokens.unwrap_or_default()).await,
+        Ok(Err(e)) => tracing::debug!("connection closed before its first bytes: {e}"),
+        Err(_) => tracing::warn!("closed a connection that sent nothing within {FIRST_BYTES_TIMEOUT:?}"),
     }
 }
 
