@@ -98,7 +98,8 @@ async fn no_growth_after_ten_thousand_connections(bridge: Bridge) {
     // Warm up allocator pools and runtime threads, then take the baseline.
     churn(&addr, 1000, 50).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds0: Vec<usize> = pids.iter().map(|p| fd_count(*p)).collect();
+    let fds_now = || -> Vec<usize> { pids.iter().map(|p| fd_count(*p)).collect() };
+    let fds0 = fds_now();
     let rss0: Vec<u64> = pids.iter().map(|p| rss_bytes(&[*p])).collect();
     churn(&addr, 10_000, 50).await;
     // Closed connections are released asynchronously; give them a moment.
@@ -107,12 +108,11 @@ async fn no_growth_after_ten_thousand_connections(bridge: Bridge) {
     // connection, which is what a leak would cost.
     let cache = 2 * ferry_mux::splice::SPARE_PIPES_MAX;
     let settled = try_wait_for(GUARD, || {
-        let now: Vec<usize> = pids.iter().map(|p| fd_count(*p)).collect();
+        let now = fds_now();
         now.iter().zip(&fds0).all(|(n, b)| *n <= b + 2 + cache).then_some(now)
     });
     let fds1 = settled.unwrap_or_else(|| {
-        let now: Vec<usize> = pids.iter().map(|p| fd_count(*p)).collect();
-        panic!("file descriptors of ferry and the agent did not return to the baseline: {fds0:?} -> {now:?}")
+        panic!("file descriptors of ferry and the agent did not return to the baseline: {fds0:?} -> {:?}", fds_now())
     });
     let rss1: Vec<u64> = pids.iter().map(|p| rss_bytes(&[*p])).collect();
     eprintln!("fds {fds0:?} -> {fds1:?}, RSS bytes {rss0:?} -> {rss1:?}");
