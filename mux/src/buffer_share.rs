@@ -79,7 +79,8 @@ impl BufferShare {
     }
 
     /// The send buffer this connection holds now, as the kernel reports it.
-    pub fn current(&self) -> Option<usize> {
+    #[cfg(test)]
+    fn current(&self) -> Option<usize> {
         crate::sockopt::send_buffer(self.fd)
     }
 }
