@@ -20,7 +20,7 @@ use ferry_tests::{free_port, require_root, Bridge};
 struct Plan {
     discovery: usize,
     cpu_window: Duration,
-    udp_rates: &'static [u64],
+    udp_rates: Vec<u64>,
     file_burst: usize,
     rounds: usize,
     dur: Duration,
@@ -34,7 +34,7 @@ fn main() {
         Plan {
             discovery: 10,
             cpu_window: Duration::from_secs(2),
-            udp_rates: &[10_000, 50_000],
+            udp_rates: vec![10_000, 50_000],
             file_burst: 1000,
             rounds: 1,
             dur: Duration::from_millis(700),
@@ -45,13 +45,20 @@ fn main() {
         Plan {
             discovery: 100,
             cpu_window: Duration::from_secs(5),
-            udp_rates: &[10_000, 50_000, 100_000],
+            udp_rates: vec![10_000, 50_000, 100_000],
             file_burst: 5000,
             rounds: 2,
             dur: Duration::from_secs(2),
             rr: 20_000,
             many: 1000,
         }
+    };
+    // FERRY_BENCH_UDP_RATES=100000,200000 offers these UDP rates instead.
+    let plan = match std::env::var("FERRY_BENCH_UDP_RATES") {
+        Ok(r) => {
+            Plan { udp_rates: r.split(',').map(|x| x.trim().parse().expect("FERRY_BENCH_UDP_RATES")).collect(), ..plan }
+        }
+        Err(_) => plan,
     };
     // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
     let only = std::env::var("FERRY_BENCH_ONLY").ok();
@@ -198,12 +205,20 @@ fn udp(bridge: &Bridge, plan: &Plan, report: &mut Report) {
     });
     let udp_target: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
     for size in [64usize, 1400] {
-        for rate in plan.udp_rates {
+        for rate in &plan.udp_rates {
             for (name, ns) in [("direct", Some(bridge.guest.name.clone())), ("ferry", None)] {
+                let pids = if ns.is_none() { vec![bridge.forwarder.pid(), bridge.agent.pid()] } else { vec![] };
+                let meter = CpuMeter::start(&pids);
                 let run = ferry_bench::udp::paced_echo(udp_target, ns, size, *rate, plan.dur);
+                let cpu = meter.stop();
                 let scenario = format!("UDP echo {size} B at {rate}/s offered");
                 report.record(&format!("{scenario}, delivered"), "datagrams/s", true, name, run.delivered_per_s);
                 report.record(&format!("{scenario}, loss"), "%", false, name, run.loss * 100.0);
+                let echoed = run.delivered_per_s * plan.dur.as_secs_f64();
+                if !pids.is_empty() && echoed > 0.0 {
+                    let per = cpu * 1e6 / echoed;
+                    report.record(&format!("{scenario}, CPU of the forwarder per echo"), "µs", false, name, per);
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod splice;
 pub mod stream;
 pub mod traffic;
 pub mod transport;
+pub mod udp_batch;
 pub mod udp_buffers;
 
 mod reader;

@@ -75,7 +75,23 @@ impl StreamReader {
     /// calling stops the peer's sending on this stream only.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, StreamError> {
         self.release();
-        match self.rx.recv().await {
+        let next = self.rx.recv().await;
+        self.take(next)
+    }
+
+    /// Like [`recv`](Self::recv), but only what has already arrived: `None`
+    /// when nothing is waiting. Lets a consumer drain a burst in one go.
+    pub fn try_recv(&mut self) -> Option<Result<Option<Bytes>, StreamError>> {
+        self.release();
+        match self.rx.try_recv() {
+            Ok(next) => Some(self.take(Some(next))),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(self.take(None)),
+        }
+    }
+
+    fn take(&mut self, next: Option<Inbound>) -> Result<Option<Bytes>, StreamError> {
+        match next {
             Some(Inbound::Data(b)) => {
                 self.unreleased = b.len();
                 Ok(Some(b))

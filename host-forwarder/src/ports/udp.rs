@@ -17,14 +17,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_mux::{Session, StreamError, StreamWriter};
+use ferry_mux::{udp_batch, Session, StreamError, StreamWriter};
 use ferry_protocol::Target;
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 
 use crate::status::ConnStats;
-
-// Largest UDP payload (IPv6 jumbograms aside): one DATA frame each.
-use ferry_mux::stream::MAX_DATAGRAM;
 
 /// Datagrams a flow may have waiting while its stream opens or its credit is short.
 const FLOW_QUEUE: usize = 256;
@@ -73,14 +70,15 @@ pub async fn relay(
     let socket = Arc::new(socket);
     let epoch = Instant::now();
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // Datagrams arrive in batches: what has queued up comes in one system call.
+    let mut received = Vec::with_capacity(udp_batch::BATCH);
     let mut sweep =
         tokio::time::interval((limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5)));
     loop {
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (n, client) = match r {
-                    Ok(x) => x,
+            r = socket.async_io(Interest::READABLE, || udp_batch::recv(&*socket, &mut received)) => {
+                match r {
+                    Ok(_) => {}
                     // An ICMP error for an earlier reply to some client.
                     Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
                     Err(e) => {
@@ -89,33 +87,34 @@ pub async fn relay(
                         continue;
                     }
                 };
-                if flows.get(&client).is_some_and(|f| f.task.is_finished()) {
-                    flows.remove(&client);
-                }
-                if !flows.contains_key(&client) {
-                    flows.retain(|_, f| !f.task.is_finished());
-                    if flows.len() >= limits.max_flows {
-                        stats.traffic.add_dropped();
-                        continue;
+                for (datagram, client) in received.drain(..) {
+                    if flows.get(&client).is_some_and(|f| f.task.is_finished()) {
+                        flows.remove(&client);
                     }
-                    let guest = *target.lock().unwrap();
-                    let flow = open_flow(&socket, &session, client, guest, &stats, epoch);
-                    flows.insert(client, flow);
-                    stats.total.fetch_add(1, Ordering::Relaxed);
-                }
-                let flow = &flows[&client];
-                flow.last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                let datagram = Bytes::copy_from_slice(&buf[..n]);
-                let mut writer = flow.writer.lock().unwrap();
-                match writer.as_mut() {
-                    Some(w) => {
-                        if send_up(w, datagram, &stats).is_err() {
-                            *writer = None; // the stream is gone; the flow task ends
-                        }
-                    }
-                    None => {
-                        if flow.queue.try_send(datagram).is_err() {
+                    if !flows.contains_key(&client) {
+                        flows.retain(|_, f| !f.task.is_finished());
+                        if flows.len() >= limits.max_flows {
                             stats.traffic.add_dropped();
+                            continue;
+                        }
+                        let guest = *target.lock().unwrap();
+                        let flow = open_flow(&socket, &session, client, guest, &stats, epoch);
+                        flows.insert(client, flow);
+                        stats.total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let flow = &flows[&client];
+                    flow.last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    let mut writer = flow.writer.lock().unwrap();
+                    match writer.as_mut() {
+                        Some(w) => {
+                            if send_up(w, datagram, &stats).is_err() {
+                                *writer = None; // the stream is gone; the flow task ends
+                            }
+                        }
+                        None => {
+                            if flow.queue.try_send(datagram).is_err() {
+                                stats.traffic.add_dropped();
+                            }
                         }
                     }
                 }
@@ -168,6 +167,7 @@ fn open_flow(
             }
         }
         *slot.lock().unwrap() = Some(to_guest);
+        let mut down: Vec<Bytes> = Vec::with_capacity(udp_batch::BATCH);
         loop {
             tokio::select! {
                 d = datagrams.recv() => {
@@ -181,11 +181,12 @@ fn open_flow(
                 r = from_guest.recv() => match r {
                     Ok(Some(d)) => {
                         last2.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        // A full socket buffer drops, as UDP does.
-                        if socket.try_send_to(&d, client).is_ok() {
-                            stats.traffic.add_down(d.len());
-                        } else {
-                            stats.traffic.add_dropped();
+                        down.push(d);
+                        let ended = udp_batch::take_ready(&mut from_guest, &mut down);
+                        send_down(&socket, &down, client, &stats);
+                        down.clear();
+                        if ended {
+                            return;
                         }
                     }
                     Ok(None) | Err(_) => return,
@@ -194,6 +195,29 @@ fn open_flow(
         }
     });
     Flow { writer, queue, last, task }
+}
+
+/// Sends replies to `client`, as many per system call as have queued up;
+/// what a full socket buffer refuses is dropped and counted, as UDP does.
+fn send_down(socket: &UdpSocket, datagrams: &[Bytes], client: SocketAddr, stats: &ConnStats) {
+    let mut sent = 0;
+    while sent < datagrams.len() {
+        match udp_batch::send(socket, &datagrams[sent..], Some(client)) {
+            Ok(n) => {
+                datagrams[sent..sent + n].iter().for_each(|d| stats.traffic.add_down(d.len()));
+                sent += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                (sent..datagrams.len()).for_each(|_| stats.traffic.add_dropped());
+                return;
+            }
+            // This datagram's error (the client is gone, say): drop it, go on.
+            Err(_) => {
+                stats.traffic.add_dropped();
+                sent += 1;
+            }
+        }
+    }
 }
 
 /// Sends one datagram up the flow's stream, or counts it dropped when the
