@@ -312,3 +312,42 @@ async fn streams_beyond_the_limit_are_refused_with_a_reason() {
     assert!(!agent.is_closed(), "refusing a stream does not end the session");
     drop(held);
 }
+
+#[tokio::test]
+async fn draining_with_try_recv_returns_credit_and_sees_the_end() {
+    let (host, _hev, _agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let stream = host.open(&echo_target()).await.unwrap();
+    let (mut rx, mut tx) = stream.into_split();
+    assert!(rx.try_recv().is_none(), "nothing has arrived yet");
+    // Four windows' worth: the echo stalls unless drained chunks return credit.
+    let data: Vec<u8> = (0..4 * ferry_protocol::flow::DEFAULT_WINDOW).map(|i| (i % 253) as u8).collect();
+    let sender = {
+        let data = Bytes::from(data.clone());
+        tokio::spawn(async move {
+            for chunk in data.chunks(1400) {
+                tx.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+            }
+            tx.finish().await.unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        // Wait for one chunk, then take whatever else has arrived without waiting.
+        while let Some(b) = rx.recv().await.unwrap() {
+            got.extend_from_slice(&b);
+            loop {
+                match rx.try_recv() {
+                    None => break,
+                    Some(Ok(Some(b))) => got.extend_from_slice(&b),
+                    Some(Ok(None)) => return,
+                    Some(Err(e)) => panic!("stream failed: {e}"),
+                }
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "stalled after {} of {} bytes", got.len(), data.len());
+    sender.await.unwrap();
+    assert_eq!(got, data);
+}
