@@ -106,7 +106,7 @@ async fn no_growth_after_ten_thousand_connections(bridge: Bridge) {
     // Each process may keep up to SPARE_PIPES_MAX empty pipes for reuse (two
     // descriptors each): a bounded cache, far below one descriptor per
     // connection, which is what a leak would cost.
-    let cache = 2 * ferry_mux::splice::SPARE_PIPES_MAX;
+    let cache = 2 * ferry_mux::relay::SPARE_PIPES_MAX;
     let settled = try_wait_for(GUARD, || {
         let now = fds_now();
         now.iter().zip(&fds0).all(|(n, b)| *n <= b + 2 + cache).then_some(now)

@@ -84,7 +84,7 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens) {
     if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
         return local.abort();
     }
-    if let Some(e) = local.splice(&conn, &Traffic::default(), false).await {
+    if let Some(e) = local.relay(&conn, &Traffic::default(), false).await {
         tracing::debug!("data connection to {target:?} ended: {e}");
     }
 }

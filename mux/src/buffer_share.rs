@@ -71,10 +71,11 @@ impl BufferShare {
         let want = share_of(LIVE.load(Ordering::Relaxed), floor);
         if want != self.applied.load(Ordering::Relaxed) {
             self.applied.store(want, Ordering::Relaxed);
-            // The kernel doubles what it is asked for (bookkeeping overhead)
-            // and reports the doubled size, so ask for half.
-            let ask = (want / 2).min(libc::c_int::MAX as usize) as libc::c_int;
-            crate::sockopt::request(self.fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, ask);
+            // Linux doubles what it is asked for (bookkeeping overhead) and
+            // reports the doubled size, so there ask for half.
+            let ask = if crate::sockopt::KERNEL_DOUBLES { want / 2 } else { want };
+            let ask = ask.min(libc::c_int::MAX as usize) as libc::c_int;
+            crate::sockopt::request(self.fd, crate::sockopt::Buffer::Send, ask);
         }
     }
 

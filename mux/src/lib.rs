@@ -8,18 +8,21 @@
 //! window, so a slow reader stalls only its own stream.
 //!
 //! [`pump`] copies between a socket and a stream, keeping half-close and
-//! resets; [`splice`] relays a socket and a dedicated data connection
-//! ([`RawConn`]) through a pipe, without copies to user space.
+//! resets; [`relay`] relays a socket and a dedicated data connection
+//! ([`RawConn`]): through a pipe with splice(2) on Linux, without copies to
+//! user space, or through a buffer elsewhere. [`platform`] says which
+//! OS-specific data paths a process uses.
 
 pub mod address;
 pub mod alloc;
 pub mod buffer_share;
 pub mod local;
 pub mod logging;
+pub mod platform;
 pub mod pump;
+pub mod relay;
 pub mod secret_file;
 pub mod session;
-pub mod splice;
 pub mod stream;
 pub mod traffic;
 pub mod transport;

@@ -1,6 +1,6 @@
 //! The local end of a forwarded connection: a TCP or a Unix stream socket,
 //! relayed either as a stream of the session ([`LocalConn::pump`]) or over a
-//! dedicated data connection ([`LocalConn::splice`]).
+//! dedicated data connection ([`LocalConn::relay`]).
 
 use tokio::net::{TcpStream, UnixStream};
 
@@ -43,13 +43,14 @@ impl LocalConn {
         }
     }
 
-    /// Relays with the data connection `conn` through splice(2) until both
-    /// directions end; on an abort (or, with `answer`, a refusal: see
-    /// [`RawConn::splice_with`]) the socket is aborted too.
-    pub async fn splice(self, conn: &RawConn, traffic: &Traffic, answer: bool) -> Option<String> {
+    /// Relays with the data connection `conn` (splice(2) on Linux: see
+    /// [`crate::relay`]) until both directions end; on an abort (or, with
+    /// `answer`, a refusal: see [`RawConn::relay_with`]) the socket is
+    /// aborted too.
+    pub async fn relay(self, conn: &RawConn, traffic: &Traffic, answer: bool) -> Option<String> {
         let result = match &self {
-            Self::Tcp(tcp) => conn.splice_with(tcp, traffic, answer).await,
-            Self::Unix(unix) => conn.splice_with(unix, traffic, answer).await,
+            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, answer).await,
+            Self::Unix(unix) => conn.relay_with(unix, traffic, answer).await,
         };
         let err = result.err()?;
         self.abort();

@@ -1,19 +1,56 @@
 //! Socket-buffer options, shared by the UDP relays ([`crate::udp_buffers`])
 //! and the dedicated data connections ([`crate::buffer_share`]).
+//!
+//! Linux has FORCE variants that a process with CAP_NET_ADMIN (the agent)
+//! may use past `net.core.rmem_max`/`wmem_max`; elsewhere, and in portable
+//! mode ([`crate::platform`]), only the plain options are tried. Linux also
+//! doubles the size it is given (it counts its bookkeeping) and reports the
+//! doubled size; other systems keep and report what they were given.
 
 use std::os::fd::RawFd;
 
-/// Asks for a buffer of `value` bytes: with the `force` option where the
-/// process may (CAP_NET_ADMIN, as the agent has), else with `plain` (capped
-/// by `net.core.rmem_max`/`wmem_max`). Best effort.
-pub(crate) fn request(fd: RawFd, force: libc::c_int, plain: libc::c_int, value: libc::c_int) {
-    if set(fd, force, value).is_err() {
-        let _ = set(fd, plain, value);
+/// Which of a socket's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buffer {
+    /// The receive buffer.
+    Receive,
+    /// The send buffer.
+    Send,
+}
+
+impl Buffer {
+    fn plain(self) -> libc::c_int {
+        match self {
+            Self::Receive => libc::SO_RCVBUF,
+            Self::Send => libc::SO_SNDBUF,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn force(self) -> libc::c_int {
+        match self {
+            Self::Receive => libc::SO_RCVBUFFORCE,
+            Self::Send => libc::SO_SNDBUFFORCE,
+        }
     }
 }
 
-/// The socket's send buffer as the kernel reports it (twice what was asked:
-/// the kernel counts its bookkeeping too).
+/// Whether the kernel doubles a buffer size it is given (and reports it so).
+pub(crate) const KERNEL_DOUBLES: bool = cfg!(target_os = "linux");
+
+/// Asks for `which` buffer of `value` bytes (the value handed to the
+/// kernel: see [`KERNEL_DOUBLES`]): with the FORCE option where the process
+/// may and the fast paths are on, else with the plain option (capped by the
+/// system's maximum). Best effort.
+pub(crate) fn request(fd: RawFd, which: Buffer, value: libc::c_int) {
+    #[cfg(target_os = "linux")]
+    if crate::platform::linux_fast_paths() && set(fd, which.force(), value).is_ok() {
+        return;
+    }
+    let _ = set(fd, which.plain(), value);
+}
+
+/// The socket's send buffer as the kernel reports it.
 pub(crate) fn send_buffer(fd: RawFd) -> Option<usize> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

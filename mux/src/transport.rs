@@ -15,6 +15,7 @@ use tokio::{
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
     process::{Child, Command},
 };
+#[cfg(target_os = "linux")]
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 
 use crate::Address;
@@ -55,6 +56,7 @@ impl Transport {
         Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
     }
 
+    #[cfg(target_os = "linux")]
     fn from_vsock(s: VsockStream, peer: String) -> Self {
         let (r, w) = s.into_split();
         Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
@@ -76,9 +78,12 @@ impl Transport {
         match addr {
             Address::Unix(path) => Ok(Self::from_unix(unix_buffers(UnixStream::connect(path).await?), peer)),
             Address::Tcp(a) => Ok(Self::from_tcp(TcpStream::connect(a.as_str()).await?, peer)),
+            #[cfg(target_os = "linux")]
             Address::Vsock { cid, port } => {
                 Ok(Self::from_vsock(VsockStream::connect(VsockAddr::new(*cid, *port)).await?, peer))
             }
+            #[cfg(not(target_os = "linux"))]
+            Address::Vsock { .. } => Err(no_vsock()),
             Address::HybridVsock { path, port } => {
                 let s = hybrid_vsock_connect(path, *port).await?;
                 Ok(Self::from_unix(unix_buffers(s), peer))
@@ -90,6 +95,18 @@ impl Transport {
             )),
         }
     }
+}
+
+/// The error for a `vsock:` address on a system without AF_VSOCK. A macOS
+/// host reaches a Lima guest over `exec:ssh` or `tcp:` (its VM's vsock
+/// device lives inside the VM's own process), or over `hvsock:` where the
+/// hypervisor exposes a Unix socket.
+#[cfg(not(target_os = "linux"))]
+fn no_vsock() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "vsock: needs AF_VSOCK, which only Linux has; from a macOS host use exec:ssh, tcp: or hvsock:",
+    )
 }
 
 /// Performs the hybrid-vsock handshake: `CONNECT <port>\n` answered by `OK <n>\n`.
@@ -134,8 +151,8 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
     Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child) })
 }
 
-/// A raw transport connection that can carry a dedicated data stream with
-/// splice(2): a Unix or TCP socket.
+/// A raw transport connection that can carry a dedicated data stream (see
+/// [`crate::relay`]): a Unix or TCP socket.
 pub enum RawConn {
     /// A Unix stream socket (also hybrid vsock after its handshake).
     Unix(UnixStream),
@@ -180,13 +197,13 @@ impl RawConn {
         }
     }
 
-    /// Relays between `local` and this connection with splice(2) until both
-    /// directions are finished, counting bytes in `traffic` (up: local -> this).
+    /// Relays between `local` and this connection until both directions are
+    /// finished, counting bytes in `traffic` (up: local -> this).
     /// A Unix connection's send buffer takes its share of the process's
     /// budget meanwhile ([`crate::buffer_share`]).
     /// With `answer`, the agent's answer to the hello is read first (see
-    /// [`crate::splice::splice_bidirectional`]).
-    pub async fn splice_with<S: crate::splice::SpliceSocket>(
+    /// [`crate::relay::relay_bidirectional`]).
+    pub async fn relay_with<S: crate::relay::RelaySocket>(
         &self,
         local: &S,
         traffic: &crate::Traffic,
@@ -195,10 +212,10 @@ impl RawConn {
         match self {
             Self::Unix(s) => {
                 let share = crate::buffer_share::BufferShare::join(std::os::fd::AsRawFd::as_raw_fd(s));
-                crate::splice::splice_bidirectional(local, s, traffic, answer, Some(&share)).await
+                crate::relay::relay_bidirectional(local, s, traffic, answer, Some(&share)).await
             }
             // TCP sizes its buffers itself (autotuning), which a fixed size would end.
-            Self::Tcp(s) => crate::splice::splice_bidirectional(local, s, traffic, answer, None).await,
+            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, answer, None).await,
         }
     }
 }
@@ -218,6 +235,7 @@ pub enum TransportListener {
     /// TCP.
     Tcp(TcpListener),
     /// AF_VSOCK.
+    #[cfg(target_os = "linux")]
     Vsock(VsockListener),
 }
 
@@ -237,7 +255,10 @@ impl TransportListener {
                 std.set_nonblocking(true)?;
                 Ok(Self::Tcp(TcpListener::from_std(std)?))
             }
+            #[cfg(target_os = "linux")]
             Address::Vsock { cid, port } => Ok(Self::Vsock(VsockListener::bind(VsockAddr::new(*cid, *port))?)),
+            #[cfg(not(target_os = "linux"))]
+            Address::Vsock { .. } => Err(no_vsock()),
             other => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot listen on {other}: use vsock:, unix: or tcp:"),
@@ -256,6 +277,7 @@ impl TransportListener {
                 let (s, a) = l.accept().await?;
                 Ok(Pending::Tcp(s, format!("tcp:{a}")))
             }
+            #[cfg(target_os = "linux")]
             Self::Vsock(l) => {
                 let (s, a) = l.accept().await?;
                 Ok(Pending::Vsock(s, format!("vsock:{}:{}", a.cid(), a.port())))
@@ -271,6 +293,7 @@ pub enum Pending {
     /// From a TCP listener.
     Tcp(TcpStream, String),
     /// From a vsock listener (always a session).
+    #[cfg(target_os = "linux")]
     Vsock(VsockStream, String),
 }
 
@@ -279,7 +302,11 @@ impl Pending {
     /// vsock listener takes sessions only, as tokio-vsock offers no
     /// readiness for splice).
     pub fn carries_data_connections(&self) -> bool {
-        !matches!(self, Pending::Vsock(..))
+        #[cfg(target_os = "linux")]
+        if matches!(self, Pending::Vsock(..)) {
+            return false;
+        }
+        true
     }
 
     /// Reads the first 6 bytes to tell a session (`FERRY\0`) from a data
@@ -288,6 +315,7 @@ impl Pending {
     pub async fn classify(self) -> io::Result<Incoming> {
         let mut magic = [0u8; 6];
         match self {
+            #[cfg(target_os = "linux")]
             Pending::Vsock(s, peer) => Ok(Incoming::Session(Transport::from_vsock(s, peer))),
             Pending::Unix(mut s, peer) => {
                 s.read_exact(&mut magic).await?;

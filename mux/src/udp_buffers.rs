@@ -4,8 +4,9 @@
 //! is briefly descheduled, a burst of datagrams must wait in its socket's
 //! receive buffer. The kernel's default (about 208 KiB: ninety 1400-byte
 //! datagrams) overflows under bursts a direct path survives, so relays ask
-//! for [`UDP_BUFFER`] each way: forced where the process may (root, as the
-//! agent is), else as much as `net.core.rmem_max`/`wmem_max` allow.
+//! for [`UDP_BUFFER`] each way: on Linux forced where the process may (root,
+//! as the agent is), else as much as the system's maximum allows
+//! (`net.core.rmem_max`/`wmem_max`; `kern.ipc.maxsockbuf` on macOS).
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -15,8 +16,8 @@ pub const UDP_BUFFER: libc::c_int = 4 << 20;
 /// Enlarges `socket`'s receive and send buffers; best effort.
 pub fn enlarge(socket: &impl AsFd) {
     let fd = socket.as_fd().as_raw_fd();
-    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-        crate::sockopt::request(fd, force, plain, UDP_BUFFER);
+    for which in [crate::sockopt::Buffer::Receive, crate::sockopt::Buffer::Send] {
+        crate::sockopt::request(fd, which, UDP_BUFFER);
     }
 }
 

@@ -38,7 +38,7 @@ impl DataPath {
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        if let Some(e) = local.splice(&conn, traffic, true).await {
+        if let Some(e) = local.relay(&conn, traffic, true).await {
             tracing::debug!("connection to guest {target:?} ended: {e}");
         }
         Ok(())
