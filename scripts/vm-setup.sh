@@ -10,17 +10,15 @@ mkdir -p "$CACHE"
 
 # 1. QEMU from bookworm-backports: this image's qemu-utils comes from there,
 #    and bookworm's own qemu-system-x86 would replace it.
+. scripts/lib/apt.sh
 if ! command -v qemu-system-x86_64 >/dev/null || ! dpkg -s busybox-static cpio >/dev/null 2>&1; then
     if [ "$(id -u)" -ne 0 ]; then echo "vm-setup: run as root to install qemu" >&2; exit 1; fi
     . /etc/os-release
-    if [ "${VERSION_CODENAME:-}" = bookworm ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/ferry-backports.list
-    fi
-    apt-get update -qq
+    ensure_backports
     target=()
     [ "${VERSION_CODENAME:-}" = bookworm ] && target=(-t bookworm-backports)
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${target[@]}" qemu-system-x86
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox-static cpio xz-utils
+    apt_install "${target[@]}" qemu-system-x86
+    apt_install busybox-static cpio xz-utils
 fi
 
 # 2. The guest kernel: Debian's stock one, booted as the uncompressed vmlinux

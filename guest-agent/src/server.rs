@@ -38,7 +38,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        tracing::info!("listening on {addr}");
+        tracing::info!("listening on {addr}; data paths: {}", ferry_mux::platform::data_paths());
         let (ports, cfg, tokens) = (ports.clone(), cfg.clone(), tokens.clone());
         tasks.spawn(async move {
             loop {

@@ -101,6 +101,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
+    /// Write this process's pid to PATH (mode 0600) and hold the file
+    /// locked while it runs, so that `limactl ferry status` and `stop` know it
+    /// runs without /proc. Fails if another live process holds it.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
     /// A UDP flow (one host client address) with no datagram either way for
     /// this long ends, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
@@ -146,6 +152,12 @@ pub struct RunArgs {
     /// transport could dial a dedicated (spliced) connection per client.
     #[arg(long)]
     pub no_dedicated: bool,
+
+    /// Publish loopback ports on the wildcard address and refuse every peer
+    /// that is not local (the path macOS takes for privileged ports);
+    /// for testing that path on Linux.
+    #[arg(long, hide = true)]
+    pub pseudoloopback: bool,
 
     /// DEVELOPMENT ONLY: connect without authentication (the agent must be
     /// started with --insecure-no-auth as well).

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod files;
 mod lima;
+mod pid_file;
 mod ports;
 mod reverse;
 mod routes;

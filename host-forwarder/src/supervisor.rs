@@ -36,6 +36,11 @@ const RETRY_TICK: Duration = Duration::from_millis(250);
 
 /// Runs until interrupted.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let _pid_file = match &args.pid_file {
+        Some(path) => Some(crate::pid_file::PidFile::hold(path).map_err(|e| anyhow::anyhow!("pid file: {e}"))?),
+        None => None,
+    };
+    tracing::info!("data paths: {}", ferry_mux::platform::data_paths());
     let config = config::load(args.rules.as_deref(), args.ssh_local_port, &args.reverse)?;
     if let Some(file) = &args.rules {
         tracing::info!(
@@ -56,8 +61,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _control = ControlSocket { path: control, task: tokio::spawn(status::server::serve(listener, board.clone())) };
     let udp =
         UdpLimits { idle_timeout: Duration::from_secs(args.udp_idle_timeout), max_flows: args.udp_max_flows as usize };
-    let ports =
-        ForwarderOptions { rules, max_retry: args.retry_busy(), board, events: EventSink::new(args.events), udp };
+    let ports = ForwarderOptions {
+        rules,
+        max_retry: args.retry_busy(),
+        board,
+        events: EventSink::new(args.events),
+        udp,
+        pseudoloopback: args.pseudoloopback,
+    };
     let mut files = FileOptions { mounts: args.watch.clone(), excludes: Vec::new() };
     if !args.no_file_events {
         files.mounts.extend(config.mounts);

@@ -3,6 +3,7 @@
 //! replays them as real inotify events in the guest.
 
 pub mod coalesce;
+pub mod echo_filter;
 pub mod watcher;
 
 use std::{
@@ -189,6 +190,7 @@ async fn run(
     sent: Arc<ConnStats>,
 ) {
     let mut co = coalesce::Coalescer::new(mounts.clone());
+    let mut echoes = echo_filter::EchoFilter::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let flush = async {
@@ -208,7 +210,7 @@ async fn run(
                         }
                         for (path, kind) in watcher::translate(&ev) {
                             let Some(m) = mounts.iter().find(|m| path.starts_with(&m.host)) else { continue };
-                            if watcher::excluded(&path, &m.host, &excludes) {
+                            if watcher::excluded(&path, &m.host, &excludes) || !echoes.admit(&path, kind) {
                                 continue;
                             }
                             if kind == FileEventKind::Created && path.is_dir() {

@@ -140,27 +140,29 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         .arg("--control-socket")
         .arg(&control)
         .arg("--secret-file")
-        .arg(&secret);
+        .arg(&secret)
+        .arg("--pid-file")
+        .arg(dir.join(PID_FILE));
     if inst.ssh_local_port != 0 {
         cmd.args(["--ssh-local-port", &inst.ssh_local_port.to_string()]);
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     // Its own session: the forwarder outlives this command and its terminal.
+    // SAFETY: setsid(2) is async-signal-safe, as a pre_exec hook must be.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
             Ok(())
         });
     }
-    let child = cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()?;
     let pid = child.id();
-    std::fs::write(dir.join("ferry.pid"), format!("{pid}\n"))?;
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     loop {
         if client::query(&control).is_ok_and(|r| r.connected) {
             break;
         }
-        if running_pid(&dir).is_none() || Instant::now() > deadline {
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
             let _ = stop_process(&dir);
@@ -228,30 +230,36 @@ fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str) -> 
     }
 }
 
-/// The pid in the pid file, if that process is a running `ferry run`.
+/// The name of the pid file `ferry run` holds in the instance's state dir.
+const PID_FILE: &str = "ferry.pid";
+
+/// The pid of the instance's running `ferry run`, from the pid file it
+/// holds locked (see [`crate::pid_file`]; no /proc needed).
 fn running_pid(dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(dir.join("ferry.pid")).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_ferry = args.first().is_some_and(|a| a.ends_with(b"ferry") || a.ends_with(b"limactl-ferry"));
-    (is_ferry && args.get(1) == Some(&&b"run"[..])).then_some(pid)
+    crate::pid_file::running(&dir.join(PID_FILE))
 }
 
 /// Stops the forwarder of `dir` (SIGTERM, then SIGKILL after 10 s).
 fn stop_process(dir: &Path) -> bool {
     let Some(pid) = running_pid(dir) else {
-        let _ = std::fs::remove_file(dir.join("ferry.pid"));
+        let _ = std::fs::remove_file(dir.join(PID_FILE));
         return false;
     };
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) of the pid that holds the pid file's lock.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while running_pid(dir).is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     if running_pid(dir).is_some() {
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // SAFETY: as above; it still holds the lock, so it is still that process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        while running_pid(dir).is_some() && Instant::now() < deadline + Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    let _ = std::fs::remove_file(dir.join("ferry.pid"));
+    let _ = std::fs::remove_file(dir.join(PID_FILE));
     true
 }
 

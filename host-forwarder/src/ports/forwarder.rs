@@ -52,6 +52,9 @@ pub struct ForwarderOptions {
     pub board: StatusBoard,
     /// Where forwarding changes are printed.
     pub events: EventSink,
+    /// Publish loopback ports on the wildcard address, refusing peers that
+    /// are not local, as macOS needs for privileged ports (see `bind_tcp`).
+    pub pseudoloopback: bool,
     /// Bounds of UDP flows.
     pub udp: UdpLimits,
 }
@@ -151,7 +154,7 @@ impl PortForwarder {
         let target = Arc::new(Mutex::new(binding.guest));
         let stats = Arc::new(ConnStats::default());
         let started = match proto {
-            Proto::Tcp => bind_tcp(host).map(|(l, loopback_only)| {
+            Proto::Tcp => bind_tcp(host, self.opts.pseudoloopback).map(|(l, loopback_only)| {
                 tokio::spawn(accept_loop(l, self.routes.clone(), target.clone(), stats.clone(), loopback_only))
             }),
             Proto::Udp => bind_udp(host).map(|socket| {
@@ -272,20 +275,30 @@ fn describe_bind_error(e: &io::Error, host: SocketAddr) -> (&'static str, String
 /// Binds a host listener; SO_REUSEADDR lets a port be re-bound at once
 /// after its guest server restarts, despite old connections in TIME_WAIT.
 /// Returns whether the listener must refuse non-loopback peers.
-fn bind_tcp(addr: SocketAddr) -> io::Result<(TcpListener, bool)> {
+///
+/// A loopback port takes the pseudoloopback path (the wildcard address,
+/// refusing peers that are not local) where macOS forbids binding it on
+/// loopback (a privileged port: Mojave and later allow those only on the
+/// wildcard address), or always with `pseudoloopback` (`ferry run
+/// --pseudoloopback`, which tests the path on Linux).
+fn bind_tcp(addr: SocketAddr, pseudoloopback: bool) -> io::Result<(TcpListener, bool)> {
+    let wildcard = |addr: SocketAddr| {
+        let any: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        SocketAddr::new(any, addr.port())
+    };
+    if pseudoloopback && addr.ip().is_loopback() {
+        return Ok((listen_tcp(wildcard(addr))?, true));
+    }
     match listen_tcp(addr) {
         Ok(l) => Ok((l, false)),
-        #[cfg(target_os = "macos")]
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && addr.ip().is_loopback() => {
-            // macOS lets anyone bind privileged ports on the wildcard address
-            // but not on 127.0.0.1 (Lima's "pseudoloopback"): listen there and
-            // refuse every peer that is not local.
-            let any: std::net::IpAddr = if addr.is_ipv4() {
-                std::net::Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                std::net::Ipv6Addr::UNSPECIFIED.into()
-            };
-            Ok((listen_tcp(SocketAddr::new(any, addr.port()))?, true))
+        Err(e)
+            if cfg!(target_os = "macos") && e.kind() == io::ErrorKind::PermissionDenied && addr.ip().is_loopback() =>
+        {
+            Ok((listen_tcp(wildcard(addr))?, true))
         }
         Err(e) => Err(e),
     }
@@ -305,6 +318,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    if !ferry_mux::platform::linux_fast_paths() {
+        refuse_if_served(addr)?;
+    }
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if addr.is_ipv6() {
@@ -314,6 +330,33 @@ fn listen_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(1024)
 }
+
+/// Fails with `AddrInUse` if another program serves `addr`'s port there
+/// (for a wildcard address: on the loopback address of its family).
+///
+/// With BSD semantics of SO_REUSEADDR (macOS), a bind to 127.0.0.1:P can
+/// succeed beside another program's *:P, and the two would then share the
+/// port silently; Linux refuses such a bind. So where the portable paths run
+/// (macOS, and Linux in portable mode, which tests this), a port that
+/// accepts a connection counts as taken: it is reported and retried as on
+/// Linux. The probe connects over loopback and closes at once.
+fn refuse_if_served(addr: SocketAddr) -> io::Result<()> {
+    let probe = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        ip if ip.is_unspecified() => SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    };
+    match std::net::TcpStream::connect_timeout(&probe, PROBE_TIMEOUT) {
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, format!("{probe} is served by another program"))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// How long the "is this port served?" probe waits: a loopback connect is
+/// answered at once, accepted or refused.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl Drop for PortForwarder {
     fn drop(&mut self) {
