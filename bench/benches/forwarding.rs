@@ -15,7 +15,7 @@ use ferry_bench::{
     report::Report,
     servers::GuestServers,
 };
-use ferry_tests::{free_port, require_root, Bridge};
+use ferry_tests::{free_port, require_root, Bridge, Guest};
 
 struct Plan {
     discovery: usize,
@@ -70,8 +70,13 @@ fn main() {
     // every stream multiplexed over the session (the mode of exec: transports).
     let bridge = Bridge::start_with(&[], &[]);
     let bridge_mux = Bridge::start_with(&[], &["--no-dedicated"]);
+    // A third: both sides on the portable data paths a macOS host runs
+    // (copy relay instead of splice, one datagram per call).
+    let bridge_portable = Bridge::start_env(Guest::new(), &[("FERRY_PORTABLE", "1")], &[], &[], &[]);
     let servers = Arc::new(GuestServers::start(&bridge.guest.name, [free_port(), free_port(), free_port()]));
     let servers_mux = Arc::new(GuestServers::start(&bridge_mux.guest.name, [free_port(), free_port(), free_port()]));
+    let servers_portable =
+        Arc::new(GuestServers::start(&bridge_portable.guest.name, [free_port(), free_port(), free_port()]));
     let work = tempfile::tempdir().expect("tempdir");
     let mut report = Report::default();
 
@@ -79,6 +84,7 @@ fn main() {
         paths::direct(&bridge.guest, &servers),
         paths::ferry("ferry", &bridge, &servers),
         paths::ferry("ferry (mux)", &bridge_mux, &servers_mux),
+        paths::ferry("ferry (portable)", &bridge_portable, &servers_portable),
     ];
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),

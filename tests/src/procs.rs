@@ -137,6 +137,8 @@ pub struct Bridge {
     /// Holds the agent socket and the logs.
     pub dir: tempfile::TempDir,
     agent_args: Vec<String>,
+    /// Environment both processes get (e.g. `FERRY_PORTABLE=1`).
+    env: Vec<(String, String)>,
 }
 
 impl Bridge {
@@ -164,11 +166,23 @@ impl Bridge {
     /// Starts agent and forwarder in an existing guest; `forwarder_wrapper`
     /// (e.g. `prlimit --nofile=256:256`) runs the forwarder, exec'ing it.
     pub fn start_in(guest: Guest, agent_args: &[&str], forwarder_args: &[&str], forwarder_wrapper: &[&str]) -> Self {
+        Self::start_env(guest, &[], agent_args, forwarder_args, forwarder_wrapper)
+    }
+
+    /// Like [`Bridge::start_in`], with `env` set for both processes.
+    pub fn start_env(
+        guest: Guest,
+        env: &[(&str, &str)],
+        agent_args: &[&str],
+        forwarder_args: &[&str],
+        forwarder_wrapper: &[&str],
+    ) -> Self {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = make_secret(dir.path());
         let mut agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
         agent_args.extend(["--secret-file".to_string(), secret.display().to_string()]);
-        let agent = Self::spawn_agent(&guest, &dir, &agent_args);
+        let agent = Self::spawn_agent(&guest, &dir, &agent_args, &env);
         let sock = dir.path().join("agent.sock");
         wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
         let ferry = bin_dir().join("ferry");
@@ -182,16 +196,16 @@ impl Bridge {
         };
         fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]);
         fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
-        fwd.env("FERRY_STATE_DIR", dir.path().join("state"));
+        fwd.env("FERRY_STATE_DIR", dir.path().join("state")).envs(env.iter().cloned());
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
-        let bridge = Self { forwarder, agent, guest, dir, agent_args };
+        let bridge = Self { forwarder, agent, guest, dir, agent_args, env };
         bridge.wait_log(1, "connected to agent");
         bridge
     }
 
-    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir, args: &[String]) -> Proc {
+    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir, args: &[String], env: &[(String, String)]) -> Proc {
         let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
-        cmd.env("FERRY_STATE_DIR", dir.path().join("agent-state"));
+        cmd.env("FERRY_STATE_DIR", dir.path().join("agent-state")).envs(env.iter().cloned());
         cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display())]).args(args);
         Proc::spawn(cmd, dir.path().join("agent.log"))
     }
@@ -199,7 +213,7 @@ impl Bridge {
     /// Kills the agent (SIGKILL) and starts a new one on the same socket.
     pub fn restart_agent(&mut self) {
         self.agent.kill();
-        self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.agent_args);
+        self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.agent_args, &self.env);
     }
 
     /// The forwarder's control socket.
