@@ -10,6 +10,9 @@ if [ "$(id -u)" != 0 ]; then exec sudo -E env "PATH=$PATH" "$0" "$@"; fi
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 cargo build --release --workspace --bins
+# The release (ferry, the Lima plugin link, static agents for x86_64 and
+# aarch64 guests) that tests/release.rs checks.
+scripts/dist.sh
 # The real-VM suite's QEMU, guest kernel and static binaries (cached outside
 # the repository). A machine that cannot prepare them fails here.
 scripts/vm-setup.sh

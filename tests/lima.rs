@@ -48,6 +48,12 @@ impl Lima {
         std::fs::create_dir_all(&shims).unwrap();
         write_exec(&bin.join("limactl"), FAKE_LIMACTL);
         write_exec(&shims.join("sudo"), "#!/bin/sh\nexec \"$@\"\n");
+        // The guest's architecture as `uname -m` reports it: the real one
+        // unless a test names another.
+        write_exec(
+            &shims.join("uname"),
+            "#!/bin/sh\nif [ \"$1\" = -m ] && [ -n \"$FAKE_LIMA_ARCH\" ]; then echo \"$FAKE_LIMA_ARCH\"; else exec /bin/uname \"$@\"; fi\n",
+        );
         std::os::unix::fs::symlink(bin_dir().join("ferry"), bin.join("limactl-ferry")).unwrap();
         let list = serde_json::json!({
             "name": "dev", "status": "Running", "dir": inst, "vmType": "qemu", "arch": "x86_64",
@@ -179,4 +185,30 @@ fn start_refuses_a_stopped_instance_and_an_unknown_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("limactl start dev"));
     let out = lima.plugin(&["status", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no Lima instance named \"nope\""));
+}
+
+#[test]
+fn start_on_a_guest_architecture_with_no_agent_says_what_is_missing() {
+    // Only this machine's x86_64 ferry-agent sits next to ferry; the guest says aarch64.
+    let lima = Lima::new("vmType: vz\n");
+    let g = lima.guest_dir();
+    let bin = lima.dir.path().join("bin");
+    let holder = lima.guest.holder_pid().unwrap();
+    let out = Command::new(bin.join("limactl-ferry"))
+        .args(["start", "dev", "--guest-bin", g.join("bin").to_str().unwrap(), "--guest-etc"])
+        .arg(g.join("etc"))
+        .env("LIMACTL", bin.join("limactl"))
+        .env("FAKE_LIMA_LIST", lima.dir.path().join("list.json"))
+        .env("FAKE_LIMA_HOLDER", holder.to_string())
+        .env("FAKE_LIMA_SHIMS", lima.dir.path().join("shims"))
+        .env("FAKE_LIMA_ARCH", "aarch64")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start must fail: {err}");
+    assert!(err.contains("no ferry-agent for this Linux aarch64 guest"), "{err}");
+    assert!(err.contains("ferry-agent (not a Linux aarch64 ELF)"), "{err}");
+    assert!(err.contains("aarch64-unknown-linux-musl"), "says how to get one: {err}");
+    let installed = lima.guest.command("test").arg("-e").arg(g.join("bin/ferry-agent")).status().unwrap();
+    assert!(!installed.success(), "nothing may be installed in the guest");
 }

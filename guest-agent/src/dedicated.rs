@@ -81,6 +81,7 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens) {
             return;
         }
     };
+    tracing::debug!("data connection to {target:?}");
     if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
         return local.abort();
     }

@@ -68,11 +68,10 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tells sessions from data connections and serves each.
 async fn dispatch(pending: Pending, ports: Ports, cfg: SessionConfig, tokens: Tokens) {
-    // A host only gets a data token where its data connections can arrive.
-    let tokens = pending.carries_data_connections().then_some(tokens);
+    // Every listener (Unix, TCP, vsock) takes data connections as well.
     match tokio::time::timeout(FIRST_BYTES_TIMEOUT, pending.classify()).await {
-        Ok(Ok(Incoming::Session(t))) => session::serve(t, ports, cfg, tokens).await,
-        Ok(Ok(Incoming::Data(conn))) => dedicated::serve(conn, tokens.unwrap_or_default()).await,
+        Ok(Ok(Incoming::Session(t))) => session::serve(t, ports, cfg, Some(tokens)).await,
+        Ok(Ok(Incoming::Data(conn))) => dedicated::serve(conn, tokens).await,
         Ok(Err(e)) => tracing::debug!("connection closed before its first bytes: {e}"),
         Err(_) => tracing::warn!("closed a connection that sent nothing within {FIRST_BYTES_TIMEOUT:?}"),
     }

@@ -153,6 +153,15 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_dedicated: bool,
 
+    /// Give each connection a data connection of its own over an `hvsock:`
+    /// transport too (one CONNECT each). Only for a hybrid-vsock backend that
+    /// carries a half-close as a half-close: vhost-device-vsock 0.3 ends the
+    /// whole connection instead, so by default hvsock connections are
+    /// multiplexed over the session. `vsock:`, `unix:` and `tcp:` always
+    /// get data connections.
+    #[arg(long)]
+    pub hvsock_data_connections: bool,
+
     /// Publish loopback ports on the wildcard address and refuse every peer
     /// that is not local (the path macOS takes for privileged ports);
     /// for testing that path on Linux.

@@ -165,9 +165,12 @@ async fn serve(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(SessionEvent::Control(ControlMessage::DataToken(token))) => {
-                    match DataPath::new(&args.agent, token).filter(|_| !args.no_dedicated) {
+                    match DataPath::new(&args.agent, token, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
                         Some(data) => {
-                            tracing::info!("connections get dedicated data connections (spliced)");
+                            tracing::info!(
+                                "connections get dedicated data connections (relayed by {:?})",
+                                ferry_mux::relay::RelayKind::current()
+                            );
                             routes.set_data_path(data);
                             board.set_session(true, "dedicated");
                         }

@@ -28,6 +28,8 @@ pub mod traffic;
 pub mod transport;
 pub mod udp_batch;
 pub mod udp_buffers;
+#[cfg(target_os = "linux")]
+pub mod vsock;
 
 mod reader;
 mod shared;

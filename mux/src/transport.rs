@@ -18,6 +18,9 @@ use tokio::{
 #[cfg(target_os = "linux")]
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 
+#[cfg(target_os = "linux")]
+use crate::vsock::VsockConn;
+
 use crate::Address;
 
 /// The read half of a transport.
@@ -152,17 +155,21 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
 }
 
 /// A raw transport connection that can carry a dedicated data stream (see
-/// [`crate::relay`]): a Unix or TCP socket.
+/// [`crate::relay`]): a Unix, TCP or AF_VSOCK socket.
 pub enum RawConn {
     /// A Unix stream socket (also hybrid vsock after its handshake).
     Unix(UnixStream),
     /// A TCP socket.
     Tcp(TcpStream),
+    /// An AF_VSOCK socket (Linux).
+    #[cfg(target_os = "linux")]
+    Vsock(VsockConn),
 }
 
 impl RawConn {
     /// Dials a new connection for a dedicated data stream; `Unsupported` for
-    /// transports that cannot be dialled again (vsock from this side, exec:, stdio).
+    /// transports that cannot be dialled again (exec:, stdio) and for vsock
+    /// where the OS has none.
     pub async fn dial(addr: &Address) -> io::Result<Self> {
         match addr {
             Address::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
@@ -172,13 +179,31 @@ impl RawConn {
                 s.set_nodelay(true)?;
                 Ok(Self::Tcp(s))
             }
+            #[cfg(target_os = "linux")]
+            Address::Vsock { cid, port } => Ok(Self::Vsock(VsockConn::connect(*cid, *port).await?)),
             other => Err(io::Error::new(io::ErrorKind::Unsupported, format!("{other} carries no data connections"))),
         }
     }
 
     /// Whether [`RawConn::dial`] works for `addr`.
     pub fn dialable(addr: &Address) -> bool {
-        matches!(addr, Address::Unix(_) | Address::HybridVsock { .. } | Address::Tcp(_))
+        match addr {
+            Address::Unix(_) | Address::HybridVsock { .. } | Address::Tcp(_) => true,
+            Address::Vsock { .. } => cfg!(target_os = "linux"),
+            Address::Exec(_) | Address::Stdio => false,
+        }
+    }
+
+    /// Whether a data connection over `addr` carries a half-close as a
+    /// half-close. Kernel transports do (Unix, TCP, AF_VSOCK: virtio-vsock
+    /// has SHUTDOWN with separate send and receive flags). Hybrid vsock is a
+    /// user-space backend's Unix socket, and the one checked here
+    /// (vhost-device-vsock 0.3) ends the whole guest connection when the
+    /// host half-closes: a response after a half-closed upload would be
+    /// lost, so such a transport keeps connections on the session unless
+    /// the user vouches for the backend.
+    pub fn keeps_half_close(addr: &Address) -> bool {
+        !matches!(addr, Address::HybridVsock { .. })
     }
 
     /// Reads exactly `buf.len()` bytes.
@@ -186,6 +211,8 @@ impl RawConn {
         match self {
             Self::Unix(s) => s.read_exact(buf).await.map(|_| ()),
             Self::Tcp(s) => s.read_exact(buf).await.map(|_| ()),
+            #[cfg(target_os = "linux")]
+            Self::Vsock(s) => crate::relay::read_exact(s, buf).await,
         }
     }
 
@@ -194,6 +221,8 @@ impl RawConn {
         match self {
             Self::Unix(s) => s.write_all(buf).await,
             Self::Tcp(s) => s.write_all(buf).await,
+            #[cfg(target_os = "linux")]
+            Self::Vsock(s) => crate::relay::write_all(s, buf).await,
         }
     }
 
@@ -216,6 +245,14 @@ impl RawConn {
             }
             // TCP sizes its buffers itself (autotuning), which a fixed size would end.
             Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, answer, None).await,
+            // Sized once at connect ([`crate::vsock::VSOCK_BUFFER`]). AF_VSOCK
+            // has no splice support of its own; the kernel's generic path
+            // stalled the agent in a 6.1 guest, so vsock takes the copy relay.
+            #[cfg(target_os = "linux")]
+            Self::Vsock(s) => {
+                let kind = crate::relay::RelayKind::Copy;
+                crate::relay::relay_bidirectional_as(kind, local, s, traffic, answer, None).await
+            }
         }
     }
 }
@@ -292,23 +329,12 @@ pub enum Pending {
     Unix(UnixStream, String),
     /// From a TCP listener.
     Tcp(TcpStream, String),
-    /// From a vsock listener (always a session).
+    /// From a vsock listener.
     #[cfg(target_os = "linux")]
     Vsock(VsockStream, String),
 }
 
 impl Pending {
-    /// Whether data connections can arrive the same way (Unix and TCP; a
-    /// vsock listener takes sessions only, as tokio-vsock offers no
-    /// readiness for splice).
-    pub fn carries_data_connections(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        if matches!(self, Pending::Vsock(..)) {
-            return false;
-        }
-        true
-    }
-
     /// Reads the first 6 bytes to tell a session (`FERRY\0`) from a data
     /// connection (`FERRYD`); a session gets those bytes back in front of
     /// its reader. Call this off the accept loop: it waits for the peer.
@@ -316,7 +342,16 @@ impl Pending {
         let mut magic = [0u8; 6];
         match self {
             #[cfg(target_os = "linux")]
-            Pending::Vsock(s, peer) => Ok(Incoming::Session(Transport::from_vsock(s, peer))),
+            Pending::Vsock(s, peer) => {
+                let conn = VsockConn::from_stream(s)?;
+                crate::relay::read_exact(&conn, &mut magic).await?;
+                if magic == ferry_protocol::data_conn::DATA_MAGIC {
+                    return Ok(Incoming::Data(RawConn::Vsock(conn)));
+                }
+                let mut t = Transport::from_vsock(conn.into_stream(), peer);
+                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
+                Ok(Incoming::Session(t))
+            }
             Pending::Unix(mut s, peer) => {
                 s.read_exact(&mut magic).await?;
                 if magic == ferry_protocol::data_conn::DATA_MAGIC {

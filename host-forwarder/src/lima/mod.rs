@@ -11,6 +11,7 @@
 //! ssh.config, or `limactl shell` without one), unless `--agent` names a
 //! transport such as a vsock address of an agent running as a service.
 
+pub mod agent_binary;
 pub mod lima_yaml;
 pub mod limactl;
 
@@ -59,7 +60,9 @@ pub struct StartArgs {
     /// Reach an agent at this transport address instead of running one over ssh.
     #[arg(long, value_name = "ADDR")]
     pub agent: Option<Address>,
-    /// The ferry-agent binary to install [default: next to this ferry].
+    /// The ferry-agent binary to install (a Linux ELF for the guest's
+    /// architecture) [default: ../share/ferry/ferry-agent.Linux-ARCH beside
+    /// this ferry, else a ferry-agent next to it built for that architecture].
     #[arg(long, value_name = "PATH")]
     pub agent_binary: Option<PathBuf>,
     /// Where the agent is installed in the guest.
@@ -200,10 +203,12 @@ fn install_agent(
         return Ok(false);
     }
     if !current {
-        let local = match &a.agent_binary {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()?.with_file_name("ferry-agent"),
-        };
+        let machine = limactl::shell(name, "uname -m")?;
+        let arch = agent_binary::GuestArch::from_uname(&String::from_utf8_lossy(&machine.stdout))
+            .map_err(|e| anyhow::anyhow!("instance {name}: {e}"))?;
+        let local = agent_binary::find(a.agent_binary.as_deref(), &std::env::current_exe()?, arch)
+            .map_err(|e| anyhow::anyhow!("instance {name}: {e}"))?;
+        tracing::info!("installing {} into {name} ({} guest)", local.display(), arch.name());
         limactl::copy_in(name, &local, "/tmp/ferry-agent.new")?;
         limactl::shell(
             name,

@@ -14,9 +14,12 @@ pub struct DataPath {
 }
 
 impl DataPath {
-    /// A data path, if `addr` can be dialled again.
-    pub fn new(addr: &Address, token: [u8; TOKEN_LEN]) -> Option<Self> {
-        RawConn::dialable(addr).then(|| Self { addr: addr.clone(), token })
+    /// A data path, if `addr` can be dialled again and carries half-close
+    /// (or `trust_hvsock` says the hybrid-vsock backend does: see
+    /// [`RawConn::keeps_half_close`]).
+    pub fn new(addr: &Address, token: [u8; TOKEN_LEN], trust_hvsock: bool) -> Option<Self> {
+        let usable = RawConn::dialable(addr) && (trust_hvsock || RawConn::keeps_half_close(addr));
+        usable.then(|| Self { addr: addr.clone(), token })
     }
 
     /// Forwards `local` to `target`. Gives the connection back if no data

@@ -1,0 +1,62 @@
+//! The release that `scripts/dist.sh` makes (scripts/test.sh builds it
+//! first): the layout `limactl ferry start` expects, and agents that are
+//! static Linux ELF executables of the architecture their names say.
+
+use std::path::{Path, PathBuf};
+
+/// The release directory for this host: `dist/ferry-<version>-<host target>`.
+fn release_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let host = if cfg!(target_arch = "aarch64") { "aarch64-unknown-linux-gnu" } else { "x86_64-unknown-linux-gnu" };
+    let dir = root.join("dist").join(format!("ferry-{}-{host}", env!("CARGO_PKG_VERSION")));
+    assert!(dir.is_dir(), "{} is missing: run scripts/dist.sh (scripts/test.sh does)", dir.display());
+    dir
+}
+
+/// (e_machine, has a PT_INTERP program header) of a 64-bit little-endian ELF.
+fn elf_facts(path: &Path) -> (u16, bool) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is not an ELF file", path.display());
+    assert_eq!((bytes[4], bytes[5]), (2, 1), "{} is not a 64-bit little-endian ELF", path.display());
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56) as usize);
+    const PT_INTERP: u32 = 3;
+    let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == PT_INTERP);
+    (u16_at(18), interp)
+}
+
+#[test]
+fn the_release_carries_a_static_agent_for_each_guest_architecture() {
+    let dir = release_dir();
+    for (arch, machine) in [("x86_64", 62u16), ("aarch64", 183)] {
+        let agent = dir.join(format!("share/ferry/ferry-agent.Linux-{arch}"));
+        let (m, interp) = elf_facts(&agent);
+        assert_eq!(m, machine, "{} is not an {arch} binary", agent.display());
+        assert!(!interp, "{} asks for a dynamic loader: not static", agent.display());
+    }
+    // The x86_64 agent runs here: it is the release's own, and it says its version.
+    let out =
+        std::process::Command::new(dir.join("share/ferry/ferry-agent.Linux-x86_64")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ferry-agent {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn the_release_has_ferry_the_lima_plugin_link_and_a_tarball() {
+    let dir = release_dir();
+    let out = std::process::Command::new(dir.join("bin/ferry")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_link(dir.join("bin/limactl-ferry")).unwrap(), Path::new("ferry"));
+    let tarball = dir.with_file_name(format!("{}.tar.gz", dir.file_name().unwrap().to_string_lossy()));
+    let list = std::process::Command::new("tar").arg("-tzf").arg(&tarball).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in [
+        "bin/ferry",
+        "bin/limactl-ferry",
+        "share/ferry/ferry-agent.Linux-x86_64",
+        "share/ferry/ferry-agent.Linux-aarch64",
+    ] {
+        assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing from {}: {list}", tarball.display());
+    }
+}
