@@ -23,4 +23,5 @@ FERRY_PORTABLE=1 cargo nextest run --release --no-fail-fast --no-tests=pass -p f
     -E 'package(ferry-mux) | binary(tcp_forwarding) | binary(udp) | binary(sockets) | binary(faults) | binary(host_platform)' "$@"
 # The guest is emulated (TCG): run it alone, so that it is not starved of CPU
 # by the other suites (its keepalives would time out).
-cargo nextest run --release -p ferry-tests --test vm --no-fail-fast --no-tests=pass "$@"
+# One guest at a time, for the same reason.
+cargo nextest run --release -p ferry-tests --test vm --no-fail-fast --no-tests=pass --test-threads 1 "$@"

@@ -34,6 +34,47 @@ const REVERSE: u16 = 7000;
 const SOURCE_BYTES: usize = 32 << 20;
 const BOOT: Duration = Duration::from_secs(120);
 
+/// A guest architecture the suite boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arch {
+    /// q35, PVH direct boot of Debian's amd64 kernel.
+    X86_64,
+    /// `virt` with a Cortex-A72 (an Apple Silicon Mac's guests are aarch64).
+    Aarch64,
+}
+
+impl Arch {
+    /// Where scripts/vm-setup.sh left this guest's kernel, modules and binaries.
+    fn cache(self) -> PathBuf {
+        match self {
+            Arch::X86_64 => cache(),
+            Arch::Aarch64 => cache().join("aarch64"),
+        }
+    }
+
+    fn kernel(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "vmlinux",
+            Arch::Aarch64 => "Image",
+        }
+    }
+
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The machine, CPU and serial console.
+    fn machine(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Arch::X86_64 => (&["-M", "q35"], "ttyS0"),
+            Arch::Aarch64 => (&["-M", "virt", "-cpu", "cortex-a72"], "ttyAMA0"),
+        }
+    }
+}
+
 fn cache() -> PathBuf {
     std::env::var_os("FERRY_VM_CACHE")
         .map(PathBuf::from)
@@ -74,17 +115,20 @@ impl Drop for Vm {
 }
 
 impl Vm {
-    /// Boots the guest; fails the test (never skips) if this machine
+    /// Boots an `arch` guest; fails the test (never skips) if this machine
     /// cannot: scripts/vm-setup.sh installs what it needs.
-    fn boot(share: &Path, secret: &Path) -> Self {
-        let c = cache();
+    fn boot(arch: Arch, share: &Path, secret: &Path) -> Self {
+        let c = arch.cache();
         assert!(
-            Command::new("qemu-system-x86_64").arg("--version").output().is_ok(),
-            "qemu-system-x86_64 is not installed: run scripts/vm-setup.sh"
+            Command::new(arch.qemu()).arg("--version").output().is_ok(),
+            "{} is not installed: run scripts/vm-setup.sh",
+            arch.qemu()
         );
-        for f in ["vmlinux", "bin/vhost-device-vsock", "ferry-agent", "ferry-vm-guest", "busybox", "modules"] {
+        for f in [arch.kernel(), "ferry-agent", "ferry-vm-guest", "busybox", "modules"] {
             assert!(c.join(f).exists(), "{} missing: run scripts/vm-setup.sh", c.join(f).display());
         }
+        let backend_bin = cache().join("bin/vhost-device-vsock");
+        assert!(backend_bin.exists(), "{} missing: run scripts/vm-setup.sh", backend_bin.display());
         let dir = tempfile::Builder::new().prefix("fvm").tempdir_in("/tmp").unwrap();
         let d = dir.path();
         let root = d.join("initrd");
@@ -111,13 +155,16 @@ impl Vm {
         assert!(ok.success());
 
         let (vhu, uds) = (d.join("vhu.sock"), d.join("v.sock"));
-        let mut backend = Command::new(c.join("bin/vhost-device-vsock"));
+        let mut backend = Command::new(backend_bin);
         backend.args(["--guest-cid", "42", "--socket"]).arg(&vhu).arg("--uds-path").arg(&uds);
         let backend = Proc::spawn(backend, d.join("backend.log"));
         wait_for(Duration::from_secs(10), "the vsock backend", || vhu.exists().then_some(()));
         let console = d.join("console.log");
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args(["-accel", "tcg", "-M", "q35", "-m", "512M", "-smp", "1"])
+        let (machine, console_dev) = arch.machine();
+        let mut qemu = Command::new(arch.qemu());
+        qemu.args(["-accel", "tcg"])
+            .args(machine)
+            .args(["-m", "512M", "-smp", "1"])
             .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem"])
             .arg("-chardev")
             .arg(format!("socket,id=vsk,path={}", vhu.display()))
@@ -128,10 +175,12 @@ impl Vm {
             .arg("-virtfs")
             .arg(format!("local,path={},mount_tag=share,security_model=none,id=fs0", share.display()))
             .arg("-kernel")
-            .arg(c.join("vmlinux"))
+            .arg(c.join(arch.kernel()))
             .arg("-initrd")
             .arg(d.join("initrd.gz"))
-            .args(["-append", "console=ttyS0 panic=-1 quiet", "-display", "none", "-no-reboot", "-nodefaults"])
+            .arg("-append")
+            .arg(format!("console={console_dev} panic=-1 quiet"))
+            .args(["-display", "none", "-no-reboot", "-nodefaults"])
             .arg("-serial")
             .arg(format!("file:{}", console.display()));
         let qemu = Proc::spawn(qemu, d.join("qemu.log"));
@@ -193,12 +242,24 @@ impl Drop for LogOnPanic {
 }
 
 #[test]
-fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
+fn ferry_across_a_real_x86_64_vm_over_vsock_with_a_9p_shared_folder() {
+    scenario(Arch::X86_64);
+}
+
+#[test]
+fn ferry_across_a_real_aarch64_vm_over_vsock_with_a_9p_shared_folder() {
+    scenario(Arch::Aarch64);
+}
+
+/// Everything one guest must do, whatever its architecture.
+fn scenario(arch: Arch) {
     let work = tempfile::tempdir().unwrap();
     let share = work.path().join("share");
     std::fs::create_dir_all(&share).unwrap();
     let secret = make_secret(work.path());
-    let vm = Vm::boot(&share, &secret);
+    let boot = std::time::Instant::now();
+    let vm = Vm::boot(arch, &share, &secret);
+    eprintln!("VM BOOT ({arch:?}): {:.1} s to GUEST READY", boot.elapsed().as_secs_f64());
     if let Some(secs) = std::env::var_os("FERRY_VM_HOLD") {
         eprintln!("HOLD {} {}", vm.dir.path().display(), secret.display());
         std::thread::sleep(Duration::from_secs(secs.to_string_lossy().parse().unwrap_or(300)));
@@ -311,7 +372,7 @@ fn ferry_across_a_real_vm_over_vsock_with_a_9p_shared_folder() {
         vm.console_text().lines().any(|l| l.starts_with("INOTIFY") && l.ends_with("edited.txt")).then_some(())
     });
 
-    dedicated_route_over_vsock(&vm, &secret, work.path(), host(SOURCE));
+    dedicated_route_over_vsock(arch, &vm, &secret, work.path(), host(SOURCE));
 
     // The agent restarted inside the guest: ferry reconnects and forwards again.
     // (Killed a moment later, so that this very connection, which the agent
@@ -353,7 +414,7 @@ fn download(port: u16, len: usize) -> (Vec<u8>, f64) {
 /// whole (this backend carries no half-close either way, which is why
 /// hvsock keeps connections on the session by default); the times of both
 /// routes are printed for the record, never asserted.
-fn dedicated_route_over_vsock(vm: &Vm, secret: &Path, work: &Path, multiplexed_source: u16) {
+fn dedicated_route_over_vsock(arch: Arch, vm: &Vm, secret: &Path, work: &Path, multiplexed_source: u16) {
     let (source, sum) = (free_port(), free_port());
     let rules = format!("portForwards:\n- guestPort: {SOURCE}\n  hostPort: {source}\n- guestPort: {}\n  hostPort: {sum}\n- guestPortRange: [1, 65535]\n  ignore: true\n", SOURCE + 1);
     std::fs::write(work.join("dedicated.yaml"), rules).unwrap();
@@ -400,8 +461,8 @@ fn dedicated_route_over_vsock(vm: &Vm, secret: &Path, work: &Path, multiplexed_s
     let (ded, mux) = (median(&mut times.0), median(&mut times.1));
     let mbit = |t: f64| SOURCE_BYTES as f64 * 8.0 / t / 1e6;
     eprintln!(
-        "VM ROUTES ({} guest, TCG): guest->host 32 MiB, median of 3: dedicated {:.0} Mbit/s, multiplexed {:.0} Mbit/s ({:.2}x); host ferry CPU on the dedicated route {:.2} s/GB",
-        std::env::consts::ARCH,
+        "VM ROUTES ({:?} guest, TCG): guest->host 32 MiB, median of 3: dedicated {:.0} Mbit/s, multiplexed {:.0} Mbit/s ({:.2}x); host ferry CPU on the dedicated route {:.2} s/GB",
+        arch,
         mbit(ded),
         mbit(mux),
         mux / ded,
