@@ -23,6 +23,7 @@ pub mod pump;
 pub mod relay;
 pub mod secret_file;
 pub mod session;
+pub mod stdio;
 pub mod stream;
 pub mod traffic;
 pub mod transport;

@@ -66,13 +66,10 @@ impl Transport {
     }
 
     /// This process's stdin and stdout (the agent's `--stdio` mode).
+    /// Pipes and sockets are driven by the reactor (see [`crate::stdio`]).
     pub fn stdio() -> Self {
-        Self {
-            reader: Box::pin(tokio::io::stdin()),
-            writer: Box::pin(tokio::io::stdout()),
-            peer: "stdio".into(),
-            child: None,
-        }
+        let (reader, writer) = crate::stdio::halves();
+        Self { reader, writer, peer: "stdio".into(), child: None }
     }
 
     /// Connects to `addr` (the host side's dial).
@@ -151,6 +148,8 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
         .spawn()?;
     let stdin = child.stdin.take().expect("piped stdin");
     let stdout = child.stdout.take().expect("piped stdout");
+    crate::stdio::enlarge_pipe(&stdin);
+    crate::stdio::enlarge_pipe(&stdout);
     Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child) })
 }
 
