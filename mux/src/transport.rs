@@ -221,7 +221,7 @@ impl RawConn {
             Self::Unix(s) => s.write_all(buf).await,
             Self::Tcp(s) => s.write_all(buf).await,
             #[cfg(target_os = "linux")]
-            Self::Vsock(s) => crate::relay::write_all(s, buf).await,
+            Self::Vsock(s) => crate::vsock::write_all(s, buf).await,
         }
     }
 

@@ -85,6 +85,28 @@ impl VsockConn {
     }
 }
 
+/// Writes all of `buf` to `s`.
+pub(crate) async fn write_all(s: &VsockConn, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let write = || {
+            // SAFETY: `buf` is valid readable memory of its length.
+            let n = unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        };
+        match s.try_op(Interest::WRITABLE, write) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::WRITABLE).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl AsRawFd for VsockConn {
     fn as_raw_fd(&self) -> RawFd {
         self.0.get_ref().as_raw_fd()

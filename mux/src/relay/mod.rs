@@ -188,28 +188,6 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket>(
     }
 }
 
-/// Writes all of `buf` to `s`.
-pub(crate) async fn write_all<S: RelaySocket>(s: &S, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        let write = || {
-            // SAFETY: `buf` is valid readable memory of its length.
-            let n = unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        };
-        match s.try_op(Interest::WRITABLE, write) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::WRITABLE).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Reads exactly `buf.len()` bytes from `s`.
 pub(crate) async fn read_exact<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
