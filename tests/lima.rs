@@ -212,3 +212,45 @@ fn start_on_a_guest_architecture_with_no_agent_says_what_is_missing() {
     let installed = lima.guest.command("test").arg("-e").arg(g.join("bin/ferry-agent")).status().unwrap();
     assert!(!installed.success(), "nothing may be installed in the guest");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_host_secret_reaches_the_guest_on_the_next_start() {
+    let (guest_port, host_port) = (free_port(), free_port());
+    let lima = Lima::new(&format!("vmType: vz\nportForwards: []\n# guest {guest_port} -> host {host_port}\n"));
+    assert_eq!(lima.start()["agent_installed"], true);
+    let stopped = lima.plugin(&["stop", "dev"]);
+    assert!(stopped.status.success());
+    // `portForwards: []` was edited as a block and given back byte for byte.
+    let yaml = std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap();
+    assert_eq!(yaml, format!("vmType: vz\nportForwards: []\n# guest {guest_port} -> host {host_port}\n"));
+    // The host's secret changes (rotated, or the state dir was recreated).
+    let secret = lima.inst.join("ferry/secret");
+    let old = std::fs::read_to_string(&secret).unwrap();
+    std::fs::remove_file(&secret).unwrap();
+    let restarted = lima.start();
+    assert_ne!(std::fs::read_to_string(&secret).unwrap(), old, "a new secret was made");
+    assert_eq!(restarted["agent_installed"], true, "the new secret must be installed: {restarted}");
+    // And the session authenticates with it: a guest port is forwarded.
+    spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
+    let mut s = connect_forwarded(&format!("127.0.0.1:{guest_port}")).await;
+    s.write_all(b"new secret").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"new secret");
+}
+
+#[test]
+fn a_lima_yaml_form_ferry_does_not_edit_is_refused_and_left_alone() {
+    let text = "vmType: vz\nportForwards: [{guestPort: 80, hostPort: 8080}]\n";
+    let lima = Lima::new(text);
+    let out = lima.plugin(&["start", "dev"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("flow sequence") && err.contains("limactl ferry start"), "says what to change: {err}");
+    assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), text, "untouched");
+    let installed =
+        lima.guest.command("test").arg("-e").arg(lima.guest_dir().join("bin/ferry-agent")).status().unwrap();
+    assert!(!installed.success(), "nothing installed before the refusal");
+    assert!(!lima.inst.join("ferry/ferry.pid").exists() || lima.plugin(&["status", "dev"]).status.success());
+}

@@ -54,6 +54,7 @@ in_both_modes!(
     a_taken_host_port_is_reported_and_others_still_forward,
     ipv6_guest_listener_is_published_on_both_host_loopbacks,
     garbage_on_the_agent_socket_is_rejected_and_the_agent_survives,
+    a_restarting_guest_server_keeps_its_host_port_and_held_clients_are_served,
 );
 
 /// One echo round: write `data` (in `chunk`-sized writes) while reading it back.
@@ -239,6 +240,43 @@ async fn a_taken_host_port_is_reported_and_others_still_forward(bridge: Bridge) 
     assert!(bridge.forwarder.log_text().contains("(the host port is free now)"));
     let s = connect_forwarded(&format!("127.0.0.1:{taken}")).await;
     assert_eq!(echo_round(s, b"later".to_vec(), 5).await, b"later");
+}
+
+/// Waits until the status row of `addr` is in `state`.
+fn wait_state(bridge: &Bridge, addr: &str, state: &str) -> serde_json::Value {
+    ferry_tests::wait_for(GUARD, &format!("{addr} to be {state}"), || {
+        bridge.status_row("tcp", addr).filter(|r| r["state"] == state)
+    })
+}
+
+async fn a_restarting_guest_server_keeps_its_host_port_and_held_clients_are_served(bridge: Bridge) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let first = spawn_echo(bridge.guest.tcp_listener(&addr));
+    assert_eq!(echo_round(connect_forwarded(&addr).await, b"v1".to_vec(), 2).await, b"v1");
+    // The dev server restarts: its listener closes and comes back 400 ms later.
+    first.abort();
+    let row = wait_state(&bridge, &addr, "restarting");
+    assert!(row["reason"].as_str().unwrap().contains("in case it returns"), "{row}");
+    // A reload in that window is held, not refused, and served once it is back.
+    let held =
+        tokio::spawn(echo_round(TcpStream::connect(&addr).await.expect("held, not refused"), b"reload".to_vec(), 6));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!held.is_finished(), "answered while no guest listener existed");
+    let second = spawn_echo(bridge.guest.tcp_listener(&addr));
+    assert_eq!(tokio::time::timeout(GUARD, held).await.expect("held client hung").unwrap(), b"reload");
+    wait_state(&bridge, &addr, "forwarding");
+    bridge.wait_log(1, "is back;");
+    // It stops for good: a client held now is reset when the grace ends,
+    // and the port is released.
+    second.abort();
+    wait_state(&bridge, &addr, "restarting");
+    let mut late = TcpStream::connect(&addr).await.expect("held during the grace");
+    let _ = late.write_all(b"anyone?").await;
+    let mut got = Vec::new();
+    let end = tokio::time::timeout(GUARD, late.read_to_end(&mut got)).await.expect("held client never released");
+    assert!(end.is_err() || got.is_empty(), "no guest, yet an answer: {got:?}");
+    wait_released(&addr).await;
 }
 
 async fn ipv6_guest_listener_is_published_on_both_host_loopbacks(bridge: Bridge) {

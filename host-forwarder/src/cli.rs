@@ -101,6 +101,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
+    /// Keep a TCP host port this long after its guest listener closes,
+    /// holding the connections that arrive, in case the listener returns (a
+    /// dev server restarting on save); 0 releases the port at once.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub restart_grace_ms: u64,
+
     /// Write this process's pid to PATH (mode 0600) and hold the file
     /// locked while it runs, so that `limactl ferry status` and `stop` know it
     /// runs without /proc. Fails if another live process holds it.

@@ -68,6 +68,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         events: EventSink::new(args.events),
         udp,
         pseudoloopback: args.pseudoloopback,
+        restart_grace: Duration::from_millis(args.restart_grace_ms),
     };
     let mut files = FileOptions { mounts: args.watch.clone(), excludes: Vec::new() };
     if !args.no_file_events {

@@ -22,34 +22,98 @@ fn block(indent: &str) -> String {
     format!("{indent}{BEGIN}\n{}{}{indent}{END}\n", rule("tcp"), rule("udp"))
 }
 
-/// `text` with ferry's block at the head of `portForwards` (unchanged if it is there).
-pub fn disable_lima_forwarding(text: &str) -> String {
+/// The marker line that keeps a `portForwards: []` key line ferry turned
+/// into a block key, so that `restore` gives it back byte for byte.
+const WAS: &str = "# ferry: the key line was: ";
+
+/// `text` with ferry's block at the head of `portForwards` (unchanged if it
+/// is there). Only forms ferry fully understands are edited: no key, the
+/// block form `portForwards:` (a comment on the key line is kept) and the
+/// empty flow sequence `portForwards: []`. Anything else (a non-empty flow
+/// sequence, an alias, a tag, two such keys) is refused with what to
+/// change, so that ferry never writes a file Lima would reject.
+pub fn disable_lima_forwarding(text: &str) -> Result<String, String> {
     if text.contains(BEGIN) {
-        return text.to_string();
+        return Ok(text.to_string());
     }
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let Some(at) = lines.iter().position(|l| l.trim_end() == "portForwards:") else {
-        let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
-        return format!("{text}{sep}portForwards:\n{}", block(""));
+    let keys: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| l.starts_with("portForwards:")).map(|(i, _)| i).collect();
+    let at = match keys[..] {
+        [] => {
+            let sep = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+            return Ok(format!("{text}{sep}portForwards:\n{}", block("")));
+        }
+        [at] => at,
+        _ => return Err("it has more than one top-level portForwards key; keep one".into()),
     };
-    // Indent like the first existing item (YAML allows "- " at the key's column or deeper).
-    let indent: String = lines[at + 1..]
-        .iter()
-        .find(|l| l.trim_start().starts_with('-'))
-        .map(|l| l[..l.len() - l.trim_start().len()].to_string())
-        .unwrap_or_default();
-    let mut out: String = lines[..=at].concat();
-    if !out.ends_with('\n') {
-        out.push('\n');
+    let line = lines[at];
+    let rest = &line["portForwards:".len()..];
+    let (value, comment) = split_comment(rest);
+    let mut out: String = lines[..at].concat();
+    match value {
+        "" => {
+            // Indent like the first existing item (YAML allows "- " at the key's column or deeper).
+            let indent: String = lines[at + 1..]
+                .iter()
+                .find(|l| l.trim_start().starts_with('-'))
+                .map(|l| l[..l.len() - l.trim_start().len()].to_string())
+                .unwrap_or_default();
+            out.push_str(line);
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&block(&indent));
+        }
+        "[]" => {
+            let original = line.strip_suffix('\n').unwrap_or(line);
+            let comment = if comment.is_empty() { String::new() } else { format!(" {comment}") };
+            out.push_str(&format!("portForwards:{comment}\n{WAS}{original}\n{}", block("")));
+            if !line.ends_with('\n') {
+                // The key was the file's last line, without a newline: so is the block's end.
+                out.pop();
+            }
+        }
+        v if v.starts_with('[') => {
+            return Err("its portForwards is a flow sequence ([...]); write each rule as a block item \
+                        (a line starting with \"- \" under portForwards:) and run `limactl ferry start` again"
+                .into())
+        }
+        v => {
+            return Err(format!(
+                "its portForwards key has a value ferry does not edit ({v:?}); make it a block sequence \
+                 (portForwards: followed by \"- \" items) or remove it, and run `limactl ferry start` again"
+            ))
+        }
     }
-    out.push_str(&block(&indent));
     out.push_str(&lines[at + 1..].concat());
-    out
+    Ok(out)
+}
+
+/// Splits what follows a key into its value and a trailing `# comment`
+/// (a `#` at the start or after a blank), both trimmed.
+fn split_comment(rest: &str) -> (&str, &str) {
+    let rest = rest.trim_end_matches(['\n', '\r']);
+    let hash = rest.char_indices().find(|&(i, c)| c == '#' && (i == 0 || rest[..i].ends_with([' ', '\t'])));
+    match hash {
+        Some((i, _)) => (rest[..i].trim(), rest[i..].trim()),
+        None => (rest.trim(), ""),
+    }
 }
 
 /// `text` without ferry's block (and without the `portForwards:` key ferry
 /// added when there was none).
 pub fn restore(text: &str) -> String {
+    if let Some(was) = text.find(WAS) {
+        // `portForwards: []` became a block key: give the line back.
+        let key_start = text[..was].rfind("portForwards:").unwrap_or(was);
+        let original_end = text[was..].find('\n').map_or(text.len(), |i| was + i);
+        let original = &text[was + WAS.len()..original_end];
+        let Some(end_rel) = text[was..].find(END) else { return text.to_string() };
+        let end = was + end_rel + END.len();
+        let newline = if text[end..].starts_with('\n') { "\n" } else { "" };
+        return format!("{}{original}{newline}{}", &text[..key_start], &text[end + newline.len()..]);
+    }
     let Some(start) = text.find(BEGIN) else { return text.to_string() };
     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
     let Some(end_rel) = text[start..].find(END) else { return text.to_string() };
@@ -92,11 +156,11 @@ mod tests {
     #[test]
     fn the_block_goes_first_and_parses_as_lima_disabling_rules() {
         for text in [WITH_RULES, FLUSH, WITHOUT, ""] {
-            let edited = disable_lima_forwarding(text);
+            let edited = disable_lima_forwarding(text).unwrap();
             let r = rules(&edited);
             assert!(disables_lima(&r[0]) && disables_lima(&r[1]), "{edited}");
             assert_eq!(r.len(), 2 + rules_or_empty(text).len(), "{edited}");
-            assert_eq!(disable_lima_forwarding(&edited), edited, "idempotent");
+            assert_eq!(disable_lima_forwarding(&edited).unwrap(), edited, "idempotent");
             assert_eq!(restore(&edited), text, "restored byte for byte");
         }
     }
@@ -106,8 +170,39 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_flow_sequence_and_a_commented_key_are_edited_and_restored() {
+        for text in [
+            "vmType: vz\nportForwards: []\nmounts: []\n",
+            "portForwards: [] # none yet\n",
+            "portForwards: []",
+            "vmType: vz\nportForwards: # mine\n- guestPort: 80\n  hostPort: 8080\n",
+        ] {
+            let edited = disable_lima_forwarding(text).unwrap();
+            let r = rules(&edited);
+            assert!(disables_lima(&r[0]) && disables_lima(&r[1]), "{edited}");
+            assert_eq!(r.len(), 2 + rules_or_empty(text).len(), "{edited}");
+            assert_eq!(disable_lima_forwarding(&edited).unwrap(), edited, "idempotent");
+            assert_eq!(restore(&edited), text, "restored byte for byte");
+        }
+    }
+
+    #[test]
+    fn forms_ferry_does_not_edit_are_refused_with_what_to_change() {
+        for (text, says) in [
+            ("portForwards: [{guestPort: 80, hostPort: 8080}]\n", "flow sequence"),
+            ("portForwards: [\n  {guestPort: 80}\n]\n", "flow sequence"),
+            ("portForwards: *rules\n", "does not edit"),
+            ("portForwards: null\n", "does not edit"),
+            ("portForwards:\n- guestPort: 1\nportForwards:\n- guestPort: 2\n", "more than one"),
+        ] {
+            let err = disable_lima_forwarding(text).unwrap_err();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn the_user_rules_keep_their_order() {
-        let r = rules(&disable_lima_forwarding(WITH_RULES));
+        let r = rules(&disable_lima_forwarding(WITH_RULES).unwrap());
         assert_eq!((r[2].guest_port, r[2].host_port), (8080, 18080));
     }
 }

@@ -26,6 +26,7 @@ use std::{
 use clap::Subcommand;
 use ferry_mux::Address;
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::status::client;
 
@@ -118,18 +119,24 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     if let Some(pid) = running_pid(&dir) {
         anyhow::bail!("ferry already runs for {name} (pid {pid}); `limactl ferry stop {name}` first");
     }
+    // lima.yaml is checked before anything changes: a form ferry does not
+    // edit stops the start with what to change.
+    let lima_yaml = inst.dir.join("lima.yaml");
+    let yaml_edit = match std::fs::read_to_string(&lima_yaml) {
+        Ok(text) => {
+            let edited = lima_yaml::disable_lima_forwarding(&text)
+                .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))?;
+            (edited != text).then_some(edited)
+        }
+        Err(_) => None,
+    };
     let secret = dir.join("secret");
     ferry_mux::secret_file::load_or_create(&secret)?;
     let agent_bin = format!("{}/ferry-agent", a.guest_bin);
     let guest_secret = format!("{}/secret", a.guest_etc);
     let installed = install_agent(name, a, &agent_bin, &secret, &guest_secret)?;
-
-    let lima_yaml = inst.dir.join("lima.yaml");
-    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
-        let edited = lima_yaml::disable_lima_forwarding(&text);
-        if edited != text {
-            std::fs::write(&lima_yaml, edited)?;
-        }
+    if let Some(edited) = yaml_edit {
+        write_atomically(&lima_yaml, &edited)?;
     }
     let agent = match &a.agent {
         Some(addr) => addr.to_string(),
@@ -195,10 +202,13 @@ fn install_agent(
     guest_secret: &str,
 ) -> anyhow::Result<bool> {
     let want = format!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
-    let have = limactl::shell(name, &format!("sudo {agent_bin} --version 2>/dev/null || true"))?;
+    let have = limactl::shell(name, &format!("sudo {} --version 2>/dev/null || true", quote(agent_bin)))?;
     let current = String::from_utf8_lossy(&have.stdout).trim() == want;
-    let secret_ok = limactl::shell(name, &format!("sudo test -s {guest_secret} && echo yes || true"))?;
-    let secret_ok = String::from_utf8_lossy(&secret_ok.stdout).trim() == "yes";
+    // The guest's copy must be the host's secret, not merely present: a
+    // secret rotated on the host reaches the guest on the next start.
+    let host_digest: String = sha2::Sha256::digest(std::fs::read(secret)?).iter().map(|b| format!("{b:02x}")).collect();
+    let guest_digest = limactl::shell(name, &format!("sudo sha256sum {} 2>/dev/null || true", quote(guest_secret)))?;
+    let secret_ok = String::from_utf8_lossy(&guest_digest.stdout).split_whitespace().next() == Some(&host_digest);
     if current && secret_ok {
         return Ok(false);
     }
@@ -212,26 +222,61 @@ fn install_agent(
         limactl::copy_in(name, &local, "/tmp/ferry-agent.new")?;
         limactl::shell(
             name,
-            &format!("sudo install -D -m 0755 /tmp/ferry-agent.new {agent_bin} && rm -f /tmp/ferry-agent.new"),
+            &format!("sudo install -D -m 0755 /tmp/ferry-agent.new {} && rm -f /tmp/ferry-agent.new", quote(agent_bin)),
         )?;
     }
     // The secret always goes with a (re)install: the host's file is the truth.
     limactl::copy_in(name, secret, "/tmp/ferry-secret.new")?;
     limactl::shell(
         name,
-        &format!("sudo install -D -m 0600 /tmp/ferry-secret.new {guest_secret} && rm -f /tmp/ferry-secret.new"),
+        &format!(
+            "sudo install -D -m 0600 /tmp/ferry-secret.new {} && rm -f /tmp/ferry-secret.new",
+            quote(guest_secret)
+        ),
     )?;
     Ok(true)
 }
 
+/// `s` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Replaces `path` with `text` atomically: a temporary file beside it with
+/// the same permissions, synced, then renamed over it, so Lima never reads a
+/// half-written lima.yaml.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        tmp.as_file().set_permissions(meta.permissions())?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// The `exec:` transport that runs the agent for one session over ssh.
 fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str) -> String {
-    let remote = format!("sudo {agent_bin} --stdio --secret-file {guest_secret}");
+    // `exec:` runs a local shell, so every word is quoted once for it. ssh
+    // joins the remote words into one line for the guest's shell, so those
+    // are quoted twice; `limactl shell` quotes each word itself.
+    let remote =
+        |q: &dyn Fn(&str) -> String| format!("sudo {} --stdio --secret-file {}", q(agent_bin), q(guest_secret));
     match &inst.ssh_config_file {
-        Some(cfg) if cfg.exists() => {
-            format!("exec:ssh -F {} -o BatchMode=yes lima-{} {remote}", cfg.display(), inst.name)
-        }
-        _ => format!("exec:{} shell --workdir / {} {remote}", limactl::program().display(), inst.name),
+        Some(cfg) if cfg.exists() => format!(
+            "exec:ssh -F {} -o BatchMode=yes {} {}",
+            quote(&cfg.display().to_string()),
+            quote(&format!("lima-{}", inst.name)),
+            remote(&|w| quote(&quote(w)))
+        ),
+        _ => format!(
+            "exec:{} shell --workdir / {} {}",
+            quote(&limactl::program().display().to_string()),
+            quote(&inst.name),
+            remote(&quote)
+        ),
     }
 }
 
@@ -276,7 +321,7 @@ fn stop(a: &InstanceArgs) -> anyhow::Result<()> {
     if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
         let back = lima_yaml::restore(&text);
         if back != text {
-            std::fs::write(&lima_yaml, back)?;
+            write_atomically(&lima_yaml, &back)?;
             restored = true;
         }
     }

@@ -20,6 +20,7 @@ use super::{
     host_sockets::PortSockets,
     listener::accept_loop,
     mapping::{self, Binding},
+    restart_grace::{self, Gate, GuestState},
     rules::{Decision, RuleSet},
     udp::{self, UdpLimits},
 };
@@ -37,8 +38,22 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 type Key = (Proto, SocketAddr);
 
 enum Slot {
-    Active { target: Arc<Mutex<SocketAddr>>, task: JoinHandle<()>, stats: Arc<ConnStats> },
-    Waiting { error: String, state: &'static str, next: Instant, backoff: Duration },
+    Active {
+        target: Arc<Mutex<SocketAddr>>,
+        task: JoinHandle<()>,
+        stats: Arc<ConnStats>,
+        /// Whether the guest listens; held connections wait on it.
+        gate: Gate,
+        /// Set while the guest listener is gone but the port is kept: the
+        /// time the port is released unless it returns.
+        restarting_until: Option<Instant>,
+    },
+    Waiting {
+        error: String,
+        state: &'static str,
+        next: Instant,
+        backoff: Duration,
+    },
 }
 
 /// How the forwarder reports and retries.
@@ -57,6 +72,10 @@ pub struct ForwarderOptions {
     pub pseudoloopback: bool,
     /// Bounds of UDP flows.
     pub udp: UdpLimits,
+    /// How long a TCP host port outlives its guest listener, holding new
+    /// connections, in case the listener returns (a dev server restarting);
+    /// zero releases it at once.
+    pub restart_grace: Duration,
 }
 
 /// The host listeners of one session. Dropping it closes them all.
@@ -104,7 +123,11 @@ impl PortForwarder {
     /// Tries again to bind host ports whose retry time has come.
     pub fn retry_due(&mut self) {
         let now = Instant::now();
-        if self.slots.values().any(|(_, s)| matches!(s, Slot::Waiting { next, .. } if *next <= now)) {
+        let due = |s: &Slot| match s {
+            Slot::Waiting { next, .. } => *next <= now,
+            Slot::Active { restarting_until, .. } => restarting_until.is_some_and(|t| t <= now),
+        };
+        if self.slots.values().any(|(_, s)| due(s)) {
             self.reconcile();
         }
     }
@@ -114,11 +137,24 @@ impl PortForwarder {
         wanted.extend(self.statics.iter().copied());
         let plan = mapping::plan(&wanted, &self.opts.rules);
         let events = self.opts.events;
+        let (now, grace) = (Instant::now(), self.opts.restart_grace);
         self.slots.retain(|key, (binding, slot)| {
             if plan.bindings.contains_key(key) {
                 return true;
             }
-            if let Slot::Active { task, .. } = slot {
+            if let Slot::Active { task, gate, restarting_until, .. } = slot {
+                match restarting_until {
+                    None if key.0 == Proto::Tcp && !grace.is_zero() => {
+                        let until = now + grace;
+                        *restarting_until = Some(until);
+                        gate.send_replace(GuestState::Restarting { until: until.into() });
+                        tracing::info!("guest {} closed; keeping {} for {grace:?} (restarting)", binding.guest, key.1);
+                        return true;
+                    }
+                    Some(until) if *until > now => return true,
+                    _ => {}
+                }
+                gate.send_replace(GuestState::Gone);
                 task.abort();
                 tracing::info!("released {} ({})", key.1, proto_name(key.0));
                 events.emit(
@@ -134,9 +170,13 @@ impl PortForwarder {
         let now = Instant::now();
         for (key, binding) in plan.bindings {
             match self.slots.get_mut(&key) {
-                Some((b, Slot::Active { target, .. })) => {
+                Some((b, Slot::Active { target, gate, restarting_until, .. })) => {
                     *b = binding;
                     *target.lock().unwrap() = binding.guest;
+                    if restarting_until.take().is_some() {
+                        tracing::info!("guest {} is back; {} forwards to it again", binding.guest, key.1);
+                    }
+                    gate.send_if_modified(|s| std::mem::replace(s, GuestState::Listening) != GuestState::Listening);
                 }
                 Some((_, Slot::Waiting { next, .. })) if *next > now => {}
                 _ => self.open(key, binding),
@@ -153,9 +193,11 @@ impl PortForwarder {
         let guest = binding.listener.addr.to_string();
         let target = Arc::new(Mutex::new(binding.guest));
         let stats = Arc::new(ConnStats::default());
+        let gate = restart_grace::gate();
         let started = match proto {
             Proto::Tcp => bind_tcp(host, self.opts.pseudoloopback).map(|(l, loopback_only)| {
-                tokio::spawn(accept_loop(l, self.routes.clone(), target.clone(), stats.clone(), loopback_only))
+                let (routes, guest) = (self.routes.clone(), gate.subscribe());
+                tokio::spawn(accept_loop(l, routes, target.clone(), stats.clone(), loopback_only, guest))
             }),
             Proto::Udp => bind_udp(host).map(|socket| {
                 let session = self.routes.session.clone();
@@ -172,7 +214,8 @@ impl PortForwarder {
                     if recovered { " (the host port is free now)" } else { "" }
                 );
                 self.opts.events.emit(EventKind::Forwarding, proto_name(proto), &guest, &host.to_string(), None);
-                self.slots.insert(key, (binding, Slot::Active { target, task, stats }));
+                let slot = Slot::Active { target, task, stats, gate, restarting_until: None };
+                self.slots.insert(key, (binding, slot));
             }
             Err(e) => {
                 let (state, error) = describe_bind_error(&e, host);
@@ -209,6 +252,12 @@ impl PortForwarder {
             .iter()
             .map(|((proto, host), (binding, slot))| {
                 let (state, reason, stats) = match slot {
+                    Slot::Active { stats, restarting_until: Some(until), .. } => {
+                        let left = until.saturating_duration_since(Instant::now());
+                        let why =
+                            format!("the guest listener closed; kept {} ms more in case it returns", left.as_millis());
+                        ("restarting", Some(why), Some(stats.clone()))
+                    }
                     Slot::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
                     Slot::Waiting { error, state, .. } => (*state, Some(error.clone()), None),
                 };
@@ -361,7 +410,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 impl Drop for PortForwarder {
     fn drop(&mut self) {
         for ((proto, host), (binding, slot)) in std::mem::take(&mut self.slots) {
-            if let Slot::Active { task, .. } = slot {
+            if let Slot::Active { task, gate, .. } = slot {
+                gate.send_replace(GuestState::Gone);
                 task.abort();
                 tracing::info!("released {host} ({})", proto_name(proto));
                 self.opts.events.emit(

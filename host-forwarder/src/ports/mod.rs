@@ -7,5 +7,6 @@ pub mod forwarder;
 pub mod host_sockets;
 pub mod listener;
 pub mod mapping;
+pub mod restart_grace;
 pub mod rules;
 pub mod udp;
