@@ -10,7 +10,6 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex},
 };
 
 use ferry_mux::{LocalConn, Session, Traffic};
@@ -21,8 +20,9 @@ use tokio::{
 };
 
 /// Guest TCP addresses of reverse listeners; discovery leaves them out so
-/// they are not forwarded back to the host.
-pub type ReverseAddrs = Arc<Mutex<BTreeSet<SocketAddr>>>;
+/// they are not forwarded back to the host. A watch, so that the port report
+/// is recomputed when the set changes, not only when the ports do.
+pub type ReverseAddrs = tokio::sync::watch::Sender<BTreeSet<SocketAddr>>;
 
 struct Running {
     spec: ReverseListener,
@@ -54,6 +54,14 @@ impl ReverseListeners {
     /// Makes the running listeners match `wanted`, reporting each new one's state.
     pub fn apply(&mut self, wanted: Vec<ReverseListener>) {
         self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec));
+        // Left out before they listen: a scan may see a new listener before
+        // this call ends, and must not report it to the host.
+        self.addrs.send_modify(|own| {
+            own.extend(wanted.iter().filter_map(|w| match w.guest {
+                GuestEndpoint::Tcp(a) => Some(a),
+                GuestEndpoint::Unix(_) => None,
+            }))
+        });
         for spec in wanted {
             if self.running.contains_key(&spec.id) {
                 continue;
@@ -75,7 +83,7 @@ impl ReverseListeners {
             GuestEndpoint::Tcp(a) => Some(a),
             GuestEndpoint::Unix(_) => None,
         });
-        *self.addrs.lock().unwrap() = addrs.collect();
+        self.addrs.send_replace(addrs.collect());
     }
 
     fn start(&self, spec: &ReverseListener) -> Result<JoinHandle<()>, String> {

@@ -1,7 +1,7 @@
 //! One session with the host: report ports, sockets and watch targets,
 //! serve open requests, run the host's reverse listeners, replay file events.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use ferry_mux::{IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
 use ferry_protocol::{ControlMessage, Role, Target};
@@ -55,13 +55,14 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
             None
         }
     };
-    let reverse_addrs = ReverseAddrs::default();
-    let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs.clone());
+    let reverse_addrs: ReverseAddrs = watch::channel(Default::default()).0;
+    let own_addrs = reverse_addrs.subscribe();
+    let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs);
     let mut files = Files::start(session.clone());
     let (filter_tx, filter_rx) = watch::channel(ports.filter.clone());
     let (sockets_tx, sockets_rx) = watch::channel(Vec::new());
     let tasks = [
-        tokio::spawn(report_ports(session.clone(), ports.watcher, filter_rx, reverse_addrs)),
+        tokio::spawn(report_ports(session.clone(), ports.watcher, filter_rx, own_addrs)),
         tokio::spawn(sockets::report_presence(session.clone(), sockets_rx)),
     ];
     while let Some(event) = events.recv().await {
@@ -96,14 +97,13 @@ async fn report_ports(
     session: Session,
     watcher: Arc<PortWatcher>,
     mut filter: watch::Receiver<UdpFilter>,
-    reverse: ReverseAddrs,
+    mut own: watch::Receiver<BTreeSet<SocketAddr>>,
 ) {
     let mut rx = watcher.subscribe();
-    let visible = |set: &PortSet, f: &UdpFilter| -> PortSet {
-        let own = reverse.lock().unwrap();
+    let visible = |set: &PortSet, f: &UdpFilter, own: &BTreeSet<SocketAddr>| -> PortSet {
         set.iter().filter(|l| f.keep(l) && !own.contains(&l.addr)).copied().collect()
     };
-    let mut sent = visible(&rx.borrow_and_update(), &filter.borrow_and_update());
+    let mut sent = visible(&rx.borrow_and_update(), &filter.borrow_and_update(), &own.borrow_and_update());
     if session.send_control(&ControlMessage::PortSnapshot(sent.iter().copied().collect())).is_err() {
         return;
     }
@@ -111,8 +111,9 @@ async fn report_ports(
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             r = filter.changed() => if r.is_err() { return },
+            r = own.changed() => if r.is_err() { return },
         }
-        let now = visible(&rx.borrow_and_update(), &filter.borrow_and_update());
+        let now = visible(&rx.borrow_and_update(), &filter.borrow_and_update(), &own.borrow_and_update());
         if now == sent {
             continue;
         }
