@@ -335,15 +335,20 @@ mod tests {
     }
 
     async fn vanished_far_side(kind: RelayKind) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (a, _) = l.accept().await.unwrap();
+        let (_client, a) = tcp_pair().await;
         let (b, far) = UnixStream::pair().unwrap();
         let relay =
             tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &Traffic::default(), false, None).await });
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{kind:?}");
+    }
+
+    /// A connected TCP pair on loopback: (client, accepted).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (client, l.accept().await.unwrap().0)
     }
 
     /// A relay's client: writes `data`, half-closes, then reads to the end.
@@ -370,25 +375,24 @@ mod tests {
     }
 
     async fn relay_round(kind: RelayKind, round: u8) {
-        {
-            let (client, a) = UnixStream::pair().unwrap();
-            let (b, mut server) = UnixStream::pair().unwrap();
-            let relay = tokio::spawn(async move {
-                relay_bidirectional_as(kind, &client, &b, &Traffic::default(), false, None).await
-            });
-            let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
-            let sender = send_half_close_read_back(a, data.clone());
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
-            assert!(got == data, "{kind:?} round {round}");
-            server.write_all(&[round; 10]).await.unwrap();
-            server.shutdown().await.unwrap();
-            assert_eq!(sender.await.unwrap(), vec![round; 10]);
-            relay.await.unwrap().unwrap();
-            #[cfg(target_os = "linux")]
-            if kind == RelayKind::Splice {
-                assert!(splice::spare_pipes() > 0, "a finished relay gives its pipes back");
-            }
+        let (client, a) = UnixStream::pair().unwrap();
+        let (b, mut server) = UnixStream::pair().unwrap();
+        let relay =
+            tokio::spawn(
+                async move { relay_bidirectional_as(kind, &client, &b, &Traffic::default(), false, None).await },
+            );
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
+        let sender = send_half_close_read_back(a, data.clone());
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "{kind:?} round {round}");
+        server.write_all(&[round; 10]).await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(sender.await.unwrap(), vec![round; 10]);
+        relay.await.unwrap().unwrap();
+        #[cfg(target_os = "linux")]
+        if kind == RelayKind::Splice {
+            assert!(splice::spare_pipes() > 0, "a finished relay gives its pipes back");
         }
     }
 
@@ -401,9 +405,7 @@ mod tests {
 
     async fn both_ways_with_half_close(kind: RelayKind) {
         // client <-tcp-> [relay a | relay b] <-unix-> server
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (a, _) = l.accept().await.unwrap();
+        let (client, a) = tcp_pair().await;
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
