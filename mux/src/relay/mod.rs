@@ -80,6 +80,9 @@ pub(crate) trait Conduit: Sized {
     fn drain(&mut self, dst: RawFd) -> io::Result<usize>;
     /// Ends its use by a relay; called only when it is empty.
     fn give_back(self);
+    /// Called before waiting for the source: a chance to give back memory
+    /// an empty conduit holds.
+    fn idle(&mut self) {}
 }
 
 /// A socket whose readiness tokio tracks and which can be half-closed.
@@ -183,6 +186,7 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket>(
         if conduit.held() > 0 {
             dst.wait_ready(Interest::WRITABLE).await?;
         } else if read_blocked {
+            conduit.idle();
             src.wait_ready(Interest::READABLE).await?;
         }
     }
