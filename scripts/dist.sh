@@ -4,13 +4,13 @@
 #   share/ferry/ferry-agent.Linux-x86_64, share/ferry/ferry-agent.Linux-aarch64
 # (static musl agents, Lima's layout for its guest agents: `limactl ferry
 # start` takes the one matching the guest's `uname -m`), and a tarball of it.
-# The agents are cross-built with ../shared/tools/cargo-target.sh (or
-# $FERRY_CARGO_TARGET): rust-lld links them, no C cross toolchain needed.
+# The agents are cross-built with scripts/cargo-target (rust-lld links them,
+# no C cross toolchain needed).
 #   scripts/dist.sh            # host target of this toolchain
 #   FERRY_DIST_HOST=aarch64-apple-darwin scripts/dist.sh   # on a Mac, its own
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target_tool=${FERRY_CARGO_TARGET:-../shared/tools/cargo-target.sh}
+target_tool=scripts/cargo-target
 host=${FERRY_DIST_HOST:-$(rustc -vV | awk '/^host:/{print $2}')}
 version=$(cargo metadata --no-deps --format-version 1 \
     | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="ferry"))')

@@ -83,7 +83,7 @@ fi
 
 # 4. Static (musl) ferry-agent and test services for each guest's initramfs:
 #    the same agent builds a release ships (scripts/dist.sh).
-target_tool=${FERRY_CARGO_TARGET:-../shared/tools/cargo-target.sh}
+target_tool=scripts/cargo-target
 for arch in x86_64 aarch64; do
     "$target_tool" "$arch-unknown-linux-musl" build -q --release -p ferry-agent -p ferry-vm-guest
 done
