@@ -37,40 +37,37 @@ fn is_socket(fd: &OwnedFd) -> bool {
     rc == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
 }
 
-/// Wraps a copy of `fd` for the reactor: a pipe or a socket; `None` for
-/// anything else (a terminal, a file), which takes tokio's blocking stdio.
-fn reactor_end(fd: OwnedFd, read: bool) -> Option<(Option<BoxRead>, Option<BoxWrite>)> {
+/// A reactor-driven reader of `fd` if it is a pipe or a socket; `None`
+/// for anything else (a terminal, a file), which takes tokio's blocking stdin.
+fn reactor_reader(fd: OwnedFd) -> Option<BoxRead> {
     if is_socket(&fd) {
-        let std = std::os::unix::net::UnixStream::from(fd);
-        std.set_nonblocking(true).ok()?;
-        let s = tokio::net::UnixStream::from_std(std).ok()?;
-        return Some(if read { (Some(Box::pin(s)), None) } else { (None, Some(Box::pin(s))) });
+        return Some(Box::pin(unix_stream(fd)?));
     }
     enlarge_pipe(&fd);
-    if read {
-        let r = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
-        Some((Some(Box::pin(r)), None))
-    } else {
-        let w = tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()?;
-        Some((None, Some(Box::pin(w))))
+    Some(Box::pin(tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?))
+}
+
+/// A reactor-driven writer of `fd`, as [`reactor_reader`].
+fn reactor_writer(fd: OwnedFd) -> Option<BoxWrite> {
+    if is_socket(&fd) {
+        return Some(Box::pin(unix_stream(fd)?));
     }
+    enlarge_pipe(&fd);
+    Some(Box::pin(tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()?))
+}
+
+/// A socket descriptor as a non-blocking tokio stream.
+fn unix_stream(fd: OwnedFd) -> Option<tokio::net::UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true).ok()?;
+    tokio::net::UnixStream::from_std(std).ok()
 }
 
 /// This process's stdin and stdout as the two halves of a transport.
 pub fn halves() -> (BoxRead, BoxWrite) {
-    let reader = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .and_then(|fd| reactor_end(fd, true))
-        .and_then(|(r, _)| r)
-        .unwrap_or_else(|| Box::pin(tokio::io::stdin()));
-    let writer = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .ok()
-        .and_then(|fd| reactor_end(fd, false))
-        .and_then(|(_, w)| w)
-        .unwrap_or_else(|| Box::pin(tokio::io::stdout()));
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().ok();
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().ok();
+    let reader = stdin.and_then(reactor_reader).unwrap_or_else(|| Box::pin(tokio::io::stdin()));
+    let writer = stdout.and_then(reactor_writer).unwrap_or_else(|| Box::pin(tokio::io::stdout()));
     (reader, writer)
 }
