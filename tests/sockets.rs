@@ -385,3 +385,52 @@ fn a_guest_tcp_port_is_published_as_a_host_unix_socket() {
     server.kill();
     wait_for(GUARD, "the host socket removed", || (!host_sock.exists()).then_some(()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverse_listener_survives_running_out_of_descriptors() {
+    use tokio::io::AsyncWriteExt;
+    let (host_port, guest_port) = (free_port(), free_port());
+    let service = tokio::net::TcpListener::bind(("127.0.0.1", host_port)).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = service.accept().await {
+            tokio::spawn(async move {
+                let _ = c.write_all(b"pong").await;
+            });
+        }
+    });
+    let spec = format!("127.0.0.1:{guest_port}=127.0.0.1:{host_port}");
+    let bridge = Bridge::start_with(&["-v"], &["--reverse", &spec, "-v"]);
+    wait_for(GUARD, "the reverse listener", || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-tcp" && r["state"] == "listening")
+    });
+    let ask = move || -> std::io::Result<Vec<u8>> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", guest_port))?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut answer = vec![0u8; 4];
+        c.read_exact(&mut answer)?;
+        Ok(answer)
+    };
+    assert_eq!(bridge.guest.run_in(ask).unwrap(), b"pong");
+    // Leave the agent a handful of spare descriptors, then hold more guest
+    // connections than that: its accept() fails with EMFILE meanwhile.
+    let agent = bridge.agent.pid().to_string();
+    let limit = ferry_tests::procs::fd_count(bridge.agent.pid()) + 4;
+    // The soft limit only: raising it back needs no privilege.
+    let set_limit = |n: usize| {
+        let out = Command::new("prlimit").args(["--pid", &agent, &format!("--nofile={n}:")]).output().unwrap();
+        assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    set_limit(limit);
+    let held = bridge.guest.run_in(move || {
+        let connect = || std::net::TcpStream::connect(("127.0.0.1", guest_port));
+        (0..32).map(|_| connect().expect("the reverse listener closed when out of descriptors")).collect::<Vec<_>>()
+    });
+    wait_for(GUARD, "the agent to report failing accepts", || {
+        bridge.agent.log_text().contains("Too many open files").then_some(())
+    });
+    // Descriptors free again: the listener still serves.
+    drop(held);
+    set_limit(1024);
+    assert_eq!(bridge.guest.run_in(ask).expect("the reverse listener stopped accepting"), b"pong");
+}

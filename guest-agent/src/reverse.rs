@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use ferry_mux::{LocalConn, Session, Traffic};
+use ferry_mux::{accept_errors::AcceptErrors, LocalConn, Session, Traffic};
 use ferry_protocol::{ControlMessage, GuestEndpoint, ReverseListener, Target};
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -93,18 +93,32 @@ impl ReverseListeners {
                 let std = std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 std.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let l = TcpListener::from_std(std).map_err(|e| e.to_string())?;
+                let name = addr.to_string();
                 Ok(tokio::spawn(async move {
-                    while let Ok((tcp, _)) = l.accept().await {
-                        let _ = tcp.set_nodelay(true);
-                        tokio::spawn(to_host(session.clone(), id, LocalConn::Tcp(tcp)));
+                    let mut errors = AcceptErrors::default();
+                    loop {
+                        match l.accept().await {
+                            Ok((tcp, _)) => {
+                                let _ = tcp.set_nodelay(true);
+                                tokio::spawn(to_host(session.clone(), id, LocalConn::Tcp(tcp)));
+                            }
+                            Err(e) => errors.pause_after(&name, &e).await,
+                        }
                     }
                 }))
             }
             GuestEndpoint::Unix(path) => {
                 let l = bind_unix(Path::new(path)).map_err(|e| format!("cannot listen on {path}: {e}"))?;
+                let name = path.clone();
                 Ok(tokio::spawn(async move {
-                    while let Ok((unix, _)) = l.accept().await {
-                        tokio::spawn(to_host(session.clone(), id, LocalConn::Unix(unix)));
+                    let mut errors = AcceptErrors::default();
+                    loop {
+                        match l.accept().await {
+                            Ok((unix, _)) => {
+                                tokio::spawn(to_host(session.clone(), id, LocalConn::Unix(unix)));
+                            }
+                            Err(e) => errors.pause_after(&name, &e).await,
+                        }
                     }
                 }))
             }

@@ -40,16 +40,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on {addr}; data paths: {}", ferry_mux::platform::data_paths());
         let (ports, cfg, tokens) = (ports.clone(), cfg.clone(), tokens.clone());
+        let name = addr.to_string();
         tasks.spawn(async move {
+            let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
             loop {
                 match listener.accept().await {
                     Ok(pending) => {
                         tokio::spawn(dispatch(pending, ports.clone(), cfg.clone(), tokens.clone()));
                     }
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(e) => errors.pause_after(&name, &e).await,
                 }
             }
         });

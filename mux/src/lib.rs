@@ -13,6 +13,7 @@
 //! user space, or through a buffer elsewhere. [`platform`] says which
 //! OS-specific data paths a process uses.
 
+pub mod accept_errors;
 pub mod address;
 pub mod alloc;
 pub mod buffer_share;

@@ -33,7 +33,7 @@ pub async fn accept_loop(
     loopback_only: bool,
     guest: watch::Receiver<GuestState>,
 ) {
-    let mut errors = ErrorLog::default();
+    let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -57,37 +57,9 @@ pub async fn accept_loop(
                 });
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning, and say so
-                // without flooding the log.
                 let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                errors.report(&format!("accept on {at} failed: {e}"));
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                errors.pause_after(&at, &e).await;
             }
-        }
-    }
-}
-
-/// Logs a repeating error at most every few seconds, with the count of repeats.
-#[derive(Default)]
-pub struct ErrorLog {
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl ErrorLog {
-    /// Logs `msg` now, or counts it if a report was made recently.
-    pub fn report(&mut self, msg: &str) {
-        let due = self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
-        if due {
-            if self.suppressed > 0 {
-                tracing::warn!("{msg} (and {} more times since the last report)", self.suppressed);
-            } else {
-                tracing::warn!("{msg}");
-            }
-            self.last = Some(std::time::Instant::now());
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
         }
     }
 }

@@ -166,7 +166,7 @@ pub fn open(
 }
 
 async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, target: Target, stats: Arc<ConnStats>) {
-    let mut errors = crate::ports::listener::ErrorLog::default();
+    let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
     loop {
         match socket.listener.accept().await {
             Ok((unix, _)) => {
@@ -176,10 +176,7 @@ async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, target: Targe
                     routes.forward(LocalConn::Unix(unix), target, &stats.traffic).await;
                 });
             }
-            Err(e) => {
-                errors.report(&format!("accept on {} failed: {e}", socket.path.display()));
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+            Err(e) => errors.pause_after(&socket.path.display().to_string(), &e).await,
         }
     }
 }

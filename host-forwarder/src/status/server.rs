@@ -37,10 +37,14 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// Answers status requests until the task is dropped.
 pub async fn serve(listener: UnixListener, board: StatusBoard) {
+    let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                errors.pause_after("the control socket", &e).await;
+                continue;
+            }
         };
         let json = serde_json::to_vec(&board.report()).expect("a report serialises");
         tokio::spawn(async move {
