@@ -66,23 +66,6 @@ impl VsockConn {
             }
         }
     }
-
-    /// The socket's buffer size as the kernel reports it.
-    pub fn buffer_size(&self) -> Option<u64> {
-        let mut value: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: a descriptor we own and a u64 out value with its length.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.as_raw_fd(),
-                libc::AF_VSOCK,
-                SO_VM_SOCKETS_BUFFER_SIZE,
-                std::ptr::addr_of_mut!(value).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(value)
-    }
 }
 
 /// Writes all of `buf` to `s`.
