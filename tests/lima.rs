@@ -68,6 +68,11 @@ impl Lima {
     }
 
     fn plugin(&self, args: &[&str]) -> Output {
+        self.plugin_with(args, &[])
+    }
+
+    /// [`Lima::plugin`] with more environment (e.g. `FAKE_LIMA_ARCH`).
+    fn plugin_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let bin = self.dir.path().join("bin");
         let holder = self.guest.holder_pid().expect("a guest with a mount namespace");
         Command::new(bin.join("limactl-ferry"))
@@ -76,6 +81,7 @@ impl Lima {
             .env("FAKE_LIMA_LIST", self.dir.path().join("list.json"))
             .env("FAKE_LIMA_HOLDER", holder.to_string())
             .env("FAKE_LIMA_SHIMS", self.dir.path().join("shims"))
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -192,18 +198,9 @@ fn start_on_a_guest_architecture_with_no_agent_says_what_is_missing() {
     // Only this machine's x86_64 ferry-agent sits next to ferry; the guest says aarch64.
     let lima = Lima::new("vmType: vz\n");
     let g = lima.guest_dir();
-    let bin = lima.dir.path().join("bin");
-    let holder = lima.guest.holder_pid().unwrap();
-    let out = Command::new(bin.join("limactl-ferry"))
-        .args(["start", "dev", "--guest-bin", g.join("bin").to_str().unwrap(), "--guest-etc"])
-        .arg(g.join("etc"))
-        .env("LIMACTL", bin.join("limactl"))
-        .env("FAKE_LIMA_LIST", lima.dir.path().join("list.json"))
-        .env("FAKE_LIMA_HOLDER", holder.to_string())
-        .env("FAKE_LIMA_SHIMS", lima.dir.path().join("shims"))
-        .env("FAKE_LIMA_ARCH", "aarch64")
-        .output()
-        .unwrap();
+    let (gbin, getc) = (g.join("bin"), g.join("etc"));
+    let args = ["start", "dev", "--guest-bin", gbin.to_str().unwrap(), "--guest-etc", getc.to_str().unwrap()];
+    let out = lima.plugin_with(&args, &[("FAKE_LIMA_ARCH", "aarch64")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "start must fail: {err}");
     assert!(err.contains("no ferry-agent for this Linux aarch64 guest"), "{err}");

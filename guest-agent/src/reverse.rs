@@ -56,12 +56,7 @@ impl ReverseListeners {
         self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec));
         // Left out before they listen: a scan may see a new listener before
         // this call ends, and must not report it to the host.
-        self.addrs.send_modify(|own| {
-            own.extend(wanted.iter().filter_map(|w| match w.guest {
-                GuestEndpoint::Tcp(a) => Some(a),
-                GuestEndpoint::Unix(_) => None,
-            }))
-        });
+        self.addrs.send_modify(|own| own.extend(wanted.iter().filter_map(tcp_addr)));
         for spec in wanted {
             if self.running.contains_key(&spec.id) {
                 continue;
@@ -79,11 +74,7 @@ impl ReverseListeners {
             };
             let _ = self.session.send_control(&ControlMessage::ReverseState { id: spec.id, error });
         }
-        let addrs = self.running.values().filter_map(|r| match r.spec.guest {
-            GuestEndpoint::Tcp(a) => Some(a),
-            GuestEndpoint::Unix(_) => None,
-        });
-        self.addrs.send_replace(addrs.collect());
+        self.addrs.send_replace(self.running.values().filter_map(|r| tcp_addr(&r.spec)).collect());
     }
 
     fn start(&self, spec: &ReverseListener) -> Result<JoinHandle<()>, String> {
@@ -123,6 +114,14 @@ impl ReverseListeners {
                 }))
             }
         }
+    }
+}
+
+/// The guest TCP address a reverse listener takes, if it is a TCP one.
+fn tcp_addr(spec: &ReverseListener) -> Option<SocketAddr> {
+    match spec.guest {
+        GuestEndpoint::Tcp(a) => Some(a),
+        GuestEndpoint::Unix(_) => None,
     }
 }
 

@@ -264,6 +264,15 @@ pub enum Incoming {
     Data(RawConn),
 }
 
+impl Incoming {
+    /// A session whose first bytes, `magic`, were read to classify it: they
+    /// are put back in front of its reader.
+    fn session_after(magic: [u8; 6], mut t: Transport) -> Self {
+        t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
+        Self::Session(t)
+    }
+}
+
 /// A bound transport address that accepts sessions (the agent's side).
 pub enum TransportListener {
     /// A Unix socket, removed again when the listener is dropped.
@@ -347,18 +356,14 @@ impl Pending {
                 if magic == ferry_protocol::data_conn::DATA_MAGIC {
                     return Ok(Incoming::Data(RawConn::Vsock(conn)));
                 }
-                let mut t = Transport::from_vsock(conn.into_stream(), peer);
-                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
-                Ok(Incoming::Session(t))
+                Ok(Incoming::session_after(magic, Transport::from_vsock(conn.into_stream(), peer)))
             }
             Pending::Unix(mut s, peer) => {
                 s.read_exact(&mut magic).await?;
                 if magic == ferry_protocol::data_conn::DATA_MAGIC {
                     return Ok(Incoming::Data(RawConn::Unix(s)));
                 }
-                let mut t = Transport::from_unix(unix_buffers(s), peer);
-                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
-                Ok(Incoming::Session(t))
+                Ok(Incoming::session_after(magic, Transport::from_unix(unix_buffers(s), peer)))
             }
             Pending::Tcp(mut s, peer) => {
                 s.read_exact(&mut magic).await?;
@@ -366,9 +371,7 @@ impl Pending {
                     let _ = s.set_nodelay(true);
                     return Ok(Incoming::Data(RawConn::Tcp(s)));
                 }
-                let mut t = Transport::from_tcp(s, peer);
-                t.reader = Box::pin(std::io::Cursor::new(magic.to_vec()).chain(t.reader));
-                Ok(Incoming::Session(t))
+                Ok(Incoming::session_after(magic, Transport::from_tcp(s, peer)))
             }
         }
     }

@@ -15,7 +15,7 @@ use std::{
 use tokio::io::{unix::AsyncFd, Interest};
 use tokio_vsock::{VsockAddr, VsockStream};
 
-use crate::relay::RelaySocket;
+use crate::relay::{os_result, RelaySocket};
 
 /// The send and receive buffer a vsock data connection asks for: the
 /// virtio transport's default is 256 KiB, which caps one stream's bytes in
@@ -71,15 +71,8 @@ impl VsockConn {
 /// Writes all of `buf` to `s`.
 pub(crate) async fn write_all(s: &VsockConn, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        let write = || {
-            // SAFETY: `buf` is valid readable memory of its length.
-            let n = unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        };
+        // SAFETY: `buf` is valid readable memory of its length.
+        let write = || os_result(unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) });
         match s.try_op(Interest::WRITABLE, write) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],

@@ -42,11 +42,9 @@ enum Slot {
         target: Arc<Mutex<SocketAddr>>,
         task: JoinHandle<()>,
         stats: Arc<ConnStats>,
-        /// Whether the guest listens; held connections wait on it.
+        /// Whether the guest listens (or, while it restarts, until when the
+        /// port is kept); held connections wait on it.
         gate: Gate,
-        /// Set while the guest listener is gone but the port is kept: the
-        /// time the port is released unless it returns.
-        restarting_until: Option<Instant>,
     },
     Waiting {
         error: String,
@@ -125,7 +123,7 @@ impl PortForwarder {
         let now = Instant::now();
         let due = |s: &Slot| match s {
             Slot::Waiting { next, .. } => *next <= now,
-            Slot::Active { restarting_until, .. } => restarting_until.is_some_and(|t| t <= now),
+            Slot::Active { gate, .. } => restarting_until(gate).is_some_and(|t| t <= now),
         };
         if self.slots.values().any(|(_, s)| due(s)) {
             self.reconcile();
@@ -142,16 +140,15 @@ impl PortForwarder {
             if plan.bindings.contains_key(key) {
                 return true;
             }
-            if let Slot::Active { task, gate, restarting_until, .. } = slot {
-                match restarting_until {
+            if let Slot::Active { task, gate, .. } = slot {
+                match restarting_until(gate) {
                     None if key.0 == Proto::Tcp && !grace.is_zero() => {
                         let until = now + grace;
-                        *restarting_until = Some(until);
                         gate.send_replace(GuestState::Restarting { until: until.into() });
                         tracing::info!("guest {} closed; keeping {} for {grace:?} (restarting)", binding.guest, key.1);
                         return true;
                     }
-                    Some(until) if *until > now => return true,
+                    Some(until) if until > now => return true,
                     _ => {}
                 }
                 gate.send_replace(GuestState::Gone);
@@ -170,13 +167,12 @@ impl PortForwarder {
         let now = Instant::now();
         for (key, binding) in plan.bindings {
             match self.slots.get_mut(&key) {
-                Some((b, Slot::Active { target, gate, restarting_until, .. })) => {
+                Some((b, Slot::Active { target, gate, .. })) => {
                     *b = binding;
                     *target.lock().unwrap() = binding.guest;
-                    if restarting_until.take().is_some() {
+                    if gate.send_if_modified(|s| std::mem::replace(s, GuestState::Listening) != GuestState::Listening) {
                         tracing::info!("guest {} is back; {} forwards to it again", binding.guest, key.1);
                     }
-                    gate.send_if_modified(|s| std::mem::replace(s, GuestState::Listening) != GuestState::Listening);
                 }
                 Some((_, Slot::Waiting { next, .. })) if *next > now => {}
                 _ => self.open(key, binding),
@@ -214,7 +210,7 @@ impl PortForwarder {
                     if recovered { " (the host port is free now)" } else { "" }
                 );
                 self.opts.events.emit(EventKind::Forwarding, proto_name(proto), &guest, &host.to_string(), None);
-                let slot = Slot::Active { target, task, stats, gate, restarting_until: None };
+                let slot = Slot::Active { target, task, stats, gate };
                 self.slots.insert(key, (binding, slot));
             }
             Err(e) => {
@@ -252,13 +248,14 @@ impl PortForwarder {
             .iter()
             .map(|((proto, host), (binding, slot))| {
                 let (state, reason, stats) = match slot {
-                    Slot::Active { stats, restarting_until: Some(until), .. } => {
-                        let left = until.saturating_duration_since(Instant::now());
-                        let why =
-                            format!("the guest listener closed; kept {} ms more in case it returns", left.as_millis());
-                        ("restarting", Some(why), Some(stats.clone()))
-                    }
-                    Slot::Active { stats, .. } => ("forwarding", None, Some(stats.clone())),
+                    Slot::Active { stats, gate, .. } => match restarting_until(gate) {
+                        Some(until) => {
+                            let left = until.saturating_duration_since(Instant::now()).as_millis();
+                            let why = format!("the guest listener closed; kept {left} ms more in case it returns");
+                            ("restarting", Some(why), Some(stats.clone()))
+                        }
+                        None => ("forwarding", None, Some(stats.clone())),
+                    },
                     Slot::Waiting { error, state, .. } => (*state, Some(error.clone()), None),
                 };
                 Row {
@@ -293,6 +290,14 @@ impl PortForwarder {
             });
         }
         self.opts.board.set_rows(Section::Ports, rows);
+    }
+}
+
+/// While the guest listener behind `gate` restarts: when the port is released.
+fn restarting_until(gate: &Gate) -> Option<Instant> {
+    match *gate.borrow() {
+        GuestState::Restarting { until } => Some(until.into_std()),
+        GuestState::Listening | GuestState::Gone => None,
     }
 }
 

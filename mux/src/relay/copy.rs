@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use super::Conduit;
+use super::{os_result, Conduit};
 
 /// A buffer's first size while few relays are live: as much as a default
 /// Linux pipe holds, so both relays move the same batches.
@@ -46,14 +46,6 @@ fn next_size() -> usize {
         CROWDED_BUFFER
     } else {
         FIRST_BUFFER
-    }
-}
-
-fn os_result(n: isize) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 

@@ -103,7 +103,7 @@ pub trait RelaySocket: AsRawFd {
     }
 }
 
-macro_rules! splice_socket {
+macro_rules! relay_socket {
     ($t:ty) => {
         impl RelaySocket for $t {
             fn try_op<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
@@ -116,8 +116,8 @@ macro_rules! splice_socket {
         }
     };
 }
-splice_socket!(TcpStream);
-splice_socket!(UnixStream);
+relay_socket!(TcpStream);
+relay_socket!(UnixStream);
 
 /// Moves bytes from `src` to `dst` through a conduit `C` until `src`
 /// reaches EOF, then shuts down `dst`'s write side. Returns the number of
@@ -192,20 +192,22 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket>(
     }
 }
 
+/// The byte count a read(2)-like system call returned, or the error it set.
+pub(crate) fn os_result(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Reads exactly `buf.len()` bytes from `s`.
 pub(crate) async fn read_exact<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
         let rest = &mut buf[got..];
-        let read = || {
-            // SAFETY: `rest` is valid writable memory of its length.
-            let n = unsafe { libc::read(s.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        };
+        // SAFETY: `rest` is valid writable memory of its length.
+        let read = || os_result(unsafe { libc::read(s.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) });
         match s.try_op(Interest::READABLE, read) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => got += n,

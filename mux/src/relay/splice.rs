@@ -7,7 +7,7 @@ use std::{
     sync::Mutex,
 };
 
-use super::{Conduit, SPARE_PIPES_MAX};
+use super::{os_result, Conduit, SPARE_PIPES_MAX};
 
 /// The default pipe capacity, used when the kernel does not say. Measured:
 /// enlarging pipes to 1 MiB (F_SETPIPE_SZ) gains nothing for one stream and
@@ -40,7 +40,7 @@ pub(super) fn spare_pipes() -> usize {
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: splice between two descriptors this relay owns, with no offsets.
-    let n = unsafe {
+    os_result(unsafe {
         libc::splice(
             from,
             std::ptr::null_mut(),
@@ -49,12 +49,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             len,
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    })
 }
 
 impl Conduit for Pipe {
