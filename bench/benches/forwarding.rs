@@ -92,7 +92,8 @@ fn main() {
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),
         ("ssh -L", paths::ssh(&bridge.guest, work.path(), &servers)),
-        ("ferry (exec:ssh)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers)),
+        ("ferry (exec:ssh)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, false)),
+        ("ferry (ssh master)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, true)),
         ("yamux (Go)", paths::yamux(&bridge.guest, work.path(), &servers)),
     ] {
         match made {
@@ -105,6 +106,7 @@ fn main() {
         .push("Not measured here: pasta (its port forwarding needs a user namespace set-up of its own).".into());
     report.pairs.push(("ferry (mux)".into(), "yamux (Go)".into()));
     report.pairs.push(("ferry (exec:ssh)".into(), "ssh -L".into()));
+    report.pairs.push(("ferry (ssh master)".into(), "ssh -L".into()));
     report.pairs.push(("ferry (portable)".into(), "socat".into()));
     report.notes.push(format!(
         "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} concurrent streams).",

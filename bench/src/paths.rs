@@ -191,75 +191,6 @@ pub fn yamux(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     Ok(path)
 }
 
-/// An sshd for the guest, started per connection by the client's
-/// ProxyCommand (`sshd -i` inside the guest namespace), with throwaway keys.
-struct SshSetup {
-    sshd: &'static str,
-    dir: std::path::PathBuf,
-}
-
-impl SshSetup {
-    fn new(dir: &Path) -> Result<Self, String> {
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"].into_iter().find(|p| Path::new(p).exists());
-        let Some(sshd) = sshd else { return Err("sshd not installed (apt-get install openssh-server)".into()) };
-        if !have("ssh") || !have("ssh-keygen") {
-            return Err("ssh client not installed (apt-get install openssh-client)".into());
-        }
-        let d = dir.join("ssh");
-        if d.join("sshd_config").exists() {
-            return Ok(Self { sshd, dir: d });
-        }
-        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        for key in ["host", "client"] {
-            let st = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key))
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !st.success() {
-                return Err("ssh-keygen failed".into());
-            }
-        }
-        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
-        let config = format!(
-            "HostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             AllowTcpForwarding yes\nPidFile none\nLogLevel ERROR\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-        Ok(Self { sshd, dir: d })
-    }
-
-    /// The client's arguments up to the destination (the same cipher and
-    /// options for `ssh -L` and for ferry's `exec:ssh`).
-    fn client_args(&self, guest: &Guest) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "BatchMode=yes",
-            "-i",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(self.dir.join("client").display().to_string());
-        args.push("-o".into());
-        args.push(format!(
-            "ProxyCommand=ip netns exec {} {} -i -f {}",
-            guest.name,
-            self.sshd,
-            self.dir.join("sshd_config").display()
-        ));
-        args
-    }
-}
-
 /// Waits until every host port of `path` accepts, or says why not.
 fn wait_ports(path: &ForwardPath, proc: &mut Proc, what: &str) -> Result<(), String> {
     for hp in path.ports.values() {
@@ -276,7 +207,7 @@ fn wait_ports(path: &ForwardPath, proc: &mut Proc, what: &str) -> Result<(), Str
 /// `ssh -L`, one forward per guest port, through an sshd in the guest
 /// (what Lima's ssh port forwarder does over its ControlMaster).
 pub fn ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
-    let setup = SshSetup::new(dir)?;
+    let setup = ferry_tests::ssh::SshGuest::new(dir)?;
     let mut path = ForwardPath {
         name: "ssh -L",
         servers: servers.clone(),
@@ -300,21 +231,24 @@ pub fn ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<For
 }
 
 /// ferry over `exec:ssh`: one ssh session to the same sshd as `ssh -L`,
-/// the agent on its stdio, every connection multiplexed in it (the
-/// transport every Lima VM on a Mac has).
-pub fn ferry_over_ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
-    let setup = SshSetup::new(dir)?;
-    let d = dir.join("ferry-ssh");
+/// the agent on its stdio (the transport every Lima VM on a Mac has). With
+/// `master`, as `limactl ferry start` runs it: the session is a client of
+/// an ssh ControlMaster and connections go through that master as stdio
+/// forwards (`--ssh-control-path`); without, every connection is
+/// multiplexed in the session.
+pub fn ferry_over_ssh(
+    guest: &Guest,
+    dir: &Path,
+    servers: &Arc<GuestServers>,
+    master: bool,
+) -> Result<ForwardPath, String> {
+    let setup = ferry_tests::ssh::SshGuest::new(dir)?;
+    let name = if master { "ferry (ssh master)" } else { "ferry (exec:ssh)" };
+    let d = dir.join(if master { "ferry-ssh-master" } else { "ferry-ssh" });
     std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
     let secret = ferry_tests::procs::make_secret(&d);
-    let mut path = ForwardPath {
-        name: "ferry (exec:ssh)",
-        servers: servers.clone(),
-        ports: HashMap::new(),
-        netns: None,
-        pids: vec![],
-        procs: vec![],
-    };
+    let mut path =
+        ForwardPath { name, servers: servers.clone(), ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] };
     let mut rules = String::from("portForwards:\n");
     for gp in ports_of(servers) {
         let hp = free_port();
@@ -324,7 +258,12 @@ pub fn ferry_over_ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) ->
     rules.push_str("- guestPortRange: [1, 65535]\n  ignore: true\n");
     std::fs::write(d.join("rules.yaml"), rules).map_err(|e| e.to_string())?;
     let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let control = d.join("ssh.sock");
+    let master_proc = master.then(|| setup.start_master(guest, &control, d.join("master.log")));
     let mut remote: Vec<String> = vec!["ssh".into()];
+    if master {
+        remote.extend(["-S".into(), quote(&control.display().to_string())]);
+    }
     remote.extend(setup.client_args(guest).iter().map(|a| quote(a)));
     remote.push("root@guest".into());
     remote.push(ferry_tests::bin_dir().join("ferry-agent").display().to_string());
@@ -338,8 +277,14 @@ pub fn ferry_over_ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) ->
         .arg("--control-socket")
         .arg(d.join("ferry.sock"))
         .env("FERRY_STATE_DIR", d.join("state"));
+    if master {
+        cmd.arg("--ssh-control-path").arg(&control);
+    }
     let mut proc = Proc::spawn(cmd, d.join("ferry.log"));
-    wait_ports(&path, &mut proc, "ferry over exec:ssh")?;
+    wait_ports(&path, &mut proc, name)?;
     path.adopt(proc);
+    if let Some(m) = master_proc {
+        path.adopt(m);
+    }
     Ok(path)
 }

@@ -168,6 +168,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub hvsock_data_connections: bool,
 
+    /// The ControlPath of an OpenSSH ControlMaster connected to the guest
+    /// (Lima's `<instance>/ssh.sock`): TCP and Unix-socket connections then
+    /// go through it as ssh stdio forwards, the path and speed of `ssh -L`,
+    /// instead of through the session; a connection the master cannot take
+    /// (none running, or it refuses) goes over the session.
+    #[arg(long, value_name = "PATH")]
+    pub ssh_control_path: Option<PathBuf>,
+
     /// Publish loopback ports on the wildcard address and refuse every peer
     /// that is not local (the path macOS takes for privileged ports);
     /// for testing that path on Linux.

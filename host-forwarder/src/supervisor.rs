@@ -15,7 +15,7 @@ use crate::{
         udp::UdpLimits,
     },
     reverse::{ReverseForward, ReverseForwarder},
-    routes::{dedicated::DataPath, Routes},
+    routes::{dedicated::DataPath, ssh_master::MasterRoute, Routes},
     sockets::{SocketForward, SocketForwarder},
     status::{self, EventSink, StatusBoard},
 };
@@ -27,7 +27,12 @@ struct Setup {
     sockets: Vec<SocketForward>,
     reverse: Vec<ReverseForward>,
     files: FileOptions,
+    /// The guest's ssh ControlMaster, when connections go through it.
+    master: Option<Arc<MasterRoute>>,
 }
+
+/// The status board's name for the route through the ssh ControlMaster.
+const SSH_MASTER: &str = "ssh-master";
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -78,7 +83,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     files.excludes = crate::files::watcher::DEFAULT_EXCLUDES.iter().map(|s| s.to_string()).collect();
     files.excludes.extend(args.watch_exclude.iter().cloned());
-    let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files };
+    let master = args.ssh_control_path.as_deref().map(|path| {
+        tracing::info!("TCP and Unix-socket connections go through the ssh ControlMaster at {}", path.display());
+        Arc::new(MasterRoute::new(ferry_mux::ssh_master::SshMaster::new(path)))
+    });
+    let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files, master };
     tokio::select! {
         r = connect_forever(&args, &setup) => r,
         _ = shutdown_signal() => {
@@ -111,7 +120,10 @@ async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
                 backoff = MIN_BACKOFF;
                 last_error.clear();
                 tracing::info!("connected to agent at {} (protocol v{})", args.agent, session.negotiated().version);
-                setup.ports.board.set_session(true, "multiplexed");
+                setup.ports.board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "multiplexed" });
+                if let Some(master) = &setup.master {
+                    master.reset();
+                }
                 let reason = serve(session, events, args, setup).await;
                 setup.ports.board.set_session(false, "-");
                 tracing::warn!("session with agent ended: {reason}; reconnecting");
@@ -155,7 +167,7 @@ async fn serve(
     if !wanted.is_empty() {
         let _ = session.send_control(&ControlMessage::UdpPortsWanted(wanted));
     }
-    let routes = Routes::new(session.clone());
+    let routes = Routes::new(session.clone(), setup.master.clone(), board.route_counts());
     let mut ports = PortForwarder::new(routes.clone(), setup.ports.clone());
     let mut sockets = SocketForwarder::start(routes.clone(), &setup.sockets, board.clone(), setup.ports.events);
     let mut reverse = ReverseForwarder::start(&session, &setup.reverse, board.clone());
@@ -173,7 +185,7 @@ async fn serve(
                                 ferry_mux::relay::RelayKind::current()
                             );
                             routes.set_data_path(data);
-                            board.set_session(true, "dedicated");
+                            board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "dedicated" });
                         }
                         None => tracing::info!("connections are multiplexed over the session"),
                     }

@@ -24,6 +24,7 @@ pub mod pump;
 pub mod relay;
 pub mod secret_file;
 pub mod session;
+pub mod ssh_master;
 pub mod stdio;
 pub mod stream;
 pub mod traffic;

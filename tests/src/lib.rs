@@ -9,6 +9,7 @@ pub mod data;
 pub mod guest;
 pub mod net;
 pub mod procs;
+pub mod ssh;
 
 pub use guest::Guest;
 pub use procs::{Bridge, Proc};

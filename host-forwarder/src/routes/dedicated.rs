@@ -2,6 +2,8 @@
 //! transport connection per client, bytes moved with splice(2).
 
 use ferry_mux::{Address, LocalConn, RawConn, Traffic};
+
+use crate::status::board::{Route, RouteCounts};
 use ferry_protocol::{
     data_conn::{DataHello, TOKEN_LEN},
     Target,
@@ -24,7 +26,13 @@ impl DataPath {
 
     /// Forwards `local` to `target`. Gives the connection back if no data
     /// connection could be made, so the caller can use the session instead.
-    pub async fn forward(&self, local: LocalConn, target: &Target, traffic: &Traffic) -> Result<(), LocalConn> {
+    pub async fn forward(
+        &self,
+        local: LocalConn,
+        target: &Target,
+        traffic: &Traffic,
+        counts: &RouteCounts,
+    ) -> Result<(), LocalConn> {
         let mut conn = match RawConn::dial(&self.addr).await {
             Ok(c) => c,
             Err(e) => {
@@ -38,6 +46,7 @@ impl DataPath {
             tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
             return Err(local);
         }
+        counts.count(Route::Dedicated);
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).

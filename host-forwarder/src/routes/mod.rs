@@ -1,27 +1,35 @@
-//! How a host connection reaches the guest: over a dedicated data
-//! connection of its own where the transport can dial one (spliced), else
-//! as a stream of the session. Shared by the ports and sockets channels.
+//! How a host connection reaches the guest: through the guest's ssh
+//! ControlMaster where one is configured (as `ssh -L` would), else over a
+//! dedicated data connection of its own where the transport can dial one
+//! (spliced), else as a stream of the session. Shared by the ports and
+//! sockets channels.
 
 pub mod dedicated;
+pub mod ssh_master;
 
 use std::sync::{Arc, Mutex};
 
 use ferry_mux::{LocalConn, OpenError, Session, Traffic};
 use ferry_protocol::Target;
 
+use crate::status::board::{Route, RouteCounts};
 use dedicated::DataPath;
+use ssh_master::MasterRoute;
 
 /// The routes of one session.
 pub struct Routes {
     /// The session: streams as frames (always available).
     pub session: Session,
     data: Mutex<Option<Arc<DataPath>>>,
+    master: Option<Arc<MasterRoute>>,
+    counts: Arc<RouteCounts>,
 }
 
 impl Routes {
-    /// Routes over `session` only, until a data path is set.
-    pub fn new(session: Session) -> Arc<Self> {
-        Arc::new(Self { session, data: Mutex::new(None) })
+    /// Routes over `session` (and `master`, if given) until a data path
+    /// is set; each connection carried is counted in `counts`.
+    pub fn new(session: Session, master: Option<Arc<MasterRoute>>, counts: Arc<RouteCounts>) -> Arc<Self> {
+        Arc::new(Self { session, data: Mutex::new(None), master, counts })
     }
 
     /// Lets connections from now on use dedicated data connections.
@@ -32,9 +40,16 @@ impl Routes {
     /// Forwards one accepted local connection to `target` in the guest,
     /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
     pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) {
+        let local = match &self.master {
+            Some(master) => match master.forward(local, &target, traffic, &self.counts).await {
+                Ok(()) => return,
+                Err(local) => local,
+            },
+            None => local,
+        };
         let data = self.data.lock().unwrap().clone();
         let local = match data {
-            Some(data) => match data.forward(local, &target, traffic).await {
+            Some(data) => match data.forward(local, &target, traffic, &self.counts).await {
                 Ok(()) => return,
                 Err(local) => local,
             },
@@ -51,6 +66,7 @@ impl Routes {
                 return local.abort();
             }
         };
+        self.counts.count(Route::Multiplexed);
         if let Some(reason) = local.pump(stream, traffic).await {
             tracing::debug!("connection to guest {target:?} reset: {reason}");
         }

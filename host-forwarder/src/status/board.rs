@@ -89,10 +89,64 @@ pub struct StatusReport {
     pub agent: String,
     /// Whether a session with the agent is up.
     pub connected: bool,
-    /// How connections travel: "dedicated", "multiplexed" or "-" offline.
+    /// How connections travel: "ssh-master" (through the guest's ssh
+    /// ControlMaster), "dedicated", "multiplexed" or "-" offline.
     pub data_path: String,
     /// One row per guest listener and host binding.
     pub ports: Vec<RowReport>,
+    /// How many connections each route has carried since ferry started.
+    #[serde(default)]
+    pub connections_by_route: RouteCountsReport,
+}
+
+/// Connections carried per route (see [`RouteCounts`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteCountsReport {
+    /// Through the guest's ssh ControlMaster.
+    pub ssh_master: u64,
+    /// Over dedicated data connections.
+    pub dedicated: u64,
+    /// As streams of the session.
+    pub multiplexed: u64,
+}
+
+/// Counts the connections each route carries.
+#[derive(Debug, Default)]
+pub struct RouteCounts {
+    ssh_master: AtomicU64,
+    dedicated: AtomicU64,
+    multiplexed: AtomicU64,
+}
+
+/// A route a connection took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through the guest's ssh ControlMaster.
+    SshMaster,
+    /// Over a dedicated data connection.
+    Dedicated,
+    /// As a stream of the session.
+    Multiplexed,
+}
+
+impl RouteCounts {
+    /// Counts one connection carried by `route`.
+    pub fn count(&self, route: Route) {
+        let counter = match route {
+            Route::SshMaster => &self.ssh_master,
+            Route::Dedicated => &self.dedicated,
+            Route::Multiplexed => &self.multiplexed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self) -> RouteCountsReport {
+        RouteCountsReport {
+            ssh_master: self.ssh_master.load(Ordering::Relaxed),
+            dedicated: self.dedicated.load(Ordering::Relaxed),
+            multiplexed: self.multiplexed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Which channel a group of rows belongs to; each channel replaces its own.
@@ -120,12 +174,18 @@ struct State {
 pub struct StatusBoard {
     agent: String,
     state: Arc<Mutex<State>>,
+    routes: Arc<RouteCounts>,
 }
 
 impl StatusBoard {
     /// A board for the agent at `agent`, offline.
     pub fn new(agent: String) -> Self {
-        Self { agent, state: Arc::default() }
+        Self { agent, state: Arc::default(), routes: Arc::default() }
+    }
+
+    /// The per-route connection counters, shared with every session's routes.
+    pub fn route_counts(&self) -> Arc<RouteCounts> {
+        self.routes.clone()
     }
 
     /// Records the session state.
@@ -178,6 +238,7 @@ impl StatusBoard {
             connected: s.connected,
             data_path: if s.connected { s.data_path.clone() } else { "-".into() },
             ports,
+            connections_by_route: self.routes.report(),
         }
     }
 }

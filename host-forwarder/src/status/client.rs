@@ -36,6 +36,13 @@ pub fn render(r: &StatusReport) -> String {
         r.agent,
         if r.connected { format!("connected, {} connections", r.data_path) } else { "not connected".into() }
     );
+    let c = &r.connections_by_route;
+    if c.ssh_master + c.dedicated + c.multiplexed > 0 {
+        out.push_str(&format!(
+            "connections so far: {} through the ssh master, {} dedicated, {} multiplexed\n",
+            c.ssh_master, c.dedicated, c.multiplexed
+        ));
+    }
     let mut rows: Vec<[String; 8]> = vec![[
         "PROTO".to_string(),
         "GUEST".into(),
@@ -96,6 +103,7 @@ mod tests {
             agent: "unix:/a".into(),
             connected: true,
             data_path: "dedicated".into(),
+            connections_by_route: Default::default(),
             ports: vec![RowReport {
                 proto: "tcp".into(),
                 guest: "127.0.0.1:80".into(),

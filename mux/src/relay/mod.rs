@@ -289,6 +289,18 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
     }
 }
 
+/// Moves bytes from `src` to `dst` until `src` reaches EOF, then shuts down
+/// `dst`'s write side: one direction of a relay, for a source that carries
+/// nothing but the far side's bytes (see [`crate::ssh_master`]). `count`
+/// sees each batch moved. The bytes move as [`RelayKind::current`] says.
+pub async fn relay_one_way<A: RelaySocket, B: RelaySocket>(src: &A, dst: &B, count: impl Fn(usize)) -> io::Result<u64> {
+    match RelayKind::current() {
+        #[cfg(target_os = "linux")]
+        RelayKind::Splice => one_way::<splice::Pipe, _, _>(src, dst, count, || Ok(())).await,
+        RelayKind::Copy => one_way::<copy::CopyBuffer, _, _>(src, dst, count, || Ok(())).await,
+    }
+}
+
 async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,

@@ -1,0 +1,93 @@
+//! Forwarding a client through the ssh ControlMaster of the guest (see
+//! [`ferry_mux::ssh_master`]): TCP ports and guest Unix sockets, carried
+//! the way `ssh -L` carries them, with the session as the fallback while
+//! the master is unreachable or refuses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_mux::{
+    ssh_master::{Destination, NotTaken, Outcome, SshMaster},
+    LocalConn, Traffic,
+};
+use ferry_protocol::Target;
+
+use crate::status::board::{Route, RouteCounts};
+
+/// The ControlMaster route, whether it worked last time (to log its
+/// changes once rather than per connection), and whether it can carry
+/// Unix sockets.
+pub struct MasterRoute {
+    master: SshMaster,
+    working: AtomicBool,
+    /// Set when the master refused a Unix-socket forward that the session
+    /// then carried: OpenSSH before 9.4 cannot ask for one, so guest
+    /// sockets stop trying the master (until [`MasterRoute::reset`]).
+    no_unix: AtomicBool,
+}
+
+impl MasterRoute {
+    /// The route through the master at `master`'s control socket.
+    pub fn new(master: SshMaster) -> Self {
+        Self { master, working: AtomicBool::new(true), no_unix: AtomicBool::new(false) }
+    }
+
+    /// Forgets what was learnt of the master (a new session may come with a
+    /// new master).
+    pub fn reset(&self) {
+        self.no_unix.store(false, Ordering::Relaxed);
+    }
+
+    /// Forwards `local` to `target` through the master. Gives the connection
+    /// back, untouched, if the master did not take it (no master, a target
+    /// ssh cannot reach such as UDP, or a refused forward), so the caller
+    /// can carry it another way.
+    pub async fn forward(
+        &self,
+        local: LocalConn,
+        target: &Target,
+        traffic: &Traffic,
+        counts: &RouteCounts,
+    ) -> Result<(), LocalConn> {
+        let host;
+        let to = match target {
+            Target::Tcp(addr) => {
+                host = addr.ip().to_string();
+                Destination::Tcp(&host, addr.port())
+            }
+            Target::Unix(_) if self.no_unix.load(Ordering::Relaxed) => return Err(local),
+            Target::Unix(path) => Destination::Unix(path),
+            Target::Udp(_) | Target::Reverse(_) => return Err(local),
+        };
+        match self.master.forward(local, to, traffic).await {
+            Outcome::Carried(end) => {
+                counts.count(Route::SshMaster);
+                if !self.working.swap(true, Ordering::Relaxed) {
+                    tracing::info!("the ssh ControlMaster carries connections again");
+                }
+                if let Some(reason) = end {
+                    tracing::debug!("connection to guest {target:?} through the ControlMaster ended: {reason}");
+                }
+                Ok(())
+            }
+            Outcome::NotTaken(local, NotTaken::Refused(why)) if matches!(target, Target::Unix(_)) => {
+                if !self.no_unix.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "{why}: guest Unix sockets go over the session (an OpenSSH ControlMaster forwards \
+                         to Unix sockets from 9.4 on)"
+                    );
+                }
+                Err(local)
+            }
+            Outcome::NotTaken(local, why) => {
+                // A refusal is often only a closed guest port: the session
+                // then says so authoritatively (and resets the client).
+                if self.working.swap(false, Ordering::Relaxed) {
+                    tracing::info!("{why}; {target:?} goes over the session instead");
+                } else {
+                    tracing::debug!("{why}; {target:?} goes over the session instead");
+                }
+                Err(local)
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Connections carried by an OpenSSH ControlMaster as stdio forwards: the
+//! route that makes ferry over ssh as fast as `ssh -L`.
+//!
+//! Every Lima VM has an ssh ControlMaster (`<instance>/ssh.sock`). For each
+//! forwarded connection ferry asks it for a stdio forward (`ssh -W` without
+//! the extra process, see [`messages`]) and passes it two descriptors over
+//! the control socket: the client's socket itself as stdin, so the master
+//! reads the client directly (the path and cost of `ssh -L`), and one end of
+//! a socket pair as stdout, which ferry relays to the client. The second
+//! descriptor is what keeps half-close: the master ends its stdout by
+//! closing it, and only a descriptor of its own makes that an EOF ferry can
+//! turn into `shutdown(SHUT_WR)` on the client (closing a duplicate of the
+//! client's socket would not).
+//!
+//! The master reads nothing from the client before the server side has
+//! connected, so a refused forward hands the client back untouched (see
+//! [`Outcome::NotTaken`]) and the caller can carry it another way. Masters
+//! before OpenSSH 9.4 cannot forward to a Unix socket path and refuse. The
+//! master holds the forward only while the control connection stays open:
+//! closing it aborts the forward.
+
+pub mod messages;
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    net::UnixStream,
+};
+
+use crate::{relay, LocalConn, Traffic};
+pub use messages::Destination;
+use messages::Reply;
+
+/// How long the master may take to say whether a forward is open.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A ControlMaster, known by its control socket.
+#[derive(Debug)]
+pub struct SshMaster {
+    control: PathBuf,
+    next_request: AtomicU32,
+}
+
+/// How a forward through the master ended.
+pub enum Outcome {
+    /// The master carried the connection until both directions ended
+    /// (`None`) or one failed (the reason; the client was aborted).
+    Carried(Option<String>),
+    /// The master did not take the connection; nothing was read from the
+    /// client, which is handed back with the reason.
+    NotTaken(LocalConn, NotTaken),
+}
+
+/// Why the master did not take a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotTaken {
+    /// No master answered on the control socket (or it spoke no version 4).
+    Unreachable(String),
+    /// The master refused the forward: the server side could not connect,
+    /// its policy forbids it, or (a Unix socket, OpenSSH before 9.4) the
+    /// master cannot ask for it.
+    Refused(String),
+}
+
+impl std::fmt::Display for NotTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) | Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl SshMaster {
+    /// The master listening on `control`.
+    pub fn new(control: &Path) -> Self {
+        Self { control: control.to_path_buf(), next_request: AtomicU32::new(1) }
+    }
+
+    /// Its control socket.
+    pub fn control_path(&self) -> &Path {
+        &self.control
+    }
+
+    /// Forwards `local` to `to` through the master until it ends, counting
+    /// the bytes that come back in `traffic` (those that go out the master
+    /// reads from the client itself, unseen).
+    pub async fn forward(&self, local: LocalConn, to: Destination<'_>, traffic: &Traffic) -> Outcome {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (mut control, back) = match self.open(&local, to, request_id).await {
+            Ok(opened) => opened,
+            Err(Refusal::Untouched(why)) => return Outcome::NotTaken(local, why),
+            Err(Refusal::Unknown(why)) => {
+                local.abort();
+                return Outcome::Carried(Some(why));
+            }
+        };
+        let down = async {
+            match &local {
+                LocalConn::Tcp(s) => relay::relay_one_way(&back, s, |n| traffic.add_down(n)).await,
+                LocalConn::Unix(s) => relay::relay_one_way(&back, s, |n| traffic.add_down(n)).await,
+            }
+        };
+        // The master closes the control connection once the forward has
+        // ended both ways; until then it may still be reading the client.
+        let mut rest = [0u8; 256];
+        let ended = async {
+            loop {
+                match control.read(&mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let result = async {
+            down.await?;
+            ended.await;
+            Ok::<_, io::Error>(())
+        };
+        match result.await {
+            Ok(()) => Outcome::Carried(None),
+            Err(e) => {
+                // Dropping the control connection makes the master end the
+                // forward too.
+                local.abort();
+                Outcome::Carried(Some(format!("returning bytes to the client failed: {e}")))
+            }
+        }
+    }
+
+    /// Asks for the forward and waits for the master's answer; returns the
+    /// control connection and ferry's end of the stdout pair.
+    async fn open(
+        &self,
+        local: &LocalConn,
+        to: Destination<'_>,
+        request_id: u32,
+    ) -> Result<(UnixStream, UnixStream), Refusal> {
+        let untouched =
+            |what: &str, e: &dyn std::fmt::Display| Refusal::Untouched(NotTaken::Unreachable(format!("{what}: {e}")));
+        let mut control = UnixStream::connect(&self.control)
+            .await
+            .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
+        let mut request = messages::hello();
+        request.extend_from_slice(&messages::stdio_forward(request_id, to));
+        control.write_all(&request).await.map_err(|e| untouched("ControlMaster request", &e))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| untouched("socket pair", &e))?;
+        ours.set_nonblocking(true).map_err(|e| untouched("socket pair", &e))?;
+        let ours = UnixStream::from_std(ours).map_err(|e| untouched("socket pair", &e))?;
+        let client = match local {
+            LocalConn::Tcp(s) => s.as_raw_fd(),
+            LocalConn::Unix(s) => s.as_raw_fd(),
+        };
+        for fd in [client, theirs.as_raw_fd()] {
+            send_fd(&control, fd).await.map_err(|e| untouched("passing a descriptor to the ControlMaster", &e))?;
+        }
+        // The master holds its own copy now.
+        drop(theirs);
+        let answer = tokio::time::timeout(OPEN_TIMEOUT, read_answer(&mut control, request_id)).await;
+        match answer {
+            Ok(Ok(())) => Ok((control, ours)),
+            Ok(Err(refusal)) => Err(refusal),
+            Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {OPEN_TIMEOUT:?}"))),
+        }
+    }
+}
+
+/// Why a forward did not open.
+enum Refusal {
+    /// The master will not touch the client: carry it another way.
+    Untouched(NotTaken),
+    /// The master may have the client: it must be aborted.
+    Unknown(String),
+}
+
+/// Reads the master's hello, then its answer to `request_id`.
+async fn read_answer(control: &mut UnixStream, request_id: u32) -> Result<(), Refusal> {
+    let mut buf = Vec::new();
+    let mut hello_seen = false;
+    loop {
+        let reply = next_reply(control, &mut buf).await?;
+        match reply {
+            Reply::Hello { version } if !hello_seen => {
+                if version != messages::PROTOCOL_VERSION {
+                    let why = format!("ControlMaster speaks mux protocol {version}, not 4");
+                    return Err(Refusal::Untouched(NotTaken::Unreachable(why)));
+                }
+                hello_seen = true;
+            }
+            Reply::Opened { request_id: id } if hello_seen && id == request_id => return Ok(()),
+            Reply::Refused { request_id: id, denied, reason } if hello_seen && id == request_id => {
+                // Before the open is confirmed the master reads nothing
+                // from the descriptors and closes its copies.
+                let how = if denied { "denied" } else { "failed" };
+                return Err(Refusal::Untouched(NotTaken::Refused(format!(
+                    "the ControlMaster's forward {how}: {reason}"
+                ))));
+            }
+            other => return Err(Refusal::Unknown(format!("unexpected ControlMaster message {other:?}"))),
+        }
+    }
+}
+
+/// The next whole message from the master.
+async fn next_reply(control: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Reply, Refusal> {
+    loop {
+        match messages::message_len(buf) {
+            Ok(Some(len)) => {
+                let reply = messages::parse(&buf[..len]).map_err(|e| Refusal::Unknown(e.to_string()));
+                buf.drain(..len);
+                return reply;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Refusal::Unknown(e.to_string())),
+        }
+        let mut chunk = [0u8; 512];
+        match control.read(&mut chunk).await {
+            Ok(0) => return Err(Refusal::Unknown("the ControlMaster closed the control connection".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(Refusal::Unknown(format!("reading from the ControlMaster: {e}"))),
+        }
+    }
+}
+
+/// Sends the descriptor `fd` over `sock` (one byte with SCM_RIGHTS, as
+/// OpenSSH's mm_receive_fd expects).
+async fn send_fd(sock: &UnixStream, fd: RawFd) -> io::Result<()> {
+    loop {
+        sock.writable().await?;
+        match sock.try_io(Interest::WRITABLE, || sendmsg_fd(sock.as_raw_fd(), fd)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+fn sendmsg_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let fd_size = std::mem::size_of::<RawFd>() as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(fd_size) } as usize;
+    // u64 words keep the control buffer aligned for a cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at a control buffer of `space` bytes, room for
+    // one header with one descriptor, so CMSG_FIRSTHDR is non-null and its
+    // data area holds a RawFd (written unaligned to be safe).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_size) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` and everything it points at live across the call.
+    let sent = unsafe { libc::sendmsg(sock, &msg, 0) };
+    match relay::os_result(sent)? {
+        1 => Ok(()),
+        _ => Err(io::ErrorKind::WriteZero.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    /// Receives one descriptor as OpenSSH's mm_receive_fd does.
+    fn recv_fd(sock: RawFd) -> RawFd {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+        let mut control = vec![0u64; 8];
+        // SAFETY: test code; buffers outlive the call, sizes are exact.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = 64 as _;
+            assert_eq!(libc::recvmsg(sock, &mut msg, 0), 1);
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!cmsg.is_null());
+            assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
+            std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_passed_descriptor_arrives_as_the_same_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
+        send_fd(&a, there.as_raw_fd()).await.unwrap();
+        drop(there);
+        let b = b.into_std().unwrap();
+        b.set_nonblocking(false).unwrap();
+        let got = recv_fd(b.as_raw_fd());
+        // SAFETY: the descriptor was just received and is owned by nobody else.
+        let mut got = unsafe { std::os::unix::net::UnixStream::from_raw_fd(got) };
+        use std::io::{Read, Write};
+        got.write_all(b"through").unwrap();
+        let mut buf = [0u8; 7];
+        here.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"through");
+    }
+}

@@ -1,0 +1,240 @@
+//! ferry over ssh as `limactl ferry start` runs it: the agent's session is a
+//! client of an OpenSSH ControlMaster (a real sshd in the guest namespace),
+//! and connections go through that master as stdio forwards
+//! (`--ssh-control-path`), falling back to the session when it cannot.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use ferry_tests::{
+    bin_dir,
+    data::pattern,
+    free_port,
+    net::{connect_forwarded, spawn_echo, GUARD},
+    procs::make_secret,
+    ssh::SshGuest,
+    wait_for, Guest, Proc,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A guest reached over ssh, its ControlMaster, and `ferry run` using both.
+struct SshBridge {
+    forwarder: Proc,
+    master: Option<Proc>,
+    ssh: SshGuest,
+    guest: Guest,
+    control: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl SshBridge {
+    /// `sshd_options` go into the guest's sshd_config; `rules` (if any) is
+    /// the forwarder's rules file text.
+    fn start(guest: Guest, dir: tempfile::TempDir, sshd_options: &str, rules: Option<String>) -> Self {
+        let ssh = SshGuest::with_sshd_options(dir.path(), sshd_options).unwrap();
+        let control = dir.path().join("ssh.sock");
+        let master = ssh.start_master(&guest, &control, dir.path().join("master.log"));
+        let secret = make_secret(dir.path());
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut remote = vec!["ssh".to_string(), "-S".into(), quote(&control.display().to_string())];
+        remote.extend(ssh.client_args(&guest).iter().map(|a| quote(a)));
+        remote.push("root@guest".into());
+        remote.push(quote(&bin_dir().join("ferry-agent").display().to_string()));
+        remote.extend(["--stdio".into(), "-v".into(), "--secret-file".into(), quote(&secret.display().to_string())]);
+        let mut cmd = Command::new(bin_dir().join("ferry"));
+        cmd.args(["run", "-v", "--retry-busy-ms", "200", "--agent", &format!("exec:{}", remote.join(" "))])
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("--ssh-control-path")
+            .arg(&control)
+            .env("FERRY_STATE_DIR", dir.path().join("state"));
+        if let Some(rules) = rules {
+            std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+            cmd.arg("--rules").arg(dir.path().join("rules.yaml"));
+        }
+        let forwarder = Proc::spawn(cmd, dir.path().join("ferry.log"));
+        let b = Self { forwarder, master: Some(master), ssh, guest, control, dir };
+        b.wait_log(1, "connected to agent");
+        b
+    }
+
+    fn wait_log(&self, count: usize, needle: &str) {
+        wait_for(Duration::from_secs(30), &format!("forwarder log line {needle:?} x{count}"), || {
+            (self.forwarder.log_text().matches(needle).count() >= count).then_some(())
+        });
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = Command::new(bin_dir().join("ferry"))
+            .args(["status", "--json", "--control-socket"])
+            .arg(self.dir.path().join("state/ferry.sock"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for SshBridge {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- ferry log ---\n{}", self.forwarder.log_text());
+            if let Some(m) = &self.master {
+                eprintln!("--- master log ---\n{}", m.log_text());
+            }
+        }
+    }
+}
+
+/// Sends `data`, half-closes, reads the echo to EOF and checks it.
+async fn echo_round(addr: &str, data: &[u8]) {
+    let s = connect_forwarded(addr).await;
+    let (mut r, mut w) = s.into_split();
+    let sent = data.to_vec();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(GUARD, r.read_to_end(&mut back)).await.expect("echo hung").unwrap();
+    writer.await.unwrap();
+    assert!(back == data, "echo through {addr}: {} bytes back of {}", back.len(), data.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_go_through_the_controlmaster_with_half_close_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest_dir = dir.path().join("guest");
+    let guest = Guest::with_private_dir(&guest_dir, dir.path().join("holder.log"));
+    let guest_sock = guest_dir.join("docker.sock");
+    let host_sock = dir.path().join("host/docker.sock");
+    let rules =
+        format!("portForwards:\n- guestSocket: {}\n  hostSocket: {}\n", guest_sock.display(), host_sock.display());
+    let b = SshBridge::start(guest, dir, "", Some(rules));
+    assert_eq!(b.status()["data_path"], "ssh-master");
+
+    // Client half-closes first: 4 MiB out, echoed back whole.
+    let echo_port = free_port();
+    spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{echo_port}")));
+    echo_round(&format!("127.0.0.1:{echo_port}"), &pattern(7, 4 << 20)).await;
+
+    // The server ends first while the client keeps its side open (HTTP/1.0
+    // style): the client must see EOF, not wait forever.
+    let talk_port = free_port();
+    let l = b.guest.tcp_listener(&format!("127.0.0.1:{talk_port}"));
+    let body = pattern(9, 1 << 20);
+    let sent = body.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.write_all(&sent).await.unwrap();
+        // Dropping closes both ways.
+    });
+    let mut s = connect_forwarded(&format!("127.0.0.1:{talk_port}")).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(GUARD, s.read_to_end(&mut got)).await.expect("no EOF from a server that closed").unwrap();
+    assert!(got == body, "{} bytes of {}", got.len(), body.len());
+    drop(s);
+
+    let routes = b.status()["connections_by_route"].clone();
+    assert_eq!(routes["ssh_master"], 2, "both TCP connections went through the master: {routes}");
+    assert_eq!(routes["multiplexed"], 0, "{routes}");
+
+    // A guest Unix socket (docker.sock's place), with curl as the client;
+    // the socket lives in a tmpfs only the guest sees. A master from
+    // OpenSSH 9.4 on carries it; an older one refuses once, and from then on
+    // guest sockets go over the session without asking it again.
+    let mut server = b.guest.command("python3");
+    server.args(["-c", UNIX_HTTP]).arg(&guest_sock);
+    let _server = Proc::spawn(server, b.dir.path().join("server.log"));
+    wait_for(GUARD, "host socket", || host_sock.exists().then_some(()));
+    for _ in 0..3 {
+        let out = wait_for(GUARD, "curl through the host socket", || {
+            let out = Command::new("curl")
+                .args(["-sS", "--unix-socket"])
+                .arg(&host_sock)
+                .arg("http://guest/")
+                .output()
+                .ok()?;
+            out.status.success().then_some(out)
+        });
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello over docker.sock\n");
+    }
+    let refusals = b.forwarder.log_text().matches("guest Unix sockets go over the session").count();
+    let routes = b.status()["connections_by_route"].clone();
+    if openssh_version() >= (9, 4) {
+        assert_eq!(refusals, 0, "OpenSSH {:?} forwards Unix sockets", openssh_version());
+        assert_eq!(routes["ssh_master"], 5, "{routes}");
+    } else {
+        assert_eq!(routes["multiplexed"], 3, "{routes}");
+        assert_eq!(refusals, 1, "an older master is asked once");
+        assert_eq!(b.forwarder.log_text().matches("forward failed").count(), 1, "and never again");
+    }
+}
+
+/// The ssh client's (major, minor) version, from `ssh -V`.
+fn openssh_version() -> (u32, u32) {
+    let out = Command::new("ssh").arg("-V").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = text.split("OpenSSH_").nth(1).unwrap_or_else(|| panic!("ssh -V: {text}"));
+    let mut nums = v.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse().unwrap());
+    (nums.next().unwrap(), nums.next().unwrap())
+}
+
+/// An HTTP/1.0 server on the Unix socket argv[1].
+const UNIX_HTTP: &str = r#"
+import http.server, socketserver, sys, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"hello over docker.sock\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.UnixStreamServer):
+    def get_request(self):
+        req, _ = super().get_request()
+        return req, ("guest", 0)
+S(sys.argv[1], H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_the_master_refuses_goes_over_the_session_with_every_byte() {
+    // sshd allows no forwarding to anywhere: the master answers each
+    // request with a failure, after which the client is carried by the
+    // session, its first bytes included.
+    let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "PermitOpen none\n", None);
+    let port = free_port();
+    spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    echo_round(&format!("127.0.0.1:{port}"), &pattern(3, 1 << 20)).await;
+    b.wait_log(1, "goes over the session instead");
+    assert!(b.forwarder.log_text().contains("forward failed"), "the master's refusal is logged");
+    let routes = b.status()["connections_by_route"].clone();
+    assert_eq!((routes["ssh_master"].as_u64(), routes["multiplexed"].as_u64()), (Some(0), Some(1)), "{routes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_outlives_the_controlmaster_and_returns_to_it() {
+    let mut b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
+    let port = free_port();
+    spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let addr = format!("127.0.0.1:{port}");
+    echo_round(&addr, &pattern(1, 256 << 10)).await;
+    assert_eq!(b.status()["connections_by_route"]["ssh_master"], 1);
+
+    // The master dies (as it does when a Mac sleeps): the session was its
+    // client and ends too; ferry reconnects with ssh directly, and
+    // connections go over the session.
+    b.master.take().unwrap().kill();
+    b.wait_log(2, "connected to agent");
+    let _ = std::fs::remove_file(&b.control);
+    echo_round(&addr, &pattern(2, 256 << 10)).await;
+    b.wait_log(1, "goes over the session instead");
+    assert_eq!(b.status()["connections_by_route"]["multiplexed"], 1);
+
+    // A new master (Lima's hostagent starts one): connections use it again.
+    b.master = Some(b.ssh.start_master(&b.guest, &b.control, b.dir.path().join("master2.log")));
+    echo_round(&addr, &pattern(3, 256 << 10)).await;
+    b.wait_log(1, "carries connections again");
+    assert_eq!(b.status()["connections_by_route"]["ssh_master"], 2);
+}
