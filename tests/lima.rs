@@ -180,6 +180,75 @@ async fn start_status_logs_stop_against_a_fake_limactl() {
     assert_eq!(restarted["agent_installed"], false, "{restarted}");
 }
 
+/// The pid of the ssh ControlMaster serving `control`, as `ssh -O check` says.
+fn master_pid(config: &Path, control: &Path) -> Option<u32> {
+    let out =
+        Command::new("ssh").arg("-F").arg(config).arg("-S").arg(control).args(["-O", "check", "lima-dev"]).output();
+    let text = String::from_utf8_lossy(&out.ok()?.stderr).into_owned();
+    text.split("pid=").nth(1)?.split(')').next()?.parse().ok()
+}
+
+/// Ends the ControlMaster that `ControlPersist yes` left in the background.
+struct MasterGuard(PathBuf, PathBuf);
+
+impl Drop for MasterGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = master_pid(&self.0, &self.1) {
+            // SAFETY: kill(2) of the pid the master reported for itself.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
+    let guest_port = free_port();
+    let lima = Lima::new("vmType: vz\n");
+    // An ssh.config as Lima writes it (ControlMaster auto, ControlPath in
+    // the instance dir, ControlPersist yes), reaching a real sshd in the guest.
+    let shims = lima.dir.path().join("shims");
+    let ssh = ferry_tests::ssh::SshGuest::with_sshd_options(
+        lima.dir.path(),
+        &format!("SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n", shims.display()),
+    )
+    .unwrap();
+    let control = lima.inst.join("ssh.sock");
+    let config = lima.inst.join("ssh.config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host lima-dev\n  IdentityFile \"{}\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  \
+             BatchMode yes\n  LogLevel ERROR\n  User root\n  ControlMaster auto\n  ControlPath \"{}\"\n  \
+             ControlPersist yes\n  ProxyCommand {}\n",
+            ssh.client_key().display(),
+            control.display(),
+            ssh.proxy_command(&lima.guest)
+        ),
+    )
+    .unwrap();
+    let _master = MasterGuard(config.clone(), control.clone());
+
+    let started = lima.start();
+    assert_eq!(started["ssh_master"], control.display().to_string(), "{started}");
+    assert!(started["agent"].as_str().unwrap().starts_with("exec:ssh -F"), "{started}");
+    assert!(master_pid(&config, &control).is_some(), "the session's ssh left a ControlMaster");
+
+    spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
+    let mut s = connect_forwarded(&format!("127.0.0.1:{guest_port}")).await;
+    s.write_all(b"through the master").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"through the master");
+
+    let status = lima.plugin(&["status", "dev", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["data_path"], "ssh-master", "{status}");
+    assert_eq!(status["connections_by_route"]["ssh_master"], 1, "{status}");
+    let table = String::from_utf8(lima.plugin(&["status", "dev"]).stdout).unwrap();
+    assert!(table.contains("1 through the ssh master"), "{table}");
+}
+
 #[test]
 fn start_refuses_a_stopped_instance_and_an_unknown_one() {
     let lima = Lima::new("vmType: qemu\n");

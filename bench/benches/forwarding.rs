@@ -60,6 +60,11 @@ fn main() {
         }
         Err(_) => plan,
     };
+    // FERRY_BENCH_MANY=N runs the concurrent-streams rows with N streams.
+    let plan = match std::env::var("FERRY_BENCH_MANY") {
+        Ok(n) => Plan { many: n.trim().parse().expect("FERRY_BENCH_MANY"), ..plan },
+        Err(_) => plan,
+    };
     // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
     let only = std::env::var("FERRY_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == section));

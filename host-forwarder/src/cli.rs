@@ -176,6 +176,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub ssh_control_path: Option<PathBuf>,
 
+    /// The most connections the ssh ControlMaster carries at once; more go
+    /// over the session (OpenSSH's throughput collapses with many busy
+    /// channels, the session's single channel does not).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub ssh_master_max_connections: u64,
+
     /// Publish loopback ports on the wildcard address and refuse every peer
     /// that is not local (the path macOS takes for privileged ports);
     /// for testing that path on Linux.

@@ -85,7 +85,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     files.excludes.extend(args.watch_exclude.iter().cloned());
     let master = args.ssh_control_path.as_deref().map(|path| {
         tracing::info!("TCP and Unix-socket connections go through the ssh ControlMaster at {}", path.display());
-        Arc::new(MasterRoute::new(ferry_mux::ssh_master::SshMaster::new(path)))
+        let max = args.ssh_master_max_connections as usize;
+        Arc::new(MasterRoute::new(ferry_mux::ssh_master::SshMaster::new(path), max))
     });
     let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files, master };
     tokio::select! {

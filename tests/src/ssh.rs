@@ -79,14 +79,24 @@ impl SshGuest {
         ]
         .map(String::from)
         .to_vec();
-        args.push(self.dir.join("client").display().to_string());
+        args.push(self.client_key().display().to_string());
         args.push("-o".into());
+        args.push(format!("ProxyCommand={}", self.proxy_command(guest)));
+        args
+    }
+
+    /// The client's private key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client")
+    }
+
+    /// The ProxyCommand that runs `sshd -i` in `guest`'s namespaces.
+    pub fn proxy_command(&self, guest: &Guest) -> String {
         let enter = match guest.holder_pid() {
             Some(pid) => format!("nsenter -t {pid} -m -n"),
             None => format!("ip netns exec {}", guest.name),
         };
-        args.push(format!("ProxyCommand={enter} {} -i -e -f {}", self.sshd, self.dir.join("sshd_config").display()));
-        args
+        format!("{enter} {} -i -e -f {}", self.sshd, self.dir.join("sshd_config").display())
     }
 
     /// Starts a ControlMaster to `guest` whose control socket is `control`

@@ -10,10 +10,14 @@
 //! runs per session over ssh (`exec:` transport with the instance's
 //! ssh.config, or `limactl shell` without one), unless `--agent` names a
 //! transport such as a vsock address of an agent running as a service.
+//! Over ssh, connections go through the instance's ssh ControlMaster
+//! ([`ssh_control`]; `ferry run --ssh-control-path`) as `ssh -L` would
+//! carry them, with the session as the fallback.
 
 pub mod agent_binary;
 pub mod lima_yaml;
 pub mod limactl;
+pub mod ssh_control;
 
 use std::{
     fs::DirBuilder,
@@ -72,6 +76,10 @@ pub struct StartArgs {
     /// Where the secret is installed in the guest.
     #[arg(long, value_name = "DIR", default_value = "/etc/ferry")]
     pub guest_etc: String,
+    /// Carry every connection in the agent's session, never through the
+    /// instance's ssh ControlMaster.
+    #[arg(long)]
+    pub no_ssh_master: bool,
     /// How long to wait for ferry to connect, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
@@ -104,6 +112,8 @@ struct StartReport<'a> {
     pid: u32,
     agent: String,
     agent_installed: bool,
+    /// The ControlMaster connections go through, if any.
+    ssh_master: Option<PathBuf>,
     control_socket: PathBuf,
     log: PathBuf,
 }
@@ -142,6 +152,10 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         Some(addr) => addr.to_string(),
         None => exec_agent(&inst, &agent_bin, &guest_secret),
     };
+    let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
+        (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
+        _ => None,
+    };
     let control = dir.join("ferry.sock");
     let log = dir.join("ferry.log");
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -155,6 +169,9 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         .arg(dir.join(PID_FILE));
     if inst.ssh_local_port != 0 {
         cmd.args(["--ssh-local-port", &inst.ssh_local_port.to_string()]);
+    }
+    if let Some(path) = &ssh_master {
+        cmd.arg("--ssh-control-path").arg(path);
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     // Its own session: the forwarder outlives this command and its terminal.
@@ -183,7 +200,15 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let report = StartReport { instance: name, pid, agent, agent_installed: installed, control_socket: control, log };
+    let report = StartReport {
+        instance: name,
+        pid,
+        agent,
+        agent_installed: installed,
+        ssh_master,
+        control_socket: control,
+        log,
+    };
     if a.target.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -212,6 +237,28 @@ fn install_agent(
     if current && secret_ok {
         return Ok(false);
     }
+    // Files travel through a fresh private directory (mktemp -d: 0700, a
+    // new name), never a fixed /tmp path another guest user could claim.
+    let staging = limactl::shell(name, "mktemp -d /tmp/ferry.XXXXXXXX")?;
+    let staging = String::from_utf8_lossy(&staging.stdout).trim().to_string();
+    if !staging.starts_with("/tmp/ferry.") {
+        anyhow::bail!("instance {name}: mktemp -d printed {staging:?}");
+    }
+    let result = install_files(name, a, agent_bin, secret, guest_secret, current, &staging);
+    let _ = limactl::shell(name, &format!("rm -rf {}", quote(&staging)));
+    result.map(|()| true)
+}
+
+/// Copies what is missing through `staging` in the guest and installs it.
+fn install_files(
+    name: &str,
+    a: &StartArgs,
+    agent_bin: &str,
+    secret: &Path,
+    guest_secret: &str,
+    current: bool,
+    staging: &str,
+) -> anyhow::Result<()> {
     if !current {
         let machine = limactl::shell(name, "uname -m")?;
         let arch = agent_binary::GuestArch::from_uname(&String::from_utf8_lossy(&machine.stdout))
@@ -219,22 +266,15 @@ fn install_agent(
         let local = agent_binary::find(a.agent_binary.as_deref(), &std::env::current_exe()?, arch)
             .map_err(|e| anyhow::anyhow!("instance {name}: {e}"))?;
         tracing::info!("installing {} into {name} ({} guest)", local.display(), arch.name());
-        limactl::copy_in(name, &local, "/tmp/ferry-agent.new")?;
-        limactl::shell(
-            name,
-            &format!("sudo install -D -m 0755 /tmp/ferry-agent.new {} && rm -f /tmp/ferry-agent.new", quote(agent_bin)),
-        )?;
+        let tmp = format!("{staging}/ferry-agent");
+        limactl::copy_in(name, &local, &tmp)?;
+        limactl::shell(name, &format!("sudo install -D -m 0755 {} {}", quote(&tmp), quote(agent_bin)))?;
     }
     // The secret always goes with a (re)install: the host's file is the truth.
-    limactl::copy_in(name, secret, "/tmp/ferry-secret.new")?;
-    limactl::shell(
-        name,
-        &format!(
-            "sudo install -D -m 0600 /tmp/ferry-secret.new {} && rm -f /tmp/ferry-secret.new",
-            quote(guest_secret)
-        ),
-    )?;
-    Ok(true)
+    let tmp = format!("{staging}/secret");
+    limactl::copy_in(name, secret, &tmp)?;
+    limactl::shell(name, &format!("sudo install -D -m 0600 {} {}", quote(&tmp), quote(guest_secret)))?;
+    Ok(())
 }
 
 /// `s` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.

@@ -1,0 +1,51 @@
+//! The instance's ssh ControlMaster: where its control socket is, as ssh
+//! itself resolves the instance's ssh.config (`ssh -G`). Lima writes
+//! `ControlMaster auto`, `ControlPath "<instance>/ssh.sock"` and
+//! `ControlPersist yes`, so a master serves every ssh to the guest.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+/// The control socket path ssh would use for `host` under `config`, if
+/// connection sharing is configured there with a plain path.
+pub fn control_path(config: &Path, host: &str) -> Option<PathBuf> {
+    let out = Command::new("ssh").arg("-F").arg(config).args(["-G", host]).stdin(Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_control_path(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The ControlPath in `ssh -G` output, unless sharing is off (`controlmaster
+/// no` with no path, or `controlpath none`) or the path still holds `%`
+/// tokens or `~` that only ssh expands.
+pub fn parse_control_path(ssh_g: &str) -> Option<PathBuf> {
+    let value = |key: &str| {
+        ssh_g.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            k.eq_ignore_ascii_case(key).then(|| v.trim().trim_matches('"'))
+        })
+    };
+    let path = value("controlpath")?;
+    if path.eq_ignore_ascii_case("none") || path.contains('%') || !path.starts_with('/') {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_limas_control_path_and_nothing_else() {
+        let lima = "user me\nhostname 127.0.0.1\nport 60022\ncontrolmaster auto\ncontrolpath /Users/me/.lima/dev/ssh.sock\ncontrolpersist yes\n";
+        assert_eq!(parse_control_path(lima), Some(PathBuf::from("/Users/me/.lima/dev/ssh.sock")));
+        assert_eq!(parse_control_path("controlmaster false\nport 22\n"), None);
+        assert_eq!(parse_control_path("controlpath none\n"), None);
+        assert_eq!(parse_control_path("controlpath ~/.ssh/cm-%C\n"), None);
+        assert_eq!(parse_control_path("controlpath \"/tmp/a b/ssh.sock\"\n"), Some(PathBuf::from("/tmp/a b/ssh.sock")));
+    }
+}
