@@ -5,7 +5,7 @@
 //! loopback bind share it), and the pseudoloopback listener macOS needs for
 //! privileged ports (a wildcard listener that refuses non-local peers).
 
-use std::{process::Command, sync::atomic::AtomicU32, time::Duration};
+use std::time::Duration;
 
 use ferry_tests::{
     free_port,
@@ -58,27 +58,11 @@ async fn a_port_another_program_serves_on_the_wildcard_address_is_taken_not_shar
     assert_eq!(echo(&format!("127.0.0.1:{port}"), b"guest").await, b"guest");
 }
 
-static NEXT_NET: AtomicU32 = AtomicU32::new(0);
-
-/// A second namespace joined to the host by a veth pair: the host end has
-/// `host_ip`, the namespace's end the next address. The pair goes with the
-/// namespace when it is deleted.
+/// A second namespace joined to the host by a veth pair (see
+/// [`Guest::link_to_host`]): the namespace and the host end's address.
 fn peer_namespace() -> (Guest, String) {
     let peer = Guest::new();
-    let n = (std::process::id() % 200) as usize * 16
-        + NEXT_NET.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize % 16;
-    let (host_if, peer_if) = (format!("fvh{n}"), format!("fvp{n}"));
-    let host_ip = format!("10.213.{}.{}", n / 64, (n % 64) * 4 + 1);
-    let peer_ip = format!("10.213.{}.{}", n / 64, (n % 64) * 4 + 2);
-    let run = |args: &[&str]| {
-        let st = Command::new(args[0]).args(&args[1..]).status().expect("spawn");
-        assert!(st.success(), "{args:?}: {st}");
-    };
-    run(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if, "netns", &peer.name]);
-    run(&["ip", "addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-    run(&["ip", "link", "set", &host_if, "up"]);
-    run(&["ip", "netns", "exec", &peer.name, "ip", "addr", "add", &format!("{peer_ip}/30"), "dev", &peer_if]);
-    run(&["ip", "netns", "exec", &peer.name, "ip", "link", "set", &peer_if, "up"]);
+    let (host_ip, _) = peer.link_to_host("fvp");
     (peer, host_ip)
 }
 

@@ -87,9 +87,15 @@ impl Lima {
     }
 
     fn start(&self) -> serde_json::Value {
+        self.start_with(&[])
+    }
+
+    /// `start dev --json` with the guest's directories in its private tmpfs,
+    /// and `extra` arguments.
+    fn start_with(&self, extra: &[&str]) -> serde_json::Value {
         let g = self.guest_dir();
-        let (gbin, getc) = (g.join("bin"), g.join("etc"));
-        let out = self.plugin(&[
+        let (gbin, getc, grun) = (g.join("bin"), g.join("etc"), g.join("run"));
+        let mut args = vec![
             "start",
             "dev",
             "--json",
@@ -97,7 +103,11 @@ impl Lima {
             gbin.to_str().unwrap(),
             "--guest-etc",
             getc.to_str().unwrap(),
-        ]);
+            "--guest-state",
+            grun.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = self.plugin(&args);
         assert!(
             out.status.success(),
             "start failed: {}{}",
@@ -247,6 +257,84 @@ async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
     assert_eq!(status["connections_by_route"]["ssh_master"], 1, "{status}");
     let table = String::from_utf8(lima.plugin(&["status", "dev"]).stdout).unwrap();
     assert!(table.contains("1 through the ssh master"), "{table}");
+}
+
+/// Sends `msg` through the host port `port`, half-closes, and returns the echo.
+async fn echo_through(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_vznat_address_the_agent_serves_on_tcp_and_ssh_is_the_fallback() {
+    let (guest_port, agent_port) = (free_port(), free_port());
+    let lima = Lima::new("vmType: vz\n");
+    // The guest's NIC on a network the host reaches (vzNAT), named as Lima names it.
+    let (_, guest_ip) = lima.guest.link_to_host("lima0");
+    let started = lima.start_with(&["--agent-port", &agent_port.to_string()]);
+    assert_eq!(started["transport"], "tcp", "{started}");
+    assert_eq!(started["agent"], format!("tcp:{guest_ip}:{agent_port}"), "{started}");
+    assert!(started["fallback_agent"].as_str().unwrap().starts_with("exec:"), "{started}");
+
+    spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
+    assert_eq!(echo_through(guest_port, b"over vznat").await, b"over vznat");
+    let status = || {
+        let out = lima.plugin(&["status", "dev", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let s = status();
+    assert_eq!(s["transport"], format!("tcp:{guest_ip}:{agent_port}"), "{s}");
+    assert_eq!(
+        (s["data_path"].as_str(), s["connections_by_route"]["dedicated"].as_u64()),
+        (Some("dedicated"), Some(1))
+    );
+
+    // The service dies (killed by its pid): ferry falls back to the agent over the instance's shell.
+    let pid_file = lima.guest_dir().join("run/agent.pid");
+    let pid = lima.guest.command("cat").arg(&pid_file).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap();
+    // SAFETY: kill(2) of the agent service's pid, read from its own pid file.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let s = ferry_tests::wait_for(std::time::Duration::from_secs(30), "the fallback session", || {
+        let s = status();
+        (s["connected"] == true && s["transport"].as_str().is_some_and(|t| t.starts_with("exec:"))).then_some(s)
+    });
+    assert_eq!(s["agent"], format!("tcp:{guest_ip}:{agent_port}"), "{s}");
+    assert_eq!(echo_through(guest_port, b"over the fallback").await, b"over the fallback");
+    let table = String::from_utf8(lima.plugin(&["status", "dev"]).stdout).unwrap();
+    assert!(table.contains("connected over exec:"), "{table}");
+
+    // Stop ends the service the next start began, and forgets it.
+    let again = lima.plugin(&["stop", "dev"]);
+    assert!(again.status.success());
+    let restarted = lima.start_with(&["--agent-port", &agent_port.to_string()]);
+    assert_eq!(restarted["transport"], "tcp", "{restarted}");
+    let pid = lima.guest.command("cat").arg(&pid_file).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap();
+    let stopped = lima.plugin(&["stop", "dev"]);
+    assert!(stopped.status.success());
+    assert!(!lima.inst.join("ferry/agent-service.json").exists());
+    // SAFETY: signal 0 only asks whether that pid still exists.
+    assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "the agent service was stopped");
+}
+
+#[test]
+fn the_tcp_transport_needs_a_vznat_or_shared_address() {
+    let text = "vmType: qemu\n";
+    let lima = Lima::new(text);
+    let gbin = lima.guest_dir().join("bin");
+    let out = lima.plugin(&["start", "dev", "--transport", "tcp", "--guest-bin", gbin.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no lima0 address") && err.contains("--transport ssh"), "{err}");
+    // Refused before anything changed: no agent in the guest, lima.yaml as it was.
+    let installed = lima.guest.command("test").arg("-e").arg(gbin.join("ferry-agent")).status().unwrap();
+    assert!(!installed.success(), "nothing is installed");
+    assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), text);
 }
 
 #[test]

@@ -77,6 +77,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub agent: Address,
 
+    /// A second transport address, used while the agent cannot be reached
+    /// at --agent (e.g. exec:ssh behind a tcp: address on the guest's vzNAT
+    /// network); --agent is tried first again at every reconnection.
+    #[arg(long, value_name = "ADDR")]
+    pub fallback_agent: Option<Address>,
+
     /// Longest wait between reconnection attempts, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub max_backoff_ms: u64,

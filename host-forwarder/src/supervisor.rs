@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ferry_mux::{secret_file, Session, SessionConfig, SessionEvent, Transport};
+use ferry_mux::{secret_file, Address, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::{ControlMessage, Role};
 
 use crate::{
@@ -33,6 +33,10 @@ struct Setup {
 
 /// The status board's name for the route through the ssh ControlMaster.
 const SSH_MASTER: &str = "ssh-master";
+
+/// How long dialling the agent and authenticating may take (a TCP connect
+/// to a guest that is gone would otherwise wait for SYN retries, minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -113,29 +117,44 @@ impl Drop for ControlSocket {
 
 async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
     let cfg = session_config(args)?;
+    // The agent's address first, then the fallback (if any): each
+    // connection attempt goes down the list, so a fast transport that
+    // failed is tried again first at every reconnection.
+    let addrs: Vec<&Address> = std::iter::once(&args.agent).chain(args.fallback_agent.as_ref()).collect();
     let mut backoff = MIN_BACKOFF;
-    let mut last_error = String::new();
+    let mut last_errors = vec![String::new(); addrs.len()];
     loop {
-        match connect(args, &cfg).await {
-            Ok((session, events)) => {
-                backoff = MIN_BACKOFF;
-                last_error.clear();
-                tracing::info!("connected to agent at {} (protocol v{})", args.agent, session.negotiated().version);
-                setup.ports.board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "multiplexed" });
-                if let Some(master) = &setup.master {
-                    master.reset();
+        let mut connected = None;
+        for (i, addr) in addrs.iter().enumerate() {
+            match connect(addr, &cfg).await {
+                Ok(session) => {
+                    connected = Some((i, *addr, session));
+                    break;
                 }
-                let reason = serve(session, events, args, setup).await;
-                setup.ports.board.set_session(false, "-");
-                tracing::warn!("session with agent ended: {reason}; reconnecting");
-            }
-            Err(e) => {
-                // Log a repeating failure once, not on every attempt.
-                if e != last_error {
-                    tracing::warn!("cannot reach agent at {}: {e}; retrying", args.agent);
-                    last_error = e;
+                Err(e) => {
+                    // Log a repeating failure once, not on every attempt.
+                    if e != last_errors[i] {
+                        let next = if i + 1 < addrs.len() { "trying the fallback" } else { "retrying" };
+                        tracing::warn!("cannot reach agent at {addr}: {e}; {next}");
+                        last_errors[i] = e;
+                    }
                 }
             }
+        }
+        if let Some((i, addr, (session, events))) = connected {
+            backoff = MIN_BACKOFF;
+            last_errors[i].clear();
+            let via = if i > 0 { " (fallback)" } else { "" };
+            tracing::info!("connected to agent at {addr}{via} (protocol v{})", session.negotiated().version);
+            let board = &setup.ports.board;
+            board.set_transport(&addr.to_string());
+            board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "multiplexed" });
+            if let Some(master) = &setup.master {
+                master.reset();
+            }
+            let reason = serve(session, events, addr, args, setup).await;
+            board.set_session(false, "-");
+            tracing::warn!("session with agent ended: {reason}; reconnecting");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(args.max_backoff());
@@ -148,18 +167,25 @@ fn session_config(args: &RunArgs) -> anyhow::Result<SessionConfig> {
     Ok(SessionConfig { secret, ..SessionConfig::default() })
 }
 
+/// Dials `addr` and authenticates, within [`CONNECT_TIMEOUT`].
 async fn connect(
-    args: &RunArgs,
+    addr: &Address,
     cfg: &SessionConfig,
 ) -> Result<(Session, tokio::sync::mpsc::Receiver<SessionEvent>), String> {
-    let transport = Transport::dial(&args.agent).await.map_err(|e| e.to_string())?;
-    Session::start(transport, Role::Host, cfg.clone()).await.map_err(|e| e.to_string())
+    let attempt = async {
+        let transport = Transport::dial(addr).await.map_err(|e| e.to_string())?;
+        Session::start(transport, Role::Host, cfg.clone()).await.map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("no session within {CONNECT_TIMEOUT:?}"))?
 }
 
 /// Runs every channel over the session until it ends; returns why it ended.
 async fn serve(
     session: Session,
     mut events: tokio::sync::mpsc::Receiver<SessionEvent>,
+    addr: &Address,
     args: &RunArgs,
     setup: &Setup,
 ) -> String {
@@ -179,14 +205,17 @@ async fn serve(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(SessionEvent::Control(ControlMessage::DataToken(token))) => {
-                    match DataPath::new(&args.agent, token, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
+                    match DataPath::new(addr, token, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
                         Some(data) => {
                             tracing::info!(
                                 "connections get dedicated data connections (relayed by {:?})",
                                 ferry_mux::relay::RelayKind::current()
                             );
                             routes.set_data_path(data);
-                            board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "dedicated" });
+                            board.set_session(true, "dedicated");
+                        }
+                        None if setup.master.is_some() => {
+                            tracing::info!("connections go through the ssh ControlMaster, else over the session")
                         }
                         None => tracing::info!("connections are multiplexed over the session"),
                     }

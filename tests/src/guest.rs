@@ -10,6 +10,7 @@ use std::{
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+static NEXT_LINK: AtomicU32 = AtomicU32::new(0);
 
 /// A network namespace, deleted on drop.
 pub struct Guest {
@@ -67,6 +68,30 @@ impl Guest {
     /// The pid of the process holding the private mount namespace, if any.
     pub fn holder_pid(&self) -> Option<u32> {
         self.private.as_ref().map(|(p, _)| p.pid())
+    }
+
+    /// Joins the guest to the host by a veth pair, its end named `guest_if`
+    /// (as a VM's NIC on a host-reachable network, e.g. Lima's lima0); each
+    /// end gets an address of a /30 of its own. Returns (host address,
+    /// guest address). The pair goes with the namespace.
+    pub fn link_to_host(&self, guest_if: &str) -> (String, String) {
+        let n = (std::process::id() % 200) as usize * 16 + NEXT_LINK.fetch_add(1, Ordering::Relaxed) as usize % 16;
+        let (host_if, tmp_if) = (format!("fvh{n}"), format!("fvg{n}"));
+        let host_ip = format!("10.213.{}.{}", n / 64, (n % 64) * 4 + 1);
+        let guest_ip = format!("10.213.{}.{}", n / 64, (n % 64) * 4 + 2);
+        let netns = |args: &[&str]| {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.name, "ip"]).args(args);
+            c
+        };
+        run(Command::new("ip")
+            .args(["link", "add", &host_if, "type", "veth", "peer", "name", &tmp_if, "netns", &self.name]));
+        run(Command::new("ip").args(["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]));
+        run(Command::new("ip").args(["link", "set", &host_if, "up"]));
+        run(&mut netns(&["link", "set", &tmp_if, "name", guest_if]));
+        run(&mut netns(&["addr", "add", &format!("{guest_ip}/30"), "dev", guest_if]));
+        run(&mut netns(&["link", "set", guest_if, "up"]));
+        (host_ip, guest_ip)
     }
 
     /// A command that runs `program` inside the guest (its network

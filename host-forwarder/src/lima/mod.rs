@@ -15,6 +15,7 @@
 //! carry them, with the session as the fallback.
 
 pub mod agent_binary;
+pub mod agent_service;
 pub mod lima_yaml;
 pub mod limactl;
 pub mod ssh_control;
@@ -80,9 +81,32 @@ pub struct StartArgs {
     /// instance's ssh ControlMaster.
     #[arg(long)]
     pub no_ssh_master: bool,
+    /// How ferry reaches the agent: `tcp` runs it as a service on the
+    /// guest's vzNAT/shared address (lima0) and dials it there, with ssh as
+    /// the fallback; `ssh` runs it per session over ssh; `auto` takes tcp
+    /// where the guest has such an address, else ssh.
+    #[arg(long, value_enum, default_value_t = TransportChoice::Auto)]
+    pub transport: TransportChoice,
+    /// The TCP port of the agent service (with the tcp transport).
+    #[arg(long, value_name = "PORT", default_value_t = 7072)]
+    pub agent_port: u16,
+    /// Where the agent service keeps its pid file and log in the guest.
+    #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
+    pub guest_state: String,
     /// How long to wait for ferry to connect, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+}
+
+/// How `start` reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    /// tcp where the guest has a lima0 address, else ssh.
+    Auto,
+    /// The agent as a service on the guest's lima0 address, over TCP.
+    Tcp,
+    /// The agent per session over ssh.
+    Ssh,
 }
 
 /// Runs a plugin command.
@@ -111,6 +135,10 @@ struct StartReport<'a> {
     instance: &'a str,
     pid: u32,
     agent: String,
+    /// "tcp", "ssh" or "given" (--agent).
+    transport: &'static str,
+    /// Where ferry goes when `agent` cannot be reached.
+    fallback_agent: Option<String>,
     agent_installed: bool,
     /// The ControlMaster connections go through, if any.
     ssh_master: Option<PathBuf>,
@@ -140,6 +168,7 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         }
         Err(_) => None,
     };
+    let tcp_ip = plan_tcp(a, name)?;
     let secret = dir.join("secret");
     ferry_mux::secret_file::load_or_create(&secret)?;
     let agent_bin = format!("{}/ferry-agent", a.guest_bin);
@@ -148,13 +177,13 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     if let Some(edited) = yaml_edit {
         write_atomically(&lima_yaml, &edited)?;
     }
-    let agent = match &a.agent {
-        Some(addr) => addr.to_string(),
-        None => exec_agent(&inst, &agent_bin, &guest_secret),
-    };
     let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
         (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
         _ => None,
+    };
+    let (agent, fallback, transport) = match &a.agent {
+        Some(addr) => (addr.to_string(), None, "given"),
+        None => choose_transport(a, &inst, &dir, tcp_ip, &agent_bin, &guest_secret)?,
     };
     let control = dir.join("ferry.sock");
     let log = dir.join("ferry.log");
@@ -172,6 +201,9 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &ssh_master {
         cmd.arg("--ssh-control-path").arg(path);
+    }
+    if let Some(fallback) = &fallback {
+        cmd.args(["--fallback-agent", fallback]);
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     // Its own session: the forwarder outlives this command and its terminal.
@@ -204,6 +236,8 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         instance: name,
         pid,
         agent,
+        transport,
+        fallback_agent: fallback,
         agent_installed: installed,
         ssh_master,
         control_socket: control,
@@ -212,9 +246,66 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     if a.target.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("ferry forwards {name} (pid {pid}); `limactl ferry status {name}` shows what");
+        println!("ferry forwards {name} over {transport} (pid {pid}); `limactl ferry status {name}` shows what");
     }
     Ok(())
+}
+
+/// Where the agent will listen on TCP (the guest's lima0 address), if the
+/// transport `a` asks for allows and the guest has one; decided before
+/// anything changes, so that `--transport tcp` without such an address
+/// fails first.
+fn plan_tcp(a: &StartArgs, name: &str) -> anyhow::Result<Option<std::net::Ipv4Addr>> {
+    if a.agent.is_some() || a.transport == TransportChoice::Ssh {
+        return Ok(None);
+    }
+    match agent_service::guest_address(name)? {
+        Some(ip) => Ok(Some(ip)),
+        None if a.transport == TransportChoice::Tcp => anyhow::bail!(
+            "instance {name} has no {} address (a vzNAT or shared network: `networks: [{{vzNAT: true}}]` in \
+             lima.yaml); use --transport ssh",
+            agent_service::INTERFACE
+        ),
+        None => Ok(None),
+    }
+}
+
+/// The agent address (and fallback): the agent service on `tcp_ip` with
+/// ssh behind it, or ssh alone.
+fn choose_transport(
+    a: &StartArgs,
+    inst: &limactl::Instance,
+    dir: &Path,
+    tcp_ip: Option<std::net::Ipv4Addr>,
+    agent_bin: &str,
+    guest_secret: &str,
+) -> anyhow::Result<(String, Option<String>, &'static str)> {
+    let name = &inst.name;
+    let over_ssh = exec_agent(inst, agent_bin, guest_secret);
+    let record = agent_service::record_path(dir);
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        // A service a previous start left (ferry stopped without `stop`).
+        if let Ok(old) = serde_json::from_str::<agent_service::Service>(&text) {
+            let _ = agent_service::stop(name, &old);
+        }
+        let _ = std::fs::remove_file(&record);
+    }
+    let Some(ip) = tcp_ip else { return Ok((over_ssh, None, "ssh")) };
+    let svc = agent_service::Service {
+        addr: std::net::SocketAddr::from((ip, a.agent_port)),
+        guest_state: a.guest_state.clone(),
+    };
+    std::fs::write(&record, serde_json::to_string(&svc)?)?;
+    match agent_service::start(name, agent_bin, guest_secret, &svc, Duration::from_secs(10)) {
+        Ok(()) => Ok((format!("tcp:{}", svc.addr), Some(over_ssh), "tcp")),
+        Err(e) if a.transport == TransportChoice::Auto => {
+            tracing::warn!("{e}; using ssh");
+            let _ = agent_service::stop(name, &svc);
+            let _ = std::fs::remove_file(&record);
+            Ok((over_ssh, None, "ssh"))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Installs the agent and the secret unless the guest has this version
@@ -278,7 +369,7 @@ fn install_files(
 }
 
 /// `s` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
@@ -356,6 +447,17 @@ fn stop_process(dir: &Path) -> bool {
 fn stop(a: &InstanceArgs) -> anyhow::Result<()> {
     let inst = limactl::instance(&a.instance)?;
     let stopped = stop_process(&state_dir(&inst.dir));
+    let record = agent_service::record_path(&state_dir(&inst.dir));
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        let svc: agent_service::Service = serde_json::from_str(&text)?;
+        match agent_service::stop(&a.instance, &svc) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&record);
+            }
+            // A stopped VM took its agent with it; keep the record for the next start.
+            Err(e) => tracing::warn!("could not stop the agent service in {}: {e}", a.instance),
+        }
+    }
     let lima_yaml = inst.dir.join("lima.yaml");
     let mut restored = false;
     if let Ok(text) = std::fs::read_to_string(&lima_yaml) {

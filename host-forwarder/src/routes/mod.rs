@@ -1,8 +1,8 @@
-//! How a host connection reaches the guest: through the guest's ssh
-//! ControlMaster where one is configured (as `ssh -L` would), else over a
-//! dedicated data connection of its own where the transport can dial one
-//! (spliced), else as a stream of the session. Shared by the ports and
-//! sockets channels.
+//! How a host connection reaches the guest: over a dedicated data
+//! connection of its own where the transport can dial one (spliced), else
+//! through the guest's ssh ControlMaster where one is configured (as
+//! `ssh -L` would), else as a stream of the session. Shared by the ports
+//! and sockets channels.
 
 pub mod dedicated;
 pub mod ssh_master;
@@ -40,16 +40,16 @@ impl Routes {
     /// Forwards one accepted local connection to `target` in the guest,
     /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
     pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) {
-        let local = match &self.master {
-            Some(master) => match master.forward(local, &target, traffic, &self.counts).await {
+        let data = self.data.lock().unwrap().clone();
+        let local = match data {
+            Some(data) => match data.forward(local, &target, traffic, &self.counts).await {
                 Ok(()) => return,
                 Err(local) => local,
             },
             None => local,
         };
-        let data = self.data.lock().unwrap().clone();
-        let local = match data {
-            Some(data) => match data.forward(local, &target, traffic, &self.counts).await {
+        let local = match &self.master {
+            Some(master) => match master.forward(local, &target, traffic, &self.counts).await {
                 Ok(()) => return,
                 Err(local) => local,
             },

@@ -89,6 +89,10 @@ pub struct StatusReport {
     pub agent: String,
     /// Whether a session with the agent is up.
     pub connected: bool,
+    /// The transport address of the current session (the agent's, or the
+    /// fallback's); "-" offline.
+    #[serde(default)]
+    pub transport: String,
     /// How connections travel: "ssh-master" (through the guest's ssh
     /// ControlMaster), "dedicated", "multiplexed" or "-" offline.
     pub data_path: String,
@@ -165,6 +169,7 @@ pub enum Section {
 #[derive(Default)]
 struct State {
     connected: bool,
+    transport: String,
     data_path: String,
     rows: std::collections::BTreeMap<Section, Vec<Row>>,
 }
@@ -196,6 +201,11 @@ impl StatusBoard {
         if !connected {
             s.rows.clear();
         }
+    }
+
+    /// Records the transport address of the session being set up.
+    pub fn set_transport(&self, transport: &str) {
+        self.state.lock().unwrap().transport = transport.to_string();
     }
 
     /// Replaces the rows of one channel.
@@ -236,6 +246,7 @@ impl StatusBoard {
         StatusReport {
             agent: self.agent.clone(),
             connected: s.connected,
+            transport: if s.connected { s.transport.clone() } else { "-".into() },
             data_path: if s.connected { s.data_path.clone() } else { "-".into() },
             ports,
             connections_by_route: self.routes.report(),

@@ -34,7 +34,11 @@ pub fn render(r: &StatusReport) -> String {
     let mut out = format!(
         "agent {} ({})\n",
         r.agent,
-        if r.connected { format!("connected, {} connections", r.data_path) } else { "not connected".into() }
+        match (r.connected, r.transport == r.agent) {
+            (false, _) => "not connected".into(),
+            (true, true) => format!("connected, {} connections", r.data_path),
+            (true, false) => format!("connected over {}, {} connections", r.transport, r.data_path),
+        }
     );
     let c = &r.connections_by_route;
     if c.ssh_master + c.dedicated + c.multiplexed > 0 {
@@ -102,6 +106,7 @@ mod tests {
         let r = StatusReport {
             agent: "unix:/a".into(),
             connected: true,
+            transport: "unix:/a".into(),
             data_path: "dedicated".into(),
             connections_by_route: Default::default(),
             ports: vec![RowReport {
