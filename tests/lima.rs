@@ -323,6 +323,70 @@ async fn with_a_vznat_address_the_agent_serves_on_tcp_and_ssh_is_the_fallback() 
 }
 
 #[test]
+fn socket_rules_move_from_lima_to_ferry_at_the_same_host_path_and_come_back() {
+    let lima = Lima::new("");
+    let guest_sock = lima.guest_dir().join("docker.sock");
+    let original =
+        format!("vmType: vz\nportForwards:\n- guestSocket: \"{}\"\n  hostSocket: docker.sock\n", guest_sock.display());
+    std::fs::write(lima.inst.join("lima.yaml"), &original).unwrap();
+    lima.start();
+    let edited = std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap();
+    assert!(edited.contains("#ferry-moved# - guestSocket:"), "Lima no longer sees the rule: {edited}");
+
+    // ferry serves it at the path Lima used (docker contexts point there).
+    let mut server = lima.guest.command("python3");
+    server.args(["-c", UNIX_ECHO]).arg(&guest_sock);
+    let _server = ferry_tests::Proc::spawn(server, lima.dir.path().join("unix-echo.log"));
+    let host_sock = lima.inst.join("sock/docker.sock");
+    let back = ferry_tests::wait_for(std::time::Duration::from_secs(30), "the moved socket rule", || {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&host_sock).ok()?;
+        s.write_all(b"ping").ok()?;
+        s.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).ok()?;
+        (!back.is_empty()).then_some(back)
+    });
+    assert_eq!(back, b"ping");
+
+    let status = |lima: &Lima| {
+        let out = lima.plugin(&["status", "dev", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["lima"].clone()
+    };
+    let s = status(&lima);
+    assert_eq!(s["socket_rules_moved"], 1, "{s}");
+    assert_eq!(s["lima_forwarding_off"], false, "Lima has not restarted since: {s}");
+    assert_eq!(s["agent_version"], format!("ferry-agent {}", env!("CARGO_PKG_VERSION")), "{s}");
+    // Lima's host agent (re)starts and reads the edited lima.yaml.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(lima.inst.join("ha.pid"), "1\n").unwrap();
+    assert_eq!(status(&lima)["lima_forwarding_off"], true);
+    let table = String::from_utf8(lima.plugin(&["status", "dev"]).stdout).unwrap();
+    assert!(table.contains("own forwarding off; 1 socket rule(s) served by ferry"), "{table}");
+
+    let stopped = lima.plugin(&["stop", "dev"]);
+    assert!(stopped.status.success());
+    assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), original, "byte for byte");
+}
+
+/// A Unix stream echo server on argv[1].
+const UNIX_ECHO: &str = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen()
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
 fn the_tcp_transport_needs_a_vznat_or_shared_address() {
     let text = "vmType: qemu\n";
     let lima = Lima::new(text);

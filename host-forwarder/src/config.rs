@@ -170,6 +170,9 @@ fn read(path: &Path) -> anyhow::Result<ConfigFile> {
     if text.trim().is_empty() {
         return Ok(ConfigFile::default());
     }
+    // A lima.yaml `limactl ferry start` edited is read as the user wrote it:
+    // the socket rules it moved out of Lima's sight are ferry's to serve.
+    let text = crate::lima::lima_yaml::restore(&text);
     serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 

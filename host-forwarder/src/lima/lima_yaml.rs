@@ -1,11 +1,19 @@
-//! The one change ferry makes to an instance's lima.yaml: a marked block of
-//! leading `portForwards` rules that ignore every TCP and UDP port, which
-//! is how Lima's own port forwarding is switched off (it has no other
-//! switch). Lima reads lima.yaml when the instance starts, so the block
-//! takes effect at the next `limactl start`; until then Lima may hold some
-//! ports and ferry reports those as taken and retries them. `limactl ferry
-//! stop` removes the block again, leaving the file byte for byte as it was.
-//! ferry itself skips these leading rules when it reads the file, so the
+//! The changes ferry makes to an instance's lima.yaml, both undone byte
+//! for byte by [`restore`] (`limactl ferry stop`):
+//!
+//! - a marked block of leading `portForwards` rules that ignore every TCP
+//!   and UDP port, which is how Lima's own port forwarding is switched off
+//!   (it has no other switch);
+//! - the instance's socket rules (`guestSocket`, docker.sock and friends)
+//!   commented out line by line with [`MOVED`], because Lima forwards those
+//!   over its ssh ControlMaster whatever the other rules say, and those
+//!   forwards die for good with the master (lima#5420). ferry forwards them
+//!   instead, at the same host paths.
+//!
+//! Lima reads lima.yaml when the instance starts, so the changes take
+//! effect at the next `limactl start`; until then Lima may hold some ports
+//! and sockets, and ferry reports those as taken and retries them. ferry
+//! itself reads the file as the user wrote it ([`restore`] first), so the
 //! user's rules keep their meaning.
 
 /// The first line of ferry's block.
@@ -22,6 +30,9 @@ fn block(indent: &str) -> String {
     format!("{indent}{BEGIN}\n{}{}{indent}{END}\n", rule("tcp"), rule("udp"))
 }
 
+/// The prefix of each line of a socket rule ferry took over from Lima.
+pub const MOVED: &str = "#ferry-moved# ";
+
 /// The marker line that keeps a `portForwards: []` key line ferry turned
 /// into a block key, so that `restore` gives it back byte for byte.
 const WAS: &str = "# ferry: the key line was: ";
@@ -33,6 +44,7 @@ const WAS: &str = "# ferry: the key line was: ";
 /// sequence, an alias, a tag, two such keys) is refused with what to
 /// change, so that ferry never writes a file Lima would reject.
 pub fn disable_lima_forwarding(text: &str) -> Result<String, String> {
+    let text = &move_socket_rules(text);
     if text.contains(BEGIN) {
         return Ok(text.to_string());
     }
@@ -101,9 +113,65 @@ fn split_comment(rest: &str) -> (&str, &str) {
     }
 }
 
-/// `text` without ferry's block (and without the `portForwards:` key ferry
-/// added when there was none).
+/// `text` with every `portForwards` item that has a `guestSocket` key
+/// commented out with [`MOVED`] (items of ferry's block and items already
+/// moved are left alone).
+fn move_socket_rules(text: &str) -> String {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let Some(key) = lines.iter().position(|l| l.starts_with("portForwards:")) else { return text.to_string() };
+    // The section runs to the next top-level key (a line at column 0 that
+    // is not an item, a comment or blank).
+    let end = lines[key + 1..]
+        .iter()
+        .position(|l| !l.starts_with(['-', '#', ' ', '\t', '\n', '\r']))
+        .map_or(lines.len(), |i| key + 1 + i);
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let item_indent = lines[key + 1..end].iter().find(|l| l.trim_start().starts_with('-')).map(|l| indent(l));
+    let Some(item_indent) = item_indent else { return text.to_string() };
+    let is_item_start = |l: &str| indent(l) == item_indent && l.trim_start().starts_with('-');
+    let mut out: Vec<String> = lines[..=key].iter().map(|l| l.to_string()).collect();
+    let mut i = key + 1;
+    while i < end {
+        if !is_item_start(lines[i]) {
+            out.push(lines[i].to_string());
+            i += 1;
+            continue;
+        }
+        // Comment lines up to the next item go with this one (and are
+        // commented out with it, to come back with it).
+        let item_end = (i + 1..end).find(|&j| is_item_start(lines[j])).unwrap_or(end);
+        let item = &lines[i..item_end];
+        let first = item[0].trim_start().trim_start_matches('-').trim_start();
+        let socket = std::iter::once(first)
+            .chain(item[1..].iter().map(|l| l.trim_start()))
+            .any(|l| l.starts_with("guestSocket:"));
+        out.extend(item.iter().map(|l| if socket { format!("{MOVED}{l}") } else { l.to_string() }));
+        i = item_end;
+    }
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    out.concat()
+}
+
+/// How many socket rules ferry has taken over from Lima in `text`.
+pub fn moved_socket_rules(text: &str) -> usize {
+    text.lines().filter(|l| l.strip_prefix(MOVED).is_some_and(|l| l.trim_start().starts_with('-'))).count()
+}
+
+/// Whether `text` has ferry's block (Lima's own port forwarding is off
+/// once Lima has read it).
+pub fn has_ferry_block(text: &str) -> bool {
+    text.contains(BEGIN)
+}
+
+/// `text` as the user wrote it: without ferry's block (and without the
+/// `portForwards:` key ferry added when there was none), its socket rules
+/// given back.
 pub fn restore(text: &str) -> String {
+    let unmoved: String = text.split_inclusive('\n').map(|l| l.strip_prefix(MOVED).unwrap_or(l)).collect();
+    remove_block(&unmoved)
+}
+
+fn remove_block(text: &str) -> String {
     if let Some(was) = text.find(WAS) {
         // `portForwards: []` became a block key: give the line back.
         let key_start = text[..was].rfind("portForwards:").unwrap_or(was);
@@ -159,7 +227,8 @@ mod tests {
             let edited = disable_lima_forwarding(text).unwrap();
             let r = rules(&edited);
             assert!(disables_lima(&r[0]) && disables_lima(&r[1]), "{edited}");
-            assert_eq!(r.len(), 2 + rules_or_empty(text).len(), "{edited}");
+            let sockets = rules_or_empty(text).iter().filter(|r| r.guest_socket.is_some()).count();
+            assert_eq!(r.len(), 2 + rules_or_empty(text).len() - sockets, "{edited}");
             assert_eq!(disable_lima_forwarding(&edited).unwrap(), edited, "idempotent");
             assert_eq!(restore(&edited), text, "restored byte for byte");
         }
@@ -198,6 +267,26 @@ mod tests {
             let err = disable_lima_forwarding(text).unwrap_err();
             assert!(err.contains(says), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn socket_rules_move_out_of_limas_sight_and_come_back_byte_for_byte() {
+        let text = "vmType: vz\nportForwards:\n- guestSocket: /run/docker.sock # docker\n  hostSocket: docker.sock\n\
+                    - guestPort: 80\n  hostPort: 8080\n-   hostSocket: x.sock\n    guestSocket: /run/x.sock\n\
+                    mounts: []\n";
+        let edited = disable_lima_forwarding(text).unwrap();
+        let r = rules(&edited);
+        assert_eq!(r.len(), 3, "the block and the port rule only: {edited}");
+        assert_eq!((r[2].guest_port, r[2].host_port), (80, 8080));
+        assert!(r.iter().all(|r| r.guest_socket.is_none()), "{edited}");
+        assert_eq!(moved_socket_rules(&edited), 2, "{edited}");
+        assert_eq!(disable_lima_forwarding(&edited).unwrap(), edited, "idempotent");
+        assert_eq!(restore(&edited), text, "restored byte for byte");
+        let indented = "portForwards:\n  - guestSocket: /a\n    # a note\n    hostSocket: a\n  - guestPort: 1\n";
+        let edited = disable_lima_forwarding(indented).unwrap();
+        assert_eq!(moved_socket_rules(&edited), 1, "{edited}");
+        assert_eq!(rules(&edited).len(), 3, "a comment inside an item moves with it: {edited}");
+        assert_eq!(restore(&edited), indented);
     }
 
     #[test]

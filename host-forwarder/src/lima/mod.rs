@@ -137,6 +137,8 @@ struct StartReport<'a> {
     agent: String,
     /// "tcp", "ssh" or "given" (--agent).
     transport: &'static str,
+    /// The agent in the guest (this ferry's version once installed).
+    agent_version: String,
     /// Where ferry goes when `agent` cannot be reached.
     fallback_agent: Option<String>,
     agent_installed: bool,
@@ -176,6 +178,8 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     let installed = install_agent(name, a, &agent_bin, &secret, &guest_secret)?;
     if let Some(edited) = yaml_edit {
         write_atomically(&lima_yaml, &edited)?;
+        // When Lima reads it decides whether its own forwarding is off yet (see `lima_state`).
+        std::fs::write(dir.join(YAML_EDITED), b"")?;
     }
     let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
         (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
@@ -237,12 +241,14 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
         pid,
         agent,
         transport,
+        agent_version: format!("ferry-agent {}", env!("CARGO_PKG_VERSION")),
         fallback_agent: fallback,
         agent_installed: installed,
         ssh_master,
         control_socket: control,
         log,
     };
+    std::fs::write(dir.join(START_REPORT), serde_json::to_string(&report)?)?;
     if a.target.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -411,6 +417,47 @@ fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str) -> 
     }
 }
 
+/// The file in the state dir whose mtime is when ferry last edited lima.yaml.
+const YAML_EDITED: &str = "lima-yaml-edited";
+/// The file in the state dir that keeps `start`'s report for `status`.
+const START_REPORT: &str = "start.json";
+
+/// What `status` says of Lima's side of the instance.
+#[derive(Serialize)]
+struct LimaState {
+    /// Whether Lima's own port and socket forwarding is off: ferry's block
+    /// is in lima.yaml and Lima's host agent started after it was written.
+    /// Lima reads lima.yaml only when the instance starts.
+    lima_forwarding_off: bool,
+    /// Socket rules (docker.sock ...) ferry took over from Lima.
+    socket_rules_moved: usize,
+    /// How `start` reached the agent ("tcp", "ssh" or "given").
+    transport: Option<String>,
+    /// The agent `start` installed or found in the guest.
+    agent_version: Option<String>,
+}
+
+fn lima_state(inst: &limactl::Instance, dir: &Path) -> LimaState {
+    let text = std::fs::read_to_string(inst.dir.join("lima.yaml")).unwrap_or_default();
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Lima's host agent writes ha.pid when it starts.
+    let restarted = match (mtime(&inst.dir.join("ha.pid")), mtime(&dir.join(YAML_EDITED))) {
+        (Some(started), Some(edited)) => started > edited,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let start: serde_json::Value = std::fs::read_to_string(dir.join(START_REPORT))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    LimaState {
+        lima_forwarding_off: lima_yaml::has_ferry_block(&text) && restarted,
+        socket_rules_moved: lima_yaml::moved_socket_rules(&text),
+        transport: start["transport"].as_str().map(String::from),
+        agent_version: start["agent_version"].as_str().map(String::from),
+    }
+}
+
 /// The name of the pid file `ferry run` holds in the instance's state dir.
 const PID_FILE: &str = "ferry.pid";
 
@@ -483,9 +530,23 @@ fn status(a: &InstanceArgs) -> anyhow::Result<()> {
     let inst = limactl::instance(&a.instance)?;
     let dir = state_dir(&inst.dir);
     let report = running_pid(&dir).and_then(|_| client::query(&dir.join("ferry.sock")).ok());
+    let lima = lima_state(&inst, &dir);
     match (report, a.json) {
-        (Some(r), true) => println!("{}", serde_json::to_string(&r)?),
-        (Some(r), false) => print!("{}", client::render(&r)),
+        (Some(r), true) => {
+            let mut v = serde_json::to_value(&r)?;
+            v["lima"] = serde_json::to_value(&lima)?;
+            println!("{v}");
+        }
+        (Some(r), false) => {
+            print!("{}", client::render(&r));
+            println!(
+                "lima: own forwarding {}; {} socket rule(s) served by ferry; agent {} over {}",
+                if lima.lima_forwarding_off { "off" } else { "still on until the next `limactl start`" },
+                lima.socket_rules_moved,
+                lima.agent_version.as_deref().unwrap_or("?"),
+                lima.transport.as_deref().unwrap_or("?"),
+            );
+        }
         (None, true) => println!("{}", serde_json::json!({"instance": a.instance, "running": false})),
         (None, false) => println!("ferry is not running for {}", a.instance),
     }
