@@ -229,3 +229,105 @@ fn ferry_status_shows_udp_rows() {
     let table = bridge.status_table();
     assert!(table.lines().any(|l| l.starts_with("udp") && l.contains(&addr) && l.contains("forwarding")), "{table}");
 }
+
+/// dnsmasq on the host at 127.0.0.1:`port`, answering web.ferry.test.
+fn host_dnsmasq(dir: &std::path::Path, port: u16) -> Proc {
+    let hosts = dir.join("host-hosts");
+    std::fs::write(&hosts, "10.9.8.7 web.ferry.test\n").unwrap();
+    let mut cmd = Command::new("/usr/sbin/dnsmasq");
+    cmd.args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+        .args(["--listen-address=127.0.0.1", "--user=root", "--pid-file"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts.display()));
+    Proc::spawn(cmd, dir.join("host-dnsmasq.log"))
+}
+
+#[test]
+fn dig_in_the_guest_asks_a_resolver_on_the_host_over_reverse_udp() {
+    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/dig"] {
+        assert!(std::path::Path::new(tool).exists(), "{tool} is missing: apt-get install dnsmasq-base dnsutils");
+    }
+    let host_port = free_port();
+    // The guest's resolver address (port 53, as /etc/resolv.conf would name
+    // it) reaches the host's resolver.
+    let reverse = format!("udp:127.0.0.1:53=127.0.0.1:{host_port}");
+    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
+    let _dnsmasq = host_dnsmasq(bridge.dir.path(), host_port);
+    wait_for(GUARD, "the reverse UDP listener", || {
+        (bridge.status_row("reverse-udp", &format!("udp:127.0.0.1:{host_port}"))?["state"] == "listening").then_some(())
+    });
+    let dig = || {
+        bridge
+            .guest
+            .command("dig")
+            .args(["@127.0.0.1", "web.ferry.test", "A", "+short", "+time=3", "+tries=2"])
+            .output()
+            .unwrap()
+    };
+    let out = wait_for(GUARD, "an answer from the host's resolver", || {
+        let out = dig();
+        (!out.stdout.is_empty()).then_some(out)
+    });
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.9.8.7", "{}", String::from_utf8_lossy(&out.stderr));
+    // Each dig is a client of its own (a new source port): a flow each.
+    for _ in 0..5 {
+        assert_eq!(String::from_utf8_lossy(&dig().stdout).trim(), "10.9.8.7");
+    }
+    let row = bridge.status_row("reverse-udp", &format!("udp:127.0.0.1:{host_port}")).unwrap();
+    assert!(row["total_connections"].as_u64().unwrap() >= 6, "{row}");
+    assert!(row["bytes_from_guest"].as_u64().unwrap() > 0 && row["bytes_to_guest"].as_u64().unwrap() > 0, "{row}");
+    // The agent's own listener is not discovered and forwarded back.
+    assert!(bridge.status_row("udp", "127.0.0.1:53").is_none(), "{}", bridge.status_table());
+}
+
+#[test]
+fn reverse_udp_carries_every_datagram_of_many_guest_clients_to_the_host() {
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let host_addr = host.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = host.recv_from(&mut buf) {
+            let _ = host.send_to(&buf[..n], from);
+        }
+    });
+    let guest_port = free_port();
+    let reverse = format!("udp:127.0.0.1:{guest_port}={host_addr}");
+    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
+    wait_for(GUARD, "the reverse UDP listener", || {
+        (bridge.status_row("reverse-udp", &format!("udp:{host_addr}"))?["state"] == "listening").then_some(())
+    });
+    // 20 guest clients, 50 datagrams each, sizes up to 16 KiB: every reply
+    // comes back whole to the client that asked (UDP may drop under load,
+    // so each client retries a datagram that got no reply).
+    let target = format!("127.0.0.1:{guest_port}");
+    let results = bridge.guest.run_in(move || {
+        let clients: Vec<_> = (0..20u64)
+            .map(|c| {
+                let target = target.clone();
+                std::thread::spawn(move || {
+                    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    s.connect(&target).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                    let mut buf = vec![0u8; 65_535];
+                    for i in 0..50u64 {
+                        let d = pattern(c * 1000 + i, ((c * 50 + i) * 331 % 16_384) as usize + 1);
+                        let got = (0..10).find_map(|_| {
+                            s.send(&d).unwrap();
+                            s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+                        });
+                        if got.as_deref() != Some(&d[..]) {
+                            return Err(format!("client {c} datagram {i}: no exact reply"));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        clients.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    for r in results {
+        r.unwrap();
+    }
+    let row = bridge.status_row("reverse-udp", &format!("udp:{host_addr}")).unwrap();
+    assert!(row["total_connections"].as_u64().unwrap() >= 20, "a flow per guest client: {row}");
+}

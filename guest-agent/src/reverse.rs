@@ -10,19 +10,25 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::Path,
+    sync::Arc,
 };
 
-use ferry_mux::{accept_errors::AcceptErrors, LocalConn, Session, Traffic};
-use ferry_protocol::{ControlMessage, GuestEndpoint, ReverseListener, Target};
+use ferry_mux::{
+    accept_errors::AcceptErrors,
+    traffic::ConnStats,
+    udp_flows::{self, UdpLimits},
+    LocalConn, Session, Traffic,
+};
+use ferry_protocol::{ControlMessage, GuestEndpoint, Proto, ReverseListener, Target};
 use tokio::{
     net::{TcpListener, UnixListener},
     task::JoinHandle,
 };
 
-/// Guest TCP addresses of reverse listeners; discovery leaves them out so
-/// they are not forwarded back to the host. A watch, so that the port report
-/// is recomputed when the set changes, not only when the ports do.
-pub type ReverseAddrs = tokio::sync::watch::Sender<BTreeSet<SocketAddr>>;
+/// Guest TCP and UDP addresses of reverse listeners; discovery leaves them
+/// out so they are not forwarded back to the host. A watch, so that the port
+/// report is recomputed when the set changes, not only when the ports do.
+pub type ReverseAddrs = tokio::sync::watch::Sender<BTreeSet<(Proto, SocketAddr)>>;
 
 struct Running {
     spec: ReverseListener,
@@ -56,7 +62,7 @@ impl ReverseListeners {
         self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec));
         // Left out before they listen: a scan may see a new listener before
         // this call ends, and must not report it to the host.
-        self.addrs.send_modify(|own| own.extend(wanted.iter().filter_map(tcp_addr)));
+        self.addrs.send_modify(|own| own.extend(wanted.iter().filter_map(inet_addr)));
         for spec in wanted {
             if self.running.contains_key(&spec.id) {
                 continue;
@@ -74,7 +80,7 @@ impl ReverseListeners {
             };
             let _ = self.session.send_control(&ControlMessage::ReverseState { id: spec.id, error });
         }
-        self.addrs.send_replace(self.running.values().filter_map(|r| tcp_addr(&r.spec)).collect());
+        self.addrs.send_replace(self.running.values().filter_map(|r| inet_addr(&r.spec)).collect());
     }
 
     fn start(&self, spec: &ReverseListener) -> Result<JoinHandle<()>, String> {
@@ -98,6 +104,17 @@ impl ReverseListeners {
                     }
                 }))
             }
+            GuestEndpoint::Udp(addr) => {
+                let std = std::net::UdpSocket::bind(addr).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
+                std.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let socket = tokio::net::UdpSocket::from_std(std).map_err(|e| e.to_string())?;
+                ferry_mux::udp_buffers::enlarge(&socket);
+                // Each guest client is a flow back to the host, within the same
+                // bounds as host clients of a forwarded UDP port.
+                let stats = Arc::new(ConnStats::default());
+                let target = move || Target::Reverse(id);
+                Ok(tokio::spawn(udp_flows::serve_clients(socket, session, target, stats, UdpLimits::default())))
+            }
             GuestEndpoint::Unix(path) => {
                 let l = bind_unix(Path::new(path)).map_err(|e| format!("cannot listen on {path}: {e}"))?;
                 let name = path.clone();
@@ -117,10 +134,11 @@ impl ReverseListeners {
     }
 }
 
-/// The guest TCP address a reverse listener takes, if it is a TCP one.
-fn tcp_addr(spec: &ReverseListener) -> Option<SocketAddr> {
+/// The guest TCP or UDP address a reverse listener takes, if it has one.
+fn inet_addr(spec: &ReverseListener) -> Option<(Proto, SocketAddr)> {
     match spec.guest {
-        GuestEndpoint::Tcp(a) => Some(a),
+        GuestEndpoint::Tcp(a) => Some((Proto::Tcp, a)),
+        GuestEndpoint::Udp(a) => Some((Proto::Udp, a)),
         GuestEndpoint::Unix(_) => None,
     }
 }

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use ferry_mux::{IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
-use ferry_protocol::{ControlMessage, Role, Target};
+use ferry_protocol::{ControlMessage, Proto, Role, Target};
 use tokio::sync::watch;
 
 use crate::{
@@ -97,11 +97,11 @@ async fn report_ports(
     session: Session,
     watcher: Arc<PortWatcher>,
     mut filter: watch::Receiver<UdpFilter>,
-    mut own: watch::Receiver<BTreeSet<SocketAddr>>,
+    mut own: watch::Receiver<BTreeSet<(Proto, SocketAddr)>>,
 ) {
     let mut rx = watcher.subscribe();
-    let visible = |set: &PortSet, f: &UdpFilter, own: &BTreeSet<SocketAddr>| -> PortSet {
-        set.iter().filter(|l| f.keep(l) && !own.contains(&l.addr)).copied().collect()
+    let visible = |set: &PortSet, f: &UdpFilter, own: &BTreeSet<(Proto, SocketAddr)>| -> PortSet {
+        set.iter().filter(|l| f.keep(l) && !own.contains(&(l.proto, l.addr))).copied().collect()
     };
     let mut sent = visible(&rx.borrow_and_update(), &filter.borrow_and_update(), &own.borrow_and_update());
     if session.send_control(&ControlMessage::PortSnapshot(sent.iter().copied().collect())).is_err() {
@@ -135,7 +135,7 @@ async fn report_ports(
 /// connection pumped as a stream of the session.
 async fn serve_open(open: IncomingOpen, grants: Grants) {
     if let Target::Udp(addr) = open.target {
-        return crate::ports::udp::serve_flow(open, addr).await;
+        return ferry_mux::udp_flows::serve_flow(open, addr, &Traffic::default()).await;
     }
     let target = open.target.clone();
     let local = match targets::connect(&target, &grants).await {

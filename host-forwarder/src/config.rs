@@ -2,7 +2,7 @@
 //! ferry's own config file. Both carry Lima's `portForwards` list (port
 //! rules, socket rules, reverse socket rules); ferry's file may also list
 //! `reverseForwards` (`{guest, host}`, each an IP:PORT or an absolute socket
-//! path). Only the keys ferry uses are read; the rest of a lima.yaml is ignored.
+//! path; a `udp:IP:PORT` guest for UDP, its host an IP:PORT). Only the keys ferry uses are read; the rest of a lima.yaml is ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -96,10 +96,7 @@ pub fn load(
     }
     for (i, r) in file.reverse_forwards.iter().enumerate() {
         let at = |e: String| anyhow::anyhow!("reverseForwards[{i}]: {e}");
-        config.reverse.push(ReverseForward {
-            guest: reverse::guest_endpoint(&r.guest).map_err(at)?,
-            host: reverse::host_endpoint(&r.host).map_err(at)?,
-        });
+        config.reverse.push(reverse::forward(&r.guest, &r.host).map_err(at)?);
     }
     config.reverse.extend_from_slice(extra_reverse);
     for m in &file.mounts {
@@ -291,6 +288,8 @@ portForwards:
 reverseForwards:
 - guest: 127.0.0.1:15432
   host: 127.0.0.1:5432
+- guest: udp:127.0.0.1:53
+  host: 127.0.0.1:5353
 ",
         );
         let extra = crate::reverse::parse_reverse("6379").unwrap();
@@ -299,7 +298,8 @@ reverseForwards:
             c.sockets,
             vec![SocketForward { guest: "/var/run/docker.sock".into(), host: dir.path().join("sock/docker.sock") }]
         );
-        assert_eq!(c.reverse.len(), 3);
+        assert_eq!(c.reverse.len(), 4);
+        assert_eq!(c.reverse[2].host, reverse::HostEndpoint::Udp("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(c.reverse[0].host, reverse::HostEndpoint::Unix("/tmp/ssh-agent.sock".into()));
         assert_eq!(c.reverse[1].guest, ferry_protocol::GuestEndpoint::Tcp("127.0.0.1:15432".parse().unwrap()));
         let p = write(dir.path(), "bad.yaml", "reverseForwards:\n- {guest: nowhere, host: 127.0.0.1:1}\n");

@@ -3,17 +3,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ferry_mux::{secret_file, Address, Session, SessionConfig, SessionEvent, Transport};
+use ferry_mux::{secret_file, udp_flows::UdpLimits, Address, Session, SessionConfig, SessionEvent, Transport};
 use ferry_protocol::{ControlMessage, Role};
 
 use crate::{
     cli::RunArgs,
     config,
     files::{FileForwarder, FileOptions},
-    ports::{
-        forwarder::{ForwarderOptions, PortForwarder},
-        udp::UdpLimits,
-    },
+    ports::forwarder::{ForwarderOptions, PortForwarder},
     reverse::{ReverseForward, ReverseForwarder},
     routes::{dedicated::DataPath, ssh_master::MasterRoute, Routes},
     sockets::{SocketForward, SocketForwarder},

@@ -31,6 +31,7 @@ pub mod traffic;
 pub mod transport;
 pub mod udp_batch;
 pub mod udp_buffers;
+pub mod udp_flows;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 

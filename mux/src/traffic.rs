@@ -1,7 +1,10 @@
 //! Byte counters of forwarded connections, updated while bytes move so that
 //! a status query sees long-lived connections too.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 /// Bytes moved each way through one forward (all its connections).
 #[derive(Debug, Default)]
@@ -38,5 +41,36 @@ impl Traffic {
     /// (up, down) at this moment.
     pub fn snapshot(&self) -> (u64, u64) {
         (self.up.load(Ordering::Relaxed), self.down.load(Ordering::Relaxed))
+    }
+}
+
+/// Connection counters of one forward (a host binding, a reverse listener),
+/// shared with its accept loop.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Connections (UDP: flows) open now.
+    pub active: AtomicU64,
+    /// Connections (UDP: flows) in all.
+    pub total: AtomicU64,
+    /// Bytes each way (up: the accepting side's client -> the far side), and
+    /// dropped datagrams.
+    pub traffic: Traffic,
+}
+
+impl ConnStats {
+    /// Counts a new connection; the guard uncounts it when dropped.
+    pub fn open(self: &Arc<Self>) -> ConnGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ConnGuard(self.clone())
+    }
+}
+
+/// Marks one connection as active while it lives.
+pub struct ConnGuard(Arc<ConnStats>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

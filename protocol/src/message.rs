@@ -83,6 +83,9 @@ pub enum GuestEndpoint {
     Tcp(SocketAddr),
     /// A Unix socket path.
     Unix(String),
+    /// A UDP address: each guest client address is a flow of its own, a
+    /// `Reverse` stream whose DATA frames are single datagrams.
+    Udp(SocketAddr),
 }
 
 /// A listener the agent opens in the guest for the host.
@@ -191,10 +194,10 @@ mod tests {
         for t in [Target::Unix("/run/docker.sock".into()), Target::Reverse(7)] {
             assert_eq!(decode::<Target>(&encode(&t)).unwrap(), t);
         }
-        let r = ControlMessage::ReverseListeners(vec![ReverseListener {
-            id: 1,
-            guest: GuestEndpoint::Unix("/run/host-ssh-agent.sock".into()),
-        }]);
+        let r = ControlMessage::ReverseListeners(vec![
+            ReverseListener { id: 1, guest: GuestEndpoint::Unix("/run/host-ssh-agent.sock".into()) },
+            ReverseListener { id: 2, guest: GuestEndpoint::Udp("127.0.0.1:53".parse().unwrap()) },
+        ]);
         assert_eq!(decode::<ControlMessage>(&encode(&r)).unwrap(), r);
         let f = ControlMessage::FileEvents(vec![FileEvent {
             path: "/home/u/app/a.js".into(),

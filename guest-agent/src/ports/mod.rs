@@ -12,7 +12,6 @@ pub mod filter;
 pub mod kubernetes;
 pub mod scanner;
 pub mod sock_diag;
-pub mod udp;
 pub mod watcher;
 
 pub use watcher::PortWatcher;

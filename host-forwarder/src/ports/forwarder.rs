@@ -10,7 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_protocol::{ControlMessage, Listener, Proto};
+use ferry_mux::udp_flows::{self, UdpLimits};
+use ferry_protocol::{ControlMessage, Listener, Proto, Target};
 use tokio::{
     net::{TcpListener, TcpSocket, UdpSocket},
     task::JoinHandle,
@@ -22,7 +23,6 @@ use super::{
     mapping::{self, Binding},
     restart_grace::{self, Gate, GuestState},
     rules::{Decision, RuleSet},
-    udp::{self, UdpLimits},
 };
 use crate::routes::Routes;
 use crate::status::{
@@ -197,7 +197,9 @@ impl PortForwarder {
             }),
             Proto::Udp => bind_udp(host).map(|socket| {
                 let session = self.routes.session.clone();
-                tokio::spawn(udp::relay(socket, session, target.clone(), stats.clone(), self.opts.udp))
+                let guest = target.clone();
+                let target = move || Target::Udp(*guest.lock().unwrap());
+                tokio::spawn(udp_flows::serve_clients(socket, session, target, stats.clone(), self.opts.udp))
             }),
         };
         match started {

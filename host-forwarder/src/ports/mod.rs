@@ -9,4 +9,3 @@ pub mod listener;
 pub mod mapping;
 pub mod restart_grace;
 pub mod rules;
-pub mod udp;

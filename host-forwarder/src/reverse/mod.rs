@@ -25,6 +25,8 @@ pub enum HostEndpoint {
     Tcp(SocketAddr),
     /// A Unix socket on the host.
     Unix(PathBuf),
+    /// A UDP address on the host (for a [`GuestEndpoint::Udp`] listener).
+    Udp(SocketAddr),
 }
 
 impl std::fmt::Display for HostEndpoint {
@@ -32,6 +34,7 @@ impl std::fmt::Display for HostEndpoint {
         match self {
             Self::Tcp(a) => write!(f, "{a}"),
             Self::Unix(p) => write!(f, "{}", p.display()),
+            Self::Udp(a) => write!(f, "udp:{a}"),
         }
     }
 }
@@ -46,18 +49,44 @@ pub struct ReverseForward {
 }
 
 /// Parses `GUEST=HOST` (each a TCP address or an absolute socket path),
-/// or a bare port `P` for 127.0.0.1:P on both sides.
+/// or a bare port `P` for 127.0.0.1:P on both sides; with a `udp:` prefix,
+/// a UDP forward (`udp:P` or `udp:GUEST=HOST`, both IP:PORT).
 pub fn parse_reverse(s: &str) -> Result<ReverseForward, String> {
+    if let Some(udp) = s.strip_prefix("udp:") {
+        if let Ok(port) = udp.parse::<u16>() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            return Ok(ReverseForward { guest: GuestEndpoint::Udp(addr), host: HostEndpoint::Udp(addr) });
+        }
+        let (guest, host) = udp.split_once('=').ok_or_else(|| format!("{s:?}: expected udp:GUEST=HOST or udp:PORT"))?;
+        return forward(&format!("udp:{guest}"), host);
+    }
     if let Ok(port) = s.parse::<u16>() {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         return Ok(ReverseForward { guest: GuestEndpoint::Tcp(addr), host: HostEndpoint::Tcp(addr) });
     }
     let (guest, host) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected GUEST=HOST or a port"))?;
-    Ok(ReverseForward { guest: guest_endpoint(guest)?, host: host_endpoint(host)? })
+    forward(guest, host)
 }
 
-/// A guest endpoint: an absolute path or a TCP address.
+/// A reverse forward from its two ends as written (`reverseForwards:` in a
+/// config file): a `udp:` guest makes the host end a UDP address too.
+pub fn forward(guest: &str, host: &str) -> Result<ReverseForward, String> {
+    let guest = guest_endpoint(guest)?;
+    let host = match guest {
+        GuestEndpoint::Udp(_) => {
+            let h = host.strip_prefix("udp:").unwrap_or(host);
+            HostEndpoint::Udp(h.parse().map_err(|_| format!("{host:?}: a UDP forward's host end is IP:PORT"))?)
+        }
+        _ => host_endpoint(host)?,
+    };
+    Ok(ReverseForward { guest, host })
+}
+
+/// A guest endpoint: an absolute path, a TCP address, or `udp:` and a UDP address.
 pub fn guest_endpoint(s: &str) -> Result<GuestEndpoint, String> {
+    if let Some(udp) = s.strip_prefix("udp:") {
+        return udp.parse().map(GuestEndpoint::Udp).map_err(|_| format!("{s:?}: expected udp:IP:PORT"));
+    }
     if s.starts_with('/') {
         return Ok(GuestEndpoint::Unix(s.to_string()));
     }
@@ -119,6 +148,14 @@ impl ReverseForwarder {
             return open.refuse(&format!("no reverse forward with id {id}"));
         };
         let (host, stats) = (f.host.clone(), stats.clone());
+        if let HostEndpoint::Udp(addr) = host {
+            // One flow: a guest client of the UDP listener.
+            tokio::spawn(async move {
+                let _active = stats.open();
+                ferry_mux::udp_flows::serve_flow(open, addr, &stats.traffic).await;
+            });
+            return;
+        }
         tokio::spawn(async move {
             let _active = stats.open();
             let local = match connect(&host).await {
@@ -140,6 +177,7 @@ impl ReverseForwarder {
                 let (proto, guest) = match &f.guest {
                     GuestEndpoint::Tcp(a) => ("reverse-tcp", a.to_string()),
                     GuestEndpoint::Unix(p) => ("reverse-unix", p.clone()),
+                    GuestEndpoint::Udp(a) => ("reverse-udp", a.to_string()),
                 };
                 Row {
                     proto,
@@ -164,6 +202,7 @@ async fn connect(host: &HostEndpoint) -> std::io::Result<LocalConn> {
                 LocalConn::Tcp(tcp)
             }
             HostEndpoint::Unix(p) => LocalConn::Unix(UnixStream::connect(p).await?),
+            HostEndpoint::Udp(_) => return Err(std::io::Error::other("a UDP endpoint has no connection")),
         })
     };
     tokio::time::timeout(CONNECT_TIMEOUT, conn)
@@ -185,6 +224,13 @@ mod tests {
         let r = parse_reverse("/run/host-ssh.sock=/tmp/ssh-x/agent.1").unwrap();
         assert_eq!(r.guest, GuestEndpoint::Unix("/run/host-ssh.sock".into()));
         assert_eq!(r.host, HostEndpoint::Unix("/tmp/ssh-x/agent.1".into()));
+        let r = parse_reverse("udp:5353").unwrap();
+        assert_eq!(r.guest, GuestEndpoint::Udp("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(r.host, HostEndpoint::Udp("127.0.0.1:5353".parse().unwrap()));
+        let r = parse_reverse("udp:127.0.0.1:53=127.0.0.1:5300").unwrap();
+        assert_eq!(r.guest, GuestEndpoint::Udp("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(r.host, HostEndpoint::Udp("127.0.0.1:5300".parse().unwrap()));
+        assert!(parse_reverse("udp:127.0.0.1:53=/tmp/x.sock").is_err(), "no UDP to a Unix socket");
         assert!(parse_reverse("nonsense").is_err());
         assert!(parse_reverse("relative.sock=/x").is_err());
     }

@@ -6,37 +6,9 @@ use std::sync::{
     Arc, Mutex,
 };
 
-use ferry_mux::Traffic;
 use serde::{Deserialize, Serialize};
 
-/// Connection counters of one host binding, shared with its accept loop.
-#[derive(Debug, Default)]
-pub struct ConnStats {
-    /// Connections (UDP: flows) open now.
-    pub active: AtomicU64,
-    /// Connections (UDP: flows) in all.
-    pub total: AtomicU64,
-    /// Bytes each way (up: host client -> guest), and dropped datagrams.
-    pub traffic: Traffic,
-}
-
-impl ConnStats {
-    /// Counts a new connection; the guard uncounts it when dropped.
-    pub fn open(self: &Arc<Self>) -> ConnGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ConnGuard(self.clone())
-    }
-}
-
-/// Marks one connection as active while it lives.
-pub struct ConnGuard(Arc<ConnStats>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+pub use ferry_mux::traffic::ConnStats;
 
 /// One row of the status table.
 #[derive(Debug, Clone)]

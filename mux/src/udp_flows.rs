@@ -1,6 +1,10 @@
-//! One host UDP port: each client address is a flow of its own, a stream of
-//! the session whose DATA frames are single datagrams. The agent sends each
-//! flow from a socket of its own, so replies find their client.
+//! UDP over the session, both sides of it. The listening side
+//! ([`serve_clients`]) makes each client address a flow of its own: a
+//! stream whose DATA frames are single datagrams. The connecting side
+//! ([`serve_flow`]) sends each flow from a UDP socket of its own, connected
+//! to the target, so replies find their client. Host ports (host clients,
+//! guest targets) and reverse UDP forwards (guest clients, host targets) are
+//! the same two halves, swapped.
 //!
 //! UDP never waits: a datagram that the flow's queue, credit or the
 //! session's write queue cannot take at once is dropped and counted. Flows
@@ -8,7 +12,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -17,16 +21,18 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_mux::{udp_batch, Session, StreamError, StreamWriter};
 use ferry_protocol::Target;
 use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 
-use crate::status::ConnStats;
+use crate::{
+    traffic::{ConnStats, Traffic},
+    udp_batch, IncomingOpen, Session, StreamError, StreamWriter,
+};
 
 /// Datagrams a flow may have waiting while its stream opens or its credit is short.
 const FLOW_QUEUE: usize = 256;
 
-/// Limits of the UDP flows of one host port.
+/// Limits of the UDP flows of one listening socket.
 #[derive(Debug, Clone, Copy)]
 pub struct UdpLimits {
     /// A flow with no datagram either way for this long ends.
@@ -58,12 +64,13 @@ impl Drop for Flow {
     }
 }
 
-/// Relays datagrams between host clients on `socket` and the guest address
-/// in `target`, forever (the caller aborts the task to stop).
-pub async fn relay(
+/// Relays datagrams between the clients of `socket` and the peer, one flow
+/// (a stream opened to what `target` names at that moment) per client
+/// address, forever (the caller aborts the task to stop).
+pub async fn serve_clients(
     socket: UdpSocket,
     session: Session,
-    target: Arc<Mutex<SocketAddr>>,
+    target: impl Fn() -> Target + Send + 'static,
     stats: Arc<ConnStats>,
     limits: UdpLimits,
 ) {
@@ -97,8 +104,7 @@ pub async fn relay(
                             stats.traffic.add_dropped();
                             continue;
                         }
-                        let guest = *target.lock().unwrap();
-                        let flow = open_flow(&socket, &session, client, guest, &stats, epoch);
+                        let flow = open_flow(&socket, &session, client, target(), &stats, epoch);
                         flows.insert(client, flow);
                         stats.total.fetch_add(1, Ordering::Relaxed);
                     }
@@ -140,7 +146,7 @@ fn open_flow(
     socket: &Arc<UdpSocket>,
     session: &Session,
     client: SocketAddr,
-    guest: SocketAddr,
+    target: Target,
     stats: &Arc<ConnStats>,
     epoch: Instant,
 ) -> Flow {
@@ -150,10 +156,10 @@ fn open_flow(
     let (socket, session, stats, last2, slot) =
         (socket.clone(), session.clone(), stats.clone(), last.clone(), writer.clone());
     let task = tokio::spawn(async move {
-        let stream = match session.open(&Target::Udp(guest)).await {
+        let stream = match session.open(&target).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("UDP flow {client} -> guest {guest}: {e}");
+                tracing::debug!("UDP flow {client} -> {target:?}: {e}");
                 return;
             }
         };
@@ -230,4 +236,88 @@ fn send_up(w: &mut StreamWriter, d: Bytes, stats: &ConnStats) -> Result<(), Stre
         stats.traffic.add_dropped();
     }
     Ok(())
+}
+
+/// The connecting side of one flow: relays the stream `open` and a UDP
+/// socket of its own connected to `target`, until the other side ends the
+/// flow (idle expiry) or the session dies.
+/// `traffic` counts the datagrams' bytes (up: towards `target`) and the
+/// replies dropped.
+pub async fn serve_flow(open: IncomingOpen, target: SocketAddr, traffic: &Traffic) {
+    let socket = match connect(target).await {
+        Ok(s) => s,
+        Err(e) => return open.refuse(&format!("UDP socket for {target}: {e}")),
+    };
+    let Ok(stream) = open.accept().await else { return };
+    let (mut from_host, mut to_host) = stream.into_split();
+    // Datagrams move in batches: what has queued up goes in one system call.
+    let mut up: Vec<Bytes> = Vec::with_capacity(udp_batch::BATCH);
+    let mut down = Vec::with_capacity(udp_batch::BATCH);
+    let mut dropped = 0u64;
+    loop {
+        tokio::select! {
+            d = from_host.recv() => match d {
+                Ok(Some(datagram)) => {
+                    up.push(datagram);
+                    let ended = udp_batch::take_ready(&mut from_host, &mut up);
+                    up.iter().for_each(|d| traffic.add_up(d.len()));
+                    send_all(&socket, &up).await;
+                    up.clear();
+                    if ended {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            r = socket.async_io(Interest::READABLE, || udp_batch::recv(&socket, &mut down)) => match r {
+                Ok(_) => {
+                    for (reply, _) in down.drain(..) {
+                        let len = reply.len();
+                        match to_host.try_send_datagram(reply) {
+                            Ok(true) => traffic.add_down(len),
+                            Ok(false) => {
+                                dropped += 1;
+                                traffic.add_dropped();
+                            }
+                            // The stream is gone: the next receive ends the flow.
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => {
+                    tracing::debug!("UDP flow to {target}: {e}");
+                    break;
+                }
+            },
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!("UDP flow to {target} ended; {dropped} replies dropped under load");
+    }
+}
+
+/// Sends `datagrams` to the target, waiting while the socket is full.
+async fn send_all(socket: &UdpSocket, datagrams: &[Bytes]) {
+    let mut sent = 0;
+    while sent < datagrams.len() {
+        match socket.async_io(Interest::WRITABLE, || udp_batch::send(socket, &datagrams[sent..], None)).await {
+            Ok(n) => sent += n,
+            // The target's error (an ICMP port unreachable from an earlier
+            // send, say) costs this datagram, as it would a plain send; UDP
+            // just moves on.
+            Err(_) => sent += 1,
+        }
+    }
+}
+
+async fn connect(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(any).await?;
+    crate::udp_buffers::enlarge(&socket);
+    socket.connect(target).await?;
+    Ok(socket)
 }
