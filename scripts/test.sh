@@ -20,7 +20,7 @@ cargo nextest run --release --workspace --no-fail-fast --no-tests=pass -E 'not b
 # The portable data paths (copy relay, one datagram per call, plain buffer
 # options): what a macOS host runs, exercised here by both binaries.
 FERRY_PORTABLE=1 cargo nextest run --release --no-fail-fast --no-tests=pass -p ferry-mux -p ferry-tests \
-    -E 'package(ferry-mux) | binary(tcp_forwarding) | binary(udp) | binary(sockets) | binary(faults) | binary(host_platform)' "$@"
+    -E 'package(ferry-mux) | binary(tcp_forwarding) | binary(udp) | binary(sockets) | binary(faults) | binary(host_platform) | binary(ssh_master)' "$@"
 # The guest is emulated (TCG): run it alone, so that it is not starved of CPU
 # by the other suites (its keepalives would time out).
 # One guest at a time, for the same reason.
