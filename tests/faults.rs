@@ -325,3 +325,34 @@ async fn an_agent_killed_mid_transfer_resets_clients_and_forwarding_resumes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_does_not_keep_the_host_out() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let addr = format!("127.0.0.1:{port}");
+    connect_forwarded(&addr).await;
+    assert_eq!(echo_once(&addr, b"before").await, b"before");
+    // The agent may hold a few hundred more descriptors than it has now
+    // (the soft limit only); then 600 connections to its socket that never
+    // say anything, held open.
+    let agent = bridge.agent.pid().to_string();
+    let limit = fd_count(bridge.agent.pid()) + 400;
+    let out = Command::new("prlimit").args(["--pid", &agent, &format!("--nofile={limit}:")]).output().unwrap();
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+    let sock = bridge.dir.path().join("agent.sock");
+    let silent: Vec<_> = (0..600).filter_map(|_| std::os::unix::net::UnixStream::connect(&sock).ok()).collect();
+    assert!(silent.len() >= 500, "only {} silent connections", silent.len());
+    // Every new client needs a data connection to the agent: it is served
+    // at once, not after the silent ones time out (5 s each).
+    let t0 = std::time::Instant::now();
+    let back = tokio::time::timeout(Duration::from_secs(30), echo_once(&addr, b"during the flood")).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(back, b"during the flood");
+    assert!(took < Duration::from_secs(3), "the host waited {took:?} behind unauthenticated connections");
+    wait_for(GUARD, "the agent to say it closed some", || {
+        bridge.agent.log_text().contains("waiting to authenticate").then_some(())
+    });
+    drop(silent);
+}

@@ -434,3 +434,31 @@ async fn a_reverse_listener_survives_running_out_of_descriptors() {
     set_limit(1024);
     assert_eq!(bridge.guest.run_in(ask).expect("the reverse listener stopped accepting"), b"pong");
 }
+
+#[test]
+fn a_reverse_socket_path_another_user_holds_is_not_replaced() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let guest_dir = host_dir.path().join("guest");
+    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
+    // A stale socket of another user (uid 4321) where the reverse socket
+    // would go, in a directory root owns.
+    let path = guest_dir.join("agent.sock");
+    let script =
+        "import socket,os,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chown(sys.argv[1], 4321, 4321)";
+    let st = guest.command("python3").args(["-c", script]).arg(&path).status().unwrap();
+    assert!(st.success());
+    let host_sock = host_dir.path().join("host.sock");
+    let _host = std::os::unix::net::UnixListener::bind(&host_sock).unwrap();
+    let reverse = format!("{}={}", path.display(), host_sock.display());
+    let bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &reverse, "-v"], &[]);
+    // Until the agent answers, the row says it is waiting for it.
+    let row = wait_for(GUARD, "the agent's answer on the reverse forward", || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["reason"] != "waiting for the agent")
+    });
+    assert_eq!(row["state"], "failed", "the agent must refuse the other user's socket: {row}");
+    assert!(row["reason"].as_str().unwrap().contains("belongs to uid 4321"), "{row}");
+    // Still the other user's file.
+    let out = bridge.guest.command("stat").args(["-c", "%u"]).arg(&path).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4321");
+}

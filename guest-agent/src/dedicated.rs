@@ -61,9 +61,13 @@ impl Drop for TokenGuard {
 }
 
 /// Serves one data connection whose magic has been read.
-pub async fn serve(mut conn: RawConn, tokens: Tokens) {
+pub async fn serve(mut conn: RawConn, tokens: Tokens, ticket: crate::pre_auth::Ticket) {
     let (target, grants) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &tokens)).await {
-        Ok(Ok(t)) => t,
+        Ok(Ok(t)) => {
+            // Its token is a live session's: authenticated.
+            drop(ticket);
+            t
+        }
         Ok(Err(e)) => {
             tracing::warn!("data connection rejected: {e}");
             let _ = conn.write_all(&data_conn::refusal(&e)).await;

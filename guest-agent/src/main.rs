@@ -6,6 +6,7 @@ mod cli;
 mod dedicated;
 mod files;
 mod ports;
+mod pre_auth;
 mod reverse;
 mod server;
 mod session;

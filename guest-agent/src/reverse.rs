@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt},
     path::Path,
     sync::Arc,
 };
@@ -159,18 +159,30 @@ async fn to_host(session: Session, id: u32, conn: LocalConn) {
 }
 
 /// Binds a Unix socket at `path`: a missing directory is created 0700, a
-/// stale socket replaced (never another kind of file), and the socket is
-/// made 0600 and given to the owner of its directory (so that
+/// stale socket replaced only if it belongs to the directory's owner or to
+/// root (never another user's, never another kind of file), and the socket
+/// exists only as 0600 and owned by the owner of its directory (so that
 /// /run/user/1000/x.sock belongs to user 1000).
 fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    ferry_mux::transport::remove_stale_socket(path)?;
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let owner = std::fs::metadata(dir)?;
-    std::os::unix::fs::lchown(path, Some(owner.uid()), Some(owner.gid()))?;
-    Ok(l)
+    if let Ok(old) = std::fs::symlink_metadata(path) {
+        if old.uid() != owner.uid() && old.uid() != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to uid {}, not to its directory's owner; refusing to replace it",
+                    path.display(),
+                    old.uid()
+                ),
+            ));
+        }
+    }
+    ferry_mux::transport::remove_stale_socket(path)?;
+    let l = ferry_mux::private_socket::bind(path, Some((owner.uid(), owner.gid())))?;
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
 }

@@ -31,7 +31,13 @@ pub struct Ports {
 
 /// Serves one host session until it ends.
 /// With `tokens`, the host may also open dedicated data connections.
-pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, tokens: Option<Tokens>) {
+pub async fn serve(
+    transport: Transport,
+    ports: Ports,
+    cfg: SessionConfig,
+    tokens: Option<Tokens>,
+    ticket: Option<crate::pre_auth::Ticket>,
+) {
     let peer = transport.peer.clone();
     let (session, mut events) = match Session::start(transport, Role::Agent, cfg).await {
         Ok(s) => s,
@@ -40,6 +46,8 @@ pub async fn serve(transport: Transport, ports: Ports, cfg: SessionConfig, token
             return;
         }
     };
+    // Authenticated: no longer among the connections that may be closed to make room.
+    drop(ticket);
     tracing::info!("host connected via {peer}");
     let grants = Grants::default();
     // Issued before the port snapshot, so the host has it before any port.

@@ -20,6 +20,7 @@ pub mod buffer_share;
 pub mod local;
 pub mod logging;
 pub mod platform;
+pub mod private_socket;
 pub mod pump;
 pub mod relay;
 pub mod secret_file;

@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     pin::Pin,
     process::Stdio,
@@ -291,9 +291,9 @@ impl TransportListener {
         match addr {
             Address::Unix(path) => {
                 remove_stale_socket(path)?;
-                let l = UnixListener::bind(path)?;
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-                Ok(Self::Unix(l, path.clone()))
+                let l = crate::private_socket::bind(Path::new(path), None)?;
+                l.set_nonblocking(true)?;
+                Ok(Self::Unix(UnixListener::from_std(l)?, path.clone()))
             }
             Address::Tcp(a) => {
                 let std = std::net::TcpListener::bind(a.as_str())?;
@@ -482,7 +482,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
         let l = TransportListener::bind(&Address::Unix(path.clone())).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions()) & 0o777;
         assert_eq!(mode, 0o600);
         drop(l);
         assert!(!path.exists(), "socket file is removed with the listener");

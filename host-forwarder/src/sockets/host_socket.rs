@@ -6,7 +6,7 @@
 use std::{
     fs::DirBuilder,
     io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -44,8 +44,9 @@ impl HostSocket {
                 ));
             }
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = ferry_mux::private_socket::bind(path, None)?;
+        listener.set_nonblocking(true)?;
+        let listener = UnixListener::from_std(listener)?;
         let m = std::fs::symlink_metadata(path)?;
         Ok(Self { path: path.to_path_buf(), listener, file_id: (m.dev(), m.ino()) })
     }
@@ -71,7 +72,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sock/docker.sock");
         let s = HostSocket::bind(&path).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mode =
+            |p: &Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions()) & 0o777;
         assert_eq!((mode(&path), mode(path.parent().unwrap())), (0o600, 0o700));
         drop(s);
         assert!(!path.exists());

@@ -4,7 +4,7 @@
 use std::{
     fs::DirBuilder,
     io,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
 
@@ -30,9 +30,9 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
         ));
     }
     ferry_mux::transport::remove_stale_socket(path)?;
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let listener = ferry_mux::private_socket::bind(path, None)?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
 }
 
 /// Answers status requests until the task is dropped.
