@@ -367,6 +367,7 @@ async fn a_data_connection_with_an_unknown_token_is_refused() {
     let port = free_port();
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
     let hello = ferry_protocol::data_conn::DataHello {
+        version: ferry_protocol::PROTOCOL_VERSION,
         token: [0x42; ferry_protocol::data_conn::TOKEN_LEN],
         target: ferry_protocol::Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
     };

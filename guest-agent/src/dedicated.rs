@@ -22,25 +22,26 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 pub struct Tokens(Arc<Mutex<Vec<Issued>>>);
 
-/// A session's token and what its session may reach.
-type Issued = ([u8; TOKEN_LEN], Grants);
+/// A session's token, what its session may reach, and the protocol
+/// version it negotiated (which its data connections must speak).
+type Issued = ([u8; TOKEN_LEN], Grants, u16);
 
 impl Tokens {
     /// Registers a fresh token for a session with `grants`; it is withdrawn
     /// when the guard drops.
-    pub fn issue(&self, grants: Grants) -> std::io::Result<TokenGuard> {
+    pub fn issue(&self, grants: Grants, version: u16) -> std::io::Result<TokenGuard> {
         let token = ferry_protocol::auth::nonce().map_err(std::io::Error::other)?;
-        self.0.lock().unwrap().push((token, grants));
+        self.0.lock().unwrap().push((token, grants, version));
         Ok(TokenGuard { tokens: self.clone(), token })
     }
 
-    fn lookup(&self, t: &[u8; TOKEN_LEN]) -> Option<Grants> {
+    fn lookup(&self, t: &[u8; TOKEN_LEN]) -> Option<(Grants, u16)> {
         // Compare with every entry so the time taken does not depend on the match.
         let tokens = self.0.lock().unwrap();
         let mut found = None;
-        for (ours, grants) in tokens.iter() {
+        for (ours, grants, version) in tokens.iter() {
             if data_conn::token_eq(ours, t) {
-                found = Some(grants.clone());
+                found = Some((grants.clone(), *version));
             }
         }
         found
@@ -56,7 +57,7 @@ pub struct TokenGuard {
 
 impl Drop for TokenGuard {
     fn drop(&mut self) {
-        self.tokens.0.lock().unwrap().retain(|(t, _)| t != &self.token);
+        self.tokens.0.lock().unwrap().retain(|(t, _, _)| t != &self.token);
     }
 }
 
@@ -98,11 +99,14 @@ async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<(Target, Gran
     let mut fixed = [0u8; FIXED_LEN];
     fixed[..6].copy_from_slice(&data_conn::DATA_MAGIC);
     conn.read_exact(&mut fixed[6..]).await.map_err(|e| format!("reading hello: {e}"))?;
-    let (token, len) = DataHello::decode_fixed(&fixed).map_err(|e| e.to_string())?;
+    let hello = DataHello::decode_fixed(&fixed).map_err(|e| e.to_string())?;
     // Read the whole hello before judging it, so that a refusal is read by
     // the peer instead of being lost to a reset.
-    let mut target = vec![0u8; len];
+    let mut target = vec![0u8; hello.target_len];
     conn.read_exact(&mut target).await.map_err(|e| format!("reading target: {e}"))?;
-    let grants = tokens.lookup(&token).ok_or("unknown session token")?;
+    let (grants, version) = tokens.lookup(&hello.token).ok_or("unknown session token")?;
+    if hello.version != version {
+        return Err(format!("data connection speaks v{}, its session negotiated v{version}", hello.version));
+    }
     Ok((DataHello::decode_target(&target).map_err(|e| e.to_string())?, grants))
 }

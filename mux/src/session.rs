@@ -31,7 +31,8 @@ pub struct SessionConfig {
     pub window: u32,
     /// Most concurrent streams the peer may open.
     pub max_streams: usize,
-    /// How often to ping the peer.
+    /// How often to ping the peer, if both offered keepalive (the
+    /// KEEPALIVE feature bit; every ferry does).
     pub keepalive_interval: Duration,
     /// Silence after which the peer is declared dead.
     pub keepalive_timeout: Duration,
@@ -191,7 +192,11 @@ impl Session {
         let Transport { reader, writer, child, .. } = transport;
         tokio::spawn(crate::writer::run(shared.clone(), urgent_rx, ordered_rx, writer));
         tokio::spawn(crate::reader::run(shared.clone(), reader, events_tx));
-        tokio::spawn(keepalive(shared.clone()));
+        // A peer that did not offer KEEPALIVE answers no pings: its silence
+        // proves nothing, so it is not timed out.
+        if negotiated.features & features::KEEPALIVE != 0 {
+            tokio::spawn(keepalive(shared.clone()));
+        }
         if let Some(mut child) = child {
             // Reap an exec: transport's command, and close the session when it exits.
             let s = shared.clone();

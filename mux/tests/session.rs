@@ -178,6 +178,23 @@ async fn silent_peer_is_detected_by_keepalive() {
 }
 
 #[tokio::test]
+async fn a_peer_that_offers_no_keepalive_is_not_timed_out_for_its_silence() {
+    let (ta, mut raw) = raw_peer();
+    let hello = ferry_protocol::Hello { features: 0, ..ferry_protocol::Hello::ours(Role::Agent) };
+    raw.write_all(&hello.encode()).await.unwrap();
+    let cfg = SessionConfig {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
+    assert_eq!(host.negotiated().features & ferry_protocol::handshake::features::KEEPALIVE, 0);
+    let closed = tokio::time::timeout(Duration::from_secs(1), host.closed()).await;
+    assert!(closed.is_err(), "closed for silence it never promised to break: {:?}", closed.ok());
+    drop(raw);
+}
+
+#[tokio::test]
 async fn a_stalled_process_does_not_blame_its_peer() {
     let cfg = SessionConfig {
         keepalive_interval: Duration::from_millis(50),

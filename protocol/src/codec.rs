@@ -23,6 +23,10 @@ pub enum DecodeError {
     /// A session-level frame names a stream, or a stream frame names stream 0.
     #[error("{kind:?} frame on stream {stream} is not allowed")]
     WrongStream { kind: FrameType, stream: u32 },
+    /// The header's flags byte has bits set; version 1 defines none, so a
+    /// peer that sets one speaks something this build does not.
+    #[error("frame flags {0:#04x}: version 1 defines none")]
+    UnknownFlags(u8),
     /// A fixed-size payload has the wrong length or value.
     #[error("malformed {kind:?} frame: {reason}")]
     Malformed { kind: FrameType, reason: &'static str },
@@ -89,6 +93,9 @@ impl FrameDecoder {
         let type_byte = buf[4];
         let len = u32::from_be_bytes(buf[6..10].try_into().expect("4 bytes"));
         let kind = FrameType::from_u8(type_byte).ok_or(DecodeError::UnknownType(type_byte))?;
+        if buf[5] != 0 {
+            return Err(DecodeError::UnknownFlags(buf[5]));
+        }
         if len > self.max_payload {
             return Err(DecodeError::Oversized { len, max: self.max_payload });
         }
@@ -265,6 +272,13 @@ mod tests {
                 FrameDecoder::default().decode(&mut buf),
                 Err(DecodeError::Oversized { len, max: MAX_PAYLOAD })
             );
+        }
+
+        #[test]
+        fn set_flags_are_rejected(flags in 1u8.., stream in 1u32..) {
+            let mut buf = encode_all(&[Frame::Fin { stream }]);
+            buf[5] = flags;
+            prop_assert_eq!(FrameDecoder::default().decode(&mut buf), Err(DecodeError::UnknownFlags(flags)));
         }
 
         #[test]

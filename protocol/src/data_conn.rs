@@ -10,7 +10,7 @@
 //! carries raw bytes both ways, and closing a direction is a half-close.
 //!
 //! ```text
-//!  "FERRYD" (6) | version u16 BE | token [32] | target length u16 BE | postcard Target
+//!  "FERRYD" (6) | negotiated version u16 BE | token [32] | target length u16 BE | postcard Target
 //!  answer: 0x00 (connected) | 0x01, reason length u16 BE, UTF-8 reason
 //! ```
 
@@ -36,10 +36,24 @@ pub const REFUSED: u8 = 1;
 /// The opening of a data connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataHello {
+    /// The protocol version the session negotiated (not the dialer's own:
+    /// an old and a new side keep their data connections across a bump).
+    pub version: u16,
     /// The session token proving the dialer belongs to an authenticated session.
     pub token: [u8; TOKEN_LEN],
     /// Where the agent should connect.
     pub target: Target,
+}
+
+/// The fixed part of a [`DataHello`]: what is known before the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloFixed {
+    /// The version the dialer's session negotiated.
+    pub version: u16,
+    /// The session token.
+    pub token: [u8; TOKEN_LEN],
+    /// How many target bytes follow.
+    pub target_len: usize,
 }
 
 /// A data-connection opening that is not acceptable.
@@ -49,7 +63,11 @@ pub enum DataHelloError {
     #[error("not a ferry data connection (bad magic)")]
     BadMagic,
     /// A version this build does not speak.
-    #[error("data connection of protocol v{0}; this build speaks v{ours}", ours = crate::PROTOCOL_VERSION)]
+    #[error(
+        "data connection of protocol v{0}; this build speaks v{min} to v{ours}",
+        min = crate::handshake::MIN_COMPATIBLE_VERSION,
+        ours = crate::PROTOCOL_VERSION
+    )]
     Version(u16),
     /// The target length is over the limit.
     #[error("data connection target of {0} bytes exceeds the limit")]
@@ -65,20 +83,21 @@ impl DataHello {
         let target = message::encode(&self.target);
         let mut out = Vec::with_capacity(FIXED_LEN + target.len());
         out.extend_from_slice(&DATA_MAGIC);
-        out.extend_from_slice(&crate::PROTOCOL_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.token);
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
         out.extend_from_slice(&target);
         out
     }
 
-    /// Parses the fixed part; returns the token and the target length to read next.
-    pub fn decode_fixed(b: &[u8; FIXED_LEN]) -> Result<([u8; TOKEN_LEN], usize), DataHelloError> {
+    /// Parses the fixed part: any version this build speaks (the agent then
+    /// checks it is the one the token's session negotiated).
+    pub fn decode_fixed(b: &[u8; FIXED_LEN]) -> Result<HelloFixed, DataHelloError> {
         if b[..6] != DATA_MAGIC {
             return Err(DataHelloError::BadMagic);
         }
         let version = u16::from_be_bytes([b[6], b[7]]);
-        if version != crate::PROTOCOL_VERSION {
+        if !(crate::handshake::MIN_COMPATIBLE_VERSION..=crate::PROTOCOL_VERSION).contains(&version) {
             return Err(DataHelloError::Version(version));
         }
         let token: [u8; TOKEN_LEN] = b[8..8 + TOKEN_LEN].try_into().expect("token length");
@@ -86,7 +105,7 @@ impl DataHello {
         if len > MAX_TARGET_LEN {
             return Err(DataHelloError::TargetTooLong(len));
         }
-        Ok((token, len))
+        Ok(HelloFixed { version, token, target_len: len })
     }
 
     /// Parses the target bytes that follow the fixed part.
@@ -115,11 +134,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = DataHello { token: [7; TOKEN_LEN], target: Target::Tcp("[::1]:8080".parse().unwrap()) };
+        let h = DataHello { version: 1, token: [7; TOKEN_LEN], target: Target::Tcp("[::1]:8080".parse().unwrap()) };
         let wire = h.encode();
-        let (token, len) = DataHello::decode_fixed(wire[..FIXED_LEN].try_into().unwrap()).unwrap();
-        assert_eq!(token, h.token);
-        assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + len]).unwrap(), h.target);
+        let fixed = DataHello::decode_fixed(wire[..FIXED_LEN].try_into().unwrap()).unwrap();
+        assert_eq!((fixed.version, fixed.token), (1, h.token));
+        assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + fixed.target_len]).unwrap(), h.target);
     }
 
     #[test]
@@ -129,6 +148,8 @@ mod tests {
         b[..6].copy_from_slice(&DATA_MAGIC);
         b[7] = 9;
         assert_eq!(DataHello::decode_fixed(&b), Err(DataHelloError::Version(9)));
+        b[7] = 0;
+        assert_eq!(DataHello::decode_fixed(&b), Err(DataHelloError::Version(0)), "below the oldest compatible");
         b[7] = 1;
         b[FIXED_LEN - 2] = 0xff;
         assert!(matches!(DataHello::decode_fixed(&b), Err(DataHelloError::TargetTooLong(_))));

@@ -8,6 +8,9 @@
 //!  +-------+------+-------+---------------+---------------
 //! ```
 //!
+//! The flags byte is 0 in version 1; a frame with any flag set is a
+//! protocol error (a later version that defines flags negotiates them).
+//!
 //! Stream 0 carries session-level frames (control messages, keepalive,
 //! go-away); every other stream id names one forwarded connection.
 

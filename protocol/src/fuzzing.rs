@@ -80,14 +80,15 @@ pub fn check_handshakes(data: &[u8]) {
     }
     if let Some(b) = data.get(..FIXED_LEN) {
         let b: &[u8; FIXED_LEN] = b.try_into().expect("length checked");
-        if let Ok((token, len)) = DataHello::decode_fixed(b) {
-            if let Some(rest) = data.get(FIXED_LEN..FIXED_LEN + len) {
+        if let Ok(f) = DataHello::decode_fixed(b) {
+            if let Some(rest) = data.get(FIXED_LEN..FIXED_LEN + f.target_len) {
                 if let Ok(target) = DataHello::decode_target(rest) {
-                    let wire = DataHello { token, target: target.clone() }.encode();
+                    let wire = DataHello { version: f.version, token: f.token, target: target.clone() }.encode();
                     let fixed: &[u8; FIXED_LEN] = wire[..FIXED_LEN].try_into().expect("fixed part");
-                    let (t2, l2) = DataHello::decode_fixed(fixed).expect("re-decode");
-                    assert_eq!(t2, token);
-                    assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + l2]).expect("target"), target);
+                    let f2 = DataHello::decode_fixed(fixed).expect("re-decode");
+                    assert_eq!((f2.version, f2.token), (f.version, f.token));
+                    let t2 = &wire[FIXED_LEN..FIXED_LEN + f2.target_len];
+                    assert_eq!(DataHello::decode_target(t2).expect("target"), target);
                 }
             }
         }

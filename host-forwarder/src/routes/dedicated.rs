@@ -13,15 +13,17 @@ use ferry_protocol::{
 pub struct DataPath {
     addr: Address,
     token: [u8; TOKEN_LEN],
+    /// The version the session negotiated, which its data connections speak.
+    version: u16,
 }
 
 impl DataPath {
     /// A data path, if `addr` can be dialled again and carries half-close
     /// (or `trust_hvsock` says the hybrid-vsock backend does: see
     /// [`RawConn::keeps_half_close`]).
-    pub fn new(addr: &Address, token: [u8; TOKEN_LEN], trust_hvsock: bool) -> Option<Self> {
+    pub fn new(addr: &Address, token: [u8; TOKEN_LEN], version: u16, trust_hvsock: bool) -> Option<Self> {
         let usable = RawConn::dialable(addr) && (trust_hvsock || RawConn::keeps_half_close(addr));
-        usable.then(|| Self { addr: addr.clone(), token })
+        usable.then(|| Self { addr: addr.clone(), token, version })
     }
 
     /// Forwards `local` to `target`. Gives the connection back if no data
@@ -40,7 +42,7 @@ impl DataPath {
                 return Err(local);
             }
         };
-        let hello = DataHello { token: self.token, target: target.clone() }.encode();
+        let hello = DataHello { version: self.version, token: self.token, target: target.clone() }.encode();
         if conn.write_all(&hello).await.is_err() {
             // Nothing has been read from the client yet: it can still go through the session.
             tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
