@@ -102,13 +102,21 @@ impl Router {
                 }
             }
             Frame::Open { stream, target } => self.open(stream, &target).await?,
-            Frame::OpenOk { stream } => {
-                if let Some(st) = shared.stream(stream) {
+            Frame::OpenOk { stream } => match shared.stream(stream) {
+                Some(st) => {
                     if let Some(tx) = st.open_reply.lock().unwrap().take() {
                         let _ = tx.send(Ok(()));
                     }
                 }
-            }
+                // An OPEN this side cancelled before its answer: the RESET it
+                // sent then may have overtaken the OPEN (RESET is urgent, OPEN
+                // ordered) and been ignored, leaving the peer's end open with
+                // nobody here. Reset it now; a peer that already has is
+                // unaffected (it ignores a RESET for a stream it no longer has).
+                None if !StreamIds::is_peer_id(shared.role, stream) => shared
+                    .send_urgent(Frame::Reset { stream, reason: "no such stream here: its open was cancelled".into() }),
+                None => {}
+            },
             Frame::OpenRefused { stream, reason } => {
                 if let Some(st) = shared.stream(stream) {
                     st.fail(&reason);

@@ -368,3 +368,49 @@ async fn draining_with_try_recv_returns_credit_and_sees_the_end() {
     sender.await.unwrap();
     assert_eq!(got, data);
 }
+
+#[tokio::test]
+async fn an_open_cancelled_before_its_answer_leaves_no_stream_on_the_peer() {
+    let (host, _hev, agent, aev) = sessions(SessionConfig::default()).await;
+    serve_echo(aev);
+    let target = echo_target();
+    for _ in 0..50 {
+        // Polled once: the OPEN is queued, then the future is dropped and the
+        // stream reset (on the urgent queue, which may overtake the OPEN).
+        let mut open = Box::pin(host.open(&target));
+        assert!(futures_poll_once(open.as_mut()).await.is_none());
+        drop(open);
+    }
+    // A round trip after them: by its answer the agent has seen every
+    // earlier frame.
+    {
+        let (mut rx, mut tx) = host.open(&echo_target()).await.unwrap().into_split();
+        tx.send(Bytes::from_static(b"after")).await.unwrap();
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"after");
+        tx.finish().await.unwrap();
+        assert!(rx.recv().await.unwrap().is_none());
+    }
+    // Every stream the agent accepted for the cancelled opens ends: none is
+    // left waiting for a host stream that no longer exists.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while agent.stream_count() > 0 || host.stream_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphan streams: agent {}, host {}",
+            agent.stream_count(),
+            host.stream_count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `f` once; its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
