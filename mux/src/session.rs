@@ -2,7 +2,10 @@
 //! control messages, keepalive and shutdown.
 
 use std::{
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +39,10 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Silence after which the peer is declared dead.
     pub keepalive_timeout: Duration,
+    /// Most bytes of frames waiting on the urgent queue (answers, credit,
+    /// resets, control messages) before the session is closed as one whose
+    /// peer reads nothing.
+    pub max_urgent_bytes: usize,
     /// Longest wait for the whole handshake (hello and authentication).
     pub handshake_timeout: Duration,
     /// The per-instance secret both peers must prove; `None` only for
@@ -50,6 +57,7 @@ impl Default for SessionConfig {
             max_streams: 16_384,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(5),
+            max_urgent_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
             secret: None,
         }
@@ -188,6 +196,7 @@ impl Session {
             closed_tx,
             started: Instant::now(),
             last_rx_ms: AtomicU64::new(0),
+            urgent_bytes: AtomicUsize::new(0),
         });
         let Transport { reader, writer, child, .. } = transport;
         tokio::spawn(crate::writer::run(shared.clone(), urgent_rx, ordered_rx, writer));

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Instant,
@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub closed_tx: watch::Sender<Option<Arc<str>>>,
     pub started: Instant,
     pub last_rx_ms: AtomicU64,
+    /// Bytes of frames waiting on the urgent queue (see [`Shared::send_urgent`]).
+    pub urgent_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -164,7 +166,22 @@ impl Shared {
     }
 
     /// Queues a frame that may overtake stream data (window, ping, reset).
+    ///
+    /// The queue is bounded in bytes by `max_urgent_bytes`: a peer that
+    /// reads nothing while it keeps sending (pings to answer, windows to
+    /// grant) or a flood of control messages would otherwise grow it
+    /// without end; past the bound the session closes instead.
     pub fn send_urgent(&self, f: Frame) {
+        let size = queued_size(&f);
+        let queued = self.urgent_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        if queued > self.cfg.max_urgent_bytes {
+            self.urgent_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.close(&format!(
+                "the peer reads nothing: {queued} bytes of control frames would be waiting (limit {})",
+                self.cfg.max_urgent_bytes
+            ));
+            return;
+        }
         let _ = self.urgent.send(f);
     }
 
@@ -177,4 +194,19 @@ impl Shared {
     pub fn silence_ms(&self) -> u64 {
         (self.started.elapsed().as_millis() as u64).saturating_sub(self.last_rx_ms.load(Ordering::Relaxed))
     }
+}
+
+/// What a frame counts against the urgent queue's bound: its header and
+/// payload.
+pub(crate) fn queued_size(f: &Frame) -> usize {
+    let payload = match f {
+        Frame::Data { payload, .. } => payload.len(),
+        Frame::Open { target, .. } => target.len(),
+        Frame::Control { message } => message.len(),
+        Frame::OpenRefused { reason, .. } | Frame::Reset { reason, .. } | Frame::GoAway { reason } => reason.len(),
+        Frame::Window { .. } => 4,
+        Frame::Ping { .. } | Frame::Pong { .. } => 8,
+        Frame::OpenOk { .. } | Frame::Fin { .. } => 0,
+    };
+    ferry_protocol::frame::HEADER_LEN + payload
 }

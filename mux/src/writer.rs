@@ -29,7 +29,7 @@ pub(crate) async fn run(
     loop {
         let first = tokio::select! {
             biased;
-            f = urgent.recv() => f,
+            f = urgent.recv() => f.inspect(|f| unqueue(&shared, f)),
             f = ordered.recv() => f,
             _ = shared.wait_closed() => None,
         };
@@ -39,7 +39,10 @@ pub(crate) async fn run(
         let mut n = 1;
         while n < BATCH_FRAMES && batch.bytes < BATCH_BYTES && batch.goaway.is_none() {
             let next = match urgent.try_recv() {
-                Ok(f) => f,
+                Ok(f) => {
+                    unqueue(&shared, &f);
+                    f
+                }
                 Err(_) => match ordered.try_recv() {
                     Ok(f) => f,
                     Err(_) => break,
@@ -65,6 +68,11 @@ pub(crate) async fn run(
 }
 
 /// The frames of one write, as header and payload slices.
+/// Takes an urgent frame off the queue's byte count.
+fn unqueue(shared: &Shared, f: &Frame) {
+    shared.urgent_bytes.fetch_sub(crate::shared::queued_size(f), std::sync::atomic::Ordering::Relaxed);
+}
+
 struct Batch<'a> {
     heads: &'a mut BytesMut,
     chunks: &'a mut VecDeque<Bytes>,

@@ -414,3 +414,24 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F
     })
     .await
 }
+
+#[tokio::test]
+async fn a_peer_that_reads_nothing_cannot_grow_the_answer_queue_without_end() {
+    let (ta, mut raw) = raw_peer();
+    let hello = ferry_protocol::Hello { features: 0, ..ferry_protocol::Hello::ours(Role::Agent) };
+    raw.write_all(&hello.encode()).await.unwrap();
+    let cfg = SessionConfig { max_urgent_bytes: 64 << 10, ..Default::default() };
+    let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
+    // Pings, each owed a pong, and never a byte read back.
+    let (_raw_rx, mut raw_tx) = raw.into_split();
+    let flood = tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        for nonce in 0..2_000u64 {
+            ferry_protocol::Frame::Ping { nonce }.encode(&mut buf);
+        }
+        while raw_tx.write_all(&buf).await.is_ok() {}
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(20), host.closed()).await.expect("the queue grew unbounded");
+    assert!(reason.contains("reads nothing"), "{reason}");
+    flood.abort();
+}
