@@ -39,6 +39,10 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Silence after which the peer is declared dead.
     pub keepalive_timeout: Duration,
+    /// Longest wait for the peer's answer to an OPEN (the peer's own connect
+    /// has a shorter timeout, so this catches only a peer that stopped
+    /// answering); the stream is then reset.
+    pub open_timeout: Duration,
     /// Most bytes of frames waiting on the urgent queue (answers, credit,
     /// resets, control messages) before the session is closed as one whose
     /// peer reads nothing.
@@ -58,6 +62,7 @@ impl Default for SessionConfig {
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(5),
             max_urgent_bytes: 64 << 20,
+            open_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             secret: None,
         }
@@ -101,6 +106,9 @@ pub enum OpenError {
     /// This session has used up its stream ids.
     #[error("stream ids exhausted; the session must be re-established")]
     IdsExhausted,
+    /// The peer did not answer within the session's `open_timeout`.
+    #[error("no answer from the peer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Something the peer asked of us.
@@ -244,7 +252,11 @@ impl Session {
             permit.send(Frame::Open { stream: id, target: payload });
             MuxStream::new(st, rx, self.shared.clone())
         };
-        match reply.await {
+        // Timing out drops the stream, which resets it (and an OPEN_OK that
+        // arrives after is answered with RESET: see the reader).
+        let timeout = self.shared.cfg.open_timeout;
+        let Ok(reply) = tokio::time::timeout(timeout, reply).await else { return Err(OpenError::Timeout(timeout)) };
+        match reply {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(reason)) => match self.shared.closed_reason() {
                 Some(r) => Err(OpenError::SessionClosed(r.to_string())),

@@ -435,3 +435,18 @@ async fn a_peer_that_reads_nothing_cannot_grow_the_answer_queue_without_end() {
     assert!(reason.contains("reads nothing"), "{reason}");
     flood.abort();
 }
+
+#[tokio::test]
+async fn an_open_the_peer_never_answers_times_out() {
+    let (ta, mut raw) = raw_peer();
+    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    let cfg = SessionConfig { open_timeout: Duration::from_millis(300), ..Default::default() };
+    let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
+    // The raw peer reads (and answers pings) but never answers the OPEN.
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), host.open(&echo_target())).await.expect("open hung");
+    assert!(matches!(err, Err(OpenError::Timeout(_))), "{:?}", err.err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(host.stream_count(), 0, "the timed-out stream is gone");
+    drop(raw);
+}

@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -62,11 +63,18 @@ pub fn shell(inst: &str, script: &str) -> anyhow::Result<Output> {
     run(Command::new(program()).args(["shell", "--workdir", "/", inst, "sh", "-c", script]))
 }
 
+/// How long one `limactl` command may take (a copy of the agent into a
+/// slow guest included) before it is killed and the command fails.
+const LIMACTL_TIMEOUT: Duration = Duration::from_secs(120);
+
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e} (is Lima installed? set $LIMACTL)", cmd.get_program()))?;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| {
+            anyhow::anyhow!("cannot run {:?}: {e} (is Lima installed? set $LIMACTL)", cmd.get_program())
+        })?;
+    let out = wait_with_timeout(child, LIMACTL_TIMEOUT)?.ok_or_else(|| {
+        anyhow::anyhow!("{:?} did not finish within {LIMACTL_TIMEOUT:?}; killed it", cmd.get_args().collect::<Vec<_>>())
+    })?;
     if !out.status.success() {
         anyhow::bail!(
             "{:?} failed ({}): {}",
@@ -76,6 +84,37 @@ fn run(cmd: &mut Command) -> anyhow::Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// The child's output once it exits, or `None` if it ran past `limit`
+/// (then it is killed and reaped). Its output is read meanwhile, so a
+/// chatty child never blocks on a full pipe.
+fn wait_with_timeout(mut child: std::process::Child, limit: Duration) -> std::io::Result<Option<Output>> {
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
+    Ok(status.map(|status| Output { status, stdout, stderr }))
 }
 
 #[cfg(test)]
@@ -91,5 +130,22 @@ mod tests {
         assert_eq!(i.ssh_config_file.unwrap(), PathBuf::from("/Users/me/.lima/default/ssh.config"));
         assert_eq!(parse_list(out, "colima").unwrap().status, "Stopped");
         assert!(parse_list(out, "nope").unwrap_err().to_string().contains("no Lima instance"));
+    }
+
+    #[test]
+    fn a_command_past_its_time_is_killed_and_a_quick_one_gives_its_output() {
+        let slow = Command::new("sleep").arg("30").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(wait_with_timeout(slow, Duration::from_millis(200)).unwrap().is_none());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        let quick = Command::new("sh")
+            .args(["-c", "echo out; echo err >&2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_with_timeout(quick, Duration::from_secs(10)).unwrap().unwrap();
+        assert!(out.status.success());
+        assert_eq!((&out.stdout[..], &out.stderr[..]), (&b"out\n"[..], &b"err\n"[..]));
     }
 }

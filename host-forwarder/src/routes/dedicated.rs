@@ -9,6 +9,11 @@ use ferry_protocol::{
     Target,
 };
 
+/// How long dialling a data connection may take (a TCP connect to a guest
+/// that stopped answering, a hybrid-vsock CONNECT without its OK) before
+/// the client goes over the session instead.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How to open data connections to the agent of one session.
 pub struct DataPath {
     addr: Address,
@@ -35,10 +40,14 @@ impl DataPath {
         traffic: &Traffic,
         counts: &RouteCounts,
     ) -> Result<(), LocalConn> {
-        let mut conn = match RawConn::dial(&self.addr).await {
-            Ok(c) => c,
-            Err(e) => {
+        let mut conn = match tokio::time::timeout(DIAL_TIMEOUT, RawConn::dial(&self.addr)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::debug!("no data connection ({e}); multiplexing instead");
+                return Err(local);
+            }
+            Err(_) => {
+                tracing::debug!("no data connection within {DIAL_TIMEOUT:?}; multiplexing instead");
                 return Err(local);
             }
         };
