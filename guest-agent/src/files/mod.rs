@@ -14,6 +14,11 @@ use ferry_protocol::{ControlMessage, FileEvent};
 /// How often the watch targets are recomputed.
 const TARGETS_EVERY: Duration = Duration::from_secs(2);
 
+/// Event batches (each at most 256 KiB on the wire) waiting for the replay
+/// thread; a guest whose shared folder stalls the thread drops further
+/// batches (counted) rather than holding without bound what the host sends.
+pub const REPLAY_QUEUE: usize = 64;
+
 enum Command {
     Roots(Vec<String>),
     Events(Vec<FileEvent>),
@@ -23,7 +28,8 @@ enum Command {
 /// shared folder may block) and, once the host announces folders, a
 /// watch-target reporter. Dropping it stops both.
 pub struct Files {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::SyncSender<Command>,
+    dropped: u64,
     session: Session,
     reporter: Option<tokio::task::JoinHandle<()>>,
 }
@@ -31,7 +37,7 @@ pub struct Files {
 impl Files {
     /// Starts the channel for `session`.
     pub fn start(session: Session) -> Self {
-        let (tx, rx) = mpsc::channel::<Command>();
+        let (tx, rx) = mpsc::sync_channel::<Command>(REPLAY_QUEUE);
         std::thread::Builder::new()
             .name("file-replay".into())
             .spawn(move || {
@@ -45,7 +51,7 @@ impl Files {
                 tracing::debug!("file replays of the session: {:?}", replayer.stats);
             })
             .expect("file-replay thread");
-        Self { tx, session, reporter: None }
+        Self { tx, dropped: 0, session, reporter: None }
     }
 
     /// Sets the guest directories events may name; the first folders start
@@ -55,12 +61,25 @@ impl Files {
         if !roots.is_empty() && self.reporter.is_none() {
             self.reporter = Some(tokio::spawn(report_targets(self.session.clone())));
         }
-        let _ = self.tx.send(Command::Roots(roots));
+        // Never dropped: waits for room off the runtime's threads.
+        if let Err(mpsc::TrySendError::Full(cmd)) = self.tx.try_send(Command::Roots(roots)) {
+            let tx = self.tx.clone();
+            tokio::task::spawn_blocking(move || tx.send(cmd));
+        }
     }
 
-    /// Queues a batch for replay.
-    pub fn replay(&self, events: Vec<FileEvent>) {
-        let _ = self.tx.send(Command::Events(events));
+    /// Queues a batch for replay; drops it (and counts it) while
+    /// [`REPLAY_QUEUE`] batches already wait.
+    pub fn replay(&mut self, events: Vec<FileEvent>) {
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Command::Events(events)) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(
+                    "file replay is {REPLAY_QUEUE} batches behind (a stalled shared folder?); {} batches dropped",
+                    self.dropped
+                );
+            }
+        }
     }
 }
 
