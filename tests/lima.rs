@@ -152,12 +152,7 @@ async fn start_status_logs_stop_against_a_fake_limactl() {
 
     // The user's rule keeps its meaning: guest port -> the rule's host port.
     spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
-    let mut s = connect_forwarded(&format!("127.0.0.1:{host_port}")).await;
-    s.write_all(b"through lima").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"through lima");
+    assert_eq!(echo_through(host_port, b"through lima").await, b"through lima");
 
     let status = lima.plugin(&["status", "dev", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -244,12 +239,7 @@ async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
     assert!(master_pid(&config, &control).is_some(), "the session's ssh left a ControlMaster");
 
     spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
-    let mut s = connect_forwarded(&format!("127.0.0.1:{guest_port}")).await;
-    s.write_all(b"through the master").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    s.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"through the master");
+    assert_eq!(echo_through(guest_port, b"through the master").await, b"through the master");
 
     let status = lima.plugin(&["status", "dev", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
