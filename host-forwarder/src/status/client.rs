@@ -41,11 +41,14 @@ pub fn render(r: &StatusReport) -> String {
         }
     );
     let c = &r.connections_by_route;
-    if c.ssh_master + c.dedicated + c.multiplexed > 0 {
-        out.push_str(&format!(
-            "connections so far: {} through the ssh master, {} dedicated, {} multiplexed\n",
-            c.ssh_master, c.dedicated, c.multiplexed
-        ));
+    let routes: Vec<String> =
+        [(c.ssh_master, "through the ssh master"), (c.dedicated, "dedicated"), (c.multiplexed, "multiplexed")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, how)| format!("{n} {how}"))
+            .collect();
+    if !routes.is_empty() {
+        out.push_str(&format!("connections so far: {}\n", routes.join(", ")));
     }
     let mut rows: Vec<[String; 8]> = vec![[
         "PROTO".to_string(),
