@@ -5,8 +5,9 @@
 //! forwarded connection ferry asks it for a stdio forward (`ssh -W` without
 //! the extra process, see [`messages`]) and passes it two descriptors over
 //! the control socket: the client's socket itself as stdin, so the master
-//! reads the client directly (the path and cost of `ssh -L`), and one end of
-//! a socket pair as stdout, which ferry relays to the client. The second
+//! reads the client directly (the path and cost of `ssh -L`), and the write
+//! end of a pipe as stdout, whose read end ferry relays to the client
+//! (splice(2) on Linux: pipe pages move, nothing is copied). The second
 //! descriptor is what keeps half-close: the master ends its stdout by
 //! closing it, and only a descriptor of its own makes that an EOF ferry can
 //! turn into `shutdown(SHUT_WR)` on the client (closing a duplicate of the
@@ -23,18 +24,18 @@ pub mod messages;
 
 use std::{
     io,
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
     net::UnixStream,
 };
 
-use crate::{relay, LocalConn, Traffic};
+use crate::{relay, relay::RelaySocket, LocalConn, Traffic};
 pub use messages::Destination;
 use messages::Reply;
 
@@ -135,13 +136,13 @@ impl SshMaster {
     }
 
     /// Asks for the forward and waits for the master's answer; returns the
-    /// control connection and ferry's end of the stdout pair.
+    /// control connection and the read end of the master's stdout.
     async fn open(
         &self,
         local: &LocalConn,
         to: Destination<'_>,
         request_id: u32,
-    ) -> Result<(UnixStream, UnixStream), Refusal> {
+    ) -> Result<(UnixStream, PipeReader), Refusal> {
         let untouched =
             |what: &str, e: &dyn std::fmt::Display| Refusal::Untouched(NotTaken::Unreachable(format!("{what}: {e}")));
         let mut control = UnixStream::connect(&self.control)
@@ -150,9 +151,11 @@ impl SshMaster {
         let mut request = messages::hello();
         request.extend_from_slice(&messages::stdio_forward(request_id, to));
         control.write_all(&request).await.map_err(|e| untouched("ControlMaster request", &e))?;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| untouched("socket pair", &e))?;
-        ours.set_nonblocking(true).map_err(|e| untouched("socket pair", &e))?;
-        let ours = UnixStream::from_std(ours).map_err(|e| untouched("socket pair", &e))?;
+        let (ours, theirs) = pipe().map_err(|e| untouched("pipe", &e))?;
+        // SAFETY: `ours` is a pipe this function owns; AsyncFd takes it over
+        // and it is neither closed nor registered elsewhere while it lives.
+        let ours = unsafe { AsyncFd::register_with_interest(ours, Interest::READABLE) };
+        let ours = PipeReader(ours.map_err(|e| untouched("pipe", &e))?);
         let client = match local {
             LocalConn::Tcp(s) => s.as_raw_fd(),
             LocalConn::Unix(s) => s.as_raw_fd(),
@@ -169,6 +172,48 @@ impl SshMaster {
             Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {OPEN_TIMEOUT:?}"))),
         }
     }
+}
+
+/// The read end of a pipe, driven by the reactor.
+struct PipeReader(AsyncFd<OwnedFd>);
+
+impl AsRawFd for PipeReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl RelaySocket for PipeReader {
+    fn try_op<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.0.try_io(interest, |_| f())
+    }
+
+    async fn wait_ready(&self, interest: Interest) -> io::Result<()> {
+        // Dropping the guard keeps the readiness for the next `try_op`.
+        self.0.ready(interest).await.map(drop)
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(()) // only ever a source
+    }
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two-element array.
+    relay::os_result(unsafe { libc::pipe(fds.as_mut_ptr()) } as isize)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    for fd in [&r, &w] {
+        // SAFETY: fcntl(2) on a descriptor this function owns.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            relay::os_result(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) as isize)?;
+        }
+    }
+    Ok((r, w))
 }
 
 /// Why a forward did not open.
