@@ -85,17 +85,18 @@ mod tests {
     async fn past_the_bound_the_oldest_goes_and_authenticated_ones_leave_the_count() {
         let pre_auth = PreAuth::default();
         let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        /// Reports its index when dropped: when its task ends or is aborted
+        /// (even before it first ran).
+        struct OnDrop(usize, tokio::sync::mpsc::UnboundedSender<usize>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.1.send(self.0);
+            }
+        }
         for i in 0..MAX_PENDING + 10 {
-            let tx = closed_tx.clone();
+            let on_drop = OnDrop(i, closed_tx.clone());
             pre_auth.spawn(move |ticket| async move {
-                // Reports its index when aborted (its future dropped).
-                struct OnDrop(usize, tokio::sync::mpsc::UnboundedSender<usize>);
-                impl Drop for OnDrop {
-                    fn drop(&mut self) {
-                        let _ = self.1.send(self.0);
-                    }
-                }
-                let _d = OnDrop(i, tx);
+                let _d = on_drop;
                 let _t = ticket;
                 std::future::pending::<()>().await;
             });
@@ -114,6 +115,6 @@ mod tests {
             let _ = done_tx.send(());
         });
         done.await.unwrap();
-        assert_eq!(pre_auth.pending(), MAX_PENDING, "the new one evicted one, then left");
+        assert_eq!(pre_auth.pending(), MAX_PENDING - 1, "the new one evicted the oldest, then left");
     }
 }
