@@ -3,7 +3,13 @@
 //! the way `ssh -L` carries them, with the session as the fallback while
 //! the master is unreachable or refuses.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
 
 use ferry_mux::{
     ssh_master::{Destination, NotTaken, Outcome, SshMaster},
@@ -30,7 +36,14 @@ pub struct MasterRoute {
     /// over the session.
     live: AtomicUsize,
     max_live: usize,
+    /// Until when the master is left alone after it misbehaved (a master
+    /// stuck after a Mac woke up would otherwise cost every new connection
+    /// the whole answer timeout).
+    suspended_until: Mutex<Option<Instant>>,
 }
+
+/// How long a master that failed to answer is left alone.
+const SUSPEND: Duration = Duration::from_secs(30);
 
 /// Counts a connection as carried by the master while it lives.
 struct Live<'a>(&'a AtomicUsize);
@@ -51,6 +64,7 @@ impl MasterRoute {
             no_unix: AtomicBool::new(false),
             live: AtomicUsize::new(0),
             max_live,
+            suspended_until: Mutex::new(None),
         }
     }
 
@@ -81,6 +95,9 @@ impl MasterRoute {
             Target::Unix(path) => Destination::Unix(path),
             Target::Udp(_) | Target::Reverse(_) => return Err(local),
         };
+        if self.suspended_until.lock().unwrap().is_some_and(|t| Instant::now() < t) {
+            return Err(local);
+        }
         if self.live.fetch_add(1, Ordering::Relaxed) >= self.max_live {
             self.live.fetch_sub(1, Ordering::Relaxed);
             return Err(local);
@@ -95,6 +112,12 @@ impl MasterRoute {
                 if let Some(reason) = end {
                     tracing::debug!("connection to guest {target:?} through the ControlMaster ended: {reason}");
                 }
+                Ok(())
+            }
+            Outcome::Failed(why) => {
+                tracing::warn!("{why}; the client was reset, and new connections skip the master for {SUSPEND:?}");
+                *self.suspended_until.lock().unwrap() = Some(Instant::now() + SUSPEND);
+                self.working.store(false, Ordering::Relaxed);
                 Ok(())
             }
             Outcome::NotTaken(local, NotTaken::Refused(why)) if matches!(target, Target::Unix(_)) => {
@@ -117,5 +140,45 @@ impl MasterRoute {
                 Err(local)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_master_that_does_not_answer_is_left_alone_after_one_client() {
+        // A control socket that accepts and then says nothing: a stuck master.
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("ssh.sock");
+        let stuck = tokio::net::UnixListener::bind(&control).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = stuck.accept().await {
+                conns.push(c);
+            }
+        });
+        let master = SshMaster::with_open_timeout(&control, Duration::from_millis(200));
+        let route = MasterRoute::new(master, 1);
+        let target = Target::Tcp("127.0.0.1:9".parse().unwrap());
+        let (counts, traffic) = (RouteCounts::default(), Traffic::default());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (served, _) = l.accept().await.unwrap();
+        // The first client waits out the timeout and is reset.
+        assert!(route.forward(LocalConn::Tcp(served), &target, &traffic, &counts).await.is_ok());
+        let mut buf = [0u8; 1];
+        let end = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await;
+        assert!(matches!(end, Ok(Ok(0)) | Ok(Err(_))), "the client was ended: {end:?}");
+        // The next one is handed back at once, for the session to carry.
+        let client2 = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (served2, _) = l.accept().await.unwrap();
+        let t0 = Instant::now();
+        assert!(route.forward(LocalConn::Tcp(served2), &target, &traffic, &counts).await.is_err());
+        assert!(t0.elapsed() < Duration::from_millis(100), "a suspended master is not asked");
+        drop((client, client2));
+        held.abort();
     }
 }

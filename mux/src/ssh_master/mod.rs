@@ -47,6 +47,7 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SshMaster {
     control: PathBuf,
     next_request: AtomicU32,
+    open_timeout: Duration,
 }
 
 /// How a forward through the master ended.
@@ -57,6 +58,10 @@ pub enum Outcome {
     /// The master did not take the connection; nothing was read from the
     /// client, which is handed back with the reason.
     NotTaken(LocalConn, NotTaken),
+    /// The master misbehaved before the forward opened (no answer in time,
+    /// a message out of protocol): it may hold the client, which was
+    /// aborted. A master in that state is best left alone for a while.
+    Failed(String),
 }
 
 /// Why the master did not take a connection.
@@ -81,7 +86,12 @@ impl std::fmt::Display for NotTaken {
 impl SshMaster {
     /// The master listening on `control`.
     pub fn new(control: &Path) -> Self {
-        Self { control: control.to_path_buf(), next_request: AtomicU32::new(1) }
+        Self::with_open_timeout(control, OPEN_TIMEOUT)
+    }
+
+    /// [`SshMaster::new`] with another limit on the master's answer.
+    pub fn with_open_timeout(control: &Path, open_timeout: Duration) -> Self {
+        Self { control: control.to_path_buf(), next_request: AtomicU32::new(1), open_timeout }
     }
 
     /// Its control socket.
@@ -98,8 +108,17 @@ impl SshMaster {
             Ok(opened) => opened,
             Err(Refusal::Untouched(why)) => return Outcome::NotTaken(local, why),
             Err(Refusal::Unknown(why)) => {
+                // The master may hold a copy of the client's socket (passed,
+                // perhaps never read), so closing ours would not end it:
+                // shut it down both ways first.
+                let fd = match &local {
+                    LocalConn::Tcp(s) => s.as_raw_fd(),
+                    LocalConn::Unix(s) => s.as_raw_fd(),
+                };
+                // SAFETY: shutdown(2) on the client's socket, which `local` owns.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
                 local.abort();
-                return Outcome::Carried(Some(why));
+                return Outcome::Failed(why);
             }
         };
         let down = async {
@@ -165,11 +184,12 @@ impl SshMaster {
         }
         // The master holds its own copy now.
         drop(theirs);
-        let answer = tokio::time::timeout(OPEN_TIMEOUT, read_answer(&mut control, request_id)).await;
+        let limit = self.open_timeout;
+        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id)).await;
         match answer {
             Ok(Ok(())) => Ok((control, ours)),
             Ok(Err(refusal)) => Err(refusal),
-            Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {OPEN_TIMEOUT:?}"))),
+            Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {limit:?}"))),
         }
     }
 }
