@@ -17,6 +17,15 @@ pub enum LocalConn {
     Unix(UnixStream),
 }
 
+impl std::os::fd::AsRawFd for LocalConn {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 impl LocalConn {
     /// Relays with `stream` until both directions end; an abort from either
     /// side aborts the socket (TCP: RST). Returns the reason of an abort.

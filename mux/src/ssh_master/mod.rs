@@ -94,11 +94,6 @@ impl SshMaster {
         Self { control: control.to_path_buf(), next_request: AtomicU32::new(1), open_timeout }
     }
 
-    /// Its control socket.
-    pub fn control_path(&self) -> &Path {
-        &self.control
-    }
-
     /// Forwards `local` to `to` through the master until it ends, counting
     /// the bytes that come back in `traffic` (those that go out the master
     /// reads from the client itself, unseen).
@@ -111,12 +106,8 @@ impl SshMaster {
                 // The master may hold a copy of the client's socket (passed,
                 // perhaps never read), so closing ours would not end it:
                 // shut it down both ways first.
-                let fd = match &local {
-                    LocalConn::Tcp(s) => s.as_raw_fd(),
-                    LocalConn::Unix(s) => s.as_raw_fd(),
-                };
                 // SAFETY: shutdown(2) on the client's socket, which `local` owns.
-                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                unsafe { libc::shutdown(local.as_raw_fd(), libc::SHUT_RDWR) };
                 local.abort();
                 return Outcome::Failed(why);
             }
@@ -175,11 +166,7 @@ impl SshMaster {
         // and it is neither closed nor registered elsewhere while it lives.
         let ours = unsafe { AsyncFd::register_with_interest(ours, Interest::READABLE) };
         let ours = PipeReader(ours.map_err(|e| untouched("pipe", &e))?);
-        let client = match local {
-            LocalConn::Tcp(s) => s.as_raw_fd(),
-            LocalConn::Unix(s) => s.as_raw_fd(),
-        };
-        for fd in [client, theirs.as_raw_fd()] {
+        for fd in [local.as_raw_fd(), theirs.as_raw_fd()] {
             send_fd(&control, fd).await.map_err(|e| untouched("passing a descriptor to the ControlMaster", &e))?;
         }
         // The master holds its own copy now.
