@@ -80,6 +80,16 @@ impl RecvWindow {
         self.buffered
     }
 
+    /// Bytes the peer may still send before it must wait.
+    pub fn peer_credit(&self) -> u64 {
+        self.peer_credit
+    }
+
+    /// Bytes consumed whose credit has not been returned yet.
+    pub fn unreturned(&self) -> u64 {
+        self.unreturned
+    }
+
     /// Accounts for `len` bytes of DATA from the peer.
     pub fn on_data(&mut self, len: usize) -> Result<(), FlowError> {
         let len = len as u64;

@@ -1,14 +1,16 @@
 //! ferry's wire format, shared by the guest agent and the host forwarder.
 //!
 //! Everything in this crate is sans-I/O: it turns bytes into frames and
-//! frames into bytes, and keeps the per-stream flow-control arithmetic, but it
-//! never touches a socket. The tokio driver lives in `ferry-mux`.
+//! frames into bytes, and [`connection::Connection`] holds the whole
+//! behaviour of a session (stream states, credit, queues, timers), but it
+//! never touches a socket or a clock. The tokio driver lives in `ferry-mux`.
 //!
 //! A session is: both peers send a fixed-size [`handshake::Hello`], check each
 //! other's version, then exchange [`frame::Frame`]s until one side closes.
 
 pub mod auth;
 pub mod codec;
+pub mod connection;
 pub mod data_conn;
 pub mod flow;
 pub mod frame;
