@@ -1,28 +1,22 @@
-//! A multiplexed session over one transport: handshake, stream opening,
-//! control messages, keepalive and shutdown.
+//! A multiplexed session over one transport: the handshake, then the
+//! tokio driver of the sans-I/O [`Connection`]: a reader task, a writer
+//! task and a timer task around it, and the handles the application uses.
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, AtomicUsize},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use ferry_protocol::{
     auth::{self, Secret},
+    connection::{self, CommandError, Connection, KeepaliveConfig, OpenFailure},
     handshake::{features, Negotiated, HELLO_LEN},
-    message,
-    stream_id::StreamIds,
-    ControlMessage, Frame, HandshakeError, Hello, Role, StreamId, Target,
+    ControlMessage, HandshakeError, Hello, Role, Target,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot},
 };
 
 use crate::{
-    shared::{Shared, StreamState, Table},
+    shared::Shared,
     stream::{MuxStream, StreamError},
     transport::Transport,
 };
@@ -32,8 +26,12 @@ use crate::{
 pub struct SessionConfig {
     /// Per-stream receive window in bytes.
     pub window: u32,
-    /// Most concurrent streams the peer may open.
+    /// Most concurrent streams (opened by either side) when the peer opens
+    /// one.
     pub max_streams: usize,
+    /// Most receive memory all streams together may pin (each up to its
+    /// window): streams beyond it are refused, by either side.
+    pub max_stream_memory: u64,
     /// How often to ping the peer, if both offered keepalive (the
     /// KEEPALIVE feature bit; every ferry does).
     pub keepalive_interval: Duration,
@@ -59,6 +57,7 @@ impl Default for SessionConfig {
         Self {
             window: ferry_protocol::flow::DEFAULT_WINDOW,
             max_streams: 16_384,
+            max_stream_memory: 4 << 30,
             keepalive_interval: Duration::from_secs(1),
             keepalive_timeout: Duration::from_secs(5),
             max_urgent_bytes: 64 << 20,
@@ -109,6 +108,9 @@ pub enum OpenError {
     /// The peer did not answer within the session's `open_timeout`.
     #[error("no answer from the peer within {0:?}")]
     Timeout(Duration),
+    /// Another stream would pass the session's stream or memory limit.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Something the peer asked of us.
@@ -135,12 +137,13 @@ impl IncomingOpen {
     /// Confirms the stream to the peer and returns it.
     pub async fn accept(mut self) -> Result<MuxStream, StreamError> {
         let stream = self.stream.take().expect("accepted once");
-        self.shared
-            .ordered
-            .send(Frame::OpenOk { stream: stream.id() })
-            .await
-            .map_err(|_| StreamError::SessionClosed("session writer gone".into()))?;
-        Ok(stream)
+        let id = stream.id();
+        match self.shared.with(|c| c.conn.accept(id)) {
+            Ok(()) => Ok(stream),
+            Err(CommandError::Closed(r)) => Err(StreamError::SessionClosed(r)),
+            // The peer gave up on it (RESET) before the answer.
+            Err(_) => Err(StreamError::Reset("the peer cancelled the open".into())),
+        }
     }
 
     /// Tells the peer the target is unreachable, with the reason.
@@ -150,13 +153,8 @@ impl IncomingOpen {
 
     fn refuse_inner(&mut self, reason: &str) {
         if let Some(stream) = self.stream.take() {
-            let id = stream.id();
-            if let Some(st) = self.shared.stream(id) {
-                st.fail(reason);
-                self.shared.reap(&st);
-            }
-            self.shared.send_urgent(Frame::OpenRefused { stream: id, reason: reason.to_string() });
             // The halves see the stream already failed and send nothing more.
+            self.shared.abort(stream.id(), reason);
             drop(stream);
         }
     }
@@ -190,36 +188,31 @@ impl Session {
             Err(_) => return Err(SessionError::Timeout { peer, timeout: cfg.handshake_timeout }),
             Ok(r) => r?,
         };
-        let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
-        let (ordered_tx, ordered_rx) = mpsc::channel(1024);
-        let (events_tx, events_rx) = mpsc::channel(256);
-        let (closed_tx, _) = watch::channel(None);
-        let shared = Arc::new(Shared {
-            role,
-            cfg: cfg.clone(),
-            urgent: urgent_tx,
-            ordered: ordered_tx,
-            table: Mutex::new(Table::default()),
-            ids: Mutex::new(StreamIds::new(role)),
-            closed_tx,
-            started: Instant::now(),
-            last_rx_ms: AtomicU64::new(0),
-            urgent_bytes: AtomicUsize::new(0),
-        });
-        let Transport { reader, writer, child, .. } = transport;
-        tokio::spawn(crate::writer::run(shared.clone(), urgent_rx, ordered_rx, writer));
-        tokio::spawn(crate::reader::run(shared.clone(), reader, events_tx));
         // A peer that did not offer KEEPALIVE answers no pings: its silence
         // proves nothing, so it is not timed out.
-        if negotiated.features & features::KEEPALIVE != 0 {
-            tokio::spawn(keepalive(shared.clone()));
-        }
+        let keepalive = (negotiated.features & features::KEEPALIVE != 0)
+            .then_some(KeepaliveConfig { interval: cfg.keepalive_interval, timeout: cfg.keepalive_timeout });
+        let conn_cfg = connection::Config {
+            window: cfg.window,
+            max_streams: cfg.max_streams,
+            max_stream_memory: cfg.max_stream_memory,
+            max_urgent_bytes: cfg.max_urgent_bytes,
+            open_timeout: cfg.open_timeout,
+            keepalive,
+            ..connection::Config::default()
+        };
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared::new(Connection::new(role, conn_cfg, Shared::now())));
+        let Transport { reader, writer, child, .. } = transport;
+        tokio::spawn(crate::writer::run(shared.clone(), writer));
+        tokio::spawn(crate::reader::run(shared.clone(), reader, events_tx));
+        tokio::spawn(timers(shared.clone()));
         if let Some(mut child) = child {
             // Reap an exec: transport's command, and close the session when it exits.
             let s = shared.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    status = child.wait() => s.close(&format!("transport command exited ({})",
+                    status = child.wait() => s.terminate(&format!("transport command exited ({})",
                         status.map(|st| st.to_string()).unwrap_or_else(|e| e.to_string()))),
                     _ = s.wait_closed() => { let _ = child.kill().await; }
                 }
@@ -235,49 +228,42 @@ impl Session {
 
     /// Opens a stream to `target` on the peer's side and waits for the answer.
     pub async fn open(&self, target: &Target) -> Result<MuxStream, OpenError> {
-        let closed = |shared: &Shared| {
-            OpenError::SessionClosed(shared.closed_reason().map(|r| r.to_string()).unwrap_or_default())
-        };
-        let payload = message::encode(target);
-        // Reserve queue space first, then take the id and queue the OPEN under
-        // one lock: ids reach the wire in increasing order, as the peer requires.
-        let permit = self.shared.ordered.reserve().await.map_err(|_| closed(&self.shared))?;
         let (tx, reply) = oneshot::channel();
-        let stream = {
-            let mut ids = self.shared.ids.lock().unwrap();
-            let id: StreamId = ids.next_id().ok_or(OpenError::IdsExhausted)?;
-            let (st, rx) = StreamState::new(id, self.shared.cfg.window);
-            *st.open_reply.lock().unwrap() = Some(tx);
-            self.shared.register(st.clone()).map_err(|r| OpenError::SessionClosed(r.to_string()))?;
-            permit.send(Frame::Open { stream: id, target: payload });
-            MuxStream::new(st, rx, self.shared.clone())
+        let parts = self.shared.with(|c| {
+            let id = c.conn.open(target, Shared::now())?;
+            Ok(c.register(id, Some(tx)))
+        });
+        let parts = parts.map_err(|e| match e {
+            CommandError::Closed(r) => OpenError::SessionClosed(r),
+            CommandError::IdsExhausted => OpenError::IdsExhausted,
+            CommandError::Limit(l) => OpenError::Limit(l),
+            CommandError::NotAllowed(_) => unreachable!("opening names no stream"),
+        })?;
+        // Dropping this future drops the stream, which cancels the OPEN (a
+        // RESET behind it); the connection itself times an unanswered OPEN out.
+        let stream = MuxStream::new(parts, self.shared.clone());
+        let failure = match reply.await {
+            Ok(Ok(())) => return Ok(stream),
+            Ok(Err(failure)) => failure,
+            Err(_) => OpenFailure::Ended(String::new()),
         };
-        // Timing out drops the stream, which resets it (and an OPEN_OK that
-        // arrives after is answered with RESET: see the reader).
-        let timeout = self.shared.cfg.open_timeout;
-        let Ok(reply) = tokio::time::timeout(timeout, reply).await else { return Err(OpenError::Timeout(timeout)) };
-        match reply {
-            Ok(Ok(())) => Ok(stream),
-            Ok(Err(reason)) => match self.shared.closed_reason() {
-                Some(r) => Err(OpenError::SessionClosed(r.to_string())),
-                None => Err(OpenError::Refused(reason)),
-            },
-            Err(_) => Err(closed(&self.shared)),
+        if let Some(r) = self.shared.closed_reason() {
+            return Err(OpenError::SessionClosed(r.to_string()));
         }
+        Err(match failure {
+            OpenFailure::Refused(r) | OpenFailure::Ended(r) => OpenError::Refused(r),
+            OpenFailure::TimedOut(d) => OpenError::Timeout(d),
+        })
     }
 
     /// Sends a control message to the peer.
     pub fn send_control(&self, msg: &ControlMessage) -> Result<(), OpenError> {
-        if let Some(r) = self.shared.closed_reason() {
-            return Err(OpenError::SessionClosed(r.to_string()));
-        }
-        self.shared.send_urgent(Frame::Control { message: message::encode(msg) });
-        Ok(())
+        self.shared.with(|c| c.conn.send_control(msg)).map_err(|e| OpenError::SessionClosed(e.to_string()))
     }
 
     /// Number of streams currently open.
     pub fn stream_count(&self) -> usize {
-        self.shared.stream_count()
+        self.shared.with(|c| c.conn.stream_count())
     }
 
     /// Whether the session has ended.
@@ -293,10 +279,10 @@ impl Session {
 
     /// Closes the session, telling the peer why (GOAWAY) first.
     pub async fn close(&self, reason: &str) {
-        self.shared.send_urgent(Frame::GoAway { reason: reason.to_string() });
+        self.shared.with(|c| c.conn.close(reason));
         let closed = self.closed();
         if tokio::time::timeout(Duration::from_secs(1), closed).await.is_err() {
-            self.shared.close(reason);
+            self.shared.terminate(reason);
         }
     }
 }
@@ -379,36 +365,21 @@ async fn handshake(t: &mut Transport, role: Role, cfg: &SessionConfig) -> Result
 const AUTH_ACCEPTED: u8 = 1;
 const AUTH_REJECTED: u8 = 0;
 
-/// Pings the peer every interval and closes the session once nothing has
-/// been heard from it for the timeout. A tick that comes far too late means
-/// this process itself was not running (an overloaded machine, a suspended
-/// VM): the silence is then partly ours, so the peer is judged only after a
-/// full timeout of this process running again.
-async fn keepalive(shared: Arc<Shared>) {
-    let interval = shared.cfg.keepalive_interval;
-    let timeout = shared.cfg.keepalive_timeout.as_millis() as u64;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut nonce = 0u64;
-    let (mut last_tick, mut judged_since) = (Instant::now(), Instant::now());
-    loop {
+/// Runs the connection's timers (keepalive, open timeouts) at their
+/// deadlines until the session ends.
+async fn timers(shared: Arc<Shared>) {
+    while shared.closed_reason().is_none() {
+        let wake = shared.timer_wake.notified();
+        let deadline = shared.with(|c| c.conn.poll_timeout());
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = wake => {}
             _ = shared.wait_closed() => return,
+            _ = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => shared.with(|c| c.conn.handle_timeout(Shared::now())),
         }
-        let now = Instant::now();
-        if now - last_tick > 2 * interval {
-            judged_since = now;
-        }
-        last_tick = now;
-        let silent = shared.silence_ms();
-        if silent > timeout && (now - judged_since).as_millis() as u64 > timeout {
-            let reason = format!("keepalive timeout: nothing heard from the peer for {silent} ms");
-            tracing::warn!("{reason}");
-            shared.close(&reason);
-            return;
-        }
-        nonce += 1;
-        shared.send_urgent(Frame::Ping { nonce });
     }
 }

@@ -1,23 +1,24 @@
-//! State shared by a session's tasks and its stream handles.
+//! The session's one piece of shared state: the sans-I/O
+//! [`Connection`](ferry_protocol::connection::Connection) under a lock, plus
+//! what the tokio side needs to hand its events on (each stream's channel
+//! and wake-ups) and to wake the session's tasks.
+//!
+//! Every change goes through [`Shared::with`]: it runs the change, hands the
+//! connection's events to the streams they concern, and wakes the writer,
+//! the timer and waiting senders as needed.
 
 use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, OnceLock},
     time::Instant,
 };
 
 use bytes::Bytes;
 use ferry_protocol::{
-    flow::{RecvWindow, SendWindow},
-    stream_id::StreamIds,
-    Frame, Role, StreamId,
+    connection::{Connection, Event, OpenFailure},
+    ControlMessage, StreamId, Target,
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-
-use crate::session::SessionConfig;
 
 /// What the reader task delivers to a stream's receiving half.
 #[derive(Debug)]
@@ -27,104 +28,184 @@ pub(crate) enum Inbound {
     Reset(String),
 }
 
-/// Lifecycle flags of one stream.
+/// Wake-ups and the end reason of one stream, shared by its two halves and
+/// the session.
 #[derive(Debug, Default)]
-pub(crate) struct StreamFlags {
-    /// Why the stream was aborted, if it was.
-    pub reset: Option<String>,
-    /// We sent FIN.
-    pub local_fin: bool,
-    /// The peer sent FIN.
-    pub remote_fin: bool,
-}
-
-/// Per-stream state, shared by the reader task and the stream's halves.
-pub(crate) struct StreamState {
-    pub id: StreamId,
-    pub send: Mutex<SendWindow>,
+pub(crate) struct Signals {
+    /// Woken when the peer grants credit (or the stream ends).
     pub credit: Notify,
-    pub recv: Mutex<RecvWindow>,
-    pub inbound: mpsc::UnboundedSender<Inbound>,
-    pub open_reply: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
-    pub flags: Mutex<StreamFlags>,
+    /// Why the stream was aborted, once it was.
+    pub reset: OnceLock<String>,
 }
 
-impl StreamState {
-    pub fn new(id: StreamId, window: u32) -> (Arc<Self>, mpsc::UnboundedReceiver<Inbound>) {
+/// The session's end of one stream.
+struct Handle {
+    inbound: mpsc::UnboundedSender<Inbound>,
+    signals: Arc<Signals>,
+    open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>,
+}
+
+/// A new stream's receiving channel and signals, for its halves.
+pub(crate) struct StreamParts {
+    pub id: StreamId,
+    pub rx: mpsc::UnboundedReceiver<Inbound>,
+    pub signals: Arc<Signals>,
+}
+
+/// Something for the application's event channel (the reader forwards
+/// these after releasing the lock).
+pub(crate) enum AppEvent {
+    Incoming(Target, StreamParts),
+    Control(ControlMessage),
+}
+
+/// The connection and the streams' handles, under one lock.
+pub(crate) struct Core {
+    pub conn: Connection,
+    handles: HashMap<StreamId, Handle>,
+    pub app: VecDeque<AppEvent>,
+}
+
+impl Core {
+    /// Adds the handle of a stream the connection just created.
+    pub fn register(&mut self, id: StreamId, open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>) -> StreamParts {
         let (tx, rx) = mpsc::unbounded_channel();
-        let st = Arc::new(Self {
-            id,
-            send: Mutex::new(SendWindow::new(window)),
-            credit: Notify::new(),
-            recv: Mutex::new(RecvWindow::new(window)),
-            inbound: tx,
-            open_reply: Mutex::new(None),
-            flags: Mutex::new(StreamFlags::default()),
-        });
-        (st, rx)
+        let signals = Arc::new(Signals::default());
+        self.handles.insert(id, Handle { inbound: tx, signals: signals.clone(), open_reply });
+        StreamParts { id, rx, signals }
     }
 
-    /// Marks the stream aborted and wakes everyone waiting on it.
-    pub fn fail(&self, reason: &str) {
-        {
-            let mut f = self.flags.lock().unwrap();
-            if f.reset.is_some() {
-                return;
+    /// Tells a stream's halves it ended for `reason`.
+    pub fn fail(&mut self, id: StreamId, reason: &str) {
+        if let Some(h) = self.handles.get_mut(&id) {
+            fail_handle(h, reason, None);
+        }
+    }
+
+    /// Hands the connection's events to the streams (stream events) and to
+    /// `self.app` (for the application's channel).
+    fn dispatch(&mut self) {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Data { stream, payload } => {
+                    if let Some(h) = self.handles.get(&stream) {
+                        let _ = h.inbound.send(Inbound::Data(payload));
+                    }
+                }
+                Event::Credit(stream) => {
+                    if let Some(h) = self.handles.get(&stream) {
+                        h.signals.credit.notify_one();
+                    }
+                }
+                Event::Fin(stream) => {
+                    if let Some(h) = self.handles.get(&stream) {
+                        let _ = h.inbound.send(Inbound::Fin);
+                    }
+                }
+                Event::Opened(stream) => {
+                    if let Some(tx) = self.handles.get_mut(&stream).and_then(|h| h.open_reply.take()) {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Event::OpenFailed { stream, failure } => {
+                    if let Some(h) = self.handles.get_mut(&stream) {
+                        let reason = match &failure {
+                            OpenFailure::Refused(r) | OpenFailure::Ended(r) => r.clone(),
+                            OpenFailure::TimedOut(d) => format!("no answer from the peer within {d:?}"),
+                        };
+                        fail_handle(h, &reason, Some(failure));
+                    }
+                }
+                Event::Reset { stream, reason } => self.fail(stream, &reason),
+                Event::Gone(stream) => {
+                    self.handles.remove(&stream);
+                }
+                Event::Incoming { stream, target } => {
+                    let parts = self.register(stream, None);
+                    self.app.push_back(AppEvent::Incoming(target, parts));
+                }
+                Event::Control(msg) => self.app.push_back(AppEvent::Control(msg)),
+                Event::UnreadableControl(e) => {
+                    tracing::warn!("ignoring a control message this version cannot read: {e}")
+                }
+                Event::Closed(_) => {}
             }
-            f.reset = Some(reason.to_string());
         }
-        let _ = self.inbound.send(Inbound::Reset(reason.to_string()));
-        self.credit.notify_one();
-        if let Some(tx) = self.open_reply.lock().unwrap().take() {
-            let _ = tx.send(Err(reason.to_string()));
-        }
-    }
-
-    /// Whether nothing more can happen on the stream.
-    pub fn is_finished(&self) -> bool {
-        let f = self.flags.lock().unwrap();
-        f.reset.is_some() || (f.local_fin && f.remote_fin)
     }
 }
 
-/// The stream table plus the session's closed state, under one lock so that
-/// no stream can be registered after the session closed.
-#[derive(Default)]
-pub(crate) struct Table {
-    pub streams: HashMap<StreamId, Arc<StreamState>>,
-    pub closed: Option<Arc<str>>,
+fn fail_handle(h: &mut Handle, reason: &str, failure: Option<OpenFailure>) {
+    if h.signals.reset.set(reason.to_string()).is_err() {
+        return;
+    }
+    let _ = h.inbound.send(Inbound::Reset(reason.to_string()));
+    h.signals.credit.notify_one();
+    if let Some(tx) = h.open_reply.take() {
+        let _ = tx.send(Err(failure.unwrap_or_else(|| OpenFailure::Ended(reason.to_string()))));
+    }
 }
 
 /// Everything a session's tasks and handles share.
 pub(crate) struct Shared {
-    pub role: Role,
-    pub cfg: SessionConfig,
-    pub urgent: mpsc::UnboundedSender<Frame>,
-    pub ordered: mpsc::Sender<Frame>,
-    pub table: Mutex<Table>,
-    pub ids: Mutex<StreamIds>,
-    pub closed_tx: watch::Sender<Option<Arc<str>>>,
-    pub started: Instant,
-    pub last_rx_ms: AtomicU64,
-    /// Bytes of frames waiting on the urgent queue (see [`Shared::send_urgent`]).
-    pub urgent_bytes: AtomicUsize,
+    core: Mutex<Core>,
+    /// Wakes the writer task: frames wait to be sent.
+    pub writer_wake: Notify,
+    /// Wakes the timer task: the next deadline moved earlier.
+    pub timer_wake: Notify,
+    /// Wakes senders waiting for room in the DATA queue.
+    pub room: Notify,
+    closed_tx: watch::Sender<Option<Arc<str>>>,
 }
 
 impl Shared {
-    /// Closes the session: the first reason wins, every stream fails.
-    pub fn close(&self, reason: &str) {
-        let streams: Vec<_> = {
-            let mut t = self.table.lock().unwrap();
-            if t.closed.is_some() {
-                return;
-            }
-            t.closed = Some(Arc::from(reason));
-            t.streams.drain().map(|(_, s)| s).collect()
-        };
-        for s in streams {
-            s.fail(reason);
+    /// Shared state around a fresh connection.
+    pub fn new(conn: Connection) -> Self {
+        let (closed_tx, _) = watch::channel(None);
+        Self {
+            core: Mutex::new(Core { conn, handles: HashMap::new(), app: VecDeque::new() }),
+            writer_wake: Notify::new(),
+            timer_wake: Notify::new(),
+            room: Notify::new(),
+            closed_tx,
         }
-        self.closed_tx.send_replace(Some(Arc::from(reason)));
+    }
+
+    /// Runs `f` on the connection, then hands its events on and wakes
+    /// whoever has work.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
+        let mut core = self.core.lock().unwrap();
+        let deadline = core.conn.poll_timeout();
+        let r = f(&mut core);
+        core.dispatch();
+        let has_frames = core.conn.has_frames();
+        let earlier = match (deadline, core.conn.poll_timeout()) {
+            (Some(before), Some(after)) => after < before,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let closed = match core.conn.closed_reason() {
+            Some(r) if self.closed_tx.borrow().is_none() => Some(Arc::<str>::from(r)),
+            _ => None,
+        };
+        drop(core);
+        if has_frames {
+            self.writer_wake.notify_one();
+        }
+        if earlier {
+            self.timer_wake.notify_one();
+        }
+        if let Some(reason) = closed {
+            self.closed_tx.send_replace(Some(reason));
+            self.writer_wake.notify_one();
+            self.timer_wake.notify_one();
+            self.room.notify_waiters();
+        }
+        r
+    }
+
+    /// Ends the session now: every stream fails. The first reason wins.
+    pub fn terminate(&self, reason: &str) {
+        self.with(|c| c.conn.terminate(reason));
     }
 
     /// Resolves once the session has closed.
@@ -135,78 +216,23 @@ impl Shared {
 
     /// The reason the session closed, if it did.
     pub fn closed_reason(&self) -> Option<Arc<str>> {
-        self.table.lock().unwrap().closed.clone()
+        self.closed_tx.borrow().clone()
     }
 
-    /// Adds a stream; fails once the session is closed.
-    pub fn register(&self, st: Arc<StreamState>) -> Result<(), Arc<str>> {
-        let mut t = self.table.lock().unwrap();
-        if let Some(r) = &t.closed {
-            return Err(r.clone());
-        }
-        t.streams.insert(st.id, st);
-        Ok(())
+    /// Aborts a stream from this side: the peer gets RESET (or, for an
+    /// unanswered OPEN of the peer, OPEN_REFUSED) and both halves fail.
+    pub fn abort(&self, id: StreamId, reason: &str) {
+        self.with(|c| {
+            c.fail(id, reason);
+            match c.conn.stream_state(id) {
+                Some(ferry_protocol::connection::StreamState::Accepting) => c.conn.refuse(id, reason),
+                _ => c.conn.reset(id, reason),
+            }
+        });
     }
 
-    /// Looks a stream up by id.
-    pub fn stream(&self, id: StreamId) -> Option<Arc<StreamState>> {
-        self.table.lock().unwrap().streams.get(&id).cloned()
+    /// The time for the connection's clock.
+    pub fn now() -> Instant {
+        Instant::now()
     }
-
-    /// Drops a stream from the table once it is finished.
-    pub fn reap(&self, st: &StreamState) {
-        if st.is_finished() {
-            self.table.lock().unwrap().streams.remove(&st.id);
-        }
-    }
-
-    /// Number of live streams.
-    pub fn stream_count(&self) -> usize {
-        self.table.lock().unwrap().streams.len()
-    }
-
-    /// Queues a frame that may overtake stream data (window, ping, reset).
-    ///
-    /// The queue is bounded in bytes by `max_urgent_bytes`: a peer that
-    /// reads nothing while it keeps sending (pings to answer, windows to
-    /// grant) or a flood of control messages would otherwise grow it
-    /// without end; past the bound the session closes instead.
-    pub fn send_urgent(&self, f: Frame) {
-        let size = queued_size(&f);
-        let queued = self.urgent_bytes.fetch_add(size, Ordering::Relaxed) + size;
-        if queued > self.cfg.max_urgent_bytes {
-            self.urgent_bytes.fetch_sub(size, Ordering::Relaxed);
-            self.close(&format!(
-                "the peer reads nothing: {queued} bytes of control frames would be waiting (limit {})",
-                self.cfg.max_urgent_bytes
-            ));
-            return;
-        }
-        let _ = self.urgent.send(f);
-    }
-
-    /// Records that the peer was heard from just now.
-    pub fn touch(&self) {
-        self.last_rx_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Milliseconds since the peer was last heard from.
-    pub fn silence_ms(&self) -> u64 {
-        (self.started.elapsed().as_millis() as u64).saturating_sub(self.last_rx_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// What a frame counts against the urgent queue's bound: its header and
-/// payload.
-pub(crate) fn queued_size(f: &Frame) -> usize {
-    let payload = match f {
-        Frame::Data { payload, .. } => payload.len(),
-        Frame::Open { target, .. } => target.len(),
-        Frame::Control { message } => message.len(),
-        Frame::OpenRefused { reason, .. } | Frame::Reset { reason, .. } | Frame::GoAway { reason } => reason.len(),
-        Frame::Window { .. } => 4,
-        Frame::Ping { .. } | Frame::Pong { .. } => 8,
-        Frame::OpenOk { .. } | Frame::Fin { .. } => 0,
-    };
-    ferry_protocol::frame::HEADER_LEN + payload
 }

@@ -1,19 +1,18 @@
-//! Handles of one multiplexed stream: a receiving and a sending half.
+//! Handles of one multiplexed stream: a receiving and a sending half. They
+//! drive the connection's stream commands (send, finish, reset, consumed)
+//! and wait on the wake-ups the session's tasks give them.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_protocol::{Frame, StreamId};
+use ferry_protocol::{
+    connection::{Blocked, CommandError},
+    StreamId,
+};
+pub use ferry_protocol::connection::{MAX_DATAGRAM, MAX_DATA_FRAME};
 use tokio::sync::mpsc;
 
-use crate::shared::{Inbound, Shared, StreamState};
-
-/// Largest DATA payload the sender puts in one frame.
-pub const MAX_DATA_FRAME: usize = 256 * 1024;
-
-/// The largest datagram a stream carries: one DATA frame each, never split
-/// by the receiver, which passes only larger frames on in fragments.
-pub const MAX_DATAGRAM: usize = 65_535;
+use crate::shared::{Inbound, Shared, Signals, StreamParts};
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +32,14 @@ fn reset_error(shared: &Shared, reason: String) -> StreamError {
     }
 }
 
+/// The error for a command the connection did not carry out.
+fn command_error(shared: &Shared, signals: &Signals, e: CommandError) -> StreamError {
+    match e {
+        CommandError::Closed(r) => StreamError::SessionClosed(r),
+        _ => reset_error(shared, signals.reset.get().cloned().unwrap_or_else(|| e.to_string())),
+    }
+}
+
 /// One established stream; split it to read and write concurrently.
 pub struct MuxStream {
     reader: StreamReader,
@@ -40,16 +47,17 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
-    pub(crate) fn new(st: Arc<StreamState>, rx: mpsc::UnboundedReceiver<Inbound>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(parts: StreamParts, shared: Arc<Shared>) -> Self {
+        let StreamParts { id, rx, signals } = parts;
         Self {
-            reader: StreamReader { st: st.clone(), shared: shared.clone(), rx, unreleased: 0, done: false },
-            writer: StreamWriter { st, shared, done: false },
+            reader: StreamReader { id, signals: signals.clone(), shared: shared.clone(), rx, unreleased: 0, done: false },
+            writer: StreamWriter { id, signals, shared, done: false },
         }
     }
 
     /// The stream's id within its session.
     pub fn id(&self) -> StreamId {
-        self.writer.st.id
+        self.writer.id
     }
 
     /// Splits into the receiving and the sending half.
@@ -60,7 +68,8 @@ impl MuxStream {
 
 /// The receiving half: data from the peer, in order, then end-of-stream.
 pub struct StreamReader {
-    st: Arc<StreamState>,
+    id: StreamId,
+    signals: Arc<Signals>,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Inbound>,
     unreleased: usize,
@@ -106,7 +115,8 @@ impl StreamReader {
             }
             None => {
                 self.done = true;
-                Err(reset_error(&self.shared, "stream state dropped".into()))
+                let reason = self.signals.reset.get().cloned().unwrap_or_else(|| "stream ended".into());
+                Err(reset_error(&self.shared, reason))
             }
         }
     }
@@ -115,61 +125,63 @@ impl StreamReader {
         if self.unreleased == 0 {
             return;
         }
-        let inc = self.st.recv.lock().unwrap().on_consumed(self.unreleased);
-        self.unreleased = 0;
-        if let Some(increment) = inc {
-            self.shared.send_urgent(Frame::Window { stream: self.st.id, increment });
-        }
+        let (id, n) = (self.id, std::mem::take(&mut self.unreleased));
+        self.shared.with(|c| c.conn.consumed(id, n));
     }
 }
 
 impl Drop for StreamReader {
     fn drop(&mut self) {
         if !self.done {
-            abort(&self.st, &self.shared, "receiver closed");
+            self.shared.abort(self.id, "receiver closed");
         }
     }
 }
 
 /// The sending half: data to the peer within the stream's credit, then FIN.
 pub struct StreamWriter {
-    st: Arc<StreamState>,
+    id: StreamId,
+    signals: Arc<Signals>,
     shared: Arc<Shared>,
     done: bool,
 }
 
 impl StreamWriter {
+    fn error(&self, e: CommandError) -> StreamError {
+        command_error(&self.shared, &self.signals, e)
+    }
+
     /// Waits until the peer has granted send credit and returns how much.
     pub async fn credit(&self) -> Result<usize, StreamError> {
         loop {
-            let notified = self.st.credit.notified();
-            {
-                if let Some(r) = &self.st.flags.lock().unwrap().reset {
-                    return Err(reset_error(&self.shared, r.clone()));
-                }
-                let avail = self.st.send.lock().unwrap().available();
-                if avail > 0 {
-                    return Ok(avail.min(usize::MAX as u64) as usize);
-                }
+            let notified = self.signals.credit.notified();
+            let id = self.id;
+            let avail = self.shared.with(|c| c.conn.send_credit(id)).map_err(|e| self.error(e))?;
+            if avail > 0 {
+                return Ok(avail.min(usize::MAX as u64) as usize);
             }
             notified.await;
         }
     }
 
-    /// Sends `data`, waiting for credit as needed.
+    /// Sends `data`, waiting for credit and for room in the session's queue
+    /// as needed.
     pub async fn send(&mut self, mut data: Bytes) -> Result<(), StreamError> {
+        let id = self.id;
         while !data.is_empty() {
-            self.credit().await?;
-            let n = self.st.send.lock().unwrap().take(data.len().min(MAX_DATA_FRAME));
-            if n == 0 {
-                continue;
+            let credit = self.signals.credit.notified();
+            match self.shared.with(|c| c.conn.send(id, &mut data)).map_err(|e| self.error(e))? {
+                Ok(_) => {}
+                Err(Blocked::Credit) => credit.await,
+                Err(Blocked::Queue) => {
+                    let room = self.shared.room.notified();
+                    tokio::pin!(room);
+                    room.as_mut().enable();
+                    if !self.shared.with(|c| c.conn.has_data_room()) && self.shared.closed_reason().is_none() {
+                        room.await;
+                    }
+                }
             }
-            let payload = data.split_to(n);
-            self.shared
-                .ordered
-                .send(Frame::Data { stream: self.st.id, payload })
-                .await
-                .map_err(|_| reset_error(&self.shared, "session writer gone".into()))?;
         }
         Ok(())
     }
@@ -179,65 +191,28 @@ impl StreamWriter {
     /// of it is kept for other streams). Returns `Ok(false)` when the
     /// datagram was dropped instead: datagrams never wait.
     pub fn try_send_datagram(&mut self, datagram: Bytes) -> Result<bool, StreamError> {
-        if let Some(r) = &self.st.flags.lock().unwrap().reset {
-            return Err(reset_error(&self.shared, r.clone()));
-        }
-        if datagram.len() > MAX_DATAGRAM {
-            return Ok(false);
-        }
-        let ordered = &self.shared.ordered;
-        if ordered.capacity() <= ordered.max_capacity() / 4 {
-            return Ok(false);
-        }
-        let Ok(permit) = ordered.try_reserve() else { return Ok(false) };
-        {
-            let mut send = self.st.send.lock().unwrap();
-            if send.available() < datagram.len() as u64 {
-                return Ok(false);
-            }
-            send.take(datagram.len());
-        }
-        permit.send(Frame::Data { stream: self.st.id, payload: datagram });
-        Ok(true)
+        let id = self.id;
+        self.shared.with(|c| c.conn.send_datagram(id, datagram)).map_err(|e| self.error(e))
     }
 
     /// Half-closes: tells the peer no more data follows.
     pub async fn finish(mut self) -> Result<(), StreamError> {
         self.done = true;
-        if let Some(r) = &self.st.flags.lock().unwrap().reset {
-            return Err(reset_error(&self.shared, r.clone()));
-        }
-        self.shared
-            .ordered
-            .send(Frame::Fin { stream: self.st.id })
-            .await
-            .map_err(|_| reset_error(&self.shared, "session writer gone".into()))?;
-        self.st.flags.lock().unwrap().local_fin = true;
-        self.shared.reap(&self.st);
-        Ok(())
+        let id = self.id;
+        self.shared.with(|c| c.conn.finish(id)).map_err(|e| self.error(e))
     }
 
     /// Aborts the stream in both directions.
     pub fn reset(mut self, reason: &str) {
         self.done = true;
-        abort(&self.st, &self.shared, reason);
+        self.shared.abort(self.id, reason);
     }
 }
 
 impl Drop for StreamWriter {
     fn drop(&mut self) {
         if !self.done {
-            abort(&self.st, &self.shared, "sender dropped");
+            self.shared.abort(self.id, "sender dropped");
         }
     }
-}
-
-/// Resets a stream from our side unless it is already finished.
-pub(crate) fn abort(st: &StreamState, shared: &Shared, reason: &str) {
-    if st.is_finished() {
-        return;
-    }
-    st.fail(reason);
-    shared.send_urgent(Frame::Reset { stream: st.id, reason: reason.to_string() });
-    shared.reap(st);
 }

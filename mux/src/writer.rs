@@ -1,14 +1,12 @@
-//! The writer task: drains queued frames and sends them in batches with
-//! vectored writes, so stream payloads reach the transport without a copy.
+//! The writer task: takes batches of frames from the connection and sends
+//! each with vectored writes, so stream payloads reach the transport
+//! without a copy.
 
 use std::{collections::VecDeque, io::IoSlice, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::Frame;
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::{shared::Shared, transport::BoxWrite};
 
@@ -18,81 +16,49 @@ const BATCH_BYTES: usize = 1 << 20;
 /// Most slices handed to one writev call.
 const MAX_IOV: usize = 64;
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut urgent: mpsc::UnboundedReceiver<Frame>,
-    mut ordered: mpsc::Receiver<Frame>,
-    mut w: BoxWrite,
-) {
+pub(crate) async fn run(shared: Arc<Shared>, mut w: BoxWrite) {
     let mut heads = BytesMut::with_capacity(16 * 1024);
     let mut chunks: VecDeque<Bytes> = VecDeque::with_capacity(2 * BATCH_FRAMES);
-    loop {
-        let first = tokio::select! {
-            biased;
-            f = urgent.recv() => f.inspect(|f| unqueue(&shared, f)),
-            f = ordered.recv() => f,
-            _ = shared.wait_closed() => None,
-        };
-        let Some(first) = first else { break };
-        let mut batch = Batch { heads: &mut heads, chunks: &mut chunks, bytes: 0, goaway: None };
-        batch.push(first);
-        let mut n = 1;
-        while n < BATCH_FRAMES && batch.bytes < BATCH_BYTES && batch.goaway.is_none() {
-            let next = match urgent.try_recv() {
-                Ok(f) => {
-                    unqueue(&shared, &f);
-                    f
-                }
-                Err(_) => match ordered.try_recv() {
-                    Ok(f) => f,
-                    Err(_) => break,
-                },
-            };
-            batch.push(next);
-            n += 1;
+    let mut frames: Vec<Frame> = Vec::with_capacity(BATCH_FRAMES);
+    // Once the session has closed nothing more is written: what is still
+    // queued belongs to streams that have failed.
+    while shared.closed_reason().is_none() {
+        let wake = shared.writer_wake.notified();
+        let taken = shared.with(|c| c.conn.take_batch(&mut frames, BATCH_FRAMES, BATCH_BYTES));
+        if frames.is_empty() {
+            wake.await;
+            continue;
         }
-        let goaway = batch.goaway.take();
+        if taken.made_room {
+            shared.room.notify_waiters();
+        }
+        for f in frames.drain(..) {
+            let (head, payload) = f.into_parts();
+            heads.extend_from_slice(&head);
+            chunks.push_back(heads.split().freeze());
+            if !payload.is_empty() {
+                chunks.push_back(payload);
+            }
+        }
         if heads.capacity() < 4096 {
             heads.reserve(16 * 1024);
         }
-        if let Err(e) = write_chunks(&mut w, &mut chunks).await.and(w.flush().await) {
-            shared.close(&format!("transport write failed: {e}"));
+        let written = tokio::select! {
+            r = async { write_chunks(&mut w, &mut chunks).await?; w.flush().await } => r,
+            // A peer that stopped reading must not hold the writer after
+            // the session closed (keepalive timeout, the reader's EOF).
+            _ = shared.wait_closed() => break,
+        };
+        if let Err(e) = written {
+            shared.terminate(&format!("transport write failed: {e}"));
             break;
         }
-        if let Some(reason) = goaway {
-            shared.close(&reason);
+        if let Some(reason) = taken.goaway {
+            shared.terminate(&reason);
             break;
         }
     }
     let _ = w.shutdown().await;
-}
-
-/// The frames of one write, as header and payload slices.
-/// Takes an urgent frame off the queue's byte count.
-fn unqueue(shared: &Shared, f: &Frame) {
-    shared.urgent_bytes.fetch_sub(crate::shared::queued_size(f), std::sync::atomic::Ordering::Relaxed);
-}
-
-struct Batch<'a> {
-    heads: &'a mut BytesMut,
-    chunks: &'a mut VecDeque<Bytes>,
-    bytes: usize,
-    goaway: Option<String>,
-}
-
-impl Batch<'_> {
-    fn push(&mut self, f: Frame) {
-        if let Frame::GoAway { reason } = &f {
-            self.goaway = Some(reason.clone());
-        }
-        let (head, payload) = f.into_parts();
-        self.heads.extend_from_slice(&head);
-        self.chunks.push_back(self.heads.split().freeze());
-        self.bytes += head.len() + payload.len();
-        if !payload.is_empty() {
-            self.chunks.push_back(payload);
-        }
-    }
 }
 
 /// Writes every chunk, several per system call.

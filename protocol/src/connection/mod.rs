@@ -82,7 +82,7 @@ pub const MAX_DATAGRAM: usize = 65_535;
 pub struct Config {
     /// Per-stream receive window in bytes (both sides must agree).
     pub window: u32,
-    /// Most live streams, opened by either side.
+    /// Most live streams (opened by either side) when the peer opens one.
     pub max_streams: usize,
     /// Most receive memory all live streams together may pin: each can
     /// hold up to `window` bytes its application has not consumed, so a
@@ -364,7 +364,7 @@ impl Connection {
             return Err(format!("peer opened stream {stream}, which it may not use"));
         }
         self.last_peer_id = stream;
-        if let Err(limit) = self.room_for_stream() {
+        if let Err(limit) = self.room_for_peer_stream() {
             self.urgent(Frame::OpenRefused { stream, reason: limit });
             return Ok(());
         }
@@ -386,7 +386,7 @@ impl Connection {
     /// answer comes as [`Event::Opened`] or [`Event::OpenFailed`].
     pub fn open(&mut self, target: &Target, now: Instant) -> Result<StreamId, CommandError> {
         self.check_open()?;
-        self.room_for_stream().map_err(CommandError::Limit)?;
+        self.room_in_memory().map_err(CommandError::Limit)?;
         let id = self.ids.next_id().ok_or(CommandError::IdsExhausted)?;
         self.insert(id, StreamState::Opening);
         self.outbox.push_ordered(Frame::Open { stream: id, target: message::encode(target) });
@@ -653,17 +653,24 @@ impl Connection {
         }
     }
 
-    /// Whether one more stream fits within the stream and memory limits.
-    fn room_for_stream(&self) -> Result<(), String> {
-        let n = self.streams.len();
-        if n >= self.cfg.max_streams {
+    /// Whether the peer may open one more stream: within the stream limit
+    /// and the memory ceiling.
+    fn room_for_peer_stream(&self) -> Result<(), String> {
+        if self.streams.len() >= self.cfg.max_streams {
             return Err(format!("too many streams (limit {})", self.cfg.max_streams));
         }
-        if (n as u64 + 1) * self.cfg.window as u64 > self.cfg.max_stream_memory {
+        self.room_in_memory()
+    }
+
+    /// Whether one more stream's window fits within the memory ceiling.
+    fn room_in_memory(&self) -> Result<(), String> {
+        let n = self.streams.len() as u64;
+        let window = self.cfg.window as u64;
+        if (n + 1) * window > self.cfg.max_stream_memory {
             return Err(format!(
                 "session memory ceiling: {n} streams of {} KiB windows already pin up to {} MiB (limit {} MiB)",
-                self.cfg.window >> 10,
-                (n as u64 * self.cfg.window as u64) >> 20,
+                window >> 10,
+                (n * window) >> 20,
                 self.cfg.max_stream_memory >> 20
             ));
         }
