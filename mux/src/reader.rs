@@ -34,6 +34,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut r: BoxRead, events: mpsc::Sende
         }
         let failing = shared.with(|c| {
             c.conn.handle_bytes(&mut buf, Shared::now());
+            c.dispatch();
             app.extend(c.app.drain(..));
             c.conn.failing().map(str::to_string)
         });

@@ -83,8 +83,10 @@ impl Core {
     }
 
     /// Hands the connection's events to the streams (stream events) and to
-    /// `self.app` (for the application's channel).
-    fn dispatch(&mut self) {
+    /// `self.app` (for the application's channel). [`Shared::with`] does
+    /// this after every change; a caller that wants `app` filled inside its
+    /// change calls it first.
+    pub fn dispatch(&mut self) {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::Data { stream, payload } => {

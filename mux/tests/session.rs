@@ -450,3 +450,23 @@ async fn an_open_the_peer_never_answers_times_out() {
     assert_eq!(host.stream_count(), 0, "the timed-out stream is gone");
     drop(raw);
 }
+
+/// Nothing but the frames themselves moves a session on: with no
+/// keepalive traffic to carry them along, an open is answered and echoed
+/// data comes back (an event held until the next read would hang here).
+#[tokio::test]
+async fn every_frame_is_acted_on_without_further_traffic() {
+    let cfg = SessionConfig { keepalive_interval: Duration::from_secs(3600), ..Default::default() };
+    let (host, _hev, _agent, aev) = sessions(cfg).await;
+    serve_echo(aev);
+    for _ in 0..20 {
+        let cycle = async {
+            let (mut rx, mut tx) = host.open(&echo_target()).await.unwrap().into_split();
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+            tx.finish().await.unwrap();
+            assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b"x"[..]));
+            assert_eq!(rx.recv().await.unwrap(), None);
+        };
+        tokio::time::timeout(Duration::from_secs(20), cycle).await.expect("the session stalled");
+    }
+}
