@@ -3,10 +3,10 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_mux::{
-    secret_file,
     transport::{Incoming, Pending},
     Address, SessionConfig, Transport, TransportListener,
 };
+use ferry_process::secret_file;
 
 use crate::{
     cli::{Args, KubernetesMode, PortEventsMode},

@@ -66,7 +66,7 @@ pub fn load(
         Some(p) => read(p)?,
         None => ConfigFile::default(),
     };
-    let socket_dir = path.map(socket_dir).unwrap_or_else(|| ferry_mux::secret_file::state_dir().join("sock"));
+    let socket_dir = path.map(socket_dir).unwrap_or_else(|| ferry_process::secret_file::state_dir().join("sock"));
     let name = |i: usize| format!("{}: portForwards[{i}]", path.map(|p| p.display().to_string()).unwrap_or_default());
     let mut rules = Vec::new();
     let mut config = Config::default();
@@ -191,7 +191,7 @@ fn load_rules(path: Option<&Path>, ssh_local_port: Option<u16>) -> anyhow::Resul
 fn socket_dir(rules_file: &Path) -> PathBuf {
     match (rules_file.file_name(), rules_file.parent()) {
         (Some(name), Some(dir)) if name == "lima.yaml" => dir.join("sock"),
-        _ => ferry_mux::secret_file::state_dir().join("sock"),
+        _ => ferry_process::secret_file::state_dir().join("sock"),
     }
 }
 

@@ -18,19 +18,19 @@ fn main() -> anyhow::Result<()> {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "limactl-ferry") {
         let plugin = cli::LimaPlugin::parse();
-        ferry_mux::logging::init(plugin.verbose);
+        ferry_process::logging::init(plugin.verbose);
         return lima::run(plugin.command);
     }
     let cli = cli::Cli::parse();
-    ferry_mux::logging::init(cli.verbose);
+    ferry_process::logging::init(cli.verbose);
     match cli.command {
         cli::Command::Run(args) => {
-            ferry_mux::alloc::tune();
+            ferry_process::alloc::tune();
             tokio::runtime::Runtime::new()?.block_on(supervisor::run(args))
         }
         cli::Command::Secret(args) => {
-            let path = args.file.unwrap_or_else(ferry_mux::secret_file::default_path);
-            ferry_mux::secret_file::load_or_create(&path)?;
+            let path = args.file.unwrap_or_else(ferry_process::secret_file::default_path);
+            ferry_process::secret_file::load_or_create(&path)?;
             println!("{}", path.display());
             Ok(())
         }

@@ -3,7 +3,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ferry_mux::{secret_file, udp_flows::UdpLimits, Address, Session, SessionConfig, SessionEvent, Transport};
+use ferry_mux::{udp_flows::UdpLimits, Address, Session, SessionConfig, SessionEvent, Transport};
+use ferry_process::secret_file;
 use ferry_protocol::{ControlMessage, Role};
 
 use crate::{

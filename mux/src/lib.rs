@@ -15,15 +15,12 @@
 
 pub mod accept_errors;
 pub mod address;
-pub mod alloc;
 pub mod buffer_share;
 pub mod local;
-pub mod logging;
 pub mod platform;
 pub mod private_socket;
 pub mod pump;
 pub mod relay;
-pub mod secret_file;
 pub mod session;
 pub mod ssh_master;
 pub mod stdio;

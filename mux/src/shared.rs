@@ -68,7 +68,11 @@ pub(crate) struct Core {
 
 impl Core {
     /// Adds the handle of a stream the connection just created.
-    pub fn register(&mut self, id: StreamId, open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>) -> StreamParts {
+    pub fn register(
+        &mut self,
+        id: StreamId,
+        open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>,
+    ) -> StreamParts {
         let (tx, rx) = mpsc::unbounded_channel();
         let signals = Arc::new(Signals::default());
         self.handles.insert(id, Handle { inbound: tx, signals: signals.clone(), open_reply });

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+pub use ferry_protocol::connection::{MAX_DATAGRAM, MAX_DATA_FRAME};
 use ferry_protocol::{
     connection::{Blocked, CommandError},
     StreamId,
 };
-pub use ferry_protocol::connection::{MAX_DATAGRAM, MAX_DATA_FRAME};
 use tokio::sync::mpsc;
 
 use crate::shared::{Inbound, Shared, Signals, StreamParts};
@@ -50,7 +50,14 @@ impl MuxStream {
     pub(crate) fn new(parts: StreamParts, shared: Arc<Shared>) -> Self {
         let StreamParts { id, rx, signals } = parts;
         Self {
-            reader: StreamReader { id, signals: signals.clone(), shared: shared.clone(), rx, unreleased: 0, done: false },
+            reader: StreamReader {
+                id,
+                signals: signals.clone(),
+                shared: shared.clone(),
+                rx,
+                unreleased: 0,
+                done: false,
+            },
             writer: StreamWriter { id, signals, shared, done: false },
         }
     }

@@ -172,7 +172,7 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     };
     let tcp_ip = plan_tcp(a, name)?;
     let secret = dir.join("secret");
-    ferry_mux::secret_file::load_or_create(&secret)?;
+    ferry_process::secret_file::load_or_create(&secret)?;
     let agent_bin = format!("{}/ferry-agent", a.guest_bin);
     let guest_secret = format!("{}/secret", a.guest_etc);
     let installed = install_agent(name, a, &agent_bin, &secret, &guest_secret)?;

@@ -14,7 +14,7 @@ use super::StatusBoard;
 
 /// The control socket used when none is named: STATE_DIR/ferry.sock.
 pub fn default_path() -> PathBuf {
-    ferry_mux::secret_file::state_dir().join("ferry.sock")
+    ferry_process::secret_file::state_dir().join("ferry.sock")
 }
 
 /// Binds the control socket at `path`. A stale socket from a dead

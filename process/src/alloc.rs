@@ -1,7 +1,7 @@
 //! Allocator tuning for the data path.
 //!
 //! Multiplexed streams read into buffers of up to 256 KiB
-//! ([`crate::stream::MAX_DATA_FRAME`]) that live until the frame is
+//! (`ferry_protocol::connection::MAX_DATA_FRAME`) that live until the frame is
 //! written. glibc serves blocks that large with a fresh mmap each time, so
 //! every read faults in and zeroes 64 new pages and every free unmaps them
 //! again: measured at about 4% of the forwarder's CPU in bulk transfers.
