@@ -268,8 +268,14 @@ async fn descriptor_exhaustion_gives_clear_errors_and_full_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_transfer_resets_clients_and_forwarding_resumes() {
-    for multiplexed in [false, true] {
-        let mut bridge = if multiplexed { Bridge::start_multiplexed() } else { Bridge::start() };
+    // Over a Unix socket the dedicated route could tell the agent's death by
+    // POLLHUP; over TCP only the session's confirmation of each clean end can.
+    for (name, multiplexed) in [("unix", false), ("unix", true), ("tcp", false)] {
+        let mut bridge = match (name, multiplexed) {
+            ("tcp", _) => Bridge::start_over_tcp(),
+            (_, true) => Bridge::start_multiplexed(),
+            _ => Bridge::start(),
+        };
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let l = bridge.guest.tcp_listener(&addr);
@@ -310,7 +316,7 @@ async fn an_agent_killed_mid_transfer_resets_clients_and_forwarding_resumes() {
         assert_eq!(
             end,
             Err(std::io::ErrorKind::ConnectionReset),
-            "multiplexed={multiplexed}: a cut download must not look complete"
+            "{name} multiplexed={multiplexed}: a cut download must not look complete"
         );
         bridge.wait_log(2, "connected to agent");
         let deadline = tokio::time::Instant::now() + GUARD;
@@ -323,6 +329,50 @@ async fn an_agent_killed_mid_transfer_resets_clients_and_forwarding_resumes() {
             assert!(tokio::time::Instant::now() < deadline, "forwarding never resumed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// The other direction of the same guarantee: the forwarder killed in the
+/// middle of an upload must reach the guest server as an abort, never as
+/// the end of a complete upload, on either transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_killed_mid_upload_resets_the_guest_server() {
+    for name in ["unix", "tcp"] {
+        let mut bridge = if name == "tcp" { Bridge::start_over_tcp() } else { Bridge::start() };
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let l = bridge.guest.tcp_listener(&addr);
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            let end = loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        let _ = got_tx.send(n);
+                    }
+                    Err(e) => break Err(e.kind()),
+                }
+            };
+            let _ = end_tx.send(end);
+        });
+        let mut s = connect_forwarded(&addr).await;
+        let chunk = vec![5u8; 64 << 10];
+        let upload = tokio::spawn(async move { while s.write_all(&chunk).await.is_ok() {} });
+        let mut seen = 0;
+        while seen < 1 << 20 {
+            seen += got_rx.recv().await.expect("the guest server gets the upload");
+        }
+        bridge.forwarder.kill();
+        let end = tokio::time::timeout(GUARD, end_rx).await.expect("guest server hung").unwrap();
+        assert_eq!(
+            end,
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{name}: a cut upload must not look complete to the guest"
+        );
+        upload.abort();
     }
 }
 

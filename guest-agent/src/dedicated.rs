@@ -6,9 +6,10 @@ use std::{
     time::Duration,
 };
 
-use ferry_mux::{RawConn, Traffic};
+use ferry_mux::{data_end::EndTicket, RawConn, Session, Traffic};
 use ferry_protocol::{
-    data_conn::{self, DataHello, FIXED_LEN, TOKEN_LEN},
+    data_conn::{self, DataHello, CONN_ID_LEN, FIXED_LEN, TOKEN_LEN},
+    handshake::features,
     Target,
 };
 
@@ -22,26 +23,27 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 pub struct Tokens(Arc<Mutex<Vec<Issued>>>);
 
-/// A session's token, what its session may reach, and the protocol
-/// version it negotiated (which its data connections must speak).
-type Issued = ([u8; TOKEN_LEN], Grants, u16);
+/// A session's token, what its session may reach, and the session itself
+/// (its negotiated version, which its data connections must speak, and
+/// the confirmation of their ends).
+type Issued = ([u8; TOKEN_LEN], Grants, Session);
 
 impl Tokens {
-    /// Registers a fresh token for a session with `grants`; it is withdrawn
+    /// Registers a fresh token for `session` with `grants`; it is withdrawn
     /// when the guard drops.
-    pub fn issue(&self, grants: Grants, version: u16) -> std::io::Result<TokenGuard> {
+    pub fn issue(&self, grants: Grants, session: &Session) -> std::io::Result<TokenGuard> {
         let token = ferry_protocol::auth::nonce().map_err(std::io::Error::other)?;
-        self.0.lock().unwrap().push((token, grants, version));
+        self.0.lock().unwrap().push((token, grants, session.clone()));
         Ok(TokenGuard { tokens: self.clone(), token })
     }
 
-    fn lookup(&self, t: &[u8; TOKEN_LEN]) -> Option<(Grants, u16)> {
+    fn lookup(&self, t: &[u8; TOKEN_LEN]) -> Option<(Grants, Session)> {
         // Compare with every entry so the time taken does not depend on the match.
         let tokens = self.0.lock().unwrap();
         let mut found = None;
-        for (ours, grants, version) in tokens.iter() {
+        for (ours, grants, session) in tokens.iter() {
             if data_conn::token_eq(ours, t) {
-                found = Some((grants.clone(), *version));
+                found = Some((grants.clone(), session.clone()));
             }
         }
         found
@@ -63,7 +65,7 @@ impl Drop for TokenGuard {
 
 /// Serves one data connection whose magic has been read.
 pub async fn serve(mut conn: RawConn, tokens: Tokens, ticket: crate::pre_auth::Ticket) {
-    let (target, grants) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &tokens)).await {
+    let (target, grants, end) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &tokens)).await {
         Ok(Ok(t)) => {
             // Its token is a live session's: authenticated.
             drop(ticket);
@@ -82,7 +84,11 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens, ticket: crate::pre_auth::T
     let local = match targets::connect(&target, &grants).await {
         Ok(l) => l,
         Err(reason) => {
+            // The refusal travels in-band; the host needs no word on the session.
             let _ = conn.write_all(&data_conn::refusal(&reason)).await;
+            if let Some(end) = end {
+                end.cancel();
+            }
             return;
         }
     };
@@ -90,12 +96,12 @@ pub async fn serve(mut conn: RawConn, tokens: Tokens, ticket: crate::pre_auth::T
     if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
         return local.abort();
     }
-    if let Some(e) = local.relay(&conn, &Traffic::default(), false).await {
+    if let Some(e) = local.relay(&conn, &Traffic::default(), false, end.as_ref()).await {
         tracing::debug!("data connection to {target:?} ended: {e}");
     }
 }
 
-async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<(Target, Grants), String> {
+async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<(Target, Grants, Option<EndTicket>), String> {
     let mut fixed = [0u8; FIXED_LEN];
     fixed[..6].copy_from_slice(&data_conn::DATA_MAGIC);
     conn.read_exact(&mut fixed[6..]).await.map_err(|e| format!("reading hello: {e}"))?;
@@ -104,9 +110,21 @@ async fn read_hello(conn: &mut RawConn, tokens: &Tokens) -> Result<(Target, Gran
     // the peer instead of being lost to a reset.
     let mut target = vec![0u8; hello.target_len];
     conn.read_exact(&mut target).await.map_err(|e| format!("reading target: {e}"))?;
-    let (grants, version) = tokens.lookup(&hello.token).ok_or("unknown session token")?;
-    if hello.version != version {
-        return Err(format!("data connection speaks v{}, its session negotiated v{version}", hello.version));
+    let (grants, session) = tokens.lookup(&hello.token).ok_or("unknown session token")?;
+    let negotiated = session.negotiated();
+    if hello.version != negotiated.version {
+        return Err(format!(
+            "data connection speaks v{}, its session negotiated v{}",
+            hello.version, negotiated.version
+        ));
     }
-    Ok((DataHello::decode_target(&target).map_err(|e| e.to_string())?, grants))
+    let end = if negotiated.features & features::DATA_END != 0 {
+        let mut id = [0u8; CONN_ID_LEN];
+        conn.read_exact(&mut id).await.map_err(|e| format!("reading connection id: {e}"))?;
+        let id = u64::from_be_bytes(id);
+        Some(session.data_end_ticket(id).ok_or_else(|| format!("data connection id {id} is already in use"))?)
+    } else {
+        None
+    };
+    Ok((DataHello::decode_target(&target).map_err(|e| e.to_string())?, grants, end))
 }

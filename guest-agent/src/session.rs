@@ -51,8 +51,7 @@ pub async fn serve(
     tracing::info!("host connected via {peer}");
     let grants = Grants::default();
     // Issued before the port snapshot, so the host has it before any port.
-    let version = session.negotiated().version;
-    let _token = match tokens.map(|t| t.issue(grants.clone(), version)).transpose() {
+    let _token = match tokens.map(|t| t.issue(grants.clone(), &session)).transpose() {
         Ok(guard) => {
             if let Some(g) = &guard {
                 let _ = session.send_control(&ControlMessage::DataToken(g.token));

@@ -56,10 +56,16 @@ impl LocalConn {
     /// [`crate::relay`]) until both directions end; on an abort (or, with
     /// `answer`, a refusal: see [`RawConn::relay_with`]) the socket is
     /// aborted too.
-    pub async fn relay(self, conn: &RawConn, traffic: &Traffic, answer: bool) -> Option<String> {
+    pub async fn relay(
+        self,
+        conn: &RawConn,
+        traffic: &Traffic,
+        answer: bool,
+        end: Option<&crate::data_end::EndTicket>,
+    ) -> Option<String> {
         let result = match &self {
-            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, answer).await,
-            Self::Unix(unix) => conn.relay_with(unix, traffic, answer).await,
+            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, answer, end).await,
+            Self::Unix(unix) => conn.relay_with(unix, traffic, answer, end).await,
         };
         let err = result.err()?;
         self.abort();

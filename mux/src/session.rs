@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    data_end::EndTicket,
     shared::Shared,
     stream::{MuxStream, StreamError},
     transport::Transport,
@@ -224,6 +225,16 @@ impl Session {
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// A ticket to confirm how data connection `conn` ends (see
+    /// [`crate::data_end`]): `None` if the session did not negotiate
+    /// DATA_END, or a ticket for `conn` is already held.
+    pub fn data_end_ticket(&self, conn: u64) -> Option<EndTicket> {
+        if self.negotiated.features & features::DATA_END == 0 {
+            return None;
+        }
+        EndTicket::new(self.shared.clone(), conn)
     }
 
     /// Opens a stream to `target` on the peer's side and waits for the answer.

@@ -20,6 +20,8 @@ use ferry_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::data_end::EndBook;
+
 /// What the reader task delivers to a stream's receiving half.
 #[derive(Debug)]
 pub(crate) enum Inbound {
@@ -64,6 +66,8 @@ pub(crate) struct Core {
     pub conn: Connection,
     handles: HashMap<StreamId, Handle>,
     pub app: VecDeque<AppEvent>,
+    /// How the session's data connections ended (see [`crate::data_end`]).
+    pub ends: EndBook,
 }
 
 impl Core {
@@ -130,6 +134,9 @@ impl Core {
                     let parts = self.register(stream, None);
                     self.app.push_back(AppEvent::Incoming(target, parts));
                 }
+                // Confirmations of data connection ends are the session's
+                // own business: recorded at once, never queued for the app.
+                Event::Control(ControlMessage::DataConnEnd { conn, sent }) => self.ends.record(conn, sent),
                 Event::Control(msg) => self.app.push_back(AppEvent::Control(msg)),
                 Event::UnreadableControl(e) => {
                     tracing::warn!("ignoring a control message this version cannot read: {e}")
@@ -168,7 +175,7 @@ impl Shared {
     pub fn new(conn: Connection) -> Self {
         let (closed_tx, _) = watch::channel(None);
         Self {
-            core: Mutex::new(Core { conn, handles: HashMap::new(), app: VecDeque::new() }),
+            core: Mutex::new(Core { conn, handles: HashMap::new(), app: VecDeque::new(), ends: EndBook::default() }),
             writer_wake: Notify::new(),
             timer_wake: Notify::new(),
             room: Notify::new(),

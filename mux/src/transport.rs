@@ -236,21 +236,22 @@ impl RawConn {
         local: &S,
         traffic: &crate::Traffic,
         answer: bool,
+        end: Option<&crate::data_end::EndTicket>,
     ) -> io::Result<(u64, u64)> {
         match self {
             Self::Unix(s) => {
                 let share = crate::buffer_share::BufferShare::join(std::os::fd::AsRawFd::as_raw_fd(s));
-                crate::relay::relay_bidirectional(local, s, traffic, answer, Some(&share)).await
+                crate::relay::relay_bidirectional(local, s, traffic, answer, Some(&share), end).await
             }
             // TCP sizes its buffers itself (autotuning), which a fixed size would end.
-            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, answer, None).await,
+            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, answer, None, end).await,
             // Sized once at connect ([`crate::vsock::VSOCK_BUFFER`]). AF_VSOCK
             // has no splice support of its own; the kernel's generic path
             // stalled the agent in a 6.1 guest, so vsock takes the copy relay.
             #[cfg(target_os = "linux")]
             Self::Vsock(s) => {
                 let kind = crate::relay::RelayKind::Copy;
-                crate::relay::relay_bidirectional_as(kind, local, s, traffic, answer, None).await
+                crate::relay::relay_bidirectional_as(kind, local, s, traffic, answer, None, end).await
             }
         }
     }

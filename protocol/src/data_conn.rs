@@ -11,8 +11,15 @@
 //!
 //! ```text
 //!  "FERRYD" (6) | negotiated version u16 BE | token [32] | target length u16 BE | postcard Target
+//!     [ | connection id u64 BE ]   (only if the session negotiated DATA_END)
 //!  answer: 0x00 (connected) | 0x01, reason length u16 BE, UTF-8 reason
 //! ```
+//!
+//! With the DATA_END feature each side confirms, on the session, how its
+//! half of the connection ended ([`crate::ControlMessage::DataConnEnd`],
+//! naming the connection id): an EOF on the data connection is a clean end
+//! only with that confirmation, since over TCP (unlike a Unix socket) the
+//! death of the far process looks exactly like its half-close.
 
 use crate::{message, Target};
 
@@ -43,7 +50,13 @@ pub struct DataHello {
     pub token: [u8; TOKEN_LEN],
     /// Where the agent should connect.
     pub target: Target,
+    /// The connection's id within its session, if the session negotiated
+    /// DATA_END (the dialer picks it).
+    pub conn: Option<u64>,
 }
+
+/// Length of the connection id that ends a hello under DATA_END.
+pub const CONN_ID_LEN: usize = 8;
 
 /// The fixed part of a [`DataHello`]: what is known before the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +100,9 @@ impl DataHello {
         out.extend_from_slice(&self.token);
         out.extend_from_slice(&(target.len() as u16).to_be_bytes());
         out.extend_from_slice(&target);
+        if let Some(id) = self.conn {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
         out
     }
 
@@ -134,11 +150,17 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = DataHello { version: 1, token: [7; TOKEN_LEN], target: Target::Tcp("[::1]:8080".parse().unwrap()) };
-        let wire = h.encode();
-        let fixed = DataHello::decode_fixed(wire[..FIXED_LEN].try_into().unwrap()).unwrap();
-        assert_eq!((fixed.version, fixed.token), (1, h.token));
-        assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..FIXED_LEN + fixed.target_len]).unwrap(), h.target);
+        let target = Target::Tcp("[::1]:8080".parse().unwrap());
+        for conn in [None, Some(0x0102_0304_0506_0708)] {
+            let h = DataHello { version: 1, token: [7; TOKEN_LEN], target: target.clone(), conn };
+            let wire = h.encode();
+            let fixed = DataHello::decode_fixed(wire[..FIXED_LEN].try_into().unwrap()).unwrap();
+            assert_eq!((fixed.version, fixed.token), (1, h.token));
+            let end = FIXED_LEN + fixed.target_len;
+            assert_eq!(DataHello::decode_target(&wire[FIXED_LEN..end]).unwrap(), h.target);
+            let id = wire[end..].try_into().ok().map(u64::from_be_bytes);
+            assert_eq!(id, conn);
+        }
     }
 
     #[test]

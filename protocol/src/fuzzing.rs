@@ -83,7 +83,8 @@ pub fn check_handshakes(data: &[u8]) {
         if let Ok(f) = DataHello::decode_fixed(b) {
             if let Some(rest) = data.get(FIXED_LEN..FIXED_LEN + f.target_len) {
                 if let Ok(target) = DataHello::decode_target(rest) {
-                    let wire = DataHello { version: f.version, token: f.token, target: target.clone() }.encode();
+                    let wire =
+                        DataHello { version: f.version, token: f.token, target: target.clone(), conn: None }.encode();
                     let fixed: &[u8; FIXED_LEN] = wire[..FIXED_LEN].try_into().expect("fixed part");
                     let f2 = DataHello::decode_fixed(fixed).expect("re-decode");
                     assert_eq!((f2.version, f2.token), (f.version, f.token));

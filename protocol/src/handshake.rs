@@ -29,8 +29,12 @@ pub mod features {
     /// Set per session, not part of [`SUPPORTED`]: a peer without it is a peer
     /// started with `--insecure-no-auth`.
     pub const AUTH: u64 = 1 << 1;
+    /// Each clean end of a dedicated data connection is confirmed on the
+    /// session ([`crate::ControlMessage::DataConnEnd`]), and data hellos carry
+    /// a connection id for it (see [`crate::data_conn`]).
+    pub const DATA_END: u64 = 1 << 2;
     /// Everything this build supports unconditionally.
-    pub const SUPPORTED: u64 = KEEPALIVE;
+    pub const SUPPORTED: u64 = KEEPALIVE | DATA_END;
 }
 
 /// Which end of the bridge a peer is.

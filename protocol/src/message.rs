@@ -140,6 +140,18 @@ pub enum ControlMessage {
     /// Agent -> host: the shared file systems in the guest and the inotify
     /// watches on them (sent when it changes).
     WatchTargets(Vec<SharedMount>),
+    /// Either way, with the DATA_END feature: how the sender's half of the
+    /// dedicated data connection `conn` ended. `Some(n)`: it sent exactly
+    /// `n` bytes and then half-closed cleanly; `None`: it aborted. The
+    /// receiver passes a data connection's EOF on as a clean end only once
+    /// this confirms it, so the death of the far process is never mistaken
+    /// for one, whatever the transport.
+    DataConnEnd {
+        /// The id from the connection's hello.
+        conn: u64,
+        /// The bytes sent before a clean end, or `None` for an abort.
+        sent: Option<u64>,
+    },
 }
 
 /// An inclusive range of ports.

@@ -139,6 +139,9 @@ pub struct Bridge {
     agent_args: Vec<String>,
     /// Environment both processes get (e.g. `FERRY_PORTABLE=1`).
     env: Vec<(String, String)>,
+    /// Where the agent listens (`unix:` in the bridge's directory, or
+    /// `tcp:` on the guest's end of a link).
+    listen: String,
 }
 
 impl Bridge {
@@ -155,6 +158,18 @@ impl Bridge {
     pub fn start_multiplexed() -> Self {
         let b = Self::start_with(&["-v"], &["--retry-busy-ms", "200", "--no-dedicated", "-v"]);
         b.wait_log(1, "multiplexed over the session");
+        b
+    }
+
+    /// Like [`Bridge::start`], with the session and its dedicated data
+    /// connections on TCP (the agent listening on the guest's end of a veth
+    /// link to the host), as over Lima's vzNAT network.
+    pub fn start_over_tcp() -> Self {
+        let guest = Guest::new();
+        let (_, guest_ip) = guest.link_to_host("ftcp0");
+        let listen = format!("tcp:{guest_ip}:{}", crate::free_port());
+        let b = Self::start_full(guest, &listen, &[], &["-v"], &["--retry-busy-ms", "200", "-v"], &[]);
+        b.wait_log(1, "dedicated data connections");
         b
     }
 
@@ -177,14 +192,30 @@ impl Bridge {
         forwarder_args: &[&str],
         forwarder_wrapper: &[&str],
     ) -> Self {
+        Self::start_full(guest, "", env, agent_args, forwarder_args, forwarder_wrapper)
+    }
+
+    /// The general case: the agent listens on `listen` (empty: a Unix
+    /// socket in the bridge's directory).
+    fn start_full(
+        guest: Guest,
+        listen: &str,
+        env: &[(&str, &str)],
+        agent_args: &[&str],
+        forwarder_args: &[&str],
+        forwarder_wrapper: &[&str],
+    ) -> Self {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = make_secret(dir.path());
         let mut agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
         agent_args.extend(["--secret-file".to_string(), secret.display().to_string()]);
-        let agent = Self::spawn_agent(&guest, &dir, &agent_args, &env);
         let sock = dir.path().join("agent.sock");
-        wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
+        let listen = if listen.is_empty() { format!("unix:{}", sock.display()) } else { listen.to_string() };
+        let agent = Self::spawn_agent(&guest, &dir, &listen, &agent_args, &env);
+        if listen.starts_with("unix:") {
+            wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
+        }
         let ferry = bin_dir().join("ferry");
         let mut fwd = match forwarder_wrapper.split_first() {
             Some((program, args)) => {
@@ -194,26 +225,32 @@ impl Bridge {
             }
             None => Command::new(&ferry),
         };
-        fwd.args(["run", "--agent", &format!("unix:{}", sock.display())]);
+        fwd.args(["run", "--agent", &listen]);
         fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
         fwd.env("FERRY_STATE_DIR", dir.path().join("state")).envs(env.iter().cloned());
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));
-        let bridge = Self { forwarder, agent, guest, dir, agent_args, env };
+        let bridge = Self { forwarder, agent, guest, dir, agent_args, env, listen };
         bridge.wait_log(1, "connected to agent");
         bridge
     }
 
-    fn spawn_agent(guest: &Guest, dir: &tempfile::TempDir, args: &[String], env: &[(String, String)]) -> Proc {
+    fn spawn_agent(
+        guest: &Guest,
+        dir: &tempfile::TempDir,
+        listen: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Proc {
         let mut cmd = guest.command(bin_dir().join("ferry-agent").to_str().unwrap());
         cmd.env("FERRY_STATE_DIR", dir.path().join("agent-state")).envs(env.iter().cloned());
-        cmd.args(["--listen", &format!("unix:{}", dir.path().join("agent.sock").display())]).args(args);
+        cmd.args(["--listen", listen]).args(args);
         Proc::spawn(cmd, dir.path().join("agent.log"))
     }
 
     /// Kills the agent (SIGKILL) and starts a new one on the same socket.
     pub fn restart_agent(&mut self) {
         self.agent.kill();
-        self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.agent_args, &self.env);
+        self.agent = Self::spawn_agent(&self.guest, &self.dir, &self.listen, &self.agent_args, &self.env);
     }
 
     /// The forwarder's control socket.

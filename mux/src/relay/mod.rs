@@ -26,7 +26,7 @@ use tokio::{
     net::{TcpStream, UnixStream},
 };
 
-use crate::{buffer_share::BufferShare, traffic::Traffic};
+use crate::{buffer_share::BufferShare, data_end::EndTicket, traffic::Traffic};
 
 /// The most spare pipes the Linux relay keeps for later relays (see
 /// `relay::splice`); descriptors a test may see still open after relays end.
@@ -121,17 +121,18 @@ relay_socket!(UnixStream);
 
 /// Moves bytes from `src` to `dst` through a conduit `C` until `src`
 /// reaches EOF, then shuts down `dst`'s write side. Returns the number of
-/// bytes moved. `at_eof` may turn the EOF into an error (an abort to pass on
-/// instead of a half-close).
+/// bytes moved. `at_eof`, given the bytes read from `src`, may turn the EOF
+/// into an error (an abort to pass on instead of a half-close).
 ///
 /// Filling and draining overlap: while `dst` cannot take more, `src` keeps
 /// filling the conduit, so the next write moves a large batch.
-async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket>(
+async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = io::Result<()>>>(
     src: &A,
     dst: &B,
     count: impl Fn(usize),
-    at_eof: impl Fn() -> io::Result<()>,
+    at_eof: impl FnOnce(u64) -> E,
 ) -> io::Result<u64> {
+    let mut at_eof = Some(at_eof);
     let mut conduit = C::take()?;
     let (mut total, mut eof) = (0u64, false);
     loop {
@@ -148,7 +149,9 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket>(
             };
             match r {
                 Ok(0) => {
-                    at_eof()?;
+                    if let Some(check) = at_eof.take() {
+                        check(total + conduit.held() as u64).await?;
+                    }
                     eof = true;
                 }
                 Ok(_) => progress = true,
@@ -262,6 +265,11 @@ fn peer_gone(fd: RawFd) -> bool {
 /// With `share`, `conn`'s send buffer follows the process's live data
 /// connections (see [`crate::buffer_share`]), checked as bytes go up.
 ///
+/// With `end`, each side's clean end is confirmed on the session (see
+/// [`crate::data_end`]): this side's after its half-close, the far side's
+/// before its EOF is passed on. Without it, a vanished far side is told
+/// from a half-close only by POLLHUP, which only Unix sockets raise.
+///
 /// The bytes move as [`RelayKind::current`] says.
 pub async fn relay_bidirectional<A: RelaySocket, B: RelaySocket>(
     client: &A,
@@ -269,8 +277,9 @@ pub async fn relay_bidirectional<A: RelaySocket, B: RelaySocket>(
     traffic: &Traffic,
     answer: bool,
     share: Option<&BufferShare>,
+    end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
-    relay_bidirectional_as(RelayKind::current(), client, conn, traffic, answer, share).await
+    relay_bidirectional_as(RelayKind::current(), client, conn, traffic, answer, share, end).await
 }
 
 /// [`relay_bidirectional`] with the bytes moved as `kind` says.
@@ -281,11 +290,12 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
     traffic: &Traffic,
     answer: bool,
     share: Option<&BufferShare>,
+    end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
     match kind {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => relay_through::<splice::Pipe, _, _>(client, conn, traffic, answer, share).await,
-        RelayKind::Copy => relay_through::<copy::CopyBuffer, _, _>(client, conn, traffic, answer, share).await,
+        RelayKind::Splice => relay_through::<splice::Pipe, _, _>(client, conn, traffic, answer, share, end).await,
+        RelayKind::Copy => relay_through::<copy::CopyBuffer, _, _>(client, conn, traffic, answer, share, end).await,
     }
 }
 
@@ -296,8 +306,8 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
 pub async fn relay_one_way<A: RelaySocket, B: RelaySocket>(src: &A, dst: &B, count: impl Fn(usize)) -> io::Result<u64> {
     match RelayKind::current() {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => one_way::<splice::Pipe, _, _>(src, dst, count, || Ok(())).await,
-        RelayKind::Copy => one_way::<copy::CopyBuffer, _, _>(src, dst, count, || Ok(())).await,
+        RelayKind::Splice => one_way::<splice::Pipe, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
+        RelayKind::Copy => one_way::<copy::CopyBuffer, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
     }
 }
 
@@ -307,8 +317,10 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     traffic: &Traffic,
     answer: bool,
     share: Option<&BufferShare>,
+    end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
     let client_done = std::sync::atomic::AtomicBool::new(false);
+    let client_done = &client_done;
     let sent_up = |n| {
         traffic.add_up(n);
         if let Some(share) = share {
@@ -316,26 +328,32 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
         }
     };
     let up = async {
-        let n = one_way::<C, _, _>(client, conn, sent_up, || Ok(())).await;
+        let n = one_way::<C, _, _, _>(client, conn, sent_up, |_| async { Ok(()) }).await?;
         client_done.store(true, std::sync::atomic::Ordering::Relaxed);
-        n
+        if let Some(end) = end {
+            end.sent_all(n);
+        }
+        Ok(n)
     };
     let down = async {
         if answer {
             read_answer(conn).await?;
         }
-        one_way::<C, _, _>(
-            conn,
-            client,
-            |n| traffic.add_down(n),
-            || {
-                if !client_done.load(std::sync::atomic::Ordering::Relaxed) && peer_gone(conn.as_raw_fd()) {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"));
-                }
+        let at_eof = |received| async move {
+            let clean = match end {
+                // The far side's word on the session decides.
+                Some(end) => end.far_end(received).await,
+                // Without it, only a Unix socket tells a vanished peer
+                // (POLLHUP) from a half-close.
+                None => client_done.load(std::sync::atomic::Ordering::Relaxed) || !peer_gone(conn.as_raw_fd()),
+            };
+            if clean {
                 Ok(())
-            },
-        )
-        .await
+            } else {
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"))
+            }
+        };
+        one_way::<C, _, _, _>(conn, client, |n| traffic.add_down(n), at_eof).await
     };
     tokio::try_join!(up, down)
 }
@@ -356,7 +374,9 @@ mod tests {
         let (_client, a) = tcp_pair().await;
         let (b, far) = UnixStream::pair().unwrap();
         let relay =
-            tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &Traffic::default(), false, None).await });
+            tokio::spawn(
+                async move { relay_bidirectional_as(kind, &a, &b, &Traffic::default(), false, None, None).await },
+            );
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{kind:?}");
@@ -395,10 +415,9 @@ mod tests {
     async fn relay_round(kind: RelayKind, round: u8) {
         let (client, a) = UnixStream::pair().unwrap();
         let (b, mut server) = UnixStream::pair().unwrap();
-        let relay =
-            tokio::spawn(
-                async move { relay_bidirectional_as(kind, &client, &b, &Traffic::default(), false, None).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay_bidirectional_as(kind, &client, &b, &Traffic::default(), false, None, None).await
+        });
         let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
         let sender = send_half_close_read_back(a, data.clone());
         let mut got = Vec::new();
@@ -427,7 +446,7 @@ mod tests {
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
-        let relay = tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, false, None).await });
+        let relay = tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, false, None, None).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let writer = send_half_close_read_back(client, data.clone());
         let mut got = Vec::new();

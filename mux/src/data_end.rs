@@ -1,0 +1,194 @@
+//! Confirming how each dedicated data connection ended, on the session
+//! (the DATA_END feature).
+//!
+//! Over TCP the death of the far process looks exactly like its
+//! half-close: both are a FIN. So each side tells the other, on the
+//! authenticated session, how its half ended: [`EndTicket::sent_all`] after
+//! a clean half-close (with the byte count), an abort otherwise (when the
+//! ticket drops). A side that reads EOF on a data connection passes it on
+//! as a clean end only once [`EndTicket::far_end`] confirms it with the
+//! same byte count; without that (an abort, the session gone, no word in
+//! time) it resets its local socket, so a cut transfer never looks
+//! complete.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use ferry_protocol::ControlMessage;
+use tokio::sync::Notify;
+
+use crate::shared::Shared;
+
+/// Longest wait, after a data connection's EOF, for the far side's word on
+/// how it ended (it normally comes within a round trip of the EOF).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections the book tracks: the far side's word on a connection
+/// this side no longer (or never) tracks is dropped past it.
+const MAX_SLOTS: usize = 16_384;
+
+/// What the far side said of one connection, and who waits for it.
+#[derive(Debug, Default)]
+struct Slot {
+    /// A ticket of this side holds the slot.
+    held: bool,
+    /// The far side's word: `Some(Some(n))` clean after `n` bytes,
+    /// `Some(None)` aborted.
+    far: Option<Option<u64>>,
+    wake: Arc<Notify>,
+}
+
+/// The session's record of data connection ends.
+#[derive(Debug, Default)]
+pub(crate) struct EndBook {
+    slots: HashMap<u64, Slot>,
+}
+
+impl EndBook {
+    /// Records the far side's word on `conn` and wakes whoever waits for it.
+    pub fn record(&mut self, conn: u64, sent: Option<u64>) {
+        if !self.slots.contains_key(&conn) && self.slots.len() >= MAX_SLOTS {
+            // Words on connections nobody here holds (they ended here first).
+            self.slots.retain(|_, s| s.held);
+            if self.slots.len() >= MAX_SLOTS {
+                return;
+            }
+        }
+        let slot = self.slots.entry(conn).or_default();
+        slot.far = Some(sent);
+        slot.wake.notify_one();
+    }
+
+    /// Holds the slot of `conn` for a ticket; `None` if one already does.
+    fn hold(&mut self, conn: u64) -> Option<Arc<Notify>> {
+        let slot = self.slots.entry(conn).or_default();
+        if slot.held {
+            return None;
+        }
+        slot.held = true;
+        Some(slot.wake.clone())
+    }
+
+    fn far(&self, conn: u64) -> Option<Option<u64>> {
+        self.slots.get(&conn).and_then(|s| s.far)
+    }
+
+    fn release(&mut self, conn: u64) {
+        self.slots.remove(&conn);
+    }
+
+    /// Number of connections tracked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// One data connection's end confirmation, held while it is relayed.
+pub struct EndTicket {
+    shared: Arc<Shared>,
+    conn: u64,
+    wake: Arc<Notify>,
+    sent: AtomicBool,
+}
+
+impl EndTicket {
+    /// A ticket for connection `conn`; `None` if one is already held.
+    pub(crate) fn new(shared: Arc<Shared>, conn: u64) -> Option<Self> {
+        let wake = shared.with(|c| c.ends.hold(conn))?;
+        Some(Self { shared, conn, wake, sent: AtomicBool::new(false) })
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.conn
+    }
+
+    /// Tells the far side this side sent exactly `bytes` bytes and then
+    /// half-closed cleanly.
+    pub fn sent_all(&self, bytes: u64) {
+        if !self.sent.swap(true, Ordering::Relaxed) {
+            self.send(Some(bytes));
+        }
+    }
+
+    /// Releases the ticket of a connection that never started (its hello
+    /// never reached the far side), telling the far side nothing.
+    pub fn cancel(self) {
+        self.sent.store(true, Ordering::Relaxed);
+    }
+
+    /// After an EOF on the data connection with `received` bytes read:
+    /// whether the far side confirms it sent exactly those and half-closed
+    /// cleanly. `false` for an abort, a different count, the session's end
+    /// or no word within [`CONFIRM_TIMEOUT`].
+    pub async fn far_end(&self, received: u64) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.wake.notified();
+                if let Some(word) = self.shared.with(|c| c.ends.far(self.conn)) {
+                    return word == Some(received);
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            confirmed = wait => confirmed,
+            _ = self.shared.wait_closed() => false,
+            _ = tokio::time::sleep(CONFIRM_TIMEOUT) => {
+                tracing::warn!(conn = self.conn, "no word on how the data connection ended within {CONFIRM_TIMEOUT:?}");
+                false
+            }
+        }
+    }
+
+    fn send(&self, sent: Option<u64>) {
+        let msg = ControlMessage::DataConnEnd { conn: self.conn, sent };
+        let _ = self.shared.with(|c| c.conn.send_control(&msg));
+    }
+}
+
+impl Drop for EndTicket {
+    fn drop(&mut self) {
+        if !self.sent.load(Ordering::Relaxed) {
+            // This side's half did not end cleanly: say so, so that the far
+            // side resets its end at once instead of waiting.
+            self.send(None);
+        }
+        let conn = self.conn;
+        self.shared.with(|c| c.ends.release(conn));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_before_the_ticket_is_kept_for_it() {
+        let mut book = EndBook::default();
+        book.record(7, Some(100));
+        assert!(book.hold(7).is_some());
+        assert_eq!(book.far(7), Some(Some(100)));
+        assert!(book.hold(7).is_none(), "one ticket per connection");
+        book.release(7);
+        assert_eq!(book.len(), 0);
+    }
+
+    #[test]
+    fn words_nobody_holds_are_bounded() {
+        let mut book = EndBook::default();
+        assert!(book.hold(1).is_some());
+        for conn in 2..(MAX_SLOTS as u64 + 10) {
+            book.record(conn, None);
+        }
+        assert!(book.len() <= MAX_SLOTS);
+        assert!(book.slots.get(&1).is_some_and(|s| s.held), "held slots survive");
+    }
+}
