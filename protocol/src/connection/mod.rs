@@ -236,6 +236,8 @@ pub struct Connection {
     last_heard: Instant,
     /// A GOAWAY for a protocol error is queued: input is no longer read.
     failing: Option<String>,
+    /// Frames that arrived for streams that had ended.
+    late_frames: u64,
     closed: Option<String>,
 }
 
@@ -256,6 +258,7 @@ impl Connection {
             keepalive: cfg.keepalive.map(|k| Keepalive::new(k, now)),
             last_heard: now,
             failing: None,
+            late_frames: 0,
             closed: None,
             cfg,
         }
@@ -291,10 +294,14 @@ impl Connection {
     /// Handles one frame from the peer; an `Err` is a protocol violation
     /// that ends the connection.
     pub fn handle_frame(&mut self, frame: Frame) -> Result<(), String> {
+        let stream = frame.stream();
+        if stream != 0 && !matches!(frame, Frame::Open { .. }) && !self.streams.contains_key(&stream) {
+            self.late_arrival(frame);
+            return Ok(());
+        }
         match frame {
             Frame::Data { stream, payload } => {
-                // Frames for a stream that has ended are late arrivals.
-                let Some(st) = self.streams.get_mut(&stream) else { return Ok(()) };
+                let st = self.streams.get_mut(&stream).expect("checked above");
                 if let Err(e) = st.recv.on_data(payload.len()) {
                     self.abort(stream, &format!("flow control violation: {e}"));
                 } else if self.step(stream, Input::PeerData) == Step::Live {
@@ -302,7 +309,7 @@ impl Connection {
                 }
             }
             Frame::Window { stream, increment } => {
-                let Some(st) = self.streams.get_mut(&stream) else { return Ok(()) };
+                let st = self.streams.get_mut(&stream).expect("checked above");
                 if let Err(e) = st.send.grant(increment) {
                     self.abort(stream, &format!("flow control violation: {e}"));
                 } else if self.step(stream, Input::PeerWindow) == Step::Live {
@@ -311,41 +318,27 @@ impl Connection {
             }
             Frame::Open { stream, target } => self.on_open(stream, &target)?,
             Frame::OpenOk { stream } => {
-                if self.streams.contains_key(&stream) {
-                    if self.step(stream, Input::PeerOpenOk) == Step::Live {
-                        self.events.push_back(Event::Opened(stream));
-                    }
-                } else if !StreamIds::is_peer_id(self.role, stream) {
-                    // An OPEN this side cancelled before its answer: the RESET
-                    // it sent then may have overtaken the OPEN (RESET is
-                    // urgent, OPEN ordered) and been ignored, leaving the
-                    // peer's end open with nobody here. Reset it now; a peer
-                    // that already has ignores this.
-                    self.urgent(Frame::Reset { stream, reason: "no such stream here: its open was cancelled".into() });
+                if self.step(stream, Input::PeerOpenOk) == Step::Live {
+                    self.events.push_back(Event::Opened(stream));
                 }
             }
             Frame::OpenRefused { stream, reason } => {
-                if self.streams.contains_key(&stream) && self.step(stream, Input::PeerRefused) == Step::Ended {
+                if self.step(stream, Input::PeerRefused) == Step::Ended {
                     self.events.push_back(Event::OpenFailed { stream, failure: OpenFailure::Refused(reason) });
                     self.events.push_back(Event::Gone(stream));
                 }
             }
-            Frame::Fin { stream } => {
-                if self.streams.contains_key(&stream) {
-                    match self.step(stream, Input::PeerFin) {
-                        Step::Live => self.events.push_back(Event::Fin(stream)),
-                        Step::Ended => {
-                            self.events.push_back(Event::Fin(stream));
-                            self.events.push_back(Event::Gone(stream));
-                        }
-                        Step::Aborted => {}
-                    }
+            Frame::Fin { stream } => match self.step(stream, Input::PeerFin) {
+                Step::Live => self.events.push_back(Event::Fin(stream)),
+                Step::Ended => {
+                    self.events.push_back(Event::Fin(stream));
+                    self.events.push_back(Event::Gone(stream));
                 }
-            }
+                Step::Aborted => {}
+            },
             Frame::Reset { stream, reason } => {
-                if let Some(st) = self.streams.remove(&stream) {
-                    self.report_end(stream, st.state, format!("peer reset: {reason}"));
-                }
+                let st = self.streams.remove(&stream).expect("checked above");
+                self.report_end(stream, st.state, format!("peer reset: {reason}"));
             }
             Frame::Control { message } => self.events.push_back(match message::decode::<ControlMessage>(&message) {
                 Ok(msg) => Event::Control(msg),
@@ -357,6 +350,21 @@ impl Connection {
             Frame::GoAway { reason } => self.terminate(&format!("peer closed the session: {reason}")),
         }
         Ok(())
+    }
+
+    /// A frame for a stream that is not in the table: one that ended here
+    /// while the peer was still sending (DATA, WINDOW, FIN after a RESET;
+    /// a RESET crossing ours). Ignored, with one exception: an OPEN_OK for
+    /// an OPEN this side cancelled is answered with RESET, so that the peer
+    /// never keeps an orphan (a RESET behind the OPEN prevents this with
+    /// peers of this version; older ones sent it ahead).
+    fn late_arrival(&mut self, frame: Frame) {
+        self.late_frames += 1;
+        if let Frame::OpenOk { stream } = frame {
+            if !StreamIds::is_peer_id(self.role, stream) {
+                self.urgent(Frame::Reset { stream, reason: "no such stream here: its open was cancelled".into() });
+            }
+        }
     }
 
     fn on_open(&mut self, stream: StreamId, target: &[u8]) -> Result<(), String> {
@@ -617,6 +625,12 @@ impl Connection {
     /// The state of `stream`, `None` once it has ended.
     pub fn stream_state(&self, stream: StreamId) -> Option<StreamState> {
         self.streams.get(&stream).map(|s| s.state)
+    }
+
+    /// Frames that arrived for streams that had already ended here (late
+    /// arrivals, ignored).
+    pub fn late_frames(&self) -> u64 {
+        self.late_frames
     }
 
     /// Bytes waiting on the urgent queue.

@@ -58,6 +58,7 @@ struct Coverage {
     open_timeouts: u64,
     credit_waits: u64,
     queue_waits: u64,
+    late_frames: u64,
 }
 
 /// One side: its connection, the bytes it has written and the peer has not
@@ -443,6 +444,7 @@ impl Pair {
             seen.open_timeouts += s.seen.open_timeouts;
             seen.credit_waits += s.seen.credit_waits;
             seen.queue_waits += s.seen.queue_waits;
+            seen.late_frames += s.conn.late_frames();
         }
         seen
     }
@@ -479,9 +481,11 @@ fn the_random_schedules_reach_every_path() {
         total.open_timeouts += seen.open_timeouts;
         total.credit_waits += seen.credit_waits;
         total.queue_waits += seen.queue_waits;
+        total.late_frames += seen.late_frames;
     }
     let c = total;
-    let all = [c.clean_ends_with_data, c.resets, c.refusals, c.open_timeouts, c.credit_waits, c.queue_waits];
+    let all =
+        [c.clean_ends_with_data, c.resets, c.refusals, c.open_timeouts, c.credit_waits, c.queue_waits, c.late_frames];
     assert!(all.iter().all(|n| *n >= 10), "a path the property test hardly reaches: {c:?}");
 }
 
