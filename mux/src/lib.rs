@@ -1,11 +1,14 @@
 //! The stream multiplexer shared by `ferry-agent` and `ferry`.
 //!
-//! A [`Session`] runs the sans-I/O protocol of `ferry-protocol` over one
-//! [`Transport`] (vsock, hybrid vsock, Unix, TCP, or a command's stdio):
-//! one reader task decodes frames and routes them to streams, one writer task
-//! batches outgoing frames into vectored writes, and a keepalive task detects a
-//! dead peer. Each forwarded connection is a [`MuxStream`] with its own credit
-//! window, so a slow reader stalls only its own stream.
+//! A [`Session`] drives the sans-I/O connection of `ferry-protocol`
+//! (`ferry_protocol::connection`, which holds every rule of the protocol)
+//! over one [`Transport`] (vsock, hybrid vsock, Unix, TCP, or a command's
+//! stdio): one reader task feeds it the bytes read, one writer task sends
+//! its frames in vectored batches, and one timer task runs its deadlines
+//! (keepalive, open timeouts). Each forwarded connection is a [`MuxStream`]
+//! with its own credit window, so a slow reader stalls only its own stream.
+//! [`data_end`] confirms on the session how each dedicated data connection
+//! ended.
 //!
 //! [`pump`] copies between a socket and a stream, keeping half-close and
 //! resets; [`relay`] relays a socket and a dedicated data connection
