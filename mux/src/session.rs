@@ -248,7 +248,8 @@ impl Session {
             CommandError::Closed(r) => OpenError::SessionClosed(r),
             CommandError::IdsExhausted => OpenError::IdsExhausted,
             CommandError::Limit(l) => OpenError::Limit(l),
-            CommandError::NotAllowed(_) => unreachable!("opening names no stream"),
+            // Opening names no existing stream; kept total all the same.
+            e @ CommandError::NotAllowed(_) => OpenError::Limit(e.to_string()),
         })?;
         // Dropping this future drops the stream, which cancels the OPEN (a
         // RESET behind it); the connection itself times an unanswered OPEN out.

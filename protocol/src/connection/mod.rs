@@ -700,7 +700,8 @@ impl Connection {
     /// the stream).
     fn step(&mut self, id: StreamId, input: Input) -> Step {
         let st = self.streams.get_mut(&id).expect("caller checked");
-        match st.state.on(input) {
+        let state = st.state;
+        match state.on(input) {
             Transition::To(s) => {
                 st.state = s;
                 Step::Live
@@ -709,11 +710,16 @@ impl Connection {
                 self.streams.remove(&id);
                 Step::Ended
             }
+            // The table never answers a peer input with NotAllowed (a test
+            // checks); were it to, the stream is reset like for a violation.
             Transition::PeerViolation(what) => {
                 self.abort(id, &format!("protocol violation on the stream: {what}"));
                 Step::Aborted
             }
-            Transition::NotAllowed => unreachable!("peer inputs are never NotAllowed"),
+            Transition::NotAllowed => {
+                self.abort(id, &format!("protocol violation on the stream: {input:?} in {state:?}"));
+                Step::Aborted
+            }
         }
     }
 

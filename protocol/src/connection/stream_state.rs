@@ -178,6 +178,17 @@ mod tests {
     }
 
     #[test]
+    fn peer_inputs_are_never_merely_not_allowed() {
+        // A frame either moves the stream on, ends it, or is a violation:
+        // the connection relies on this (`Connection::step`).
+        for s in STATES {
+            for i in [PeerOpenOk, PeerRefused, PeerData, PeerWindow, PeerFin, PeerReset] {
+                assert_ne!(s.on(i), NotAllowed, "{s:?} on {i:?}");
+            }
+        }
+    }
+
+    #[test]
     fn only_open_and_received_fin_may_send() {
         for s in STATES {
             assert_eq!(s.may_send(), matches!(s.on(Send), To(_)), "{s:?}");
