@@ -103,9 +103,10 @@ impl MasterRoute {
             return Err(local);
         }
         let _live = Live(&self.live);
-        match self.master.forward(local, to, traffic).await {
+        // Counted as soon as the master takes the connection, so that status
+        // shows it while it is carried (and right after it ends).
+        match self.master.forward(local, to, traffic, || counts.count(Route::SshMaster)).await {
             Outcome::Carried(end) => {
-                counts.count(Route::SshMaster);
                 if !self.working.swap(true, Ordering::Relaxed) {
                     tracing::info!("the ssh ControlMaster carries connections again");
                 }

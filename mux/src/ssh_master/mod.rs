@@ -96,11 +96,21 @@ impl SshMaster {
 
     /// Forwards `local` to `to` through the master until it ends, counting
     /// the bytes that come back in `traffic` (those that go out the master
-    /// reads from the client itself, unseen).
-    pub async fn forward(&self, local: LocalConn, to: Destination<'_>, traffic: &Traffic) -> Outcome {
+    /// reads from the client itself, unseen). `taken` runs as soon as the
+    /// master has accepted the forward.
+    pub async fn forward(
+        &self,
+        local: LocalConn,
+        to: Destination<'_>,
+        traffic: &Traffic,
+        taken: impl FnOnce(),
+    ) -> Outcome {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (mut control, back) = match self.open(&local, to, request_id).await {
-            Ok(opened) => opened,
+            Ok(opened) => {
+                taken();
+                opened
+            }
             Err(Refusal::Untouched(why)) => return Outcome::NotTaken(local, why),
             Err(Refusal::Unknown(why)) => {
                 // The master may hold a copy of the client's socket (passed,
