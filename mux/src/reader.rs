@@ -2,7 +2,10 @@
 //! connection and forwards what the application must answer (incoming
 //! streams, control messages) to the session's event channel.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::BytesMut;
 use tokio::{io::AsyncReadExt, sync::mpsc};
@@ -33,7 +36,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut r: BoxRead, events: mpsc::Sende
             Err(e) => return shared.terminate(&format!("transport read failed: {e}")),
         }
         let failing = shared.with(|c| {
-            c.conn.handle_bytes(&mut buf, Shared::now());
+            c.conn.handle_bytes(&mut buf, Instant::now());
             c.dispatch();
             app.extend(c.app.drain(..));
             c.conn.failing().map(str::to_string)

@@ -2,7 +2,10 @@
 //! tokio driver of the sans-I/O [`Connection`]: a reader task, a writer
 //! task and a timer task around it, and the handles the application uses.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ferry_protocol::{
     auth::{self, Secret},
@@ -203,7 +206,7 @@ impl Session {
             ..connection::Config::default()
         };
         let (events_tx, events_rx) = mpsc::channel(256);
-        let shared = Arc::new(Shared::new(Connection::new(role, conn_cfg, Shared::now())));
+        let shared = Arc::new(Shared::new(Connection::new(role, conn_cfg, Instant::now())));
         let Transport { reader, writer, child, .. } = transport;
         tokio::spawn(crate::writer::run(shared.clone(), writer));
         tokio::spawn(crate::reader::run(shared.clone(), reader, events_tx));
@@ -241,7 +244,7 @@ impl Session {
     pub async fn open(&self, target: &Target) -> Result<MuxStream, OpenError> {
         let (tx, reply) = oneshot::channel();
         let parts = self.shared.with(|c| {
-            let id = c.conn.open(target, Shared::now())?;
+            let id = c.conn.open(target, Instant::now())?;
             Ok(c.register(id, Some(tx)))
         });
         let parts = parts.map_err(|e| match e {
@@ -391,7 +394,7 @@ async fn timers(shared: Arc<Shared>) {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
                     None => std::future::pending().await,
                 }
-            } => shared.with(|c| c.conn.handle_timeout(Shared::now())),
+            } => shared.with(|c| c.conn.handle_timeout(Instant::now())),
         }
     }
 }

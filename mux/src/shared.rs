@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, OnceLock},
-    time::Instant,
 };
 
 use bytes::Bytes;
@@ -84,7 +83,7 @@ impl Core {
     }
 
     /// Tells a stream's halves it ended for `reason`.
-    pub fn fail(&mut self, id: StreamId, reason: &str) {
+    fn fail(&mut self, id: StreamId, reason: &str) {
         if let Some(h) = self.handles.get_mut(&id) {
             fail_handle(h, reason, None);
         }
@@ -235,17 +234,6 @@ impl Shared {
     /// Aborts a stream from this side: the peer gets RESET (or, for an
     /// unanswered OPEN of the peer, OPEN_REFUSED) and both halves fail.
     pub fn abort(&self, id: StreamId, reason: &str) {
-        self.with(|c| {
-            c.fail(id, reason);
-            match c.conn.stream_state(id) {
-                Some(ferry_protocol::connection::StreamState::Accepting) => c.conn.refuse(id, reason),
-                _ => c.conn.reset(id, reason),
-            }
-        });
-    }
-
-    /// The time for the connection's clock.
-    pub fn now() -> Instant {
-        Instant::now()
+        self.with(|c| c.conn.reset(id, reason));
     }
 }

@@ -137,7 +137,8 @@ pub enum Event {
         /// Why.
         failure: OpenFailure,
     },
-    /// The peer wants a stream to `target`: accept or refuse it.
+    /// The peer wants a stream to `target`: accept it, or refuse it with
+    /// [`Connection::reset`].
     Incoming {
         /// The stream.
         stream: StreamId,
@@ -153,8 +154,8 @@ pub enum Event {
     },
     /// The peer will send no more data on the stream.
     Fin(StreamId),
-    /// The stream was aborted (by the peer, a violation, or the connection's
-    /// end); it is gone.
+    /// The stream was aborted (by either side, a violation, or the
+    /// connection's end); it is gone.
     Reset {
         /// The stream.
         stream: StreamId,
@@ -410,14 +411,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Refuses the peer's OPEN of `stream`, telling it why.
-    pub fn refuse(&mut self, stream: StreamId, reason: &str) {
-        if self.closed.is_some() || self.command(stream, Input::Refuse).is_err() {
-            return;
-        }
-        self.urgent(Frame::OpenRefused { stream, reason: reason.to_string() });
-    }
-
     /// Send credit of `stream` right now.
     pub fn send_credit(&self, stream: StreamId) -> Result<u64, CommandError> {
         self.check_open()?;
@@ -481,14 +474,13 @@ impl Connection {
     }
 
     /// Aborts `stream` in both directions (a no-op for a stream that has
-    /// ended). An Opening stream's OPEN is cancelled.
+    /// ended), and reports it like any other end ([`Event::Reset`], or
+    /// [`Event::OpenFailed`] for an OPEN of ours, which is cancelled; an
+    /// unanswered OPEN of the peer's is refused).
     pub fn reset(&mut self, stream: StreamId, reason: &str) {
-        if self.closed.is_some() || !self.streams.contains_key(&stream) {
-            return;
+        if self.closed.is_none() {
+            self.abort(stream, reason);
         }
-        let st = self.streams.remove(&stream).expect("checked");
-        self.send_reset(stream, st.state, reason);
-        self.events.push_back(Event::Gone(stream));
     }
 
     /// Records that the application handed on `len` bytes of `stream`'s
@@ -740,19 +732,22 @@ impl Connection {
         }
     }
 
-    /// Queues the RESET of a stream that was in `state`. An OPEN that is
-    /// cancelled is reset behind it, in order: a RESET that overtook its
-    /// OPEN would be ignored and the OPEN then accepted, an orphan.
+    /// Queues what aborts a stream that was in `state`:
+    /// - an OPEN of ours, cancelled: RESET behind it, in order (a RESET that
+    ///   overtook its OPEN would be ignored and the OPEN then accepted, an
+    ///   orphan);
+    /// - an OPEN of the peer's, unanswered: OPEN_REFUSED with the reason;
+    /// - an established stream: RESET, urgent.
     fn send_reset(&mut self, id: StreamId, state: StreamState, reason: &str) {
-        let frame = Frame::Reset { stream: id, reason: reason.to_string() };
-        if state == StreamState::Opening {
-            self.outbox.push_ordered(frame);
-        } else {
-            self.urgent(frame);
+        let reason = reason.to_string();
+        match state {
+            StreamState::Opening => self.outbox.push_ordered(Frame::Reset { stream: id, reason }),
+            StreamState::Accepting => self.urgent(Frame::OpenRefused { stream: id, reason }),
+            _ => self.urgent(Frame::Reset { stream: id, reason }),
         }
     }
 
-    /// Resets a stream from this side for `reason` and tells the application.
+    /// Aborts a stream from this side for `reason` and tells the application.
     fn abort(&mut self, id: StreamId, reason: &str) {
         if let Some(st) = self.streams.remove(&id) {
             self.send_reset(id, st.state, reason);

@@ -36,8 +36,6 @@ pub enum Input {
     PeerReset,
     /// The application accepts the peer's OPEN.
     Accept,
-    /// The application refuses the peer's OPEN.
-    Refuse,
     /// The application sends data.
     Send,
     /// The application half-closes.
@@ -79,10 +77,9 @@ impl StreamState {
             (Opening, PeerOpenOk) => To(Open),
             (Opening, PeerRefused) => End,
             (Opening, PeerData | PeerFin | PeerWindow) => PeerViolation("stream used before its OPEN was answered"),
-            (Opening, Accept | Refuse | Send | Finish) => NotAllowed,
+            (Opening, Accept | Send | Finish) => NotAllowed,
 
             (Accepting, Accept) => To(Open),
-            (Accepting, Refuse) => End,
             (Accepting, PeerData | PeerFin | PeerWindow) => PeerViolation("stream used before its OPEN was answered"),
             (Accepting, PeerOpenOk | PeerRefused) => PeerViolation("an answer to its own OPEN"),
             (Accepting, Send | Finish) => NotAllowed,
@@ -105,13 +102,13 @@ impl StreamState {
             (Open | SentFin | ReceivedFin, PeerOpenOk | PeerRefused) => {
                 PeerViolation("an answer to an OPEN that was already answered")
             }
-            (Open | SentFin | ReceivedFin, Accept | Refuse) => NotAllowed,
+            (Open | SentFin | ReceivedFin, Accept) => NotAllowed,
         }
     }
 
-    /// Whether this side may still send data.
+    /// Whether this side may still send data (as the table says).
     pub fn may_send(self) -> bool {
-        matches!(self, StreamState::Open | StreamState::ReceivedFin)
+        matches!(self.on(Input::Send), Transition::To(_))
     }
 }
 
@@ -120,20 +117,8 @@ mod tests {
     use super::{Input::*, StreamState::*, Transition::*, *};
 
     const STATES: [StreamState; 5] = [Opening, Accepting, Open, SentFin, ReceivedFin];
-    const INPUTS: [Input; 12] = [
-        PeerOpenOk,
-        PeerRefused,
-        PeerData,
-        PeerWindow,
-        PeerFin,
-        PeerReset,
-        Accept,
-        Refuse,
-        Send,
-        Finish,
-        Reset,
-        OpenTimeout,
-    ];
+    const INPUTS: [Input; 11] =
+        [PeerOpenOk, PeerRefused, PeerData, PeerWindow, PeerFin, PeerReset, Accept, Send, Finish, Reset, OpenTimeout];
 
     #[test]
     fn a_reset_ends_every_state() {
@@ -146,7 +131,7 @@ mod tests {
     #[test]
     fn application_commands_never_count_as_peer_violations() {
         for s in STATES {
-            for i in [Accept, Refuse, Send, Finish, Reset, OpenTimeout] {
+            for i in [Accept, Send, Finish, Reset, OpenTimeout] {
                 assert!(!matches!(s.on(i), PeerViolation(_)), "{s:?} on {i:?}");
             }
         }
@@ -191,7 +176,7 @@ mod tests {
     #[test]
     fn only_open_and_received_fin_may_send() {
         for s in STATES {
-            assert_eq!(s.may_send(), matches!(s.on(Send), To(_)), "{s:?}");
+            assert_eq!(s.may_send(), matches!(s, Open | ReceivedFin), "{s:?}");
         }
     }
 }

@@ -284,7 +284,8 @@ impl Pair {
                 let (s, _) = self.sides(host);
                 if !s.incoming.is_empty() {
                     let id = s.incoming.remove(n % s.incoming.len());
-                    s.conn.refuse(id, "no");
+                    // Resetting an unanswered OPEN refuses it.
+                    s.conn.reset(id, "no");
                     s.streams.get_mut(&id).unwrap().reset = true;
                 }
             }
