@@ -43,32 +43,28 @@ macro_rules! in_both_modes {
     )* };
 }
 
-/// Runs a scenario over the TCP transport too (the session and its
+/// Runs scenarios over the TCP transport too (the session and its
 /// dedicated data connections on TCP, as over Lima's vzNAT network), where
 /// every clean end is confirmed on the session.
 macro_rules! over_tcp_too {
-    ($($name:ident),* $(,)?) => { $(
-        paste_over_tcp!($name);
-    )* };
-}
-macro_rules! paste_over_tcp {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dedicated_over_tcp() {
-                super::super::$name(super::super::Bridge::start_over_tcp()).await
+    ($($name:ident),* $(,)?) => {
+        mod over_tcp { $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn dedicated_over_tcp() {
+                    super::super::$name(super::super::Bridge::start_over_tcp()).await
+                }
             }
-        }
+        )* }
     };
 }
-mod over_tcp {
-    over_tcp_too!(
-        bulk_256_mib_each_direction_checksums_equal,
-        half_close_request_then_full_response,
-        two_hundred_concurrent_connections_interleaved,
-        server_started_after_the_forwarder_is_reachable_with_curl,
-    );
-}
+
+over_tcp_too!(
+    bulk_256_mib_each_direction_checksums_equal,
+    half_close_request_then_full_response,
+    two_hundred_concurrent_connections_interleaved,
+    server_started_after_the_forwarder_is_reachable_with_curl,
+);
 
 in_both_modes!(
     a_reader_that_stops_does_not_slow_another_stream,

@@ -168,7 +168,7 @@ impl Bridge {
         let guest = Guest::new();
         let (_, guest_ip) = guest.link_to_host("ftcp0");
         let listen = format!("tcp:{guest_ip}:{}", crate::free_port());
-        let b = Self::start_full(guest, &listen, &[], &["-v"], &["--retry-busy-ms", "200", "-v"], &[]);
+        let b = Self::start_full(guest, Some(&listen), &[], &["-v"], &["--retry-busy-ms", "200", "-v"], &[]);
         b.wait_log(1, "dedicated data connections");
         b
     }
@@ -192,14 +192,14 @@ impl Bridge {
         forwarder_args: &[&str],
         forwarder_wrapper: &[&str],
     ) -> Self {
-        Self::start_full(guest, "", env, agent_args, forwarder_args, forwarder_wrapper)
+        Self::start_full(guest, None, env, agent_args, forwarder_args, forwarder_wrapper)
     }
 
-    /// The general case: the agent listens on `listen` (empty: a Unix
+    /// The general case: the agent listens on `listen` (`None`: a Unix
     /// socket in the bridge's directory).
     fn start_full(
         guest: Guest,
-        listen: &str,
+        listen: Option<&str>,
         env: &[(&str, &str)],
         agent_args: &[&str],
         forwarder_args: &[&str],
@@ -211,7 +211,7 @@ impl Bridge {
         let mut agent_args: Vec<String> = agent_args.iter().map(|s| s.to_string()).collect();
         agent_args.extend(["--secret-file".to_string(), secret.display().to_string()]);
         let sock = dir.path().join("agent.sock");
-        let listen = if listen.is_empty() { format!("unix:{}", sock.display()) } else { listen.to_string() };
+        let listen = listen.map_or_else(|| format!("unix:{}", sock.display()), str::to_string);
         let agent = Self::spawn_agent(&guest, &dir, &listen, &agent_args, &env);
         if listen.starts_with("unix:") {
             wait_for(Duration::from_secs(10), "agent socket", || sock.exists().then_some(()));
