@@ -343,7 +343,9 @@ async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives(mut brid
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
     let s = connect_forwarded(&format!("127.0.0.1:{port}")).await;
     assert_eq!(echo_round(s, b"still fine".to_vec(), 3).await, b"still fine");
-    assert!(bridge.agent.log_text().contains("not a ferry endpoint"), "agent logs why: {}", bridge.agent.log_text());
+    // The first refusal is logged with its reason; the rest are counted
+    // into a summary line (a flood must not fill the guest's /run).
+    assert!(bridge.agent.log_text().contains("refused a session: handshake"), "agent logs why: {}", bridge.agent.log_text());
 }
 
 /// Starts a forwarder against `bridge`'s agent with other arguments and
@@ -385,23 +387,20 @@ async fn a_forwarder_with_the_wrong_secret_gets_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_connection_with_an_unknown_token_is_refused() {
+async fn a_data_connection_with_a_forged_proof_is_refused() {
     let bridge = Bridge::start();
     let port = free_port();
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
-    let hello = ferry_protocol::data_conn::DataHello {
-        version: ferry_protocol::PROTOCOL_VERSION,
-        token: [0x42; ferry_protocol::data_conn::TOKEN_LEN],
-        target: ferry_protocol::Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
-        conn: None,
-    };
+    // Well-formed, but made with a key no live session has.
+    let (proof, request) = ferry_tests::forge::data_hello(&format!("127.0.0.1:{port}"));
     let mut raw = tokio::net::UnixStream::connect(bridge.dir.path().join("agent.sock")).await.unwrap();
-    raw.write_all(&hello.encode()).await.unwrap();
+    raw.write_all(&proof).await.unwrap();
+    raw.write_all(&request).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(GUARD, raw.read_to_end(&mut answer)).await.expect("agent hung").unwrap();
     assert_eq!(answer.first(), Some(&ferry_protocol::data_conn::REFUSED));
-    assert!(String::from_utf8_lossy(&answer).contains("unknown session token"));
-    assert!(bridge.agent.log_text().contains("data connection rejected: unknown session token"));
+    assert!(String::from_utf8_lossy(&answer).contains("no live session made this proof"));
+    assert!(bridge.agent.log_text().contains("refused a data connection: no live session made this proof"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

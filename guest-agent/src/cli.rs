@@ -64,6 +64,12 @@ pub struct Args {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Write the log to this file (created 0600) instead of stderr, rotated
+    /// past 1 MiB with one older file kept (PATH.1): a log in the guest's
+    /// RAM-backed /run stays bounded whatever peers do.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 }
 
 /// Whether tracepoints wake the port scanner.

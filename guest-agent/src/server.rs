@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_mux::{
+    refusals::Refusals,
     transport::{Incoming, Pending},
     Address, SessionConfig, Transport, TransportListener,
 };
@@ -10,7 +11,7 @@ use ferry_process::secret_file;
 
 use crate::{
     cli::{Args, KubernetesMode, PortEventsMode},
-    dedicated::{self, Tokens},
+    dedicated::{self, DataSessions},
     ports::{filter::UdpFilter, kubernetes::KubernetesServices, scanner::SocketScanner, watcher::Source, PortWatcher},
     pre_auth::{PreAuth, Ticket},
     session::{self, Ports},
@@ -32,24 +33,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ports = Ports { watcher, filter };
     if args.stdio {
         // A single pipe: streams travel as frames, no data connections.
-        session::serve(Transport::stdio(), ports, cfg, None, None).await;
+        session::serve(Transport::stdio(), ports, cfg, None, None, Refusals::default()).await;
         return Ok(());
     }
-    let tokens = Tokens::default();
+    let sessions = DataSessions::default();
     let pre_auth = PreAuth::default();
+    let refusals = Refusals::default();
     let mut tasks = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = TransportListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on {addr}; data paths: {}", ferry_mux::platform::data_paths());
-        let (ports, cfg, tokens, pre_auth) = (ports.clone(), cfg.clone(), tokens.clone(), pre_auth.clone());
+        let (ports, cfg, sessions, pre_auth) = (ports.clone(), cfg.clone(), sessions.clone(), pre_auth.clone());
+        let refusals = refusals.clone();
         let name = addr.to_string();
         tasks.spawn(async move {
             let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
             loop {
                 match listener.accept().await {
                     Ok(pending) => {
-                        let (ports, cfg, tokens) = (ports.clone(), cfg.clone(), tokens.clone());
-                        pre_auth.spawn(move |ticket| dispatch(pending, ports, cfg, tokens, ticket));
+                        let (ports, cfg, sessions) = (ports.clone(), cfg.clone(), sessions.clone());
+                        let refusals = refusals.clone();
+                        pre_auth.spawn(move |ticket| dispatch(pending, ports, cfg, sessions, ticket, refusals));
                     }
                     Err(e) => errors.pause_after(&name, &e).await,
                 }
@@ -70,13 +74,20 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tells sessions from data connections and serves each; `ticket` is given
 /// up once the connection has authenticated.
-async fn dispatch(pending: Pending, ports: Ports, cfg: SessionConfig, tokens: Tokens, ticket: Ticket) {
+async fn dispatch(
+    pending: Pending,
+    ports: Ports,
+    cfg: SessionConfig,
+    sessions: DataSessions,
+    ticket: Ticket,
+    refusals: Refusals,
+) {
     // Every listener (Unix, TCP, vsock) takes data connections as well.
     match tokio::time::timeout(FIRST_BYTES_TIMEOUT, pending.classify()).await {
-        Ok(Ok(Incoming::Session(t))) => session::serve(t, ports, cfg, Some(tokens), Some(ticket)).await,
-        Ok(Ok(Incoming::Data(conn))) => dedicated::serve(conn, tokens, ticket).await,
-        Ok(Err(e)) => tracing::debug!("connection closed before its first bytes: {e}"),
-        Err(_) => tracing::warn!("closed a connection that sent nothing within {FIRST_BYTES_TIMEOUT:?}"),
+        Ok(Ok(Incoming::Session(t))) => session::serve(t, ports, cfg, Some(sessions), Some(ticket), refusals).await,
+        Ok(Ok(Incoming::Data(conn))) => dedicated::serve(conn, sessions, ticket, refusals).await,
+        Ok(Err(e)) => refusals.record("connection", &format!("closed before its first bytes: {e}")),
+        Err(_) => refusals.record("connection", &format!("sent nothing within {FIRST_BYTES_TIMEOUT:?}")),
     }
 }
 

@@ -3,12 +3,12 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
-use ferry_mux::{IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
+use ferry_mux::{refusals::Refusals, IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
 use ferry_protocol::{ControlMessage, Proto, Role, Target};
 use tokio::sync::watch;
 
 use crate::{
-    dedicated::Tokens,
+    dedicated::DataSessions,
     files::Files,
     ports::{
         filter::UdpFilter,
@@ -30,39 +30,34 @@ pub struct Ports {
 }
 
 /// Serves one host session until it ends.
-/// With `tokens`, the host may also open dedicated data connections.
+/// With `data`, the host may also open dedicated data connections.
+/// A handshake that fails before the host proved the secret is counted in
+/// `refusals` (a peer without the secret costs a counter, not a log line).
 pub async fn serve(
     transport: Transport,
     ports: Ports,
     cfg: SessionConfig,
-    tokens: Option<Tokens>,
+    data: Option<DataSessions>,
     ticket: Option<crate::pre_auth::Ticket>,
+    refusals: Refusals,
 ) {
     let peer = transport.peer.clone();
     let (session, mut events) = match Session::start(transport, Role::Agent, cfg).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("{e}");
-            return;
-        }
+        // The first refusal of a quiet period is logged in full (a version
+        // or secret mismatch of the owner's own is said plainly), a flood
+        // is summarised.
+        Err(e) => return refusals.record("session", &e.to_string()),
     };
     // Authenticated: no longer among the connections that may be closed to make room.
     drop(ticket);
     tracing::info!("host connected via {peer}");
     let grants = Grants::default();
-    // Issued before the port snapshot, so the host has it before any port.
-    let _token = match tokens.map(|t| t.issue(grants.clone(), &session)).transpose() {
-        Ok(guard) => {
-            if let Some(g) = &guard {
-                let _ = session.send_control(&ControlMessage::DataToken(g.token));
-            }
-            guard
-        }
-        Err(e) => {
-            tracing::warn!("no data connections for this session: {e}");
-            None
-        }
-    };
+    // Announced before the port snapshot, so the host knows before any port.
+    let _registration = data.map(|d| {
+        let _ = session.send_control(&ControlMessage::DataConnsAccepted);
+        d.register(grants.clone(), &session)
+    });
     let reverse_addrs: ReverseAddrs = watch::channel(Default::default()).0;
     let own_addrs = reverse_addrs.subscribe();
     let mut reverse = ReverseListeners::new(session.clone(), reverse_addrs);

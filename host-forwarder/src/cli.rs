@@ -15,6 +15,11 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Write the log to this file (created 0600) instead of stderr, rotated
+    /// past 1 MiB with one older file kept (PATH.1).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -18,11 +18,11 @@ fn main() -> anyhow::Result<()> {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name().is_some_and(|n| n == "limactl-ferry") {
         let plugin = cli::LimaPlugin::parse();
-        ferry_process::logging::init(plugin.verbose);
+        ferry_process::logging::init(plugin.verbose, None)?;
         return lima::run(plugin.command);
     }
     let cli = cli::Cli::parse();
-    ferry_process::logging::init(cli.verbose);
+    ferry_process::logging::init(cli.verbose, cli.log_file.as_deref())?;
     match cli.command {
         cli::Command::Run(args) => {
             ferry_process::alloc::tune();

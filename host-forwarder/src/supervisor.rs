@@ -202,8 +202,8 @@ async fn serve(
     loop {
         tokio::select! {
             ev = events.recv() => match ev {
-                Some(SessionEvent::Control(ControlMessage::DataToken(token))) => {
-                    match DataPath::new(addr, token, &session, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
+                Some(SessionEvent::Control(ControlMessage::DataConnsAccepted)) => {
+                    match DataPath::new(addr, &session, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
                         Some(data) => {
                             tracing::info!(
                                 "connections get dedicated data connections (relayed by {:?})",

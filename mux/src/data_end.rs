@@ -20,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use ferry_protocol::ControlMessage;
+use ferry_protocol::{
+    data_conn::{ConnIdError, ConnIds},
+    ControlMessage,
+};
 use tokio::sync::Notify;
 
 use crate::shared::Shared;
@@ -44,15 +47,30 @@ struct Slot {
     wake: Arc<Notify>,
 }
 
-/// The session's record of data connection ends.
+/// The session's record of data connection ends, and of the ids the far
+/// side has used.
 #[derive(Debug, Default)]
 pub(crate) struct EndBook {
     slots: HashMap<u64, Slot>,
+    /// The far side's data connection ids seen so far: each is admitted once.
+    used: ConnIds,
 }
 
 impl EndBook {
+    /// Admits the far side's new data connection `conn`: an error if the id
+    /// was used already (a replay) or is too old.
+    pub fn admit(&mut self, conn: u64) -> Result<(), ConnIdError> {
+        self.used.accept(conn)
+    }
+
     /// Records the far side's word on `conn` and wakes whoever waits for it.
+    /// After an abort the id is spent, whether or not its hello ever came
+    /// (a clean end's word may overtake its own hello, which must then
+    /// still be admitted).
     pub fn record(&mut self, conn: u64, sent: Option<u64>) {
+        if sent.is_none() {
+            self.used.retire(conn);
+        }
         if !self.slots.contains_key(&conn) && self.slots.len() >= MAX_SLOTS {
             // Words on connections nobody here holds (they ended here first).
             self.slots.retain(|_, s| s.held);
@@ -119,9 +137,10 @@ impl EndTicket {
     }
 
     /// Releases the ticket of a connection that never started (its hello
-    /// never reached the far side), telling the far side nothing.
+    /// failed on the way, or its target was unreachable): the far side is
+    /// told it aborted, which also spends its id there.
     pub fn cancel(self) {
-        self.sent.store(true, Ordering::Relaxed);
+        drop(self);
     }
 
     /// After an EOF on the data connection with `received` bytes read:
@@ -139,8 +158,11 @@ impl EndTicket {
             }
         };
         tokio::select! {
+            // A word already recorded wins over the session's end that
+            // follows it: a confirmed clean end is never reported as an abort.
+            biased;
             confirmed = wait => confirmed,
-            _ = self.shared.wait_closed() => false,
+            _ = self.shared.wait_closed() => self.shared.with(|c| c.ends.far(self.conn)) == Some(Some(received)),
             _ = tokio::time::sleep(CONFIRM_TIMEOUT) => {
                 tracing::warn!(conn = self.conn, "no word on how the data connection ended within {CONFIRM_TIMEOUT:?}");
                 false

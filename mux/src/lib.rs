@@ -19,12 +19,15 @@
 pub mod accept_errors;
 pub mod address;
 pub mod buffer_share;
+pub mod data_auth;
 pub mod data_end;
 pub mod local;
 pub mod platform;
 pub mod private_socket;
 pub mod pump;
+pub mod refusals;
 pub mod relay;
+pub mod sealed;
 pub mod session;
 pub mod ssh_master;
 pub mod stdio;
@@ -37,6 +40,7 @@ pub mod udp_flows;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 
+mod handshake;
 mod reader;
 mod shared;
 mod sockopt;
@@ -44,6 +48,7 @@ mod writer;
 
 pub use address::Address;
 pub use local::LocalConn;
+pub use data_auth::{DataClaim, DataRefusal};
 pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
 pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
 pub use traffic::Traffic;

@@ -8,18 +8,17 @@ use std::{
 };
 
 use ferry_protocol::{
-    auth::{self, Secret},
+    auth::Secret,
     connection::{self, CommandError, Connection, KeepaliveConfig, OpenFailure},
-    handshake::{features, Negotiated, HELLO_LEN},
-    ControlMessage, HandshakeError, Hello, Role, Target,
+    handshake::{features, Negotiated},
+    ControlMessage, HandshakeError, Role, Target,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::{mpsc, oneshot},
-};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    data_auth::DataKeys,
     data_end::EndTicket,
+    sealed::{SealedReader, SealedWriter},
     shared::Shared,
     stream::{MuxStream, StreamError},
     transport::Transport,
@@ -173,8 +172,9 @@ impl Drop for IncomingOpen {
 /// A handle on a running session; clones share it.
 #[derive(Clone)]
 pub struct Session {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     negotiated: Negotiated,
+    pub(crate) data_keys: Arc<DataKeys>,
 }
 
 impl Session {
@@ -187,11 +187,23 @@ impl Session {
         cfg: SessionConfig,
     ) -> Result<(Session, mpsc::Receiver<SessionEvent>), SessionError> {
         let peer = transport.peer.clone();
-        let negotiated = match tokio::time::timeout(cfg.handshake_timeout, handshake(&mut transport, role, &cfg)).await
-        {
+        let handshake = crate::handshake::run(&mut transport, role, cfg.secret.as_deref());
+        let agreed = match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
             Err(_) => return Err(SessionError::Timeout { peer, timeout: cfg.handshake_timeout }),
             Ok(r) => r?,
         };
+        let negotiated = agreed.negotiated;
+        // Over a network every byte from here on is sealed (without a
+        // secret the keys would be public, and there is nothing to seal with).
+        if negotiated.features & features::SEALED != 0 && agreed.authenticated {
+            let (send, receive) = match role {
+                Role::Host => (&agreed.keys.host_to_agent, &agreed.keys.agent_to_host),
+                Role::Agent => (&agreed.keys.agent_to_host, &agreed.keys.host_to_agent),
+            };
+            transport.reader = Box::pin(SealedReader::new(transport.reader, receive));
+            transport.writer = Box::pin(SealedWriter::new(transport.writer, send));
+        }
+        let data_keys = Arc::new(DataKeys::new(&agreed.keys, negotiated.version));
         // A peer that did not offer KEEPALIVE answers no pings: its silence
         // proves nothing, so it is not timed out.
         let keepalive = (negotiated.features & features::KEEPALIVE != 0)
@@ -222,12 +234,18 @@ impl Session {
                 }
             });
         }
-        Ok((Session { shared, negotiated }, events_rx))
+        Ok((Session { shared, negotiated, data_keys }, events_rx))
     }
 
     /// What the handshake agreed on.
     pub fn negotiated(&self) -> Negotiated {
         self.negotiated
+    }
+
+    /// Whether the session's bytes travel in sealed records (a network
+    /// transport, both sides authenticated).
+    pub fn is_sealed(&self) -> bool {
+        self.negotiated.features & features::SEALED != 0 && self.negotiated.features & features::AUTH != 0
     }
 
     /// A ticket to confirm how data connection `conn` ends (see
@@ -301,84 +319,6 @@ impl Session {
         }
     }
 }
-
-/// Hello exchange, then authentication unless both sides run without it.
-async fn handshake(t: &mut Transport, role: Role, cfg: &SessionConfig) -> Result<Negotiated, SessionError> {
-    let peer = t.peer.clone();
-    let io_err = |source| SessionError::Io { peer: peer.clone(), source };
-    let auth_err = |reason: &str| SessionError::Auth { peer: peer.clone(), reason: reason.to_string() };
-    let mut ours = Hello::ours(role);
-    if cfg.secret.is_some() {
-        ours.features |= features::AUTH;
-    }
-    t.writer.write_all(&ours.encode()).await.map_err(io_err)?;
-    t.writer.flush().await.map_err(io_err)?;
-    let mut buf = [0u8; HELLO_LEN];
-    t.reader.read_exact(&mut buf).await.map_err(io_err)?;
-    let theirs = Hello::decode(&buf).map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
-    let negotiated =
-        ours.negotiate(&theirs).map_err(|source| SessionError::Handshake { peer: peer.clone(), source })?;
-    let secret = match (&cfg.secret, theirs.features & features::AUTH != 0) {
-        (None, false) => return Ok(negotiated),
-        (Some(s), true) => s,
-        (Some(_), false) => {
-            return Err(auth_err(
-                "the peer runs without authentication (--insecure-no-auth); refusing it. \
-                 Give both sides the same secret file, or start both with --insecure-no-auth",
-            ))
-        }
-        (None, true) => {
-            return Err(auth_err(
-                "the peer requires authentication; give this side the instance's secret file (--secret-file)",
-            ))
-        }
-    };
-    // getrandom() blocks until the kernel's generator is seeded, which in a
-    // freshly booted VM without a hardware RNG can take a long time: wait for
-    // it off the runtime's threads, so that only this handshake waits.
-    let own_nonce = tokio::task::spawn_blocking(auth::nonce)
-        .await
-        .map_err(|e| auth_err(&e.to_string()))?
-        .map_err(|e| auth_err(&e.to_string()))?;
-    t.writer.write_all(&own_nonce).await.map_err(io_err)?;
-    t.writer.flush().await.map_err(io_err)?;
-    let mut peer_nonce = [0u8; auth::NONCE_LEN];
-    t.reader.read_exact(&mut peer_nonce).await.map_err(io_err)?;
-    let peer_role = theirs.role;
-    let mut proof = [0u8; auth::PROOF_LEN];
-    if role == Role::Host {
-        // The host proves first; the agent answers only after checking.
-        t.writer.write_all(&secret.proof(role, &own_nonce, &peer_nonce)).await.map_err(io_err)?;
-        t.writer.flush().await.map_err(io_err)?;
-        let mut verdict = [0u8; 1];
-        t.reader
-            .read_exact(&mut verdict)
-            .await
-            .map_err(|_| auth_err("the agent closed the connection instead of answering our proof"))?;
-        if verdict[0] != AUTH_ACCEPTED {
-            return Err(auth_err("the agent rejected our proof: the two sides hold different secrets"));
-        }
-        t.reader.read_exact(&mut proof).await.map_err(io_err)?;
-        if !secret.verify(peer_role, &peer_nonce, &own_nonce, &proof) {
-            return Err(auth_err("the agent could not prove it holds the secret"));
-        }
-    } else {
-        t.reader.read_exact(&mut proof).await.map_err(io_err)?;
-        if !secret.verify(peer_role, &peer_nonce, &own_nonce, &proof) {
-            let _ = t.writer.write_all(&[AUTH_REJECTED]).await;
-            let _ = t.writer.flush().await;
-            return Err(auth_err("the host could not prove it holds the secret (wrong or missing secret file)"));
-        }
-        t.writer.write_all(&[AUTH_ACCEPTED]).await.map_err(io_err)?;
-        t.writer.write_all(&secret.proof(role, &own_nonce, &peer_nonce)).await.map_err(io_err)?;
-        t.writer.flush().await.map_err(io_err)?;
-    }
-    Ok(negotiated)
-}
-
-/// The agent's verdict byte on the host's proof.
-const AUTH_ACCEPTED: u8 = 1;
-const AUTH_REJECTED: u8 = 0;
 
 /// Runs the connection's timers (keepalive, open timeouts) at their
 /// deadlines until the session ends.

@@ -38,6 +38,11 @@ pub struct Transport {
     pub peer: String,
     /// For `exec:`: the command, killed when the transport is dropped.
     pub child: Option<Child>,
+    /// The bytes cross a network that others may see or write to (TCP), so
+    /// the session seals them ([`ferry_protocol::seal`]). Unix sockets,
+    /// vsock, a command's pipes (ssh encrypts itself) and stdio are private
+    /// to the two peers.
+    pub exposed: bool,
 }
 
 impl std::fmt::Debug for Transport {
@@ -50,26 +55,26 @@ impl Transport {
     /// A transport over a connected Unix stream socket.
     pub fn from_unix(s: UnixStream, peer: String) -> Self {
         let (r, w) = s.into_split();
-        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None, exposed: false }
     }
 
     fn from_tcp(s: TcpStream, peer: String) -> Self {
         let _ = s.set_nodelay(true);
         let (r, w) = s.into_split();
-        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None, exposed: true }
     }
 
     #[cfg(target_os = "linux")]
     fn from_vsock(s: VsockStream, peer: String) -> Self {
         let (r, w) = s.into_split();
-        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None }
+        Self { reader: Box::pin(r), writer: Box::pin(w), peer, child: None, exposed: false }
     }
 
     /// This process's stdin and stdout (the agent's `--stdio` mode).
     /// Pipes and sockets are driven by the reactor (see [`crate::stdio`]).
     pub fn stdio() -> Self {
         let (reader, writer) = crate::stdio::halves();
-        Self { reader, writer, peer: "stdio".into(), child: None }
+        Self { reader, writer, peer: "stdio".into(), child: None, exposed: false }
     }
 
     /// Connects to `addr` (the host side's dial).
@@ -150,7 +155,7 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
     let stdout = child.stdout.take().expect("piped stdout");
     crate::stdio::enlarge_pipe(&stdin);
     crate::stdio::enlarge_pipe(&stdout);
-    Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child) })
+    Ok(Transport { reader: Box::pin(stdout), writer: Box::pin(stdin), peer, child: Some(child), exposed: false })
 }
 
 /// A raw transport connection that can carry a dedicated data stream (see

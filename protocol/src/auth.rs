@@ -1,19 +1,22 @@
 //! Session authentication (sans-I/O part): each peer proves it holds the
-//! per-instance secret with an HMAC-SHA256 over fresh nonces from both sides.
+//! per-instance secret with an HMAC-SHA256 over the handshake's
+//! [`Transcript`] (both hellos and fresh nonces from both sides).
 //!
 //! ```text
-//!  proof = HMAC-SHA256(secret, "ferry-auth-v1\0" || sender role || sender nonce || receiver nonce)
+//!  proof = HMAC-SHA256(secret, "ferry-auth-v2\0" || sender role || transcript)
 //! ```
 //!
 //! The sender's role is inside the MAC, so a proof can never be reflected
-//! back to its author, and the receiver's fresh nonce makes every proof
-//! single-use. The exchange itself (host proves first, the agent answers
-//! only after checking) is driven by `ferry-mux`.
+//! back to its author; the receiver's fresh nonce makes every proof
+//! single-use; the hellos inside the transcript mean a feature bit changed
+//! on the way (a downgrade) fails the proof. The exchange itself (host
+//! proves first, the agent answers only after checking) is driven by
+//! `ferry-mux`; the keys that follow are in [`crate::keys`].
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::Role;
+use crate::{keys::Transcript, Role};
 
 /// Length of the shared secret in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -22,7 +25,7 @@ pub const NONCE_LEN: usize = 32;
 /// Length of a proof in bytes.
 pub const PROOF_LEN: usize = 32;
 
-const LABEL: &[u8] = b"ferry-auth-v1\0";
+const LABEL: &[u8] = b"ferry-auth-v2\0";
 
 /// A fresh random nonce.
 pub type Nonce = [u8; NONCE_LEN];
@@ -74,23 +77,27 @@ impl Secret {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn mac(&self, sender: Role, sender_nonce: &Nonce, receiver_nonce: &Nonce) -> Hmac<Sha256> {
+    /// The secret's bytes, for the key schedule.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self, sender: Role, transcript: &Transcript) -> Hmac<Sha256> {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         m.update(LABEL);
         m.update(&[sender as u8]);
-        m.update(sender_nonce);
-        m.update(receiver_nonce);
+        m.update(&transcript.0);
         m
     }
 
-    /// Our proof, as `sender`, over our nonce and the peer's.
-    pub fn proof(&self, sender: Role, own: &Nonce, peer: &Nonce) -> [u8; PROOF_LEN] {
-        self.mac(sender, own, peer).finalize().into_bytes().into()
+    /// Our proof, as `sender`, over the handshake's transcript.
+    pub fn proof(&self, sender: Role, transcript: &Transcript) -> [u8; PROOF_LEN] {
+        self.mac(sender, transcript).finalize().into_bytes().into()
     }
 
     /// Checks (in constant time) a proof the peer in role `sender` sent.
-    pub fn verify(&self, sender: Role, peer_nonce: &Nonce, own_nonce: &Nonce, proof: &[u8]) -> bool {
-        self.mac(sender, peer_nonce, own_nonce).verify_slice(proof).is_ok()
+    pub fn verify(&self, sender: Role, transcript: &Transcript, proof: &[u8]) -> bool {
+        self.mac(sender, transcript).verify_slice(proof).is_ok()
     }
 }
 
@@ -106,15 +113,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_verify_only_with_the_same_secret_role_and_nonces() {
+    fn proofs_verify_only_with_the_same_secret_role_and_transcript() {
         let s = Secret::generate().unwrap();
         let (a, b) = (nonce().unwrap(), nonce().unwrap());
-        let p = s.proof(Role::Host, &a, &b);
-        assert!(s.verify(Role::Host, &a, &b, &p));
-        assert!(!s.verify(Role::Agent, &a, &b, &p), "a proof cannot be reflected to the other role");
-        assert!(!s.verify(Role::Host, &b, &a, &p), "nonces are bound in order");
-        assert!(!Secret::generate().unwrap().verify(Role::Host, &a, &b, &p), "another secret fails");
-        assert!(!s.verify(Role::Host, &a, &b, &p[..31]), "a truncated proof fails");
+        let (h, g) = (crate::Hello::ours(Role::Host).encode(), crate::Hello::ours(Role::Agent).encode());
+        let t = Transcript::new(&h, &g, &a, &b);
+        let p = s.proof(Role::Host, &t);
+        assert!(s.verify(Role::Host, &t, &p));
+        assert!(!s.verify(Role::Agent, &t, &p), "a proof cannot be reflected to the other role");
+        assert!(!s.verify(Role::Host, &Transcript::new(&h, &g, &b, &a), &p), "nonces are bound in order");
+        assert!(!Secret::generate().unwrap().verify(Role::Host, &t, &p), "another secret fails");
+        assert!(!s.verify(Role::Host, &t, &p[..31]), "a truncated proof fails");
     }
 
     #[test]

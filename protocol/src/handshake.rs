@@ -11,11 +11,15 @@
 /// Magic bytes that open every ferry session.
 pub const MAGIC: [u8; 6] = *b"FERRY\0";
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 derives the session's
+/// keys from the handshake ([`crate::keys`]), proves data connections with
+/// single-use MACs instead of a bearer token ([`crate::data_conn`]) and
+/// seals sessions over network transports ([`crate::seal`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest peer version this build can talk to.
-pub const MIN_COMPATIBLE_VERSION: u16 = 1;
+/// The oldest peer version this build can talk to: version 1 sent a
+/// replayable data token, so it is refused (with both versions named).
+pub const MIN_COMPATIBLE_VERSION: u16 = 2;
 
 /// Encoded size of a [`Hello`].
 pub const HELLO_LEN: usize = 6 + 2 + 2 + 8 + 1;
@@ -33,6 +37,11 @@ pub mod features {
     /// session ([`crate::ControlMessage::DataConnEnd`]), and data hellos carry
     /// a connection id for it (see [`crate::data_conn`]).
     pub const DATA_END: u64 = 1 << 2;
+    /// The sender's transport is not private to the two peers (TCP): every
+    /// session byte after the handshake travels in sealed records
+    /// ([`crate::seal`]). Set per session, not part of [`SUPPORTED`]; the
+    /// session is sealed if either side sets it (and both authenticate).
+    pub const SEALED: u64 = 1 << 3;
     /// Everything this build supports unconditionally.
     pub const SUPPORTED: u64 = KEEPALIVE | DATA_END;
 }
@@ -136,7 +145,10 @@ impl Hello {
                 their_min: peer.min_version,
             });
         }
-        Ok(Negotiated { version, features: self.features & peer.features })
+        // Sealing is wanted by a side whose own transport is exposed: one
+        // side asking is enough.
+        let sealed = (self.features | peer.features) & features::SEALED;
+        Ok(Negotiated { version, features: (self.features & peer.features) | sealed })
     }
 }
 
@@ -166,7 +178,25 @@ mod tests {
         let agent = Hello { version: 9, min_version: 5, features: 0, role: Role::Agent };
         let err = host.negotiate(&agent).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("v1") && msg.contains("v9"), "{msg}");
+        assert!(msg.contains("v2") && msg.contains("v9"), "{msg}");
+    }
+
+    #[test]
+    fn a_version_1_peer_is_refused_naming_both_versions() {
+        let host = Hello::ours(Role::Host);
+        let old = Hello { version: 1, min_version: 1, features: features::SUPPORTED, role: Role::Agent };
+        let msg = host.negotiate(&old).unwrap_err().to_string();
+        assert!(msg.contains("we speak v2") && msg.contains("peer speaks v1") && msg.contains("upgrade"), "{msg}");
+    }
+
+    #[test]
+    fn sealing_is_asked_by_either_side() {
+        let mut host = Hello::ours(Role::Host);
+        let agent = Hello::ours(Role::Agent);
+        assert_eq!(host.negotiate(&agent).unwrap().features & features::SEALED, 0);
+        host.features |= features::SEALED;
+        assert_ne!(host.negotiate(&agent).unwrap().features & features::SEALED, 0);
+        assert_ne!(agent.negotiate(&host).unwrap().features & features::SEALED, 0);
     }
 
     #[test]

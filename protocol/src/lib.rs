@@ -6,7 +6,9 @@
 //! never touches a socket or a clock. The tokio driver lives in `ferry-mux`.
 //!
 //! A session is: both peers send a fixed-size [`handshake::Hello`], check each
-//! other's version, then exchange [`frame::Frame`]s until one side closes.
+//! other's version, exchange nonces and prove the secret ([`auth`]), derive
+//! the session's keys ([`keys`]), then exchange [`frame::Frame`]s (inside
+//! [`seal`]ed records on a network transport) until one side closes.
 
 pub mod auth;
 pub mod codec;
@@ -16,7 +18,9 @@ pub mod flow;
 pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
+pub mod keys;
 pub mod message;
+pub mod seal;
 pub mod stream_id;
 
 pub use codec::{DecodeError, FrameDecoder};

@@ -109,9 +109,10 @@ pub enum ControlMessage {
         /// Listeners that went away.
         removed: Vec<Listener>,
     },
-    /// The agent accepts dedicated data connections that present this token
-    /// (see [`crate::data_conn`]); sent once, right after the session starts.
-    DataToken([u8; crate::data_conn::TOKEN_LEN]),
+    /// Agent -> host: the agent accepts dedicated data connections proven
+    /// with this session's keys (see [`crate::data_conn`]); sent once, right
+    /// after the session starts. (Version 1 sent a bearer token here.)
+    DataConnsAccepted,
     /// Host -> agent: UDP ports the host's rules name explicitly, to be
     /// reported even inside the ephemeral range or the agent's ignore list.
     UdpPortsWanted(Vec<PortRange>),

@@ -6,9 +6,11 @@
 //! it by pid and deletes it on drop. The tests need root (network namespaces).
 
 pub mod data;
+pub mod forge;
 pub mod guest;
 pub mod net;
 pub mod procs;
+pub mod relay;
 pub mod ssh;
 
 pub use guest::Guest;

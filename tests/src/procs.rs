@@ -173,6 +173,21 @@ impl Bridge {
         b
     }
 
+    /// Like [`Bridge::start_over_tcp`], but `ferry` dials whatever
+    /// `via(agent address)` returns (e.g. a relay in between) and `extra`
+    /// arguments go to the forwarder.
+    pub fn start_over_tcp_via(via: impl FnOnce(&str) -> String, extra: &[&str]) -> Self {
+        let guest = Guest::new();
+        let (_, guest_ip) = guest.link_to_host("ftcp0");
+        let listen = format!("tcp:{guest_ip}:{}", crate::free_port());
+        let dial = format!("tcp:{}", via(&listen["tcp:".len()..]));
+        let mut fwd = vec!["--retry-busy-ms", "200", "-v"];
+        fwd.extend(extra);
+        let b = Self::start_dialling(guest, &listen, &dial, &[], &["-v"], &fwd);
+        b.wait_log(1, "connected to agent");
+        b
+    }
+
     /// Starts agent and forwarder with extra arguments each.
     pub fn start_with(agent_args: &[&str], forwarder_args: &[&str]) -> Self {
         Self::start_in(Guest::new(), agent_args, forwarder_args, &[])
@@ -205,6 +220,30 @@ impl Bridge {
         forwarder_args: &[&str],
         forwarder_wrapper: &[&str],
     ) -> Self {
+        Self::start_general(guest, listen, None, env, agent_args, forwarder_args, forwarder_wrapper)
+    }
+
+    fn start_dialling(
+        guest: Guest,
+        listen: &str,
+        dial: &str,
+        env: &[(&str, &str)],
+        agent_args: &[&str],
+        forwarder_args: &[&str],
+    ) -> Self {
+        Self::start_general(guest, Some(listen), Some(dial), env, agent_args, forwarder_args, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_general(
+        guest: Guest,
+        listen: Option<&str>,
+        dial: Option<&str>,
+        env: &[(&str, &str)],
+        agent_args: &[&str],
+        forwarder_args: &[&str],
+        forwarder_wrapper: &[&str],
+    ) -> Self {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = make_secret(dir.path());
@@ -225,7 +264,7 @@ impl Bridge {
             }
             None => Command::new(&ferry),
         };
-        fwd.args(["run", "--agent", &listen]);
+        fwd.args(["run", "--agent", dial.unwrap_or(&listen)]);
         fwd.arg("--secret-file").arg(&secret).args(forwarder_args);
         fwd.env("FERRY_STATE_DIR", dir.path().join("state")).envs(env.iter().cloned());
         let forwarder = Proc::spawn(fwd, dir.path().join("ferry.log"));

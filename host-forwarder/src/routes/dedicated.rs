@@ -1,15 +1,11 @@
 //! Forwarding a client over a dedicated data connection of its own: one
-//! transport connection per client, bytes moved with splice(2).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! transport connection per client, proven with the session's keys (see
+//! `ferry_protocol::data_conn`), bytes moved with splice(2).
 
 use ferry_mux::{Address, LocalConn, RawConn, Session, Traffic};
 
 use crate::status::board::{Route, RouteCounts};
-use ferry_protocol::{
-    data_conn::{DataHello, TOKEN_LEN},
-    Target,
-};
+use ferry_protocol::Target;
 
 /// How long dialling a data connection may take (a TCP connect to a guest
 /// that stopped answering, a hybrid-vsock CONNECT without its OK) before
@@ -19,29 +15,18 @@ const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How to open data connections to the agent of one session.
 pub struct DataPath {
     addr: Address,
-    token: [u8; TOKEN_LEN],
-    /// The version the session negotiated, which its data connections speak.
-    version: u16,
-    /// The session, which confirms how each data connection ends.
+    /// The session, whose keys prove each data connection and which
+    /// confirms how each ends.
     session: Session,
-    /// The id of the next data connection.
-    next_conn: AtomicU64,
 }
 
 impl DataPath {
     /// A data path, if `addr` can be dialled again and carries half-close
     /// (or `trust_hvsock` says the hybrid-vsock backend does: see
     /// [`RawConn::keeps_half_close`]).
-    pub fn new(addr: &Address, token: [u8; TOKEN_LEN], session: &Session, trust_hvsock: bool) -> Option<Self> {
+    pub fn new(addr: &Address, session: &Session, trust_hvsock: bool) -> Option<Self> {
         let usable = RawConn::dialable(addr) && (trust_hvsock || RawConn::keeps_half_close(addr));
-        let version = session.negotiated().version;
-        usable.then(|| Self {
-            addr: addr.clone(),
-            token,
-            version,
-            session: session.clone(),
-            next_conn: AtomicU64::new(1),
-        })
+        usable.then(|| Self { addr: addr.clone(), session: session.clone() })
     }
 
     /// Forwards `local` to `target`. Gives the connection back if no data
@@ -64,25 +49,24 @@ impl DataPath {
                 return Err(local);
             }
         };
-        // With DATA_END the session confirms each side's clean end (see
-        // `ferry_mux::data_end`); the ticket is held before the hello goes
-        // out, so that no word from the agent can come before it.
-        let ticket = self.session.data_end_ticket(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let conn_id = ticket.as_ref().map(|t| t.id());
-        let hello = DataHello { version: self.version, token: self.token, target: target.clone(), conn: conn_id };
-        if conn.write_all(&hello.encode()).await.is_err() {
+        // The claim's ticket confirms each side's clean end (see
+        // `ferry_mux::data_end`); it is held before the hello goes out, so
+        // that no word from the agent can come before it.
+        let Some(claim) = self.session.claim_data_conn() else {
+            tracing::debug!("no data connection (the session cannot prove one); multiplexing instead");
+            return Err(local);
+        };
+        if conn.write_all(&claim.hello(target)).await.is_err() {
             // Nothing has been read from the client yet: it can still go through the session.
             tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
-            if let Some(ticket) = ticket {
-                ticket.cancel();
-            }
+            claim.ticket.cancel();
             return Err(local);
         }
         counts.count(Route::Dedicated);
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        if let Some(e) = local.relay(&conn, traffic, true, ticket.as_ref()).await {
+        if let Some(e) = local.relay(&conn, traffic, true, Some(&claim.ticket)).await {
             tracing::debug!("connection to guest {target:?} ended: {e}");
         }
         Ok(())

@@ -1,0 +1,98 @@
+//! A TCP relay between `ferry` and the agent that records what the host
+//! sends on every connection, and can flip one byte on the way: what an
+//! attacker on the VM's network sees and can do.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc, Mutex,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// The relay; its task ends with the test's runtime.
+#[derive(Clone)]
+pub struct Relay {
+    /// Where `ferry` should dial (`127.0.0.1:PORT`).
+    pub addr: String,
+    /// Host -> agent bytes of each connection, in accept order.
+    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    /// When set, the next host -> agent chunk of a connection already past
+    /// its first 256 bytes gets one byte flipped; then it clears.
+    flip_next: Arc<AtomicBool>,
+    /// Bytes flipped so far.
+    pub flipped: Arc<AtomicUsize>,
+}
+
+impl Relay {
+    /// Starts relaying connections on a loopback port to `target`.
+    pub async fn start(target: String) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let relay = Self {
+            addr: l.local_addr().unwrap().to_string(),
+            recorded: Default::default(),
+            flip_next: Default::default(),
+            flipped: Default::default(),
+        };
+        let r = relay.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else { continue };
+                let log = Arc::new(Mutex::new(Vec::new()));
+                r.recorded.lock().unwrap().push(log.clone());
+                tokio::spawn(pipe(client, server, log, r.flip_next.clone(), r.flipped.clone()));
+            }
+        });
+        relay
+    }
+
+    /// What the host sent on each connection so far.
+    pub fn recorded(&self) -> Vec<Vec<u8>> {
+        self.recorded.lock().unwrap().iter().map(|c| c.lock().unwrap().clone()).collect()
+    }
+
+    /// Flips one byte of the next host -> agent chunk past the handshake.
+    pub fn flip_next_byte(&self) {
+        self.flip_next.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+    flip: Arc<AtomicBool>,
+    flipped: Arc<AtomicUsize>,
+) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            log.lock().unwrap().extend_from_slice(&buf[..n]);
+            if total >= 256 && flip.swap(false, Ordering::SeqCst) {
+                buf[n / 2] ^= 0x01;
+                flipped.fetch_add(1, Ordering::SeqCst);
+            }
+            total += n;
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
