@@ -72,9 +72,8 @@ async fn replaying_recorded_connections_opens_nothing_in_the_guest() {
     let bridge = Bridge::start_over_tcp_via(
         |agent| {
             agent_addr.set(agent.to_string()).unwrap();
-            let r = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(Relay::start(agent.into()))
-            });
+            let r =
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Relay::start(agent.into())));
             let addr = r.addr.clone();
             relay.set(r).ok();
             addr
@@ -129,9 +128,8 @@ async fn a_flipped_byte_in_the_session_closes_it() {
     // Everything on the session, so that the flipped byte lands in its frames.
     let bridge = Bridge::start_over_tcp_via(
         |agent| {
-            let r = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(Relay::start(agent.into()))
-            });
+            let r =
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Relay::start(agent.into())));
             let addr = r.addr.clone();
             relay.set(r).ok();
             addr
@@ -236,7 +234,8 @@ async fn a_version_1_peer_is_refused_with_both_versions_named() {
     // A version 1 host: its hello, as v1 sent it.
     let old = ferry_protocol::Hello { version: 1, min_version: 1, features: 0b111, role: ferry_protocol::Role::Host };
     let answer = send_raw(&agent, &old.encode()).await;
-    let theirs = ferry_protocol::Hello::decode(answer[..ferry_protocol::handshake::HELLO_LEN].try_into().unwrap()).unwrap();
+    let theirs =
+        ferry_protocol::Hello::decode(answer[..ferry_protocol::handshake::HELLO_LEN].try_into().unwrap()).unwrap();
     assert_eq!(theirs.version, 2, "the agent says which version it speaks");
     wait_for(GUARD, "the agent's refusal", || {
         let log = bridge.agent.log_text();
@@ -248,7 +247,8 @@ async fn a_version_1_peer_is_refused_with_both_versions_named() {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        let v1 = ferry_protocol::Hello { version: 1, min_version: 1, features: 0b111, role: ferry_protocol::Role::Agent };
+        let v1 =
+            ferry_protocol::Hello { version: 1, min_version: 1, features: 0b111, role: ferry_protocol::Role::Agent };
         s.write_all(&v1.encode()).await.unwrap();
         let _ = s.read_to_end(&mut Vec::new()).await;
     });

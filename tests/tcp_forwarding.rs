@@ -345,7 +345,11 @@ async fn garbage_on_the_agent_socket_is_rejected_and_the_agent_survives(mut brid
     assert_eq!(echo_round(s, b"still fine".to_vec(), 3).await, b"still fine");
     // The first refusal is logged with its reason; the rest are counted
     // into a summary line (a flood must not fill the guest's /run).
-    assert!(bridge.agent.log_text().contains("refused a session: handshake"), "agent logs why: {}", bridge.agent.log_text());
+    assert!(
+        bridge.agent.log_text().contains("refused a session: handshake"),
+        "agent logs why: {}",
+        bridge.agent.log_text()
+    );
 }
 
 /// Starts a forwarder against `bridge`'s agent with other arguments and

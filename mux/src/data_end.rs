@@ -203,6 +203,32 @@ mod tests {
         assert_eq!(book.len(), 0);
     }
 
+    /// The far side's clean end is recorded, then the session closes (the
+    /// far side finished and went away): both are ready when the waiter
+    /// looks, and the word must win every time.
+    #[tokio::test]
+    async fn a_recorded_clean_end_wins_over_the_sessions_close() {
+        use ferry_protocol::{connection::Connection, Role};
+        for _ in 0..400 {
+            let conn = Connection::new(Role::Host, Default::default(), std::time::Instant::now());
+            let shared = Arc::new(Shared::new(conn));
+            let ticket = EndTicket::new(shared.clone(), 1).unwrap();
+            shared.with(|c| c.ends.record(1, Some(10)));
+            shared.terminate("the far side is done");
+            assert!(ticket.far_end(10).await, "a confirmed clean end reported as an abort");
+            assert!(!ticket.far_end(11).await, "a different count is still an abort");
+        }
+    }
+
+    #[test]
+    fn an_abort_spends_the_id_and_a_clean_word_does_not() {
+        let mut book = EndBook::default();
+        book.record(3, Some(5));
+        assert_eq!(book.admit(3), Ok(()), "a clean word may overtake its own hello");
+        book.record(4, None);
+        assert!(book.admit(4).is_err(), "an aborted connection's id is spent");
+    }
+
     #[test]
     fn words_nobody_holds_are_bounded() {
         let mut book = EndBook::default();

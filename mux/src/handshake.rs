@@ -102,9 +102,7 @@ pub(crate) async fn run(t: &mut Transport, role: Role, secret: Option<&Secret>) 
             if !secret.verify(peer_role, &transcript, &proof) {
                 let _ = t.writer.write_all(&[AUTH_REJECTED]).await;
                 let _ = t.writer.flush().await;
-                return Err(auth_err(
-                    "the host could not prove it holds the secret (wrong or missing secret file)",
-                ));
+                return Err(auth_err("the host could not prove it holds the secret (wrong or missing secret file)"));
             }
             t.writer.write_all(&[AUTH_ACCEPTED]).await.map_err(io_err)?;
             t.writer.write_all(&secret.proof(role, &transcript)).await.map_err(io_err)?;

@@ -47,8 +47,8 @@ mod sockopt;
 mod writer;
 
 pub use address::Address;
-pub use local::LocalConn;
 pub use data_auth::{DataClaim, DataRefusal};
+pub use local::LocalConn;
 pub use session::{IncomingOpen, OpenError, Session, SessionConfig, SessionEvent};
 pub use stream::{MuxStream, StreamError, StreamReader, StreamWriter};
 pub use traffic::Traffic;

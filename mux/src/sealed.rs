@@ -58,7 +58,7 @@ impl AsyncRead for SealedReader {
             if this.raw.capacity() - this.raw.len() < READ_CHUNK / 4 {
                 this.raw.reserve(READ_CHUNK);
             }
-            let n = ready!(tokio_util_poll_read_buf(this.inner.as_mut(), cx, &mut this.raw))?;
+            let n = ready!(read_into_spare(this.inner.as_mut(), cx, &mut this.raw))?;
             if n == 0 {
                 if this.raw.is_empty() {
                     return Poll::Ready(Ok(()));
@@ -73,7 +73,7 @@ impl AsyncRead for SealedReader {
 }
 
 /// Reads into the spare capacity of `buf` (what `tokio_util::io::poll_read_buf` does).
-fn tokio_util_poll_read_buf(
+fn read_into_spare(
     r: Pin<&mut (dyn AsyncRead + Send)>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
@@ -175,7 +175,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn key() -> Key {
-        let t = Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
+        let t =
+            Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
         SessionKeys::derive(Some(&Secret::generate().unwrap()), &t).host_to_agent
     }
 
@@ -192,7 +193,7 @@ mod tests {
         let writer = tokio::spawn(async move {
             w.write_all_buf(&mut &send[..]).await.unwrap();
             let slices = [IoSlice::new(b"ab"), IoSlice::new(b"cd")];
-            w.write_vectored(&slices).await.unwrap();
+            assert_eq!(w.write_vectored(&slices).await.unwrap(), 4, "slices gather into one record");
             w.shutdown().await.unwrap();
         });
         let mut got = Vec::new();

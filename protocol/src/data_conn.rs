@@ -294,7 +294,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn keys() -> SessionKeys {
-        let t = Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
+        let t =
+            Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
         SessionKeys::derive(Some(&Secret::generate().unwrap()), &t)
     }
 

@@ -141,12 +141,8 @@ mod tests {
     use crate::{auth::Secret, keys::SessionKeys, keys::Transcript, Hello, Role};
 
     fn key() -> Key {
-        let t = Transcript::new(
-            &Hello::ours(Role::Host).encode(),
-            &Hello::ours(Role::Agent).encode(),
-            &[1; 32],
-            &[2; 32],
-        );
+        let t =
+            Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
         SessionKeys::derive(Some(&Secret::generate().unwrap()), &t).host_to_agent
     }
 
@@ -218,7 +214,8 @@ mod tests {
 
     #[test]
     fn the_directions_do_not_open_each_other() {
-        let t = Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
+        let t =
+            Transcript::new(&Hello::ours(Role::Host).encode(), &Hello::ours(Role::Agent).encode(), &[1; 32], &[2; 32]);
         let k = SessionKeys::derive(Some(&Secret::generate().unwrap()), &t);
         let mut out = BytesMut::new();
         Sealer::new(&k.host_to_agent).seal(b"x", &mut out).unwrap();

@@ -12,13 +12,16 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// What the host sent on one connection.
+type Recording = Arc<Mutex<Vec<u8>>>;
+
 /// The relay; its task ends with the test's runtime.
 #[derive(Clone)]
 pub struct Relay {
     /// Where `ferry` should dial (`127.0.0.1:PORT`).
     pub addr: String,
     /// Host -> agent bytes of each connection, in accept order.
-    recorded: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    recorded: Arc<Mutex<Vec<Recording>>>,
     /// When set, the next host -> agent chunk of a connection already past
     /// its first 256 bytes gets one byte flipped; then it clears.
     flip_next: Arc<AtomicBool>,
@@ -59,13 +62,7 @@ impl Relay {
     }
 }
 
-async fn pipe(
-    client: TcpStream,
-    server: TcpStream,
-    log: Arc<Mutex<Vec<u8>>>,
-    flip: Arc<AtomicBool>,
-    flipped: Arc<AtomicUsize>,
-) {
+async fn pipe(client: TcpStream, server: TcpStream, log: Recording, flip: Arc<AtomicBool>, flipped: Arc<AtomicUsize>) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
