@@ -81,7 +81,15 @@ fn main() {
     // A third: both sides on the portable data paths a macOS host runs
     // (copy relay instead of splice, one datagram per call).
     let bridge_portable = Bridge::start_env(Guest::new(), &[("FERRY_PORTABLE", "1")], &[], &[], &[]);
+    // Two more over TCP (a veth link, as Lima's vzNAT network): the session
+    // sealed, connections on dedicated data connections (the default), and
+    // every stream inside the sealed session (`--no-dedicated`).
+    let bridge_tcp = Bridge::start_over_tcp_with(&["--restart-grace-ms", "0"]);
+    let bridge_tcp_mux = Bridge::start_over_tcp_with(&["--no-dedicated"]);
     let servers = Arc::new(GuestServers::start(&bridge.guest.name, [free_port(), free_port(), free_port()]));
+    let servers_tcp = Arc::new(GuestServers::start(&bridge_tcp.guest.name, [free_port(), free_port(), free_port()]));
+    let servers_tcp_mux =
+        Arc::new(GuestServers::start(&bridge_tcp_mux.guest.name, [free_port(), free_port(), free_port()]));
     let servers_mux = Arc::new(GuestServers::start(&bridge_mux.guest.name, [free_port(), free_port(), free_port()]));
     let servers_portable =
         Arc::new(GuestServers::start(&bridge_portable.guest.name, [free_port(), free_port(), free_port()]));
@@ -93,6 +101,8 @@ fn main() {
         paths::ferry("ferry", &bridge, &servers),
         paths::ferry("ferry (mux)", &bridge_mux, &servers_mux),
         paths::ferry("ferry (portable)", &bridge_portable, &servers_portable),
+        paths::ferry("ferry (tcp)", &bridge_tcp, &servers_tcp),
+        paths::ferry("ferry (tcp, sealed mux)", &bridge_tcp_mux, &servers_tcp_mux),
     ];
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),

@@ -173,6 +173,15 @@ impl Bridge {
         b
     }
 
+    /// Like [`Bridge::start_over_tcp`], without debug logs and with
+    /// `forwarder_args` (for the bench): the session sealed on TCP.
+    pub fn start_over_tcp_with(forwarder_args: &[&str]) -> Self {
+        let guest = Guest::new();
+        let (_, guest_ip) = guest.link_to_host("ftcp0");
+        let listen = format!("tcp:{guest_ip}:{}", crate::free_port());
+        Self::start_full(guest, Some(&listen), &[], &[], forwarder_args, &[])
+    }
+
     /// Like [`Bridge::start_over_tcp`], but `ferry` dials whatever
     /// `via(agent address)` returns (e.g. a relay in between) and `extra`
     /// arguments go to the forwarder.
