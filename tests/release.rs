@@ -71,7 +71,9 @@ fn the_release_has_ferry_the_lima_plugin_link_and_a_tarball() {
 fn the_release_carries_man_pages_for_every_subcommand() {
     let dir = release_dir();
     let man1 = dir.join("share/man/man1");
-    for page in ["ferry", "ferry-run", "ferry-secret", "ferry-status", "ferry-lima-start", "ferry-completions", "ferry-man"] {
+    for page in
+        ["ferry", "ferry-run", "ferry-secret", "ferry-status", "ferry-lima-start", "ferry-completions", "ferry-man"]
+    {
         let path = man1.join(format!("{page}.1"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // A roff page with a title, a name and a synopsis.

@@ -370,7 +370,7 @@ pub struct RunArgs {
     /// Publish loopback ports on the wildcard address and refuse every peer
     /// that is not local (the path macOS takes for privileged ports);
     /// for testing that path on Linux.
-    #[arg(long, hide = true)]
+    #[arg(long, hide_short_help = true)]
     pub pseudoloopback: bool,
 
     /// DEVELOPMENT ONLY: connect without authentication (the agent must be
