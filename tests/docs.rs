@@ -2,7 +2,8 @@
 //! resolves (the file, and the heading an `#anchor` names), and every
 //! `ferry ...`, `ferry-agent ...` and `limactl ferry ...` command the docs
 //! show, with its subcommands and flags, exists in the `--help` of the built
-//! binaries (run here, and parsed).
+//! binaries (run here, and parsed); and every command's help has a summary,
+//! a description and an example.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -215,7 +216,8 @@ fn help_tree(program: &Path) -> BTreeMap<Vec<String>, Help> {
 struct Clis {
     /// `ferry`, `ferry-agent`, `limactl ferry`: each with its help tree.
     by_prefix: Vec<(&'static str, BTreeMap<Vec<String>, Help>)>,
-    _plugin_dir: tempfile::TempDir,
+    /// Holds the `limactl-ferry` link to the built ferry.
+    plugin_dir: tempfile::TempDir,
 }
 
 impl Clis {
@@ -230,7 +232,7 @@ impl Clis {
             ("ferry-agent", help_tree(&bin.join("ferry-agent"))),
             ("limactl ferry", help_tree(&plugin)),
         ];
-        let clis = Clis { by_prefix, _plugin_dir: plugin_dir };
+        let clis = Clis { by_prefix, plugin_dir };
         // The parser finds what the binaries have: a check that it is not blind.
         let ferry = &clis.by_prefix[0].1;
         assert!(ferry[&vec![]].subcommands.contains("run"), "ferry --help parsed as {:?}", ferry[&vec![]]);
@@ -369,4 +371,40 @@ fn heading_anchors_follow_githubs_rule() {
     assert_eq!(slug("Protocol (version 1)"), "protocol-version-1");
     assert_eq!(slug("DATA_END"), "data_end");
     assert_eq!(slug("Transport: the fastest the instance allows"), "transport-the-fastest-the-instance-allows");
+}
+
+#[test]
+fn every_command_explains_itself_with_a_summary_a_description_and_an_example() {
+    let clis = Clis::load();
+    let bin = ferry_tests::bin_dir();
+    let plugin = clis.plugin_dir.path().join("limactl-ferry");
+    let mut missing = Vec::new();
+    for (prefix, tree) in &clis.by_prefix {
+        let program = match *prefix {
+            "ferry" => bin.join("ferry"),
+            "ferry-agent" => bin.join("ferry-agent"),
+            _ => plugin.clone(),
+        };
+        for path in tree.keys() {
+            let name = format!("{prefix} {}", path.join(" "));
+            let help = |flag: &str| {
+                let out = Command::new(&program).args(path).arg(flag).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            let (short, long) = (help("-h"), help("--help"));
+            // Before "Usage:": the summary, then (long help only) the description.
+            let intro = |text: &str| text.split("\nUsage:").next().unwrap_or("").trim().to_string();
+            let paragraphs = intro(&long).split("\n\n").filter(|p| !p.trim().is_empty()).count();
+            if intro(&short).lines().count() != 1 {
+                missing.push(format!("{name}: -h has no one-line summary"));
+            }
+            if paragraphs < 2 {
+                missing.push(format!("{name}: --help has no description beyond the summary"));
+            }
+            if !long.contains("\nExamples:\n") {
+                missing.push(format!("{name}: --help shows no example"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "commands that do not explain themselves:\n{}", missing.join("\n"));
 }
