@@ -25,6 +25,9 @@ command -v bindfs >/dev/null || need+=(bindfs)            # file-event tests: a 
 command -v inotifywait >/dev/null || need+=(inotify-tools) # file-event tests: a real watcher
 [ -x /usr/bin/node ] || need+=(nodejs)                    # file-event tests: Node's fs.watch
 command -v file >/dev/null || need+=(file)                # release test: what the agent binaries are
+command -v man >/dev/null || need+=(man-db)               # release test: the man pages format
+command -v zsh >/dev/null || need+=(zsh)                  # release test: the zsh completion loads
+command -v fish >/dev/null || need+=(fish)                # release test: the fish completion parses
 apt_install "${need[@]}"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "install-test-deps: ready"

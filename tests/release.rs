@@ -56,7 +56,76 @@ fn the_release_has_ferry_the_lima_plugin_link_and_a_tarball() {
         "bin/limactl-ferry",
         "share/ferry/ferry-agent.Linux-x86_64",
         "share/ferry/ferry-agent.Linux-aarch64",
+        "share/man/man1/ferry.1",
+        "share/man/man1/ferry-run.1",
+        "share/man/man1/ferry-lima-start.1",
+        "share/bash-completion/completions/ferry",
+        "share/zsh/site-functions/_ferry",
+        "share/fish/vendor_completions.d/ferry.fish",
     ] {
         assert!(list.lines().any(|l| l.ends_with(f)), "{f} missing from {}: {list}", tarball.display());
+    }
+}
+
+#[test]
+fn the_release_carries_man_pages_for_every_subcommand() {
+    let dir = release_dir();
+    let man1 = dir.join("share/man/man1");
+    for page in
+        ["ferry", "ferry-run", "ferry-secret", "ferry-status", "ferry-lima-start", "ferry-completions", "ferry-man"]
+    {
+        let path = man1.join(format!("{page}.1"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // A roff page with a title, a name and a synopsis.
+        assert!(text.contains(".TH "), "{} has no .TH title: {text}", path.display());
+        assert!(text.contains(".SH NAME") && text.contains(".SH SYNOPSIS"), "{}: {text}", path.display());
+    }
+    // ferry(1) names its subcommands' pages, and run's page its options.
+    let ferry1 = std::fs::read_to_string(man1.join("ferry.1")).unwrap();
+    assert!(ferry1.contains("ferry\\-run(1)"), "ferry.1 does not point to ferry-run(1): {ferry1}");
+    let run1 = std::fs::read_to_string(man1.join("ferry-run.1")).unwrap();
+    assert!(run1.contains("\\-\\-agent"), "ferry-run.1 does not document --agent: {run1}");
+    // `man` formats the page (man-db, from scripts/install-test-deps.sh).
+    let out = std::process::Command::new("man").arg("-l").arg(man1.join("ferry-run.1")).env("MANPAGER", "cat").output();
+    let out = out.expect("man (man-db) is missing: run scripts/install-test-deps.sh");
+    assert!(out.status.success(), "man -l ferry-run.1 failed: {}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("SYNOPSIS") && shown.contains("--agent"), "man -l ferry-run.1 printed: {shown}");
+}
+
+#[test]
+fn the_release_carries_completions_each_shell_accepts() {
+    let dir = release_dir();
+    let scripts = [
+        ("bash", "share/bash-completion/completions/ferry"),
+        ("zsh", "share/zsh/site-functions/_ferry"),
+        ("fish", "share/fish/vendor_completions.d/ferry.fish"),
+    ];
+    for (shell, rel) in scripts {
+        let path = dir.join(rel);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Each script knows the subcommands and the flags of `ferry run`.
+        for word in ["run", "status", "secret", "lima", "completions", "--agent", "--rules"] {
+            assert!(text.contains(word), "{shell} completion {} lacks {word}", path.display());
+        }
+    }
+    // Each shell loads its script (zsh and fish from scripts/install-test-deps.sh):
+    // bash registers the completion, zsh and fish parse it.
+    let path = |i: usize| dir.join(scripts[i].1).display().to_string();
+    let checks = [
+        ("bash", vec!["-c".to_string(), format!("source {} && complete -p ferry", path(0))]),
+        ("zsh", vec!["-n".to_string(), path(1)]),
+        ("fish", vec!["--no-execute".to_string(), path(2)]),
+    ];
+    for (shell, args) in checks {
+        let out = std::process::Command::new(shell)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| panic!("{shell}: {e} (run scripts/install-test-deps.sh)"));
+        assert!(
+            out.status.success(),
+            "{shell} rejects its completion script: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

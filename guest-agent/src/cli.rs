@@ -7,8 +7,14 @@ use ferry_mux::Address;
 
 /// ferry's guest agent: reports listening ports to the host forwarder and
 /// opens the connections it asks for inside the guest.
+///
+/// Runs inside the Linux guest. It listens on one or more transport addresses
+/// (or serves one session on stdin/stdout with --stdio), checks that the host
+/// holds the instance secret, then pushes the guest's listening TCP and UDP
+/// ports to the host as they appear and vanish, connects the streams the host
+/// opens, serves reverse listeners and replays the host's file events.
 #[derive(Debug, Parser)]
-#[command(name = "ferry-agent", version)]
+#[command(name = "ferry-agent", version, after_help = EXAMPLES)]
 pub struct Args {
     /// Transport address to accept the host on (repeatable):
     /// vsock:CID:PORT, unix:PATH or tcp:HOST:PORT.
@@ -71,6 +77,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  ferry-agent --secret-file /etc/ferry/secret                 # listens on vsock:any:1024
+  ferry-agent --secret-file /etc/ferry/secret --listen unix:/run/ferry.sock --listen tcp:127.0.0.1:7070
+  ferry-agent --secret-file /etc/ferry/secret --stdio         # one session, for exec: transports
+  ferry-agent --port-events off --scan-interval-ms 100 --kubernetes off";
 
 /// Whether tracepoints wake the port scanner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

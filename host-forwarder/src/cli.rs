@@ -5,11 +5,15 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use ferry_mux::Address;
 
-/// ferry: makes the VM layer disappear. Publishes every port that listens in
-/// the guest on the host's localhost, over one multiplexed connection to
-/// `ferry-agent`.
+/// Makes the VM layer disappear: publishes the guest's ports on the host's localhost.
+///
+/// ferry is the host side of a bridge to a Linux VM (Lima, Colima, QEMU,
+/// Firecracker): guest ports and Unix sockets appear on the host, host
+/// services can be reached from the guest (--reverse), and host file events
+/// wake watchers in the guest (--watch). `ferry-agent` runs in the guest;
+/// both prove they hold the same instance secret (`ferry secret`).
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version)]
+#[command(name = "ferry", version, after_help = FERRY_EXAMPLES)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -28,23 +32,191 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Connect to the agent and forward its ports, in the foreground.
+    ///
+    /// Dials ferry-agent at --agent, proves the instance secret, and
+    /// publishes every port the guest listens on at the host's loopback,
+    /// following Lima's portForwards rules (--rules). Guest Unix sockets,
+    /// reverse forwards (--reverse) and file events (--watch) ride the same
+    /// session. Runs until interrupted; when the transport dies it closes
+    /// the host listeners and reconnects with backoff. `ferry status` asks
+    /// it what it forwards.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
-    /// Create the instance secret if there is none yet, and print its path
-    /// (give that file to the agent with --secret-file).
+    /// Create the instance secret if there is none yet, and print its path.
+    ///
+    /// The secret is 64 hex digits in a file of mode 0600 inside a 0700
+    /// directory; ferry and ferry-agent both prove they hold it before any
+    /// port is forwarded. Copy the file into the guest and give it to the
+    /// agent with --secret-file. An existing secret is left as it is.
+    #[command(after_help = SECRET_EXAMPLES)]
     Secret(SecretArgs),
     /// Show what a running `ferry run` forwards: a table, or JSON.
+    ///
+    /// Asks the control socket of a running `ferry run` for its state: the
+    /// agent and how it is reached, and per port or socket the guest and host
+    /// addresses, the state (forwarding, retrying with the reason, ignored),
+    /// active connections and bytes each way.
+    #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
     /// Lima integration (also installed as the `limactl-ferry` plugin).
+    ///
+    /// `ferry lima CMD` is the same as `limactl ferry CMD`: it installs the
+    /// agent in a Lima instance, switches Lima's own port forwarding off and
+    /// runs ferry in its place, and gives it back on stop.
+    #[command(
+        after_help = LIMA_EXAMPLES,
+        mut_subcommand("start", lima_start_help),
+        mut_subcommand("stop", lima_stop_help),
+        mut_subcommand("status", lima_status_help),
+        mut_subcommand("logs", lima_logs_help)
+    )]
     Lima {
         /// What to do.
         #[command(subcommand)]
         command: crate::lima::LimaCommand,
     },
+    /// Print a shell completion script for bash, zsh or fish.
+    ///
+    /// Writes the script on stdout, generated from ferry's own definitions,
+    /// so it always matches this binary. The release tarball carries the
+    /// three scripts under share/.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print ferry's man page (roff) on stdout.
+    ///
+    /// Prints ferry(1). With --dir, writes ferry(1) and one page per
+    /// subcommand (ferry-run(1), ferry-lima-start(1), ...) into that
+    /// directory instead. The release tarball carries them in share/man/man1.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
 }
 
-/// `limactl ferry ...`: the `ferry` binary called as `limactl-ferry`.
+/// Options of `ferry completions`.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// Options of `ferry man`.
+#[derive(Debug, clap::Args)]
+pub struct ManArgs {
+    /// Write every page (ferry.1 and one per subcommand) into this directory
+    /// instead of printing ferry.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+const FERRY_EXAMPLES: &str = "\
+Examples:
+  ferry secret                              # create the instance secret, print its path
+  ferry run --agent vsock:3:1024            # forward the ports of the agent at guest CID 3
+  ferry status                              # what the running forwarder forwards
+  limactl ferry start dev                   # ferry as the port forwarder of Lima instance dev
+
+Documentation: README.md and docs/ in the source tree.";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  ferry run --agent vsock:3:1024
+  ferry run --agent unix:/run/ferry/agent.sock --rules ~/.lima/dev/lima.yaml
+  ferry run --agent tcp:192.168.105.2:7072 --reverse 5432 --watch ~/src
+  ferry run --agent 'exec:ssh -F ~/.lima/dev/ssh.config lima-dev sudo ferry-agent --stdio --secret-file /etc/ferry/secret'";
+
+const SECRET_EXAMPLES: &str = "\
+Examples:
+  ferry secret                              # prints ~/.local/state/ferry/secret
+  ferry secret --file ~/vm/secret";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  ferry status
+  ferry status --json
+  ferry status --control-socket ~/.lima/dev/ferry/ferry.sock";
+
+const LIMA_EXAMPLES: &str = "\
+Examples:
+  ferry lima start dev                      # the same as: limactl ferry start dev
+  ferry lima status dev --json";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  ferry completions bash > ~/.local/share/bash-completion/completions/ferry
+  ferry completions zsh > ~/.zfunc/_ferry
+  ferry completions fish > ~/.config/fish/completions/ferry.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  ferry man | man -l -
+  ferry man --dir ~/.local/share/man/man1";
+
+/// The long help and example of `limactl ferry start`.
+fn lima_start_help(cmd: clap::Command) -> clap::Command {
+    cmd.long_about(
+        "Install the agent if needed, switch Lima's forwarding off and start ferry for INSTANCE.\n\n\
+         Copies the ferry-agent for the guest's architecture and the instance secret into the \
+         guest when they are missing or outdated, adds rules to lima.yaml that switch Lima's own \
+         port forwarding off (taking over its socket rules), starts `ferry run` in the background \
+         with its pid file, log and control socket in <instance dir>/ferry/, and waits until it \
+         is connected. The transport is the fastest the instance allows: TCP to an agent service \
+         on the guest's vzNAT/shared address where there is one, else ssh through Lima's \
+         ControlMaster. Everything is checked before anything changes.",
+    )
+    .after_help(
+        "Examples:\n  \
+         limactl ferry start dev\n  \
+         limactl ferry start dev --transport ssh\n  \
+         LIMA_HOME=~/.colima/_lima limactl ferry start colima",
+    )
+}
+
+/// The long help and example of `limactl ferry stop`.
+fn lima_stop_help(cmd: clap::Command) -> clap::Command {
+    cmd.long_about(
+        "Stop ferry for INSTANCE and give Lima its forwarding back.\n\n\
+         Stops the ferry that `start` ran (and the agent service in the guest, if it ran one) \
+         and restores lima.yaml byte for byte; Lima forwards again from its next start.",
+    )
+    .after_help("Examples:\n  limactl ferry stop dev")
+}
+
+/// The long help and example of `limactl ferry status`.
+fn lima_status_help(cmd: clap::Command) -> clap::Command {
+    cmd.long_about(
+        "What ferry forwards for INSTANCE.\n\n\
+         Prints the table of `ferry status` for the instance's ferry, and besides it the \
+         transport, the route connections take and how many each carried, the agent's version in \
+         the guest, whether Lima's own forwarding is off yet, and the socket rules ferry took over.",
+    )
+    .after_help("Examples:\n  limactl ferry status dev\n  limactl ferry status dev --json")
+}
+
+/// The long help and example of `limactl ferry logs`.
+fn lima_logs_help(cmd: clap::Command) -> clap::Command {
+    cmd.long_about(
+        "ferry's log for INSTANCE.\n\n\
+         Prints <instance dir>/ferry/ferry.log, the log of the ferry that `start` ran.",
+    )
+    .after_help("Examples:\n  limactl ferry logs dev")
+}
+
+/// ferry as Lima's port forwarder (the `ferry` binary called as `limactl-ferry`).
+///
+/// The Lima CLI plugin: installs ferry-agent in a Lima instance,
+/// switches Lima's own port forwarding off and runs ferry in its place; the
+/// VM's lifecycle stays with limactl. Also reachable as `ferry lima`.
 #[derive(Debug, Parser)]
-#[command(name = "limactl ferry", version)]
+#[command(
+    name = "limactl ferry",
+    bin_name = "limactl ferry",
+    version,
+    after_help = PLUGIN_EXAMPLES,
+    mut_subcommand("start", lima_start_help),
+    mut_subcommand("stop", lima_stop_help),
+    mut_subcommand("status", lima_status_help),
+    mut_subcommand("logs", lima_logs_help)
+)]
 pub struct LimaPlugin {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -53,6 +225,13 @@ pub struct LimaPlugin {
     #[command(subcommand)]
     pub command: crate::lima::LimaCommand,
 }
+
+const PLUGIN_EXAMPLES: &str = "\
+Examples:
+  limactl ferry start dev
+  limactl ferry status dev
+  limactl ferry logs dev
+  limactl ferry stop dev";
 
 /// Options of `ferry status`.
 #[derive(Debug, clap::Args)]
@@ -196,7 +375,7 @@ pub struct RunArgs {
     /// Publish loopback ports on the wildcard address and refuse every peer
     /// that is not local (the path macOS takes for privileged ports);
     /// for testing that path on Linux.
-    #[arg(long, hide = true)]
+    #[arg(long, hide_short_help = true)]
     pub pseudoloopback: bool,
 
     /// DEVELOPMENT ONLY: connect without authentication (the agent must be

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod files;
 mod lima;
+mod manual;
 mod pid_file;
 mod ports;
 mod reverse;
@@ -36,5 +37,7 @@ fn main() -> anyhow::Result<()> {
         }
         cli::Command::Lima { command } => lima::run(command),
         cli::Command::Status(args) => status::client::print(args.control_socket.as_deref(), args.json),
+        cli::Command::Completions(args) => manual::print_completions(args.shell),
+        cli::Command::Man(args) => manual::man(args.dir.as_deref()),
     }
 }
