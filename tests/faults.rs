@@ -133,7 +133,8 @@ async fn ten_thousand_connections_leave_no_fds_or_memory_behind_multiplexed() {
 }
 
 /// A fake agent: accepts one connection at a time on `path` and answers
-/// each with `reply`, then closes.
+/// each with `reply`, then half-closes and reads until the forwarder
+/// closes (which may still be sending its part of the handshake).
 fn fake_agent(path: std::path::PathBuf, reply: Vec<u8>) {
     let l = tokio::net::UnixListener::bind(path).unwrap();
     tokio::spawn(async move {
@@ -141,6 +142,7 @@ fn fake_agent(path: std::path::PathBuf, reply: Vec<u8>) {
             let Ok((mut s, _)) = l.accept().await else { return };
             let _ = s.write_all(&reply).await;
             let _ = s.shutdown().await;
+            let _ = s.read_to_end(&mut Vec::new()).await;
         }
     });
 }
@@ -155,6 +157,9 @@ async fn garbage_truncated_and_oversized_input_from_the_agent_side_is_survived()
         (
             "oversized",
             {
+                // Without authentication the handshake is the hellos and
+                // the nonces; frames follow.
+                valid_hello.extend_from_slice(&[0x11; ferry_protocol::auth::NONCE_LEN]);
                 valid_hello.extend_from_slice(&ferry_protocol::frame::header(
                     0,
                     ferry_protocol::FrameType::Control,

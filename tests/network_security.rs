@@ -91,15 +91,23 @@ async fn replaying_recorded_connections_opens_nothing_in_the_guest() {
     }
     wait_for(GUARD, "three accepted connections", || (accepted.load(Ordering::SeqCst) == 3).then_some(()));
     let recorded = relay.recorded();
-    let data_conns: Vec<&Vec<u8>> = recorded.iter().filter(|c| c.starts_with(b"FERRYD")).collect();
+    let proof_len = ferry_protocol::data_conn::PROOF_LEN;
+    // Used data connections carry a request and the client's bytes; the
+    // rest are kept warm (proven, waiting for a client).
+    let data_conns: Vec<&Vec<u8>> =
+        recorded.iter().filter(|c| c.starts_with(b"FERRYD") && c.len() > proof_len).collect();
+    let warm: Vec<&Vec<u8>> = recorded.iter().filter(|c| c.starts_with(b"FERRYD") && c.len() == proof_len).collect();
     let sessions: Vec<&Vec<u8>> = recorded.iter().filter(|c| c.starts_with(b"FERRY\0")).collect();
     assert_eq!(data_conns.len(), 3, "each client went on a data connection of its own");
     assert_eq!(sessions.len(), 1);
 
     // Whole, and in parts: the proof alone, the proof with another
-    // connection's request, the request twice.
-    let proof_len = ferry_protocol::data_conn::PROOF_LEN;
+    // connection's request; and every warm connection's proof with a
+    // recorded request behind it.
     let mut replays: Vec<Vec<u8>> = data_conns.iter().map(|c| c.to_vec()).collect();
+    for w in &warm {
+        replays.push([&w[..], &data_conns[0][proof_len..]].concat());
+    }
     replays.push(data_conns[0][..proof_len].to_vec());
     let mut spliced = data_conns[0][..proof_len].to_vec();
     spliced.extend_from_slice(&data_conns[1][proof_len..]);

@@ -53,21 +53,26 @@ impl Drop for Registration {
 
 /// Serves one data connection whose magic has been read.
 pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre_auth::Ticket, refusals: Refusals) {
-    let (target, grants, end) = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut conn, &sessions)).await {
-        Ok(Ok(t)) => {
-            // Proven by a live session: authenticated.
-            drop(ticket);
-            t
-        }
+    let refuse = |conn: RawConn, reason: String| async move {
+        refusals.record("data connection", &reason);
+        refuse_in_band(conn, &reason).await
+    };
+    let (proof, grants, session, end) =
+        match tokio::time::timeout(HELLO_TIMEOUT, read_proof(&mut conn, &sessions)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return refuse(conn, e).await,
+            Err(_) => return refuse(conn, format!("no proof within {HELLO_TIMEOUT:?}")).await,
+        };
+    // Proven by a live session: authenticated. The request may come later
+    // (a connection the host keeps warm for its next client).
+    drop(ticket);
+    let target = match tokio::time::timeout(data_conn::WARM_IDLE, read_request(&mut conn, &proof, &session)).await {
+        Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            refusals.record("data connection", &e);
-            let _ = conn.write_all(&data_conn::refusal(&e)).await;
-            return;
+            tracing::debug!("data connection ended before its request: {e}");
+            return refuse_in_band(conn, &e).await;
         }
-        Err(_) => {
-            refusals.record("data connection", &format!("no hello within {HELLO_TIMEOUT:?}"));
-            return;
-        }
+        Err(_) => return tracing::debug!("a warm data connection idled out"),
     };
     let local = match targets::connect(&target, &grants).await {
         Ok(l) => l,
@@ -87,25 +92,38 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
     }
 }
 
-/// Reads and checks the proof, then the request; on success the
-/// connection's target, its session's grants and its end ticket.
-async fn read_hello(conn: &mut RawConn, sessions: &DataSessions) -> Result<(Target, Grants, EndTicket), String> {
+/// Answers a refusal, first reading what the peer already sent (a request
+/// right behind its proof), so that the answer is not lost to a reset.
+async fn refuse_in_band(mut conn: RawConn, reason: &str) {
+    let mut sink = [0u8; data_conn::MAX_TARGET_LEN + 64];
+    let _ = tokio::time::timeout(Duration::from_millis(50), conn.read_some(&mut sink)).await;
+    let _ = conn.write_all(&data_conn::refusal(reason)).await;
+}
+
+/// Reads and checks the proof: the connection's session, its grants and
+/// its end ticket.
+async fn read_proof(
+    conn: &mut RawConn,
+    sessions: &DataSessions,
+) -> Result<(DataProof, Grants, Session, EndTicket), String> {
     let mut wire = [0u8; PROOF_LEN];
     wire[..6].copy_from_slice(&data_conn::DATA_MAGIC);
     conn.read_exact(&mut wire[6..]).await.map_err(|e| format!("reading proof: {e}"))?;
     let (proof, mac) = DataProof::decode(&wire).map_err(|e| e.to_string())?;
-    // Read the whole hello before judging it, so that a refusal is read by
-    // the peer instead of being lost to a reset.
-    let mut len = [0u8; 2];
-    conn.read_exact(&mut len).await.map_err(|e| format!("reading request: {e}"))?;
-    let mut rest = vec![0u8; DataProof::request_rest_len(len).map_err(|e| e.to_string())?];
-    conn.read_exact(&mut rest).await.map_err(|e| format!("reading request: {e}"))?;
     let (grants, session) = sessions.lookup(&proof.session).ok_or("no live session made this proof")?;
     let end = session.admit_data(&proof, &mac).map_err(|e| match e {
         // The same words for every forgery: a prober learns nothing.
         DataRefusal::Hello(_) => "no live session made this proof".to_string(),
         e => e.to_string(),
     })?;
-    let target = session.open_data_request(&proof, &rest).map_err(|e| e.to_string())?;
-    Ok((target, grants, end))
+    Ok((proof, grants, session, end))
+}
+
+/// Reads the request that follows an admitted proof and returns its target.
+async fn read_request(conn: &mut RawConn, proof: &DataProof, session: &Session) -> Result<Target, String> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).await.map_err(|e| format!("reading request: {e}"))?;
+    let mut rest = vec![0u8; DataProof::request_rest_len(len).map_err(|e| e.to_string())?];
+    conn.read_exact(&mut rest).await.map_err(|e| format!("reading request: {e}"))?;
+    session.open_data_request(proof, &rest).map_err(|e| e.to_string())
 }

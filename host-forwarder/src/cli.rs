@@ -358,6 +358,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub hvsock_data_connections: bool,
 
+    /// Data connections kept dialled and proven ahead of the clients, so a
+    /// new client pays only for its request and the guest's connect;
+    /// refilled after each use, closed after 20 s unused. 0 dials each
+    /// client's connection when it arrives.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub warm_data_conns: u16,
+
     /// The ControlPath of an OpenSSH ControlMaster connected to the guest
     /// (Lima's `<instance>/ssh.sock`): TCP and Unix-socket connections then
     /// go through it as ssh stdio forwards, the path and speed of `ssh -L`,

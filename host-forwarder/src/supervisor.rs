@@ -203,7 +203,7 @@ async fn serve(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(SessionEvent::Control(ControlMessage::DataConnsAccepted)) => {
-                    match DataPath::new(addr, &session, args.hvsock_data_connections).filter(|_| !args.no_dedicated) {
+                    match DataPath::new(addr, &session, args.hvsock_data_connections, args.warm_data_conns.into()).filter(|_| !args.no_dedicated) {
                         Some(data) => {
                             tracing::info!(
                                 "connections get dedicated data connections (relayed by {:?})",

@@ -220,6 +220,16 @@ impl RawConn {
         }
     }
 
+    /// Reads what is there (at least one byte, or 0 at EOF).
+    pub async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(buf).await,
+            Self::Tcp(s) => s.read(buf).await,
+            #[cfg(target_os = "linux")]
+            Self::Vsock(s) => crate::relay::read_some(s, buf).await,
+        }
+    }
+
     /// Writes all of `buf`.
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {

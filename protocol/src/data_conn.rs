@@ -48,6 +48,10 @@ pub const MAC_LEN: usize = 32;
 /// Length of the proof, magic included.
 pub const PROOF_LEN: usize = 6 + 2 + SESSION_ID_LEN + 8 + DATA_NONCE_LEN + MAC_LEN;
 
+/// Longest the agent waits for the request of a proven connection (one
+/// kept warm by the host before a client came).
+pub const WARM_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest encoded target accepted.
 pub const MAX_TARGET_LEN: usize = 1024;
 

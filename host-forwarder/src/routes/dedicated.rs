@@ -1,8 +1,23 @@
 //! Forwarding a client over a dedicated data connection of its own: one
 //! transport connection per client, proven with the session's keys (see
 //! `ferry_protocol::data_conn`), bytes moved with splice(2).
+//!
+//! A few connections are kept warm: dialled and proven ahead of the
+//! clients, so that a new client pays only for its request and the
+//! guest's connect. The pool is refilled in the background after each use
+//! (never while nobody connects), bounded, and its connections are dropped
+//! once idle for [`WARM_MAX_IDLE`].
 
-use ferry_mux::{Address, LocalConn, RawConn, Session, Traffic};
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use ferry_mux::{Address, DataClaim, LocalConn, RawConn, Session, Traffic};
 
 use crate::status::board::{Route, RouteCounts};
 use ferry_protocol::Target;
@@ -10,7 +25,18 @@ use ferry_protocol::Target;
 /// How long dialling a data connection may take (a TCP connect to a guest
 /// that stopped answering, a hybrid-vsock CONNECT without its OK) before
 /// the client goes over the session instead.
-const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A warm connection idle longer than this is closed instead of used (the
+/// agent waits [`ferry_protocol::data_conn::WARM_IDLE`] for its request).
+pub const WARM_MAX_IDLE: Duration = Duration::from_secs(20);
+
+/// A dialled and proven connection waiting for a client.
+struct Warm {
+    conn: RawConn,
+    claim: DataClaim,
+    since: Instant,
+}
 
 /// How to open data connections to the agent of one session.
 pub struct DataPath {
@@ -18,15 +44,25 @@ pub struct DataPath {
     /// The session, whose keys prove each data connection and which
     /// confirms how each ends.
     session: Session,
+    warm: Arc<Mutex<VecDeque<Warm>>>,
+    /// How many connections to keep warm.
+    warm_target: usize,
+    refilling: Arc<AtomicBool>,
 }
 
 impl DataPath {
     /// A data path, if `addr` can be dialled again and carries half-close
     /// (or `trust_hvsock` says the hybrid-vsock backend does: see
-    /// [`RawConn::keeps_half_close`]).
-    pub fn new(addr: &Address, session: &Session, trust_hvsock: bool) -> Option<Self> {
+    /// [`RawConn::keeps_half_close`]); it keeps `warm` connections ready.
+    pub fn new(addr: &Address, session: &Session, trust_hvsock: bool, warm: usize) -> Option<Self> {
         let usable = RawConn::dialable(addr) && (trust_hvsock || RawConn::keeps_half_close(addr));
-        usable.then(|| Self { addr: addr.clone(), session: session.clone() })
+        usable.then(|| Self {
+            addr: addr.clone(),
+            session: session.clone(),
+            warm: Default::default(),
+            warm_target: warm,
+            refilling: Default::default(),
+        })
     }
 
     /// Forwards `local` to `target`. Gives the connection back if no data
@@ -38,25 +74,22 @@ impl DataPath {
         traffic: &Traffic,
         counts: &RouteCounts,
     ) -> Result<(), LocalConn> {
-        let mut conn = match tokio::time::timeout(DIAL_TIMEOUT, RawConn::dial(&self.addr)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!("no data connection ({e}); multiplexing instead");
-                return Err(local);
+        let warm = self.take_warm();
+        self.refill();
+        let (mut conn, claim, hello) = match warm {
+            Some(w) => {
+                let request = w.claim.request(target);
+                (w.conn, w.claim, request)
             }
-            Err(_) => {
-                tracing::debug!("no data connection within {DIAL_TIMEOUT:?}; multiplexing instead");
-                return Err(local);
-            }
+            None => match dial_and_claim(&self.addr, &self.session).await {
+                Some((conn, claim)) => {
+                    let hello = claim.hello(target);
+                    (conn, claim, hello)
+                }
+                None => return Err(local),
+            },
         };
-        // The claim's ticket confirms each side's clean end (see
-        // `ferry_mux::data_end`); it is held before the hello goes out, so
-        // that no word from the agent can come before it.
-        let Some(claim) = self.session.claim_data_conn() else {
-            tracing::debug!("no data connection (the session cannot prove one); multiplexing instead");
-            return Err(local);
-        };
-        if conn.write_all(&claim.hello(target)).await.is_err() {
+        if conn.write_all(&hello).await.is_err() {
             // Nothing has been read from the client yet: it can still go through the session.
             tracing::debug!("data connection to {target:?} failed during its hello; multiplexing instead");
             claim.ticket.cancel();
@@ -71,4 +104,55 @@ impl DataPath {
         }
         Ok(())
     }
+
+    /// The freshest warm connection, dropping those idle too long.
+    fn take_warm(&self) -> Option<Warm> {
+        let mut warm = self.warm.lock().unwrap();
+        warm.retain(|w| w.since.elapsed() < WARM_MAX_IDLE);
+        warm.pop_back()
+    }
+
+    /// Tops the pool up in the background, unless a refill is running.
+    fn refill(&self) {
+        if self.warm_target == 0 || self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (addr, session, warm, refilling) =
+            (self.addr.clone(), self.session.clone(), self.warm.clone(), self.refilling.clone());
+        let target = self.warm_target;
+        tokio::spawn(async move {
+            while warm.lock().unwrap().len() < target && !session.is_closed() {
+                let Some((mut conn, claim)) = dial_and_claim(&addr, &session).await else { break };
+                if conn.write_all(&claim.proof()).await.is_err() {
+                    break;
+                }
+                warm.lock().unwrap().push_back(Warm { conn, claim, since: Instant::now() });
+            }
+            refilling.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Dials a data connection and claims an id for it; `None` (logged) if
+/// either fails, so the client can go through the session.
+async fn dial_and_claim(addr: &Address, session: &Session) -> Option<(RawConn, DataClaim)> {
+    let conn = match tokio::time::timeout(DIAL_TIMEOUT, RawConn::dial(addr)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!("no data connection ({e}); multiplexing instead");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("no data connection within {DIAL_TIMEOUT:?}; multiplexing instead");
+            return None;
+        }
+    };
+    // The claim's ticket confirms each side's clean end (see
+    // `ferry_mux::data_end`); it is held before the hello goes out, so
+    // that no word from the agent can come before it.
+    let Some(claim) = session.claim_data_conn() else {
+        tracing::debug!("no data connection (the session cannot prove one); multiplexing instead");
+        return None;
+    };
+    Some((conn, claim))
 }

@@ -221,6 +221,18 @@ pub(crate) async fn read_exact<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Res
     Ok(())
 }
 
+/// Reads what is there from `s` (at least one byte, or 0 at EOF).
+pub(crate) async fn read_some<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid writable memory of its length.
+        let read = || os_result(unsafe { libc::read(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) });
+        match s.try_op(Interest::READABLE, read) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::READABLE).await?,
+            other => return other,
+        }
+    }
+}
+
 /// Reads the agent's answer to a data connection's hello: `Ok` once the
 /// guest target is connected, else its refusal as `ConnectionRefused`.
 async fn read_answer<S: RelaySocket>(conn: &S) -> io::Result<()> {
