@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{limactl, quote};
+use super::limactl::{self, quote};
 
 /// The guest interface Lima gives the first `networks:` entry (vzNAT,
 /// socket_vmnet shared or bridged).

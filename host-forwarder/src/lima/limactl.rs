@@ -63,6 +63,11 @@ pub fn shell(inst: &str, script: &str) -> anyhow::Result<Output> {
     run(Command::new(program()).args(["shell", "--workdir", "/", inst, "sh", "-c", script]))
 }
 
+/// `s` quoted for a POSIX shell: in single quotes, each `'` written as `'\''`.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// How long one `limactl` command may take (a copy of the agent into a
 /// slow guest included) before it is killed and the command fails.
 const LIMACTL_TIMEOUT: Duration = Duration::from_secs(120);
