@@ -23,6 +23,8 @@ pub mod cli;
 pub mod forwarder;
 pub mod install;
 pub mod lima_yaml;
+#[cfg(test)]
+mod lima_yaml_props;
 pub mod limactl;
 pub mod ssh_control;
 pub mod start;

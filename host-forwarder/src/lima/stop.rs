@@ -39,7 +39,8 @@ pub fn stop(instance: &str) -> anyhow::Result<StopReport> {
     let lima_yaml = inst.dir.join("lima.yaml");
     let mut restored = false;
     if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
-        let back = lima_yaml::restore(&text);
+        let back = lima_yaml::restore_checked(&text)
+            .map_err(|e| anyhow::anyhow!("{} is left as it is: {e}", lima_yaml.display()))?;
         if back != text {
             yaml_file::write_atomically(&lima_yaml, &back)?;
             restored = true;
