@@ -3,11 +3,17 @@
 //! connected. Shared by `limactl ferry start` and whatever else brings
 //! ferry up for an instance.
 
-use std::{fs::DirBuilder, os::unix::fs::DirBuilderExt, path::PathBuf, time::Duration};
+use std::{
+    fs::DirBuilder,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Serialize;
 
 use super::{
+    agent_service,
     cli::StartArgs,
     forwarder,
     install::{self, AgentInstall},
@@ -45,7 +51,9 @@ pub struct StartReport {
 /// the agent and the secret in the guest when missing or outdated, edits
 /// lima.yaml (see [`lima_yaml::disable_lima_forwarding`]), chooses the
 /// transport and starts the background forwarder, waiting until it is
-/// connected. Fails if ferry already runs for the instance.
+/// connected. Fails if ferry already runs for the instance; a start that
+/// fails after changing anything takes its changes back (lima.yaml, the
+/// agent service, the forwarder).
 pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     let name = &a.target.instance;
     let inst = limactl::instance(name)?;
@@ -60,14 +68,10 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     // lima.yaml is checked before anything changes: a form ferry does not
     // edit stops the start with what to change.
     let lima_yaml = inst.dir.join("lima.yaml");
-    let yaml_edit = match std::fs::read_to_string(&lima_yaml) {
-        Ok(text) => {
-            let edited = lima_yaml::disable_lima_forwarding(&text)
-                .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))?;
-            (edited != text).then_some(edited)
-        }
-        Err(_) => None,
-    };
+    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
+        lima_yaml::disable_lima_forwarding(&text)
+            .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))?;
+    }
     let tcp_ip = transport::plan_tcp(a, name)?;
     let secret = dir.join(SECRET);
     ferry_process::secret_file::load_or_create(&secret)?;
@@ -82,29 +86,21 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
             agent_binary: a.agent_binary.as_deref(),
         },
     )?;
-    if let Some(edited) = yaml_edit {
-        yaml_file::write_atomically(&lima_yaml, &edited)?;
-        // When Lima reads it decides whether its own forwarding is off yet (see `status`).
-        std::fs::write(dir.join(YAML_EDITED), b"")?;
-    }
-    let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
-        (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
-        _ => None,
+    // Nothing of an earlier start may stay: a service it left (even when
+    // this start is given its own --agent) is stopped first.
+    agent_service::stop_recorded(name, &dir)?;
+    let mut changed = Changes::default();
+    let launched = bring_up(a, &inst, &dir, &lima_yaml, tcp_ip, &agent_bin, &guest_secret, &mut changed);
+    let (chosen, ssh_master, pid) = match launched {
+        Ok(up) => up,
+        Err(e) => {
+            // A failed start leaves the instance as it found it.
+            if let Err(undo) = changed.undo(name, &dir, &lima_yaml) {
+                tracing::warn!("undoing the failed start of {name}: {undo}");
+            }
+            return Err(e);
+        }
     };
-    let chosen = match &a.agent {
-        Some(addr) => transport::Chosen { agent: addr.to_string(), fallback: None, transport: "given" },
-        None => transport::choose(a, &inst, &dir, tcp_ip, &agent_bin, &guest_secret)?,
-    };
-    let pid = forwarder::launch(&forwarder::Launch {
-        instance: name,
-        dir: &dir,
-        agent: &chosen.agent,
-        fallback: chosen.fallback.as_deref(),
-        rules: &lima_yaml,
-        ssh_local_port: inst.ssh_local_port,
-        ssh_master: ssh_master.as_deref(),
-        timeout: Duration::from_secs(a.timeout),
-    })?;
     let report = StartReport {
         instance: name.clone(),
         pid,
@@ -119,4 +115,69 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     };
     std::fs::write(dir.join(START_REPORT), serde_json::to_string(&report)?)?;
     Ok(report)
+}
+
+/// What a start changed so far, to be undone if it fails.
+#[derive(Default)]
+struct Changes {
+    /// ferry's edit is in lima.yaml.
+    lima_yaml: bool,
+}
+
+impl Changes {
+    /// Takes lima.yaml's edit back (keeping what the user changed) and
+    /// stops the agent service and the forwarder a failed start may have left.
+    fn undo(&self, name: &str, dir: &Path, lima_yaml: &Path) -> anyhow::Result<()> {
+        forwarder::stop(dir);
+        let service = agent_service::stop_recorded(name, dir);
+        if self.lima_yaml {
+            yaml_file::update(lima_yaml, |t| lima_yaml::restore_checked(t).map_err(anyhow::Error::msg))?;
+            let _ = std::fs::remove_file(dir.join(YAML_EDITED));
+        }
+        service.map(drop)
+    }
+}
+
+/// The part of a start that changes the instance: lima.yaml's edit (made
+/// from the file as it is now, see [`yaml_file::update`]), the agent
+/// service, the forwarder. Records in `changed` what it did.
+fn bring_up(
+    a: &StartArgs,
+    inst: &limactl::Instance,
+    dir: &Path,
+    lima_yaml: &Path,
+    tcp_ip: Option<std::net::Ipv4Addr>,
+    agent_bin: &str,
+    guest_secret: &str,
+    changed: &mut Changes,
+) -> anyhow::Result<(transport::Chosen, Option<PathBuf>, u32)> {
+    let name = &inst.name;
+    let edit = |t: &str| {
+        lima_yaml::disable_lima_forwarding(t)
+            .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))
+    };
+    if yaml_file::update(lima_yaml, edit)?.is_some() {
+        changed.lima_yaml = true;
+        // When Lima reads it decides whether its own forwarding is off yet (see `status`).
+        std::fs::write(dir.join(YAML_EDITED), b"")?;
+    }
+    let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
+        (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
+        _ => None,
+    };
+    let chosen = match &a.agent {
+        Some(addr) => transport::Chosen { agent: addr.to_string(), fallback: None, transport: "given" },
+        None => transport::choose(a, inst, dir, tcp_ip, agent_bin, guest_secret)?,
+    };
+    let pid = forwarder::launch(&forwarder::Launch {
+        instance: name,
+        dir,
+        agent: &chosen.agent,
+        fallback: chosen.fallback.as_deref(),
+        rules: lima_yaml,
+        ssh_local_port: inst.ssh_local_port,
+        ssh_master: ssh_master.as_deref(),
+        timeout: Duration::from_secs(a.timeout),
+    })?;
+    Ok((chosen, ssh_master, pid))
 }

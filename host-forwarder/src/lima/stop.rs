@@ -37,14 +37,9 @@ pub fn stop(instance: &str) -> anyhow::Result<StopReport> {
         }
     }
     let lima_yaml = inst.dir.join("lima.yaml");
-    let mut restored = false;
-    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
-        let back = lima_yaml::restore_checked(&text)
-            .map_err(|e| anyhow::anyhow!("{} is left as it is: {e}", lima_yaml.display()))?;
-        if back != text {
-            yaml_file::write_atomically(&lima_yaml, &back)?;
-            restored = true;
-        }
-    }
+    let restore = |t: &str| {
+        lima_yaml::restore_checked(t).map_err(|e| anyhow::anyhow!("{} is left as it is: {e}", lima_yaml.display()))
+    };
+    let restored = yaml_file::update(&lima_yaml, restore)?.is_some();
     Ok(StopReport { instance: instance.to_string(), stopped, lima_yaml_restored: restored })
 }

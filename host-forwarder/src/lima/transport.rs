@@ -8,6 +8,7 @@ use super::{
     agent_service,
     cli::{StartArgs, TransportChoice},
     limactl::{self, quote},
+    state_dir::SECRET,
 };
 
 /// Where the agent will listen on TCP (the guest's lima0 address), if the
@@ -40,7 +41,8 @@ pub struct Chosen {
 }
 
 /// The agent address (and fallback): the agent service on `tcp_ip` with
-/// ssh behind it, or ssh alone.
+/// ssh behind it, or ssh alone. The service is recorded in `dir` before it
+/// starts, so that `stop` (or a failed start) can end it.
 pub fn choose(
     a: &StartArgs,
     inst: &limactl::Instance,
@@ -52,13 +54,6 @@ pub fn choose(
     let name = &inst.name;
     let over_ssh = exec_agent(inst, agent_bin, guest_secret);
     let record = agent_service::record_path(dir);
-    if let Ok(text) = std::fs::read_to_string(&record) {
-        // A service a previous start left (ferry stopped without `stop`).
-        if let Ok(old) = serde_json::from_str::<agent_service::Service>(&text) {
-            let _ = agent_service::stop(name, &old);
-        }
-        let _ = std::fs::remove_file(&record);
-    }
     let ssh = |over_ssh| Chosen { agent: over_ssh, fallback: None, transport: "ssh" };
     let Some(ip) = tcp_ip else { return Ok(ssh(over_ssh)) };
     let svc = agent_service::Service {
@@ -66,7 +61,8 @@ pub fn choose(
         guest_state: a.guest_state.clone(),
     };
     std::fs::write(&record, serde_json::to_string(&svc)?)?;
-    match agent_service::start(name, agent_bin, guest_secret, &svc, Duration::from_secs(10)) {
+    let secret = dir.join(SECRET);
+    match agent_service::start(name, agent_bin, guest_secret, &secret, &svc, Duration::from_secs(10)) {
         Ok(()) => Ok(Chosen { agent: format!("tcp:{}", svc.addr), fallback: Some(over_ssh), transport: "tcp" }),
         Err(e) if a.transport == TransportChoice::Auto => {
             tracing::warn!("{e}; using ssh");
