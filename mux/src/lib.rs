@@ -20,6 +20,7 @@ pub mod accept_errors;
 pub mod address;
 pub mod buffer_share;
 pub mod data_end;
+pub mod fuzzing;
 pub mod local;
 pub mod platform;
 pub mod private_socket;
