@@ -49,7 +49,7 @@ pub fn check_ssh_master_messages(data: &[u8]) {
 /// `reply` laid out as a master sends it parses back equal.
 fn check_reencode(reply: &Reply) {
     let mut body = Vec::new();
-    let mut u32 = |v: u32, body: &mut Vec<u8>| body.extend_from_slice(&v.to_be_bytes());
+    let u32 = |v: u32, body: &mut Vec<u8>| body.extend_from_slice(&v.to_be_bytes());
     match reply {
         Reply::Hello { version } => {
             u32(messages::MUX_MSG_HELLO, &mut body);

@@ -75,8 +75,7 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     let tcp_ip = transport::plan_tcp(a, name)?;
     let secret = dir.join(SECRET);
     ferry_process::secret_file::load_or_create(&secret)?;
-    let agent_bin = format!("{}/ferry-agent", a.guest_bin);
-    let guest_secret = format!("{}/secret", a.guest_etc);
+    let (agent_bin, guest_secret) = guest_paths(a);
     let installed = install::install_agent(
         name,
         &AgentInstall {
@@ -90,7 +89,7 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     // this start is given its own --agent) is stopped first.
     agent_service::stop_recorded(name, &dir)?;
     let mut changed = Changes::default();
-    let launched = bring_up(a, &inst, &dir, &lima_yaml, tcp_ip, &agent_bin, &guest_secret, &mut changed);
+    let launched = bring_up(a, &inst, &dir, tcp_ip, &mut changed);
     let (chosen, ssh_master, pid) = match launched {
         Ok(up) => up,
         Err(e) => {
@@ -145,12 +144,11 @@ fn bring_up(
     a: &StartArgs,
     inst: &limactl::Instance,
     dir: &Path,
-    lima_yaml: &Path,
     tcp_ip: Option<std::net::Ipv4Addr>,
-    agent_bin: &str,
-    guest_secret: &str,
     changed: &mut Changes,
 ) -> anyhow::Result<(transport::Chosen, Option<PathBuf>, u32)> {
+    let (agent_bin, guest_secret) = guest_paths(a);
+    let lima_yaml = &inst.dir.join("lima.yaml");
     let name = &inst.name;
     let edit = |t: &str| {
         lima_yaml::disable_lima_forwarding(t)
@@ -167,7 +165,7 @@ fn bring_up(
     };
     let chosen = match &a.agent {
         Some(addr) => transport::Chosen { agent: addr.to_string(), fallback: None, transport: "given" },
-        None => transport::choose(a, inst, dir, tcp_ip, agent_bin, guest_secret)?,
+        None => transport::choose(a, inst, dir, tcp_ip, &agent_bin, &guest_secret)?,
     };
     let pid = forwarder::launch(&forwarder::Launch {
         instance: name,
@@ -180,4 +178,9 @@ fn bring_up(
         timeout: Duration::from_secs(a.timeout),
     })?;
     Ok((chosen, ssh_master, pid))
+}
+
+/// Where the agent and the secret go in the guest.
+fn guest_paths(a: &StartArgs) -> (String, String) {
+    (format!("{}/ferry-agent", a.guest_bin), format!("{}/secret", a.guest_etc))
 }
