@@ -562,7 +562,8 @@ fn a_failed_start_leaves_the_instance_as_it_found_it() {
     assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), original, "lima.yaml restored");
     assert!(!lima.inst.join("ferry/agent-service.json").exists(), "no service left on record");
     assert!(!listening(&format!("{guest_ip}:{agent_port}")), "the agent service no longer listens");
-    assert!(!lima.inst.join("ferry/ferry.pid").exists(), "no forwarder");
+    let status = lima.plugin(&["status", "dev", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap()["running"], false, "no forwarder");
 }
 
 #[test]

@@ -73,7 +73,9 @@ pub fn launch(l: &Launch) -> anyhow::Result<u32> {
             return Ok(pid);
         }
         if child.try_wait()?.is_some() || Instant::now() > deadline {
+            // By its pid file if it holds one by now, else as the child it is.
             let _ = stop(l.dir);
+            end_child(&mut child);
             anyhow::bail!(
                 "ferry did not connect to the agent of {}; last log lines:\n{}",
                 l.instance,
@@ -82,6 +84,22 @@ pub fn launch(l: &Launch) -> anyhow::Result<u32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Ends `child` (SIGTERM, then SIGKILL after 5 s) and reaps it.
+fn end_child(child: &mut std::process::Child) {
+    if child.try_wait().is_ok_and(|s| s.is_none()) {
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) of our own child, not yet reaped, so its pid is still its own.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }
 
 /// The last `n` lines of the log at `path`.
