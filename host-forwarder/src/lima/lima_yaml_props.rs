@@ -140,13 +140,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
     #[test]
     fn edit_user_change_restore_keeps_the_change_and_parses(
-        before in proptest::collection::vec(proptest::sample::select(OTHERS.to_vec()), 0..3),
+        others in proptest::sample::subsequence(OTHERS.to_vec(), 0..=OTHERS.len()).prop_shuffle(),
+        split in any::<proptest::sample::Index>(),
         form in form(),
-        after in proptest::collection::vec(proptest::sample::select(OTHERS.to_vec()), 0..3),
         final_newline in any::<bool>(),
         change in change(),
         guest_port in 1u16..60000,
     ) {
+        // The other top-level keys, each once, some before the section and some after.
+        let (before, after) = others.split_at(split.index(others.len() + 1));
         let mut original = format!("{}{}{}", before.concat(), render_section(&form), after.concat());
         if !final_newline && original.ends_with('\n') {
             original.pop();
