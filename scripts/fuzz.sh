@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${1:-600}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frame_decoder control_message handshake)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frame_decoder control_message handshake ssh_master_messages)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in "${TARGETS[@]}"; do
     echo "==> fuzzing $t for ${SECONDS_EACH}s"

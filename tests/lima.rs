@@ -19,7 +19,10 @@ const FAKE_LIMACTL: &str = r#"#!/bin/sh
 # A fake limactl: one instance, running in a namespace guest.
 case "$1" in
   list) cat "$FAKE_LIMA_LIST" ;;
-  copy) exec nsenter -t "$FAKE_LIMA_HOLDER" -m cp "$2" "${3#*:}" ;;
+  copy)
+    # A test's stand-in for the user saving lima.yaml while ferry works.
+    if [ -n "$FAKE_LIMA_ON_COPY" ]; then sh -c "$FAKE_LIMA_ON_COPY"; fi
+    exec nsenter -t "$FAKE_LIMA_HOLDER" -m cp "$2" "${3#*:}" ;;
   shell)
     shift
     if [ "$1" = "--workdir" ]; then shift 2; fi
@@ -88,6 +91,26 @@ impl Lima {
 
     fn start(&self) -> serde_json::Value {
         self.start_with(&[])
+    }
+
+    /// `start dev --json` with the guest's directories in its private tmpfs,
+    /// `extra` arguments and more environment; its output, whatever it is.
+    fn try_start(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let g = self.guest_dir();
+        let (gbin, getc, grun) = (g.join("bin"), g.join("etc"), g.join("run"));
+        let mut args = vec![
+            "start",
+            "dev",
+            "--json",
+            "--guest-bin",
+            gbin.to_str().unwrap(),
+            "--guest-etc",
+            getc.to_str().unwrap(),
+            "--guest-state",
+            grun.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.plugin_with(&args, env)
     }
 
     /// `start dev --json` with the guest's directories in its private tmpfs,
@@ -461,4 +484,165 @@ fn a_lima_yaml_form_ferry_does_not_edit_is_refused_and_left_alone() {
         lima.guest.command("test").arg("-e").arg(lima.guest_dir().join("bin/ferry-agent")).status().unwrap();
     assert!(!installed.success(), "nothing installed before the refusal");
     assert!(!lima.inst.join("ferry/ferry.pid").exists() || lima.plugin(&["status", "dev"]).status.success());
+}
+
+/// Whether something accepts TCP connections at `addr`.
+fn listening(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(1)).is_ok()
+}
+
+#[test]
+fn a_rule_the_user_adds_while_ferry_runs_survives_stop_and_the_file_parses() {
+    let original = "vmType: vz\nportForwards: [] # none yet\nmounts: []\n";
+    let lima = Lima::new(original);
+    lima.start();
+    let path = lima.inst.join("lima.yaml");
+    let edited = std::fs::read_to_string(&path).unwrap();
+    // The user adds a rule after ferry's block, the way they would add one to a list.
+    let changed = edited.replace("# <<< ferry\n", "# <<< ferry\n- guestPort: 8080\n  hostPort: 18080\n");
+    assert_ne!(changed, edited);
+    std::fs::write(&path, &changed).unwrap();
+    let stopped = lima.plugin(&["stop", "dev"]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let back = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(back, "vmType: vz\nportForwards: # none yet\n- guestPort: 8080\n  hostPort: 18080\nmounts: []\n");
+    // ferry reads it again (as Lima would): a second start and stop give the same file back.
+    lima.start();
+    assert!(lima.plugin(&["stop", "dev"]).status.success());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), back);
+}
+
+#[test]
+fn an_edit_the_user_saves_while_start_installs_the_agent_is_kept() {
+    let original = "vmType: vz\nportForwards:\n- guestPort: 80\n  hostPort: 8080\n";
+    let lima = Lima::new(original);
+    let path = lima.inst.join("lima.yaml");
+    // While the agent is copied into the guest, the user saves a change.
+    // (Once: the agent and the secret are two copies.)
+    let hook = format!("grep -q memory '{0}' || printf 'memory: 4GiB\\n' >> '{0}'", path.display());
+    let out = lima.try_start(&[], &[("FAKE_LIMA_ON_COPY", &hook)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let edited = std::fs::read_to_string(&path).unwrap();
+    assert!(edited.ends_with("memory: 4GiB\n") && edited.contains("# >>> ferry"), "{edited}");
+    assert!(lima.plugin(&["stop", "dev"]).status.success());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{original}memory: 4GiB\n"));
+}
+
+#[test]
+fn a_symlinked_lima_yaml_stays_a_symlink() {
+    let original = "vmType: vz\n";
+    let lima = Lima::new(original);
+    let path = lima.inst.join("lima.yaml");
+    let target = lima.dir.path().join("dotfiles/dev.yaml");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::rename(&path, &target).unwrap();
+    std::os::unix::fs::symlink("../../dotfiles/dev.yaml", &path).unwrap();
+    lima.start();
+    assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "still a symlink");
+    assert!(std::fs::read_to_string(&target).unwrap().contains("# >>> ferry"), "its target was edited");
+    assert!(lima.plugin(&["stop", "dev"]).status.success());
+    assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "still a symlink");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), original);
+}
+
+#[test]
+fn a_failed_start_leaves_the_instance_as_it_found_it() {
+    let agent_port = free_port();
+    let original = "vmType: vz\nportForwards:\n- guestPort: 80\n  hostPort: 8080\n";
+    let lima = Lima::new(original);
+    let (_, guest_ip) = lima.guest.link_to_host("lima0");
+    // The agent service starts, then ferry gives up waiting for the forwarder (no time at all).
+    let out = lima.try_start(&["--agent-port", &agent_port.to_string(), "--timeout", "0"], &[]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(lima.inst.join("lima.yaml")).unwrap(), original, "lima.yaml restored");
+    assert!(!lima.inst.join("ferry/agent-service.json").exists(), "no service left on record");
+    assert!(!listening(&format!("{guest_ip}:{agent_port}")), "the agent service no longer listens");
+    let status = lima.plugin(&["status", "dev", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap()["running"], false, "no forwarder");
+}
+
+#[test]
+fn start_with_a_given_agent_stops_the_service_an_earlier_start_left() {
+    let agent_port = free_port();
+    let lima = Lima::new("vmType: vz\n");
+    let (_, guest_ip) = lima.guest.link_to_host("lima0");
+    let started = lima.start_with(&["--agent-port", &agent_port.to_string()]);
+    assert_eq!(started["transport"], "tcp", "{started}");
+    let service = format!("{guest_ip}:{agent_port}");
+    assert!(listening(&service));
+    // ferry dies without `stop`: the service stays, on record.
+    let pid = started["pid"].as_i64().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) of the forwarder start reported.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    ferry_tests::wait_for(std::time::Duration::from_secs(10), "the forwarder's end", || {
+        let out = lima.plugin(&["status", "dev", "--json"]);
+        (serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()?["running"] == false).then_some(())
+    });
+    // The next start names its own agent (the same agent, over the instance's shell).
+    let given = started["fallback_agent"].as_str().unwrap().to_string();
+    let restarted = lima.start_with(&["--agent", &given]);
+    assert_eq!(restarted["transport"], "given", "{restarted}");
+    assert!(!listening(&service), "the earlier start's service was stopped");
+    assert!(!lima.inst.join("ferry/agent-service.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_on_the_agent_port_is_not_taken_for_the_agent() {
+    let (guest_port, agent_port) = (free_port(), free_port());
+    let lima = Lima::new("vmType: vz\n");
+    let (_, guest_ip) = lima.guest.link_to_host("lima0");
+    // Something else holds the agent's port in the guest: it accepts, and answers nothing.
+    let _imposter = lima.guest.tcp_listener(&format!("{guest_ip}:{agent_port}"));
+    let started = lima.start_with(&["--agent-port", &agent_port.to_string()]);
+    assert_eq!(started["transport"], "ssh", "a bare connect is no hello: {started}");
+    assert!(!lima.inst.join("ferry/agent-service.json").exists());
+    spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
+    assert_eq!(echo_through(guest_port, b"over ssh").await, b"over ssh");
+}
+
+#[test]
+fn stop_kills_an_agent_service_that_ignores_sigterm() {
+    let lima = Lima::new("vmType: vz\n");
+    let grun = lima.guest_dir().join("run");
+    // A stand-in for a stuck agent service: named like one, deaf to SIGTERM.
+    let stub = lima.dir.path().join("ferry-agent-stuck");
+    let pid_file = lima.dir.path().join("stuck.pid");
+    std::fs::write(&stub, format!("trap '' TERM\necho $$ > '{}'\nwhile :; do sleep 1; done\n", pid_file.display()))
+        .unwrap();
+    let _stuck = ferry_tests::Proc::spawn(
+        {
+            let mut c = lima.guest.command("sh");
+            c.arg(&stub);
+            c
+        },
+        lima.dir.path().join("stuck.log"),
+    );
+    let pid: i32 = ferry_tests::wait_for(std::time::Duration::from_secs(10), "the stub's pid", || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    let ok = lima
+        .guest
+        .command("sh")
+        .arg("-c")
+        .arg(format!("mkdir -p '{0}' && echo {pid} > '{0}/agent.pid'", grun.display()))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::create_dir_all(lima.inst.join("ferry")).unwrap();
+    let record = serde_json::json!({"addr": "127.0.0.1:1", "guest_state": grun});
+    std::fs::write(lima.inst.join("ferry/agent-service.json"), record.to_string()).unwrap();
+
+    let stopped = lima.plugin(&["stop", "dev"]);
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let alive = stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+    // SAFETY: kill(2) of the stub this test started, whatever happened.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(!alive, "SIGKILL follows SIGTERM's grace: {stat}");
+    assert!(!lima.inst.join("ferry/agent-service.json").exists());
 }

@@ -21,6 +21,7 @@ pub mod address;
 pub mod buffer_share;
 pub mod data_auth;
 pub mod data_end;
+pub mod fuzzing;
 pub mod local;
 pub mod platform;
 pub mod private_socket;

@@ -8,14 +8,17 @@
 //! prove the instance secret.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant},
 };
 
+use ferry_mux::{Address, Session, SessionConfig, Transport};
+use ferry_process::secret_file;
+use ferry_protocol::Role;
 use serde::{Deserialize, Serialize};
 
-use super::{limactl, quote};
+use super::limactl::{self, quote};
 
 /// The guest interface Lima gives the first `networks:` entry (vzNAT,
 /// socket_vmnet shared or bridged).
@@ -46,8 +49,17 @@ pub fn parse_inet(ip_output: &str) -> Option<Ipv4Addr> {
 }
 
 /// (Re)starts the agent in `instance` listening at `svc.addr`, and waits
-/// until the host can connect to it (at most `wait`).
-pub fn start(instance: &str, agent_bin: &str, guest_secret: &str, svc: &Service, wait: Duration) -> anyhow::Result<()> {
+/// (at most `wait`) until it answers there with an authenticated hello
+/// (ferry's handshake, proving the host's `secret`): a bare connect would
+/// take any process on that port for the agent.
+pub fn start(
+    instance: &str,
+    agent_bin: &str,
+    guest_secret: &str,
+    secret: &Path,
+    svc: &Service,
+    wait: Duration,
+) -> anyhow::Result<()> {
     let d = quote(&svc.guest_state);
     let listen = quote(&format!("tcp:{}", svc.addr));
     let script = format!(
@@ -60,17 +72,35 @@ pub fn start(instance: &str, agent_bin: &str, guest_secret: &str, svc: &Service,
     );
     limactl::shell(instance, &format!("sudo sh -c {}", quote(&script)))?;
     let deadline = Instant::now() + wait;
-    while TcpStream::connect_timeout(&svc.addr, Duration::from_millis(500)).is_err() {
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "the agent in {instance} does not answer at {} (see {}/agent.log there)",
+    loop {
+        match hello(svc.addr, secret, deadline) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => anyhow::bail!(
+                "the agent in {instance} does not answer at {} ({e}; see {}/agent.log there)",
                 svc.addr,
                 svc.guest_state
-            );
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
+}
+
+/// One session with the agent at `addr`, authenticated with `secret`,
+/// closed again; given up at `deadline` (a handshake takes 2 s at most).
+fn hello(addr: SocketAddr, secret: &Path, deadline: Instant) -> anyhow::Result<()> {
+    let secret = secret_file::session_secret(Some(secret), false, false)?;
+    let cfg = SessionConfig { secret, handshake_timeout: Duration::from_secs(2), ..SessionConfig::default() };
+    let limit = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let attempt = async {
+            let transport = Transport::dial(&Address::Tcp(addr.to_string())).await?;
+            let (session, _events) = Session::start(transport, Role::Host, cfg).await?;
+            session.close("ready").await;
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(limit, attempt).await.map_err(|_| anyhow::anyhow!("no hello within {limit:?}"))?
+    })
 }
 
 /// Stops the agent service `svc` started; true if one ran.
@@ -80,15 +110,31 @@ pub fn stop(instance: &str, svc: &Service) -> anyhow::Result<bool> {
     Ok(String::from_utf8_lossy(&out.stdout).contains("stopped"))
 }
 
+/// Stops the service whose record a previous start left in `state_dir`
+/// (ferry stopped without `stop`, or a start failed) and forgets it; true
+/// if one ran. A record kept because the guest could not be reached stays.
+pub fn stop_recorded(instance: &str, state_dir: &Path) -> anyhow::Result<bool> {
+    let record = record_path(state_dir);
+    let Ok(text) = std::fs::read_to_string(&record) else { return Ok(false) };
+    let stopped = match serde_json::from_str::<Service>(&text) {
+        Ok(old) => stop(instance, &old)?,
+        Err(_) => false,
+    };
+    let _ = std::fs::remove_file(&record);
+    Ok(stopped)
+}
+
 /// Shell that ends the agent whose pid file is in `guest_state` (only if
-/// that pid is still a ferry-agent) and waits up to 5 s for it to go;
-/// leaves its pid in `$p` (empty if none ran).
+/// that pid is still a ferry-agent): SIGTERM, up to 5 s to go, then
+/// SIGKILL; leaves its pid in `$p` (empty if none ran).
 fn stop_script(guest_state: &str) -> String {
     let pid_file = quote(&format!("{guest_state}/agent.pid"));
     format!(
         "p=$(cat {pid_file} 2>/dev/null); \
          if [ -n \"$p\" ] && grep -q ferry-agent /proc/$p/cmdline 2>/dev/null; then \
            kill $p; i=0; while kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+           if kill -0 $p 2>/dev/null; then kill -9 $p; i=0; \
+             while kill -0 $p 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done; fi; \
          else p=; fi; rm -f {pid_file};"
     )
 }
