@@ -64,7 +64,8 @@ pub fn start(
     let listen = quote(&format!("tcp:{}", svc.addr));
     let script = format!(
         "umask 077; mkdir -p {d} && chmod 700 {d} || exit 1; {stop} \
-         setsid {agent} --listen {listen} --secret-file {secret} </dev/null >>{d}/agent.log 2>&1 & \
+         setsid {agent} --listen {listen} --secret-file {secret} --log-file {d}/agent.log \
+         </dev/null >>{d}/agent.stderr 2>&1 & \
          echo $! > {d}/agent.pid",
         stop = stop_script(&svc.guest_state),
         agent = quote(agent_bin),

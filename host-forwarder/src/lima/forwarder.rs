@@ -2,6 +2,7 @@
 //! session, pid file, log and control socket in the state dir), found by
 //! its locked pid file, stopped with SIGTERM then SIGKILL.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -39,6 +40,9 @@ pub fn launch(l: &Launch) -> anyhow::Result<u32> {
     let control = l.dir.join(CONTROL_SOCKET);
     let log = l.dir.join(LOG);
     let mut cmd = Command::new(std::env::current_exe()?);
+    // The log rotates at its cap; stdout and stderr (a panic's message,
+    // nothing else) go to a file beside it.
+    cmd.arg("--log-file").arg(&log);
     cmd.args(["run", "--agent", l.agent, "--rules"])
         .arg(l.rules)
         .arg("--control-socket")
@@ -56,7 +60,7 @@ pub fn launch(l: &Launch) -> anyhow::Result<u32> {
     if let Some(fallback) = l.fallback {
         cmd.args(["--fallback-agent", fallback]);
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log.with_extension("stderr"))?;
     // Its own session: the forwarder outlives this command and its terminal.
     // SAFETY: setsid(2) is async-signal-safe, as a pre_exec hook must be.
     unsafe {
