@@ -65,22 +65,42 @@ async fn send_raw(agent: &str, bytes: &[u8]) -> Vec<u8> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replaying_recorded_connections_opens_nothing_in_the_guest() {
-    let agent_addr = std::sync::OnceLock::new();
-    let relay = std::sync::OnceLock::new();
+/// A bridge over TCP that `ferry` dials directly, and the agent's address.
+fn bridge_over_tcp() -> (Bridge, String) {
+    let mut agent = String::new();
     let bridge = Bridge::start_over_tcp_via(
-        |agent| {
-            agent_addr.set(agent.to_string()).unwrap();
-            let r =
-                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Relay::start(agent.into())));
-            let addr = r.addr.clone();
-            relay.set(r).ok();
-            addr
+        |a| {
+            agent = a.to_string();
+            a.to_string()
         },
         &[],
     );
-    let (agent, relay) = (agent_addr.get().unwrap().clone(), relay.get().unwrap().clone());
+    (bridge, agent)
+}
+
+/// A bridge over TCP whose `ferry` dials through a recording relay; the
+/// agent's own address and the relay.
+fn bridge_via_relay(forwarder_args: &[&str]) -> (Bridge, String, Relay) {
+    let mut agent = String::new();
+    let mut relay = None;
+    let bridge = Bridge::start_over_tcp_via(
+        |a| {
+            agent = a.to_string();
+            let r = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(Relay::start(a.to_string()))
+            });
+            let dial = r.addr.clone();
+            relay = Some(r);
+            dial
+        },
+        forwarder_args,
+    );
+    (bridge, agent, relay.expect("the relay started"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_recorded_connections_opens_nothing_in_the_guest() {
+    let (bridge, agent, relay) = bridge_via_relay(&[]);
     bridge.wait_log(1, "dedicated data connections");
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
@@ -132,19 +152,9 @@ async fn replaying_recorded_connections_opens_nothing_in_the_guest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_the_session_closes_it() {
-    let relay = std::sync::OnceLock::new();
     // Everything on the session, so that the flipped byte lands in its frames.
-    let bridge = Bridge::start_over_tcp_via(
-        |agent| {
-            let r =
-                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Relay::start(agent.into())));
-            let addr = r.addr.clone();
-            relay.set(r).ok();
-            addr
-        },
-        &["--no-dedicated"],
-    );
-    let relay = relay.get().unwrap().clone();
+    let (bridge, _, relay) = bridge_via_relay(&["--no-dedicated"]);
+    assert!(bridge.forwarder.log_text().contains("(protocol v2, sealed)"), "{}", bridge.forwarder.log_text());
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
     counting_echo(&bridge, &target);
@@ -181,15 +191,7 @@ async fn a_flipped_byte_in_the_session_closes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_without_the_secret_costs_a_few_log_lines_and_no_data() {
-    let agent_addr = std::sync::OnceLock::new();
-    let bridge = Bridge::start_over_tcp_via(
-        |agent| {
-            agent_addr.set(agent.to_string()).unwrap();
-            agent.to_string()
-        },
-        &[],
-    );
-    let agent = agent_addr.get().unwrap().clone();
+    let (bridge, agent) = bridge_over_tcp();
     bridge.wait_log(1, "dedicated data connections");
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
@@ -230,15 +232,7 @@ async fn a_flood_without_the_secret_costs_a_few_log_lines_and_no_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_1_peer_is_refused_with_both_versions_named() {
-    let agent_addr = std::sync::OnceLock::new();
-    let bridge = Bridge::start_over_tcp_via(
-        |agent| {
-            agent_addr.set(agent.to_string()).unwrap();
-            agent.to_string()
-        },
-        &[],
-    );
-    let agent = agent_addr.get().unwrap().clone();
+    let (bridge, agent) = bridge_over_tcp();
     // A version 1 host: its hello, as v1 sent it.
     let old = ferry_protocol::Hello { version: 1, min_version: 1, features: 0b111, role: ferry_protocol::Role::Host };
     let answer = send_raw(&agent, &old.encode()).await;

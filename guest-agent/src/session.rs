@@ -51,7 +51,7 @@ pub async fn serve(
     };
     // Authenticated: no longer among the connections that may be closed to make room.
     drop(ticket);
-    tracing::info!("host connected via {peer}");
+    tracing::info!("host connected via {peer}{}", if session.is_sealed() { " (sealed)" } else { "" });
     let grants = Grants::default();
     // Announced before the port snapshot, so the host knows before any port.
     let _registration = data.map(|d| {

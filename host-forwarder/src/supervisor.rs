@@ -143,7 +143,11 @@ async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
             backoff = MIN_BACKOFF;
             last_errors[i].clear();
             let via = if i > 0 { " (fallback)" } else { "" };
-            tracing::info!("connected to agent at {addr}{via} (protocol v{})", session.negotiated().version);
+            tracing::info!(
+                "connected to agent at {addr}{via} (protocol v{}{})",
+                session.negotiated().version,
+                if session.is_sealed() { ", sealed" } else { "" }
+            );
             let board = &setup.ports.board;
             board.set_transport(&addr.to_string());
             board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "multiplexed" });
