@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
     discovery::{agent_cpu_percent, appear_and_release},
-    load::{connection_rate, download, round_trips, upload},
+    load::{connection_rate, download, first_round_trips, round_trips, upload},
     paths::{self, ForwardPath},
     procstat::{rss_bytes, CpuMeter},
     report::Report,
@@ -25,6 +25,8 @@ struct Plan {
     rounds: usize,
     dur: Duration,
     rr: usize,
+    /// Round trips on just-opened connections.
+    first_rr: usize,
     many: usize,
 }
 
@@ -36,9 +38,11 @@ fn main() {
             cpu_window: Duration::from_secs(2),
             udp_rates: vec![10_000, 50_000],
             file_burst: 1000,
-            rounds: 1,
-            dur: Duration::from_millis(700),
+            // Three rounds, so that every row shows its spread.
+            rounds: 3,
+            dur: Duration::from_millis(500),
             rr: 2000,
+            first_rr: 200,
             many: 100,
         }
     } else {
@@ -50,6 +54,7 @@ fn main() {
             rounds: 2,
             dur: Duration::from_secs(2),
             rr: 20_000,
+            first_rr: 1000,
             many: 1000,
         }
     };
@@ -63,6 +68,11 @@ fn main() {
     // FERRY_BENCH_MANY=N runs the concurrent-streams rows with N streams.
     let plan = match std::env::var("FERRY_BENCH_MANY") {
         Ok(n) => Plan { many: n.trim().parse().expect("FERRY_BENCH_MANY"), ..plan },
+        Err(_) => plan,
+    };
+    // FERRY_BENCH_ROUNDS=N runs N rounds (each row then shows its spread).
+    let plan = match std::env::var("FERRY_BENCH_ROUNDS") {
+        Ok(n) => Plan { rounds: n.trim().parse::<usize>().expect("FERRY_BENCH_ROUNDS").max(1), ..plan },
         Err(_) => plan,
     };
     // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
@@ -87,6 +97,9 @@ fn main() {
         Arc::new(GuestServers::start(&bridge_portable.guest.name, [free_port(), free_port(), free_port()]));
     let work = tempfile::tempdir().expect("tempdir");
     let mut report = Report::default();
+    if want("discovery") {
+        report.notes.push("Port release is measured with --restart-grace-ms 0 (by default 2 s of grace).".into());
+    }
 
     let mut all: Vec<ForwardPath> = vec![
         paths::direct(&bridge.guest, &servers),
@@ -114,11 +127,12 @@ fn main() {
     report.pairs.push(("ferry (ssh master)".into(), "ssh -L".into()));
     report.pairs.push(("ferry (portable)".into(), "socat".into()));
     report.notes.push(format!(
-        "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} concurrent streams).",
+        "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} on just-opened connections, {} concurrent streams).",
         if quick { "quick" } else { "full" },
         plan.rounds,
         plan.dur,
         plan.rr,
+        plan.first_rr,
         plan.many
     ));
     // FERRY_BENCH_PATHS=direct,ferry measures only those paths (names as in the report).
@@ -161,6 +175,11 @@ fn main() {
                 report.record("CPU of the forwarder per round trip", "µs", false, p.name, cpu * 1e6 / trips);
             }
         }
+        for p in order.iter().filter(|_| want("rr")) {
+            let (med, p99) = first_round_trips(&p.echo(), plan.first_rr);
+            report.record("64 B round trip on a just-opened connection, median", "µs", false, p.name, med);
+            report.record("64 B round trip on a just-opened connection, p99", "µs", false, p.name, p99);
+        }
         for p in order.iter().filter(|_| want("conn")) {
             let meter = CpuMeter::start(&p.pids);
             let r = connection_rate(&p.echo(), plan.dur);
@@ -200,11 +219,14 @@ fn main() {
     if want("udp") {
         udp(&bridge, &plan, &mut report);
     }
-    if want("discovery") {
-        discovery(&bridge, &plan, &mut report);
-    }
-    if want("files") {
-        files(&plan, &mut report);
+    // These too run once per round, for their spread.
+    for _ in 0..plan.rounds {
+        if want("discovery") {
+            discovery(&bridge, &plan, &mut report);
+        }
+        if want("files") {
+            files(&plan, &mut report);
+        }
     }
 
     let md = report.markdown("ferry forwarding benchmark");
@@ -223,6 +245,14 @@ fn udp(bridge: &Bridge, plan: &Plan, report: &mut Report) {
         (bridge.status_row("udp", &format!("127.0.0.1:{udp_port}"))?["state"] == "forwarding").then_some(())
     });
     let udp_target: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
+    // One run per round, so each row shows its spread.
+    for _ in 0..plan.rounds {
+        udp_round(bridge, plan, udp_target, report);
+    }
+}
+
+/// One run of every UDP size and rate, direct and through ferry.
+fn udp_round(bridge: &Bridge, plan: &Plan, udp_target: std::net::SocketAddr, report: &mut Report) {
     for size in [64usize, 1400] {
         for rate in &plan.udp_rates {
             for (name, ns) in [("direct", Some(bridge.guest.name.clone())), ("ferry", None)] {
@@ -250,7 +280,6 @@ fn discovery(bridge: &Bridge, plan: &Plan, report: &mut Report) {
     let ((med, p99), (rel_med, rel_p99)) = appear_and_release(&bridge.guest, plan.discovery);
     report.record("port discovery, guest listen() -> host accepts, median", "ms", false, "ferry", med);
     report.record("port discovery, guest listen() -> host accepts, p99", "ms", false, "ferry", p99);
-    report.notes.push("Port release is measured with --restart-grace-ms 0 (by default 2 s of grace).".into());
     report.record("port release, guest close() -> host refuses, median", "ms", false, "ferry", rel_med);
     report.record("port release, guest close() -> host refuses, p99", "ms", false, "ferry", rel_p99);
     let idle = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, None);
