@@ -14,6 +14,7 @@ use ferry_bench::{
     procstat::{rss_bytes, CpuMeter},
     report::Report,
     servers::GuestServers,
+    udp::kernel_drops,
 };
 use ferry_tests::{free_port, require_root, Bridge, Guest};
 
@@ -257,10 +258,31 @@ fn udp_round(bridge: &Bridge, plan: &Plan, udp_target: std::net::SocketAddr, rep
         for rate in &plan.udp_rates {
             for (name, ns) in [("direct", Some(bridge.guest.name.clone())), ("ferry", None)] {
                 let pids = if ns.is_none() { vec![bridge.forwarder.pid(), bridge.agent.pid()] } else { vec![] };
+                // Where datagrams were lost: either namespace's kernel (a
+                // full socket buffer) or the forwarder (a flow's credit or
+                // the session's queue).
+                let forwarder_drops = || {
+                    let row = bridge.status_row("udp", &format!("127.0.0.1:{}", udp_target.port()));
+                    row.and_then(|r| r["dropped_datagrams"].as_u64()).unwrap_or(0)
+                };
+                let drop_counts = || {
+                    let (host, guest) = (kernel_drops(None), kernel_drops(Some(bridge.agent.pid())));
+                    (host, guest, forwarder_drops())
+                };
+                let before = drop_counts();
                 let meter = CpuMeter::start(&pids);
                 let run = ferry_bench::udp::paced_echo(udp_target, ns, size, *rate, plan.dur);
                 let cpu = meter.stop();
+                let after = drop_counts();
                 let scenario = format!("UDP echo {size} B at {rate}/s offered");
+                let drops = [
+                    ("host kernel", after.0 - before.0),
+                    ("guest kernel", after.1 - before.1),
+                    ("ferry (host side)", after.2 - before.2),
+                ];
+                for (place, n) in drops.into_iter().filter(|(place, _)| name == "ferry" || place.contains("kernel")) {
+                    report.record(&format!("{scenario}, dropped in the {place}"), "datagrams", false, name, n as f64);
+                }
                 report.record(&format!("{scenario}, delivered"), "datagrams/s", true, name, run.delivered_per_s);
                 report.record(&format!("{scenario}, loss"), "%", false, name, run.loss * 100.0);
                 let echoed = run.delivered_per_s * plan.dur.as_secs_f64();
