@@ -56,6 +56,7 @@ fn next_size() -> usize {
 
 impl CopyBuffer {
     /// Whether a read has filled all the room it had (a bulk transfer).
+    #[cfg(any(target_os = "linux", test))]
     pub(super) fn carried_bulk(&self) -> bool {
         self.bulk
     }
