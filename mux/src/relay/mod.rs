@@ -5,9 +5,10 @@
 //! Used for dedicated data connections, where each forwarded connection has
 //! a transport connection of its own. Each direction moves its bytes through
 //! a [`Conduit`]: on Linux a pipe filled and drained with splice(2)
-//! ([`splice`]: the bytes never enter user space), elsewhere, and on Linux in
-//! portable mode ([`crate::platform`]), a user-space buffer filled with
-//! read(2) and drained with write(2) ([`copy`]). Both run the same
+//! ([`splice`]: the bytes never enter user space) once the connection
+//! carries bulk, a user-space buffer until then ([`adaptive`]); elsewhere,
+//! and on Linux in portable mode ([`crate::platform`]), a user-space buffer
+//! filled with read(2) and drained with write(2) ([`copy`]). Both run the same
 //! readiness-driven loop, so half-close, resets, the agent's answer and the
 //! byte counters behave the same.
 
