@@ -120,7 +120,10 @@ impl Conduit for CopyBuffer {
     }
 
     fn drained_source(&self) -> bool {
-        self.drained
+        // Trusted only until the stream carries bulk: a bulk source refills
+        // while its last batch is written, and reading again at once then
+        // costs less than a wake-up (measured: CPU per GB of one stream).
+        self.drained && !self.bulk
     }
 
     fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
@@ -212,18 +215,19 @@ mod tests {
     }
 
     #[test]
-    fn a_short_read_says_the_source_was_drained() {
+    fn a_short_read_says_the_source_was_drained_until_bulk() {
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut buf = CopyBuffer::take().unwrap();
         a.write_all(&[1u8; 64]).unwrap();
         assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 64);
         assert!(buf.drained_source() && !buf.carried_bulk());
+        buf.start = buf.buf.len(); // as if written out
         b.set_nonblocking(true).unwrap();
         let writer = std::thread::spawn(move || a.write_all(&vec![2u8; 4 * MAX_BUFFER]));
         while !buf.carried_bulk() {
             let room = buf.room();
             match buf.fill(b.as_raw_fd()) {
-                Ok(n) => assert_eq!(buf.drained_source(), n < room),
+                Ok(n) => assert_eq!(buf.drained_source(), n < room && !buf.carried_bulk()),
                 // Let the writer fill the socket.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     std::thread::sleep(std::time::Duration::from_millis(5))
@@ -232,6 +236,7 @@ mod tests {
             }
             buf.start = buf.buf.len(); // as if written out
         }
+        assert!(!buf.drained_source(), "a bulk stream's short reads are not trusted");
         drop(b);
         let _ = writer.join();
     }
