@@ -9,11 +9,12 @@ use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
     discovery::{agent_cpu_percent, appear_and_release},
-    load::{connection_rate, download, round_trips, upload},
+    load::{connection_rate, download, first_round_trips, round_trips, upload},
     paths::{self, ForwardPath},
     procstat::{rss_bytes, CpuMeter},
     report::Report,
     servers::GuestServers,
+    udp::kernel_drops,
 };
 use ferry_tests::{free_port, require_root, Bridge, Guest};
 
@@ -25,6 +26,8 @@ struct Plan {
     rounds: usize,
     dur: Duration,
     rr: usize,
+    /// Round trips on just-opened connections.
+    first_rr: usize,
     many: usize,
 }
 
@@ -36,9 +39,11 @@ fn main() {
             cpu_window: Duration::from_secs(2),
             udp_rates: vec![10_000, 50_000],
             file_burst: 1000,
-            rounds: 1,
-            dur: Duration::from_millis(700),
+            // Three rounds, so that every row shows its spread.
+            rounds: 3,
+            dur: Duration::from_millis(500),
             rr: 2000,
+            first_rr: 200,
             many: 100,
         }
     } else {
@@ -50,6 +55,7 @@ fn main() {
             rounds: 2,
             dur: Duration::from_secs(2),
             rr: 20_000,
+            first_rr: 1000,
             many: 1000,
         }
     };
@@ -63,6 +69,11 @@ fn main() {
     // FERRY_BENCH_MANY=N runs the concurrent-streams rows with N streams.
     let plan = match std::env::var("FERRY_BENCH_MANY") {
         Ok(n) => Plan { many: n.trim().parse().expect("FERRY_BENCH_MANY"), ..plan },
+        Err(_) => plan,
+    };
+    // FERRY_BENCH_ROUNDS=N runs N rounds (each row then shows its spread).
+    let plan = match std::env::var("FERRY_BENCH_ROUNDS") {
+        Ok(n) => Plan { rounds: n.trim().parse::<usize>().expect("FERRY_BENCH_ROUNDS").max(1), ..plan },
         Err(_) => plan,
     };
     // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
@@ -102,6 +113,9 @@ fn main() {
         .map(|b| Arc::new(GuestServers::start(&b.guest.name, [free_port(), free_port(), free_port()])));
     let work = tempfile::tempdir().expect("tempdir");
     let mut report = Report::default();
+    if want("discovery") {
+        report.notes.push("Port release is measured with --restart-grace-ms 0 (by default 2 s of grace).".into());
+    }
 
     let mut all: Vec<ForwardPath> = vec![
         paths::direct(&bridge.guest, &servers),
@@ -134,11 +148,12 @@ fn main() {
     report.pairs.push(("ferry (ssh master)".into(), "ssh -L".into()));
     report.pairs.push(("ferry (portable)".into(), "socat".into()));
     report.notes.push(format!(
-        "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} concurrent streams).",
+        "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} on just-opened connections, {} concurrent streams).",
         if quick { "quick" } else { "full" },
         plan.rounds,
         plan.dur,
         plan.rr,
+        plan.first_rr,
         plan.many
     ));
     // FERRY_BENCH_PATHS=direct,ferry measures only those paths (names as in the report).
@@ -181,6 +196,11 @@ fn main() {
                 report.record("CPU of the forwarder per round trip", "µs", false, p.name, cpu * 1e6 / trips);
             }
         }
+        for p in order.iter().filter(|_| want("rr")) {
+            let (med, p99) = first_round_trips(&p.echo(), plan.first_rr);
+            report.record("64 B round trip on a just-opened connection, median", "µs", false, p.name, med);
+            report.record("64 B round trip on a just-opened connection, p99", "µs", false, p.name, p99);
+        }
         for p in order.iter().filter(|_| want("conn")) {
             let meter = CpuMeter::start(&p.pids);
             let r = connection_rate(&p.echo(), plan.dur);
@@ -220,11 +240,14 @@ fn main() {
     if want("udp") {
         udp(&bridge, &plan, &mut report);
     }
-    if want("discovery") {
-        discovery(&bridge, &plan, &mut report);
-    }
-    if want("files") {
-        files(&plan, &mut report);
+    // These too run once per round, for their spread.
+    for _ in 0..plan.rounds {
+        if want("discovery") {
+            discovery(&bridge, &plan, &mut report);
+        }
+        if want("files") {
+            files(&plan, &mut report);
+        }
     }
 
     let md = report.markdown("ferry forwarding benchmark");
@@ -243,14 +266,43 @@ fn udp(bridge: &Bridge, plan: &Plan, report: &mut Report) {
         (bridge.status_row("udp", &format!("127.0.0.1:{udp_port}"))?["state"] == "forwarding").then_some(())
     });
     let udp_target: std::net::SocketAddr = ([127, 0, 0, 1], udp_port).into();
+    // One run per round, so each row shows its spread.
+    for _ in 0..plan.rounds {
+        udp_round(bridge, plan, udp_target, report);
+    }
+}
+
+/// One run of every UDP size and rate, direct and through ferry.
+fn udp_round(bridge: &Bridge, plan: &Plan, udp_target: std::net::SocketAddr, report: &mut Report) {
     for size in [64usize, 1400] {
         for rate in &plan.udp_rates {
             for (name, ns) in [("direct", Some(bridge.guest.name.clone())), ("ferry", None)] {
                 let pids = if ns.is_none() { vec![bridge.forwarder.pid(), bridge.agent.pid()] } else { vec![] };
+                // Where datagrams were lost: either namespace's kernel (a
+                // full socket buffer) or the forwarder (a flow's credit or
+                // the session's queue).
+                let forwarder_drops = || {
+                    let row = bridge.status_row("udp", &format!("127.0.0.1:{}", udp_target.port()));
+                    row.and_then(|r| r["dropped_datagrams"].as_u64()).unwrap_or(0)
+                };
+                let drop_counts = || {
+                    let (host, guest) = (kernel_drops(None), kernel_drops(Some(bridge.agent.pid())));
+                    (host, guest, forwarder_drops())
+                };
+                let before = drop_counts();
                 let meter = CpuMeter::start(&pids);
                 let run = ferry_bench::udp::paced_echo(udp_target, ns, size, *rate, plan.dur);
                 let cpu = meter.stop();
+                let after = drop_counts();
                 let scenario = format!("UDP echo {size} B at {rate}/s offered");
+                let drops = [
+                    ("host kernel", after.0 - before.0),
+                    ("guest kernel", after.1 - before.1),
+                    ("ferry (host side)", after.2 - before.2),
+                ];
+                for (place, n) in drops.into_iter().filter(|(place, _)| name == "ferry" || place.contains("kernel")) {
+                    report.record(&format!("{scenario}, dropped in the {place}"), "datagrams", false, name, n as f64);
+                }
                 report.record(&format!("{scenario}, delivered"), "datagrams/s", true, name, run.delivered_per_s);
                 report.record(&format!("{scenario}, loss"), "%", false, name, run.loss * 100.0);
                 let echoed = run.delivered_per_s * plan.dur.as_secs_f64();
@@ -270,7 +322,6 @@ fn discovery(bridge: &Bridge, plan: &Plan, report: &mut Report) {
     let ((med, p99), (rel_med, rel_p99)) = appear_and_release(&bridge.guest, plan.discovery);
     report.record("port discovery, guest listen() -> host accepts, median", "ms", false, "ferry", med);
     report.record("port discovery, guest listen() -> host accepts, p99", "ms", false, "ferry", p99);
-    report.notes.push("Port release is measured with --restart-grace-ms 0 (by default 2 s of grace).".into());
     report.record("port release, guest close() -> host refuses, median", "ms", false, "ferry", rel_med);
     report.record("port release, guest close() -> host refuses, p99", "ms", false, "ferry", rel_p99);
     let idle = agent_cpu_percent(bridge.agent.pid(), &bridge.guest, plan.cpu_window, None);

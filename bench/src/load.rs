@@ -241,6 +241,34 @@ pub fn round_trips(ep: &Endpoint, n: usize) -> (f64, f64) {
     .expect("round-trip client")
 }
 
+/// Round trips on just-opened connections: connect, one 64-byte echo,
+/// close, `n` times one after another; (median, p99) in µs from the start
+/// of connect(2) to the whole echo received (first-byte latency: what a new
+/// request pays before its first answer).
+pub fn first_round_trips(ep: &Endpoint, n: usize) -> (f64, f64) {
+    ep.client_thread(move |addr| {
+        let msg = [7u8; 64];
+        let mut back = [0u8; 64];
+        let mut us = Vec::with_capacity(n);
+        for i in 0..n + n / 10 {
+            let t = Instant::now();
+            let mut s = connect(addr);
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&msg).unwrap();
+            s.read_exact(&mut back).unwrap();
+            if i >= n / 10 {
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            drop(s);
+        }
+        us.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (us[us.len() / 2], us[us.len() * 99 / 100])
+    })
+    .join()
+    .expect("first-round-trip client")
+}
+
 /// Connections per second: connect, 1-byte echo, close, for `dur`.
 pub fn connection_rate(ep: &Endpoint, dur: Duration) -> f64 {
     ep.client_thread(move |addr| {

@@ -29,6 +29,22 @@ pub struct Report {
     pub pairs: Vec<(String, String)>,
 }
 
+/// A path's values in one row: the median, with the spread (min-max) when
+/// there is more than one.
+fn cell(v: &[f64]) -> String {
+    let (lo, hi) = spread(v);
+    if v.len() > 1 {
+        format!("{} ({}-{})", fmt(median(v)), fmt(lo), fmt(hi))
+    } else {
+        fmt(median(v))
+    }
+}
+
+/// The smallest and largest of `v`.
+fn spread(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -87,7 +103,7 @@ impl Report {
             for p in &self.paths {
                 match r.values.get(p) {
                     Some(v) => {
-                        let _ = write!(out, " {} |", fmt(median(v)));
+                        let _ = write!(out, " {} |", cell(v));
                     }
                     None => out.push_str(" – |"),
                 }
@@ -102,7 +118,10 @@ impl Report {
             }
             out.push('\n');
         }
-        out.push_str("\nValues are medians over rounds; the paths ran alternately in each round. ");
+        out.push_str(
+            "\nValues are medians over rounds, with the spread (min-max) in brackets when there was more than one; ",
+        );
+        out.push_str("the paths ran alternately in each round. ");
         out.push_str(
             "Ratios are the first path's value divided by the second's: above 1 is better where higher is better ",
         );
@@ -120,9 +139,10 @@ impl Report {
             .iter()
             .map(|r| {
                 let medians: BTreeMap<_, _> = r.values.iter().map(|(p, v)| (p.clone(), median(v))).collect();
+                let spreads: BTreeMap<_, _> = r.values.iter().map(|(p, v)| (p.clone(), spread(v))).collect();
                 serde_json::json!({
                     "scenario": r.scenario, "unit": r.unit, "higher_is_better": r.higher_is_better,
-                    "rounds": r.values, "median": medians,
+                    "rounds": r.values, "median": medians, "min_max": spreads,
                 })
             })
             .collect();
@@ -144,5 +164,23 @@ fn fmt(v: f64) -> String {
         format!("{v:.1}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_show_the_spread_when_there_are_several_rounds() {
+        let mut r = Report::default();
+        r.record("rt", "µs", false, "ferry", 20.0);
+        r.record("rt", "µs", false, "ferry", 40.0);
+        r.record("rt", "µs", false, "ferry", 30.0);
+        r.record("rt", "µs", false, "direct", 5.0);
+        let md = r.markdown("t");
+        assert!(md.contains("| 30.0 (20.0-40.0) |"), "{md}");
+        assert!(md.contains("| 5.000 |"), "{md}");
+        assert_eq!(r.json()["rows"][0]["min_max"]["ferry"], serde_json::json!([20.0, 40.0]));
     }
 }

@@ -88,3 +88,40 @@ pub fn paced_echo(addr: SocketAddr, netns: Option<String>, size: usize, rate: u6
         loss: if sent == 0 { 1.0 } else { 1.0 - (got.min(sent) as f64 / sent as f64) },
     }
 }
+
+/// Datagrams the kernel of one network namespace dropped for want of
+/// socket buffer room (`RcvbufErrors` + `SndbufErrors` of /proc/net/snmp),
+/// seen from process `pid` (which names its namespace), or from this
+/// process; 0 if unreadable.
+pub fn kernel_drops(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/net/snmp"),
+        None => "/proc/self/net/snmp".into(),
+    };
+    std::fs::read_to_string(path).map_or(0, |t| snmp_udp_drops(&t))
+}
+
+/// `RcvbufErrors` + `SndbufErrors` of the `Udp:` lines of a /proc/net/snmp text.
+fn snmp_udp_drops(text: &str) -> u64 {
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(n, _)| *n == "RcvbufErrors" || *n == "SndbufErrors")
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snmp_drops_add_receive_and_send_buffer_errors() {
+        let text = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 10 0 7 12 5 2\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 9\n";
+        assert_eq!(snmp_udp_drops(text), 7);
+        assert!(kernel_drops(None) < u64::MAX);
+    }
+}

@@ -5,12 +5,15 @@
 //! Used for dedicated data connections, where each forwarded connection has
 //! a transport connection of its own. Each direction moves its bytes through
 //! a [`Conduit`]: on Linux a pipe filled and drained with splice(2)
-//! ([`splice`]: the bytes never enter user space), elsewhere, and on Linux in
-//! portable mode ([`crate::platform`]), a user-space buffer filled with
-//! read(2) and drained with write(2) ([`copy`]). Both run the same
+//! ([`splice`]: the bytes never enter user space) once the connection
+//! carries bulk, a user-space buffer until then ([`adaptive`]); elsewhere,
+//! and on Linux in portable mode ([`crate::platform`]), a user-space buffer
+//! filled with read(2) and drained with write(2) ([`copy`]). Both run the same
 //! readiness-driven loop, so half-close, resets, the agent's answer and the
 //! byte counters behave the same.
 
+#[cfg(target_os = "linux")]
+mod adaptive;
 pub mod copy;
 #[cfg(target_os = "linux")]
 mod splice;
@@ -35,7 +38,9 @@ pub const SPARE_PIPES_MAX: usize = 64;
 /// How a relay moves its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayKind {
-    /// socket -> pipe -> socket with splice(2) (Linux only).
+    /// socket -> pipe -> socket with splice(2) (Linux only), once a
+    /// connection carries bulk; until then copied, as small messages move
+    /// faster that way (see `relay::adaptive`).
     #[cfg(target_os = "linux")]
     Splice,
     /// socket -> user-space buffer -> socket with read(2) and write(2).
@@ -67,7 +72,7 @@ pub(crate) trait Conduit: Sized {
     /// Whether the conduit can refuse more bytes before it holds its
     /// capacity (a pipe of fragments), so that a read which would block says
     /// the socket is empty only when the conduit is empty too.
-    const FULL_SHORT_OF_CAPACITY: bool;
+    fn full_short_of_capacity(&self) -> bool;
     /// A conduit for a new relay direction (perhaps a reused one).
     fn take() -> io::Result<Self>;
     /// How many more bytes it may take now.
@@ -83,6 +88,12 @@ pub(crate) trait Conduit: Sized {
     /// Called before waiting for the source: a chance to give back memory
     /// an empty conduit holds.
     fn idle(&mut self) {}
+    /// Whether the last [`Conduit::fill`] is known to have left the source
+    /// empty (a short read of a stream socket), so that the relay can wait
+    /// for the source at once instead of making a read that would block.
+    fn drained_source(&self) -> bool {
+        false
+    }
 }
 
 /// A socket whose readiness tokio tracks and which can be half-closed.
@@ -138,25 +149,39 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
     loop {
         let mut progress = false;
         // Tokio's readiness is cleared only when the read would block for
-        // want of bytes (see `Conduit::FULL_SHORT_OF_CAPACITY`).
+        // want of bytes (see `Conduit::full_short_of_capacity`).
         let mut read_blocked = false;
         if !eof && conduit.room() > 0 {
-            let sure_empty = !C::FULL_SHORT_OF_CAPACITY || conduit.held() == 0;
+            let sure_empty = !conduit.full_short_of_capacity() || conduit.held() == 0;
+            // A read that drained the source clears tokio's readiness as a
+            // read that would block does (tokio keeps readiness that arrived
+            // meanwhile), so a small message costs no extra read.
+            let mut drained = None;
             let r = if sure_empty {
-                src.try_op(Interest::READABLE, || conduit.fill(src.as_raw_fd()))
+                src.try_op(Interest::READABLE, || match conduit.fill(src.as_raw_fd())? {
+                    n if n > 0 && conduit.drained_source() => {
+                        drained = Some(n);
+                        Err(io::ErrorKind::WouldBlock.into())
+                    }
+                    n => Ok(n),
+                })
             } else {
                 conduit.fill(src.as_raw_fd())
             };
-            match r {
-                Ok(0) => {
+            match (r, drained) {
+                (_, Some(_)) => {
+                    progress = true;
+                    read_blocked = true;
+                }
+                (Ok(0), None) => {
                     if let Some(check) = at_eof.take() {
                         check(total + conduit.held() as u64).await?;
                     }
                     eof = true;
                 }
-                Ok(_) => progress = true,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = sure_empty,
-                Err(e) => return Err(e),
+                (Ok(_), None) => progress = true,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = sure_empty,
+                (Err(e), None) => return Err(e),
             }
         }
         if conduit.held() > 0 {
@@ -306,7 +331,7 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
 ) -> io::Result<(u64, u64)> {
     match kind {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => relay_through::<splice::Pipe, _, _>(client, conn, traffic, answer, share, end).await,
+        RelayKind::Splice => relay_through::<adaptive::Adaptive, _, _>(client, conn, traffic, answer, share, end).await,
         RelayKind::Copy => relay_through::<copy::CopyBuffer, _, _>(client, conn, traffic, answer, share, end).await,
     }
 }
@@ -318,7 +343,7 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
 pub async fn relay_one_way<A: RelaySocket, B: RelaySocket>(src: &A, dst: &B, count: impl Fn(usize)) -> io::Result<u64> {
     match RelayKind::current() {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => one_way::<splice::Pipe, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
+        RelayKind::Splice => one_way::<adaptive::Adaptive, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
         RelayKind::Copy => one_way::<copy::CopyBuffer, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
     }
 }

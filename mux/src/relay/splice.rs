@@ -55,7 +55,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 impl Conduit for Pipe {
     /// EAGAIN from socket -> pipe means "socket empty" only when the pipe is
     /// empty: a pipe holding fragments may be full short of its capacity.
-    const FULL_SHORT_OF_CAPACITY: bool = true;
+    fn full_short_of_capacity(&self) -> bool {
+        true
+    }
 
     fn take() -> io::Result<Self> {
         if let Some(pipe) = SPARE_PIPES.lock().unwrap_or_else(|e| e.into_inner()).pop() {
