@@ -46,6 +46,26 @@ pub enum LimaCommand {
     Status(InstanceArgs),
     /// ferry's log for INSTANCE.
     Logs(InstanceArgs),
+    /// Let ferry forward INSTANCE (or --all) from now on, whenever it runs.
+    ///
+    /// Switches Lima's own forwarding off for the instance's next start (in
+    /// lima.yaml; for Colima in the Lima home's _config/override.yaml, which
+    /// survives `colima start`), and records the instance for the ferry
+    /// daemon (`ferry service install`), which starts forwarding within a
+    /// second of the instance reaching Running and stops it when it stops.
+    /// On a running instance Lima keeps its own forwards until a restart;
+    /// --restart restarts it now.
+    ///
+    /// Example: limactl ferry enable default --restart
+    Enable(crate::lifecycle::EnableArgs),
+    /// Stop ferry for INSTANCE (or --all) for good and give back every file it changed.
+    ///
+    /// Stops the forwarder and restores lima.yaml (and, when no other
+    /// instance of the same Lima home is enabled, override.yaml) byte for
+    /// byte; Lima forwards again from the instance's next start.
+    ///
+    /// Example: limactl ferry disable default
+    Disable(crate::lifecycle::DisableArgs),
 }
 
 /// An instance, and the output format.
@@ -96,6 +116,10 @@ pub struct StartArgs {
     /// How long to wait for ferry to connect, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+    /// Leave lima.yaml alone (the daemon, for Colima's instances: Colima
+    /// rewrites lima.yaml at every start and ferry's rules are in override.yaml).
+    #[arg(long, hide = true)]
+    pub keep_lima_yaml: bool,
 }
 
 /// How `start` reaches the agent.
@@ -115,6 +139,8 @@ pub fn run(cmd: LimaCommand) -> anyhow::Result<()> {
         LimaCommand::Start(a) => start(&a),
         LimaCommand::Stop(a) => stop(&a),
         LimaCommand::Status(a) => status(&a),
+        LimaCommand::Enable(a) => crate::lifecycle::enable(&a),
+        LimaCommand::Disable(a) => crate::lifecycle::disable(&a),
         LimaCommand::Logs(a) => {
             let inst = limactl::instance(&a.instance)?;
             let log = state_dir(&inst.dir).join("ferry.log");
@@ -126,7 +152,7 @@ pub fn run(cmd: LimaCommand) -> anyhow::Result<()> {
 }
 
 /// `<instance dir>/ferry`.
-fn state_dir(inst_dir: &Path) -> PathBuf {
+pub(crate) fn state_dir(inst_dir: &Path) -> PathBuf {
     inst_dir.join("ferry")
 }
 
@@ -163,12 +189,12 @@ fn start(a: &StartArgs) -> anyhow::Result<()> {
     // edit stops the start with what to change.
     let lima_yaml = inst.dir.join("lima.yaml");
     let yaml_edit = match std::fs::read_to_string(&lima_yaml) {
-        Ok(text) => {
+        Ok(text) if !a.keep_lima_yaml => {
             let edited = lima_yaml::disable_lima_forwarding(&text)
                 .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))?;
             (edited != text).then_some(edited)
         }
-        Err(_) => None,
+        _ => None,
     };
     let tcp_ip = plan_tcp(a, name)?;
     let secret = dir.join("secret");
@@ -468,7 +494,7 @@ fn running_pid(dir: &Path) -> Option<u32> {
 }
 
 /// Stops the forwarder of `dir` (SIGTERM, then SIGKILL after 10 s).
-fn stop_process(dir: &Path) -> bool {
+pub(crate) fn stop_process(dir: &Path) -> bool {
     let Some(pid) = running_pid(dir) else {
         let _ = std::fs::remove_file(dir.join(PID_FILE));
         return false;
