@@ -264,6 +264,7 @@ impl Follower {
 fn spawn_start(inst: &Inst, dir: &Path, start_args: Vec<String>, tx: Sender<Msg>) {
     let (name, home, dir) = (inst.name.clone(), inst.home.clone(), dir.to_path_buf());
     std::thread::spawn(move || {
+        let t0 = Instant::now();
         let result = (|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut cmd = Command::new(exe);
@@ -273,6 +274,7 @@ fn spawn_start(inst: &Inst, dir: &Path, start_args: Vec<String>, tx: Sender<Msg>
                 cmd.arg("--keep-lima-yaml");
             }
             let out = cmd.output().map_err(|e| e.to_string())?;
+            tracing::debug!("{name}: `limactl ferry start` took {} ms", t0.elapsed().as_millis());
             print!("{}", String::from_utf8_lossy(&out.stdout));
             if out.status.success() {
                 Ok(())
