@@ -44,7 +44,8 @@ pub struct EnableArgs {
     /// route, TCP, with ssh as the fallback.
     #[arg(long)]
     pub network: bool,
-    /// Options for `limactl ferry start`, after `--` (e.g. `-- --transport ssh`).
+    /// Options for `limactl ferry start`, after `--` (e.g. `-- --transport ssh`);
+    /// enabling again without any keeps those recorded before.
     #[arg(last = true, value_name = "START_OPTIONS")]
     pub start_args: Vec<String>,
 }
@@ -130,6 +131,14 @@ pub fn enable(a: &EnableArgs) -> anyhow::Result<()> {
     for (home, name, dir) in &targets {
         let changed = apply_edits(home, dir, a.network)?;
         if !a.all {
+            // Enabling again without options keeps the ones recorded before.
+            let mut record = record.clone();
+            if let Some(before) = marker::read(&marker::instance_path(dir)) {
+                if a.start_args.is_empty() {
+                    record.start_args = before.start_args;
+                }
+                record.network |= before.network;
+            }
             marker::write(&marker::instance_path(dir), &record)?;
         }
         for c in &changed {
