@@ -261,7 +261,14 @@ fn an_enabled_instance_is_followed_through_starts_stops_and_a_lost_agent_then_di
     let running = w.limactl(dev, "start");
     let first = wait_forwarding(port, running, "first start");
     eprintln!("measured: forwarding up {} ms after Running (first start: agent installed)", first.as_millis());
-    assert!(w.vms[dev].guest.command("test").arg("-x").arg(w.vms[dev].guest_dir.join("bin/ferry-agent")).status().unwrap().success());
+    assert!(w.vms[dev]
+        .guest
+        .command("test")
+        .arg("-x")
+        .arg(w.vms[dev].guest_dir.join("bin/ferry-agent"))
+        .status()
+        .unwrap()
+        .success());
 
     // Stop: forwarding goes down, the forwarder exits.
     w.limactl(dev, "stop");
@@ -376,11 +383,20 @@ fn a_colima_instance_keeps_ferrys_rules_across_three_restarts_that_rewrite_lima_
         eprintln!("measured: Colima start {generation}: forwarding up {} ms after Running", took.as_millis());
         // ferry serves the docker socket at Colima's path, where its docker context points.
         wait_for(Duration::from_secs(30), "docker.sock at Colima's path", || unix_echo_once(&host_sock, b"docker"));
-        assert_eq!(std::fs::read_to_string(w.vms[vm].dir.join("lima.yaml")).unwrap(), generated, "ferry leaves Colima's lima.yaml alone");
-        assert!(std::fs::read_to_string(&override_path).unwrap().contains("ignore: true"), "override.yaml keeps ferry's rules");
+        assert_eq!(
+            std::fs::read_to_string(w.vms[vm].dir.join("lima.yaml")).unwrap(),
+            generated,
+            "ferry leaves Colima's lima.yaml alone"
+        );
+        assert!(
+            std::fs::read_to_string(&override_path).unwrap().contains("ignore: true"),
+            "override.yaml keeps ferry's rules"
+        );
         w.limactl(vm, "stop");
         wait_down(port, "forwarding down after colima stop");
-        wait_for(Duration::from_secs(15), "the forwarder to exit", || w.vms[vm].forwarder_pid().is_none().then_some(()));
+        wait_for(Duration::from_secs(15), "the forwarder to exit", || {
+            w.vms[vm].forwarder_pid().is_none().then_some(())
+        });
     }
 
     let said = w.plugin(&["disable", "colima"]);
@@ -487,7 +503,11 @@ fn enabling_a_running_instance_says_lima_keeps_its_forwards_and_restart_does_it_
     let other = w.add_vm(&w.lima_home(), "q", "vmType: qemu\n");
     let out = w.run(&w.dir.path().join("bin/limactl-ferry"), &["enable", "q", "--network"], None);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only vz instances"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only vz instances"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(w.vms[other].lima_yaml(), "vmType: qemu\n", "untouched");
 
     w.plugin(&["disable", "--all"]);
@@ -539,7 +559,10 @@ fn service_install_uninstall_and_status_with_launchd_and_systemd() {
             assert!(log.contains(&format!("launchctl bootstrap gui/0 {}", file.display())), "{log}");
             assert!(home.join("Library/Logs/ferry").is_dir(), "the log directory exists for launchd to write to");
         } else {
-            assert!(log.contains("systemctl --user daemon-reload") && log.contains("systemctl --user enable ferry.service"), "{log}");
+            assert!(
+                log.contains("systemctl --user daemon-reload") && log.contains("systemctl --user enable ferry.service"),
+                "{log}"
+            );
         }
         let gone = ferry(&["service", "uninstall", "--json", "--manager", manager]);
         assert_eq!(gone["removed"], true);

@@ -14,12 +14,7 @@
 
 mod follower;
 
-use std::{
-    os::unix::fs::DirBuilderExt,
-    path::PathBuf,
-    sync::mpsc,
-    time::Duration,
-};
+use std::{os::unix::fs::DirBuilderExt, path::PathBuf, sync::mpsc, time::Duration};
 
 pub use follower::Msg;
 

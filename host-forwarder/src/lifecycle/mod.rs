@@ -84,8 +84,8 @@ const YAML_EDITED: &str = "lima-yaml-edited";
 pub fn apply_edits(home: &Home, inst_dir: &Path, network: bool) -> anyhow::Result<Vec<String>> {
     let mut changed = Vec::new();
     let lima_yaml_path = inst_dir.join("lima.yaml");
-    let text = std::fs::read_to_string(&lima_yaml_path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", lima_yaml_path.display()))?;
+    let text =
+        std::fs::read_to_string(&lima_yaml_path).map_err(|e| anyhow::anyhow!("{}: {e}", lima_yaml_path.display()))?;
     let mut edited = text.clone();
     if home.colima {
         if override_yaml::add(&home.override_yaml())? {
@@ -114,7 +114,11 @@ pub fn apply_edits(home: &Home, inst_dir: &Path, network: bool) -> anyhow::Resul
         let state = inst_dir.join("ferry");
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&state)?;
         std::fs::write(state.join(YAML_EDITED), b"")?;
-        changed.push(format!("{}: Lima's own forwarding off{}", lima_yaml_path.display(), if network { ", vzNAT network" } else { "" }));
+        changed.push(format!(
+            "{}: Lima's own forwarding off{}",
+            lima_yaml_path.display(),
+            if network { ", vzNAT network" } else { "" }
+        ));
     }
     Ok(changed)
 }
@@ -194,7 +198,8 @@ pub fn disable(a: &DisableArgs) -> anyhow::Result<()> {
             .into_iter()
             .filter(|(home, _, dir)| {
                 marker::read(&marker::instance_path(dir)).is_some()
-                    || std::fs::read_to_string(dir.join("lima.yaml")).is_ok_and(|t| t != lima_yaml::restore(&network::remove(&t)))
+                    || std::fs::read_to_string(dir.join("lima.yaml"))
+                        .is_ok_and(|t| t != lima_yaml::restore(&network::remove(&t)))
                     || (home.colima && override_yaml::has_block(&home.override_yaml()))
             })
             .collect(),
@@ -221,7 +226,9 @@ fn disable_one(home: &Home, name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     // The plugin's stop: the forwarder, the agent service, lima.yaml given back.
     std::env::set_var("LIMA_HOME", &home.dir);
-    if let Err(e) = crate::lima::run(LimaCommand::Stop(crate::lima::InstanceArgs { instance: name.into(), json: false })) {
+    if let Err(e) =
+        crate::lima::run(LimaCommand::Stop(crate::lima::InstanceArgs { instance: name.into(), json: false }))
+    {
         // Without limactl the files still come back.
         tracing::warn!("{name}: {e}");
         let path = dir.join("lima.yaml");

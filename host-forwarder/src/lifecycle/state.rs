@@ -116,7 +116,8 @@ mod tests {
         let path = dir.path().join("ha.stdout.log");
         let mut log = HaLog::default();
         assert!(!log.update(&path));
-        std::fs::write(&path, "{\"time\":\"t\",\"status\":{\"running\":false}}\nnot json\n{\"status\":{\"running\":tr").unwrap();
+        std::fs::write(&path, "{\"time\":\"t\",\"status\":{\"running\":false}}\nnot json\n{\"status\":{\"running\":tr")
+            .unwrap();
         assert!(log.update(&path));
         assert_eq!(log.last.as_ref().map(|s| s.running), Some(false));
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();

@@ -62,11 +62,8 @@ impl Manager for Launchd {
         let string = |s: &str| format!("<string>{}</string>", xml(s));
         let mut args = vec![string(&spec.program.display().to_string())];
         args.extend(spec.args.iter().map(|a| string(a)));
-        let env: String = spec
-            .env
-            .iter()
-            .map(|(k, v)| format!("\t\t<key>{}</key>\n\t\t{}\n", xml(k), string(v)))
-            .collect();
+        let env: String =
+            spec.env.iter().map(|(k, v)| format!("\t\t<key>{}</key>\n\t\t{}\n", xml(k), string(v))).collect();
         let log = string(&self.log_file().display().to_string());
         format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
@@ -94,10 +91,7 @@ impl Manager for Launchd {
         // plist is only read at bootstrap.
         let mut bootout = Command::new("sh");
         bootout.args(["-c", "\"$@\" 2>/dev/null || true", "sh", "launchctl", "bootout", &target]);
-        vec![
-            bootout,
-            Self::launchctl(&["bootstrap", &Self::domain(), &path]),
-        ]
+        vec![bootout, Self::launchctl(&["bootstrap", &Self::domain(), &path])]
     }
 
     fn unload_commands(&self) -> Vec<Command> {
@@ -139,7 +133,10 @@ mod tests {
         Spec {
             program: "/opt/ferry & co/bin/ferry".into(),
             args: vec!["daemon".into()],
-            env: vec![("PATH".into(), "/opt/homebrew/bin:/usr/bin".into()), ("LIMA_HOME".into(), "/Users/me/<lima>".into())],
+            env: vec![
+                ("PATH".into(), "/opt/homebrew/bin:/usr/bin".into()),
+                ("LIMA_HOME".into(), "/Users/me/<lima>".into()),
+            ],
         }
     }
 

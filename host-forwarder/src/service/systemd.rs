@@ -66,7 +66,8 @@ impl Manager for Systemd {
     fn render(&self, spec: &Spec) -> String {
         let mut exec = vec![quote(&spec.program.display().to_string())];
         exec.extend(spec.args.iter().map(|a| quote(a)));
-        let env: String = spec.env.iter().map(|(k, v)| format!("Environment={}\n", quote(&format!("{k}={v}")))).collect();
+        let env: String =
+            spec.env.iter().map(|(k, v)| format!("Environment={}\n", quote(&format!("{k}={v}")))).collect();
         format!(
             "[Unit]\n\
              Description=ferry: forwards the ports of the enabled Lima and Colima instances\n\n\
@@ -83,7 +84,11 @@ impl Manager for Systemd {
     }
 
     fn load_commands(&self) -> Vec<Command> {
-        vec![Self::systemctl(&["daemon-reload"]), Self::systemctl(&["enable", UNIT]), Self::systemctl(&["restart", UNIT])]
+        vec![
+            Self::systemctl(&["daemon-reload"]),
+            Self::systemctl(&["enable", UNIT]),
+            Self::systemctl(&["restart", UNIT]),
+        ]
     }
 
     fn unload_commands(&self) -> Vec<Command> {
@@ -117,7 +122,10 @@ mod tests {
         Spec {
             program: program.into(),
             args: vec!["daemon".into()],
-            env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("LIMA_HOME".into(), "/home/me/100% \"lima\" $x".into())],
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin".into()),
+                ("LIMA_HOME".into(), "/home/me/100% \"lima\" $x".into()),
+            ],
         }
     }
 
