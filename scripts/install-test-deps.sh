@@ -25,6 +25,8 @@ command -v bindfs >/dev/null || need+=(bindfs)            # file-event tests: a 
 command -v inotifywait >/dev/null || need+=(inotify-tools) # file-event tests: a real watcher
 [ -x /usr/bin/node ] || need+=(nodejs)                    # file-event tests: Node's fs.watch
 command -v file >/dev/null || need+=(file)                # release test: what the agent binaries are
+command -v systemd-analyze >/dev/null || need+=(systemd) # lifecycle: `systemd-analyze verify` checks the user unit
+command -v lsof >/dev/null || need+=(lsof)               # ferry doctor names the process holding a port
 apt_install "${need[@]}"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "install-test-deps: ready"

@@ -495,10 +495,35 @@ fn enabling_a_running_instance_says_lima_keeps_its_forwards_and_restart_does_it_
 
     w.start_daemon();
     wait_forwarding(port, Instant::now(), "an instance that was running when the daemon started");
+    // `ferry doctor` names what is wrong: Lima still holds its forwards, and
+    // a host port another process holds (this test process), by pid.
+    let held_port = free_port();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", held_port)).unwrap();
+    guest_echo(&w.vms[dev].guest, held_port);
+    let doctor = || {
+        let out = w.run(&bin_dir().join("ferry"), &["doctor", "dev"], None);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let me = format!("(pid {})", std::process::id());
+    let (ok, said) = wait_for(Duration::from_secs(15), "doctor naming the port's holder", || {
+        let (ok, said) = doctor();
+        said.contains(&me).then_some((ok, said))
+    });
+    assert!(!ok, "{said}");
+    assert!(said.contains(&format!("127.0.0.1:{held_port}")) && said.contains("held by"), "{said}");
+    assert!(said.contains("Lima's own forwarding is still on") && said.contains("--restart"), "{said}");
+    assert!(said.contains("daemon running") && said.contains("not as a service"), "{said}");
+    drop(holder);
     // --restart: limactl stop and start, forwarding back up.
     let said = w.plugin(&["enable", "dev", "--restart"]);
     assert!(said.contains("dev: restarted"), "{said}");
     wait_forwarding(port, Instant::now(), "after --restart");
+    let said = wait_for(Duration::from_secs(15), "a clean bill of health", || {
+        let (ok, said) = doctor();
+        ok.then_some(said)
+    });
+    assert!(said.contains("Lima's own forwarding: off") && said.contains("connected over exec:"), "{said}");
+    assert!(said.contains("secret private") && said.contains("transport ssh"), "{said}");
     // --network on a non-vz instance is refused with the reason.
     let other = w.add_vm(&w.lima_home(), "q", "vmType: qemu\n");
     let out = w.run(&w.dir.path().join("bin/limactl-ferry"), &["enable", "q", "--network"], None);
