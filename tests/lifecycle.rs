@@ -38,7 +38,8 @@ case "$1" in
     exec nsenter -t "$(cat "$home/$n/fake-holder")" -m -n env PATH="$FAKE_LIMA_SHIMS:$PATH" "$@" ;;
   start)
     d="$home/$2"
-    # The host agent's pid (a live process: the test's own), then its events.
+    # A new host agent: a new log, its pid (a live process: the test's own), then its events.
+    : > "$d/ha.stdout.log"
     echo "$FAKE_HA_PID" > "$d/ha.pid"
     printf '{"time":"t","status":{"running":false}}\n' >> "$d/ha.stdout.log"
     printf '{"time":"t","status":{"running":true,"sshLocalPort":0}}\n' >> "$d/ha.stdout.log" ;;

@@ -32,6 +32,8 @@ struct Inst {
     home: Home,
     name: String,
     log: state::HaLog,
+    /// The mtime of ha.pid when last looked at: a new host agent starts a new log.
+    ha_pid_mtime: Option<std::time::SystemTime>,
     phase: Phase,
     /// When the daemon first saw it Running this time.
     running_since: Option<Instant>,
@@ -107,6 +109,7 @@ impl Follower {
                             home: home.clone(),
                             name,
                             log: state::HaLog::default(),
+                            ha_pid_mtime: None,
                             phase: Phase::Down,
                             running_since: None,
                             failures: 0,
@@ -188,6 +191,12 @@ impl Follower {
     fn evaluate(&mut self, dir: &Path) {
         let tx = self.tx.clone();
         let Some(inst) = self.insts.get_mut(dir) else { return };
+        let ha_pid_mtime = std::fs::metadata(dir.join("ha.pid")).and_then(|m| m.modified()).ok();
+        if ha_pid_mtime != inst.ha_pid_mtime && ha_pid_mtime.is_some() {
+            // A host agent started: Lima truncates its log, read it afresh.
+            inst.log = state::HaLog::default();
+        }
+        inst.ha_pid_mtime = ha_pid_mtime;
         inst.log.update(&dir.join("ha.stdout.log"));
         let running = state::is_running(dir, &inst.log);
         let enabled = marker::effective(dir).or_else(|| {

@@ -95,8 +95,12 @@ pub fn host_agent_alive(dir: &Path) -> bool {
 
 /// Whether the instance at `dir` runs, given its followed log.
 pub fn is_running(dir: &Path, log: &HaLog) -> bool {
-    // A host agent that has written no event yet (an old Lima): trust ha.pid.
-    host_agent_alive(dir) && log.last.as_ref().is_none_or(|s| s.running && !s.exiting)
+    match &log.last {
+        Some(s) => s.running && !s.exiting && host_agent_alive(dir),
+        // A log without a status event yet: the host agent is still booting
+        // the instance. No log at all (a Lima that writes none): ha.pid decides.
+        None => !dir.join("ha.stdout.log").exists() && host_agent_alive(dir),
+    }
 }
 
 /// Whether the instance at `dir` runs, read once.
@@ -139,7 +143,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!running_now(dir.path()));
         std::fs::write(dir.path().join("ha.pid"), format!("{}\n", std::process::id())).unwrap();
-        assert!(running_now(dir.path()), "no events yet: ha.pid decides");
+        assert!(running_now(dir.path()), "a Lima that writes no log: ha.pid decides");
+        std::fs::write(dir.path().join("ha.stdout.log"), "").unwrap();
+        assert!(!running_now(dir.path()), "a new log without an event yet: booting");
         std::fs::write(dir.path().join("ha.stdout.log"), "{\"status\":{\"running\":false}}\n").unwrap();
         assert!(!running_now(dir.path()), "still booting");
         std::fs::write(dir.path().join("ha.pid"), "999999999\n").unwrap();
