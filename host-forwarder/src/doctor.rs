@@ -5,12 +5,7 @@
 //! ports another process holds (and which process), the agent's version and
 //! the secret's permissions. Exits with status 1 if any check fails.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    process::Command,
-    time::SystemTime,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::SystemTime};
 
 use crate::{
     lifecycle::{homes, homes::Home, marker, override_yaml, state},
@@ -88,7 +83,9 @@ fn check_service(r: &mut Report, any_enabled: bool) {
     let s = crate::service::status(m.as_ref());
     let daemon = crate::pid_file::running(&crate::daemon::pid_file_path());
     match (&s.definition, daemon) {
-        (Some(p), Some(pid)) => r.ok(format!("{} service installed ({}), daemon running (pid {pid})", m.name(), p.display())),
+        (Some(p), Some(pid)) => {
+            r.ok(format!("{} service installed ({}), daemon running (pid {pid})", m.name(), p.display()))
+        }
         (None, Some(pid)) => {
             r.info(format!("daemon running (pid {pid}) but not as a service: it will not start at the next login"));
             r.info("`ferry service install` makes it one");
@@ -97,10 +94,9 @@ fn check_service(r: &mut Report, any_enabled: bool) {
             format!("{} service installed ({}) but the daemon is not running", m.name(), p.display()),
             format!("see its logs: {}; `ferry service install` loads it again", s.logs),
         ),
-        (None, None) if any_enabled => r.fail(
-            "instances are enabled but no ferry daemon runs: nothing follows them",
-            "`ferry service install`",
-        ),
+        (None, None) if any_enabled => {
+            r.fail("instances are enabled but no ferry daemon runs: nothing follows them", "`ferry service install`")
+        }
         _ => r.info("no daemon running (nothing is enabled)"),
     }
 }
@@ -188,7 +184,12 @@ fn check_lima_forwarding(r: &mut Report, home: &Home, name: &str, dir: &Path, ru
 fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
     let report = match crate::status::client::query(&state_dir.join("ferry.sock")) {
         Ok(rep) => rep,
-        Err(e) => return r.fail(format!("the forwarder (pid {pid}) does not answer: {e}"), format!("`limactl ferry logs {name}`")),
+        Err(e) => {
+            return r.fail(
+                format!("the forwarder (pid {pid}) does not answer: {e}"),
+                format!("`limactl ferry logs {name}`"),
+            )
+        }
     };
     let start: serde_json::Value = std::fs::read_to_string(state_dir.join("start.json"))
         .ok()
@@ -210,7 +211,10 @@ fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
     let want = format!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
     match start["agent_version"].as_str() {
         Some(v) if v == want => r.ok(format!("agent {v}")),
-        Some(v) => r.fail(format!("agent version {v}, this ferry is {}", env!("CARGO_PKG_VERSION")), format!("`limactl ferry stop {name}` and start again installs the matching agent")),
+        Some(v) => r.fail(
+            format!("agent version {v}, this ferry is {}", env!("CARGO_PKG_VERSION")),
+            format!("`limactl ferry stop {name}` and start again installs the matching agent"),
+        ),
         None => {}
     }
     let forwarding = report.ports.iter().filter(|p| p.state == "forwarding").count();
@@ -244,8 +248,16 @@ fn check_secret(r: &mut Report, secret: &Path) {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 || dir_mode.is_some_and(|m| m & 0o077 != 0) {
         r.fail(
-            format!("the secret {} is readable by others (file {mode:o}, directory {:o})", secret.display(), dir_mode.unwrap_or(0)),
-            format!("chmod 600 {}; chmod 700 {}", secret.display(), secret.parent().unwrap_or(Path::new(".")).display()),
+            format!(
+                "the secret {} is readable by others (file {mode:o}, directory {:o})",
+                secret.display(),
+                dir_mode.unwrap_or(0)
+            ),
+            format!(
+                "chmod 600 {}; chmod 700 {}",
+                secret.display(),
+                secret.parent().unwrap_or(Path::new(".")).display()
+            ),
         );
     } else {
         r.ok("secret private (0600 in a 0700 directory)");
