@@ -164,9 +164,10 @@ fn check_lima_forwarding(r: &mut Report, home: &Home, name: &str, dir: &Path, ru
     if !has_block {
         return;
     }
-    // Lima reads the file when its host agent starts (and writes ha.pid then).
+    // Lima reads the file when its host agent starts (and writes ha.pid
+    // then); the same timestamp is no proof of the order.
     let read_since = match (mtime(&dir.join("ha.pid")), mtime(&edited_file)) {
-        (Some(started), Some(edited)) => started >= edited,
+        (Some(started), Some(edited)) => started > edited,
         _ => false,
     };
     if !running {
@@ -200,7 +201,7 @@ fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
         "tcp" => "the guest has a vzNAT/shared address: plain TCP, the fastest route, ssh as the fallback",
         "ssh" => "no host-reachable guest address; `limactl ferry enable NAME --network` adds vzNAT to a vz instance",
         "given" => "named with --agent",
-        _ => "unknown (started by an older ferry?)",
+        _ => "not recorded (the start is still under way, or an older ferry started it)",
     };
     if report.connected {
         r.ok(format!("forwarder (pid {pid}) connected over {}", report.transport));

@@ -277,11 +277,10 @@ fn spawn_start(inst: &Inst, dir: &Path, start_args: Vec<String>, tx: Sender<Msg>
         let result = (|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut cmd = Command::new(exe);
-            cmd.args(["lima", "start", &name]).args(&start_args).env("LIMA_HOME", &home.dir);
-            if home.colima {
-                // Colima writes lima.yaml afresh at every start; ferry's rules are in override.yaml.
-                cmd.arg("--keep-lima-yaml");
-            }
+            // `enable` made the edits Lima reads (lima.yaml, or override.yaml for
+            // Colima, which writes lima.yaml afresh at every start); a start in
+            // flight while `disable` restores them must not write them again.
+            cmd.args(["lima", "start", &name, "--keep-lima-yaml"]).args(&start_args).env("LIMA_HOME", &home.dir);
             let out = cmd.output().map_err(|e| e.to_string())?;
             tracing::debug!("{name}: `limactl ferry start` took {} ms", t0.elapsed().as_millis());
             print!("{}", String::from_utf8_lossy(&out.stdout));

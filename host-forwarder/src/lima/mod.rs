@@ -116,8 +116,8 @@ pub struct StartArgs {
     /// How long to wait for ferry to connect, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
-    /// Leave lima.yaml alone (the daemon, for Colima's instances: Colima
-    /// rewrites lima.yaml at every start and ferry's rules are in override.yaml).
+    /// Leave lima.yaml alone (the daemon: `limactl ferry enable` made the
+    /// edits, in override.yaml for Colima, which rewrites lima.yaml at every start).
     #[arg(long, hide = true)]
     pub keep_lima_yaml: bool,
 }
