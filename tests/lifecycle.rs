@@ -599,3 +599,36 @@ fn service_install_uninstall_and_status_with_launchd_and_systemd() {
         assert_eq!(again["removed"], false, "idempotent");
     }
 }
+
+#[test]
+fn enable_all_covers_an_instance_created_later() {
+    let mut w = World::new();
+    let port = free_port();
+    w.start_daemon();
+    // The options name the guest directory the instance will have.
+    let g = w.dir.path().join("guest-later");
+    let opts: Vec<String> = [("--guest-bin", "bin"), ("--guest-etc", "etc"), ("--guest-state", "run")]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), g.join(v).display().to_string()])
+        .collect();
+    let mut args = vec!["enable", "--all", "--"];
+    args.extend(opts.iter().map(String::as_str));
+    let said = w.plugin(&args);
+    assert!(said.contains("those created later too"), "{said}");
+
+    // `limactl create`: a new directory with a lima.yaml; the daemon edits it before its first start.
+    let original = "vmType: qemu\n";
+    let vm = w.add_vm(&w.lima_home(), "later", original);
+    wait_for(Duration::from_secs(15), "the daemon's edit of the new instance", || {
+        w.vms[vm].lima_yaml().contains("Lima's own port forwarding is off").then_some(())
+    });
+    guest_echo(&w.vms[vm].guest, port);
+    let running = w.limactl(vm, "start");
+    let took = wait_forwarding(port, running, "an instance created after enable --all");
+    eprintln!("measured: new instance under --all: forwarding up {} ms after Running", took.as_millis());
+
+    w.plugin(&["disable", "--all"]);
+    wait_down(port, "down after disable --all");
+    assert_eq!(w.vms[vm].lima_yaml(), original);
+    assert!(!w.dir.path().join("state/enable-all.json").exists());
+}
