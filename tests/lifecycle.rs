@@ -29,7 +29,8 @@ case "$1" in
       d="$home/$name"; [ -f "$d/lima.yaml" ] || continue
       st=Stopped; [ -f "$d/ha.pid" ] && st=Running
       vm=$(sed -n 's/^vmType: *//p' "$d/lima.yaml" | head -n 1)
-      printf '{"name":"%s","status":"%s","dir":"%s","vmType":"%s","sshLocalPort":0}\n' "$name" "$st" "$d" "${vm:-qemu}"
+      cfg=; [ -f "$d/ssh.config" ] && cfg=",\"sshConfigFile\":\"$d/ssh.config\""
+      printf '{"name":"%s","status":"%s","dir":"%s","vmType":"%s","sshLocalPort":0%s}\n' "$name" "$st" "$d" "${vm:-qemu}" "$cfg"
     done ;;
   copy) n=${3%%:*}; exec nsenter -t "$(cat "$home/$n/fake-holder")" -m cp "$2" "${3#*:}" ;;
   shell)
@@ -631,4 +632,101 @@ fn enable_all_covers_an_instance_created_later() {
     wait_down(port, "down after disable --all");
     assert_eq!(w.vms[vm].lima_yaml(), original);
     assert!(!w.dir.path().join("state/enable-all.json").exists());
+}
+
+/// The pid of the ssh ControlMaster serving `control`, as `ssh -O check` says.
+fn master_pid(config: &Path, control: &Path, host: &str) -> Option<u32> {
+    let out = Command::new("ssh").arg("-F").arg(config).arg("-S").arg(control).args(["-O", "check", host]).output();
+    let text = String::from_utf8_lossy(&out.ok()?.stderr).into_owned();
+    text.split("pid=").nth(1)?.split(')').next()?.parse().ok()
+}
+
+/// Ends the ControlMaster that `ControlPersist yes` left in the background.
+struct MasterGuard(PathBuf, PathBuf);
+
+impl Drop for MasterGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = master_pid(&self.0, &self.1, "lima-sshvm") {
+            // SAFETY: kill(2) of the pid the master reported for itself.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+#[test]
+fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
+    /// How long the host "sleeps" (daemon, forwarder and ssh ControlMaster
+    /// stopped with SIGSTOP); the issue's 60 s, shortened for CI.
+    const SLEEP: Duration = Duration::from_secs(5);
+    let mut w = World::new();
+    let port = free_port();
+    let vm = w.add_vm(&w.lima_home(), "sshvm", "");
+    let guest_sock = w.vms[vm].guest_dir.join("app.sock");
+    let original =
+        format!("vmType: vz\nportForwards:\n- guestSocket: \"{}\"\n  hostSocket: app.sock\n", guest_sock.display());
+    std::fs::write(w.vms[vm].dir.join("lima.yaml"), &original).unwrap();
+    // An ssh.config as Lima writes it (ControlMaster auto, ControlPath in the
+    // instance dir, ControlPersist yes), reaching a real sshd in the guest.
+    let shims = w.dir.path().join("shims");
+    let ssh = ferry_tests::ssh::SshGuest::with_sshd_options(
+        w.dir.path(),
+        &format!("SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n", shims.display()),
+    )
+    .unwrap();
+    let (config, control) = (w.vms[vm].dir.join("ssh.config"), w.vms[vm].dir.join("ssh.sock"));
+    std::fs::write(
+        &config,
+        format!(
+            "Host lima-sshvm\n  IdentityFile \"{}\"\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  \
+             BatchMode yes\n  LogLevel ERROR\n  User root\n  ControlMaster auto\n  ControlPath \"{}\"\n  \
+             ControlPersist yes\n  ProxyCommand {}\n",
+            ssh.client_key().display(),
+            control.display(),
+            ssh.proxy_command(&w.vms[vm].guest)
+        ),
+    )
+    .unwrap();
+    let _master = MasterGuard(config.clone(), control.clone());
+    guest_echo(&w.vms[vm].guest, port);
+    let _app = guest_unix_echo(&w.vms[vm].guest, &guest_sock);
+    w.start_daemon();
+    let mut args = vec!["enable".to_string(), "sshvm".into(), "--".into()];
+    args.extend(w.vms[vm].start_options());
+    w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let running = w.limactl(vm, "start");
+    let took = wait_forwarding(port, running, "over ssh");
+    eprintln!("measured: over ssh with a ControlMaster: forwarding up {} ms after Running", took.as_millis());
+    let host_sock = w.vms[vm].dir.join("sock/app.sock");
+    wait_for(Duration::from_secs(30), "the socket rule", || unix_echo_once(&host_sock, b"app"));
+    let status = w.plugin(&["status", "sshvm", "--json"]);
+    assert!(status.contains("\"data_path\":\"ssh-master\""), "connections go through the master: {status}");
+
+    let master = master_pid(&config, &control, "lima-sshvm").expect("a ControlMaster runs");
+    let forwarder = w.vms[vm].forwarder_pid().unwrap();
+    let daemon = w.daemon.as_ref().unwrap().pid();
+    for pid in [daemon, forwarder, master] {
+        // SAFETY: kill(2) of the daemon, the instance's forwarder and its ssh master, by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    }
+    std::thread::sleep(SLEEP);
+    for pid in [daemon, forwarder, master] {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    }
+    let woke = Instant::now();
+    wait_forwarding(port, woke, "the port after the sleep");
+    wait_for(Duration::from_secs(30), "the socket after the sleep", || unix_echo_once(&host_sock, b"woke"));
+    eprintln!(
+        "measured: port and socket over the ssh master work again {} ms after a {SLEEP:?} sleep",
+        woke.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.vms[vm].forwarder_pid(), Some(forwarder), "the same forwarder, none started twice");
+    // No stale socket files: the host socket is the live one, the control socket answers.
+    assert!(unix_echo_once(&host_sock, b"again").is_some());
+    assert!(w.plugin(&["status", "sshvm", "--json"]).contains("\"connected\":true"));
+
+    w.plugin(&["disable", "sshvm"]);
+    wait_down(port, "down after disable");
+    assert_eq!(w.vms[vm].lima_yaml(), original, "the socket rule comes back byte for byte");
 }
