@@ -730,3 +730,43 @@ fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
     wait_down(port, "down after disable");
     assert_eq!(w.vms[vm].lima_yaml(), original, "the socket rule comes back byte for byte");
 }
+
+#[test]
+fn doctor_says_when_the_tcp_route_fell_back_to_ssh() {
+    let mut w = World::new();
+    let (port, agent_port) = (free_port(), free_port());
+    let vm = w.add_vm(&w.lima_home(), "nat", "vmType: vz\n");
+    // The guest's NIC on a network the host reaches (vzNAT), named as Lima names it.
+    let (_, guest_ip) = w.vms[vm].guest.link_to_host("lima0");
+    guest_echo(&w.vms[vm].guest, port);
+    w.start_daemon();
+    let mut args = vec!["enable".to_string(), "nat".into(), "--".into(), "--agent-port".into(), agent_port.to_string()];
+    args.extend(w.vms[vm].start_options());
+    w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let running = w.limactl(vm, "start");
+    let took = wait_forwarding(port, running, "over tcp");
+    eprintln!("measured: tcp transport (agent service started): forwarding up {} ms after Running", took.as_millis());
+    let doctor = || {
+        let out = w.run(&bin_dir().join("ferry"), &["doctor", "nat"], None);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let said = wait_for(Duration::from_secs(15), "doctor on the tcp route", || {
+        let (ok, said) = doctor();
+        (ok && said.contains("transport tcp")).then_some(said)
+    });
+    assert!(said.contains(&format!("connected over tcp:{guest_ip}:{agent_port}")), "{said}");
+
+    // The agent service dies: the session falls back to ssh, and doctor says why.
+    let pid = w.vms[vm].guest.command("cat").arg(w.vms[vm].guest_dir.join("run/agent.pid")).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap();
+    // SAFETY: kill(2) of the agent service's pid, read from its own pid file.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let said = wait_for(Duration::from_secs(30), "doctor on the fallback", || {
+        let (ok, said) = doctor();
+        (!ok && said.contains("does not answer") && said.contains("connected over exec:")).then_some(said)
+    });
+    assert!(said.contains(&format!("{guest_ip}:{agent_port}")) && said.contains("ferry uses ssh meanwhile"), "{said}");
+    assert!(said.contains("`limactl ferry enable nat --restart`"), "{said}");
+    w.plugin(&["disable", "nat"]);
+    wait_down(port, "down after disable");
+}

@@ -209,6 +209,7 @@ fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
     } else {
         r.fail(format!("forwarder (pid {pid}) is not connected to the agent"), format!("`limactl ferry logs {name}`"));
     }
+    check_tcp_route(r, name, state_dir, &report.transport);
     let want = format!("ferry-agent {}", env!("CARGO_PKG_VERSION"));
     match start["agent_version"].as_str() {
         Some(v) if v == want => r.ok(format!("agent {v}")),
@@ -227,6 +228,41 @@ fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
             "stop that program, or map the guest port to another hostPort in lima.yaml",
         );
     }
+}
+
+/// With the TCP transport chosen but the session on its ssh fallback: why
+/// the guest's address does not answer, the macOS Local Network permission
+/// above all.
+fn check_tcp_route(r: &mut Report, name: &str, state_dir: &Path, transport: &str) {
+    let Ok(text) = std::fs::read_to_string(crate::lima::agent_service::record_path(state_dir)) else { return };
+    let Ok(svc) = serde_json::from_str::<crate::lima::agent_service::Service>(&text) else { return };
+    if transport.starts_with("tcp:") {
+        return;
+    }
+    match std::net::TcpStream::connect_timeout(&svc.addr, std::time::Duration::from_secs(1)) {
+        Ok(_) => r.info(format!(
+            "the agent answers at {} again; the session goes back to TCP at its next reconnection",
+            svc.addr
+        )),
+        Err(e) => {
+            let (what, fix) = tcp_failure(&e, svc.addr, name);
+            r.fail(what, fix);
+        }
+    }
+}
+
+/// What a failed connection to the agent's TCP address means, and what to do.
+fn tcp_failure(e: &std::io::Error, addr: std::net::SocketAddr, name: &str) -> (String, String) {
+    if e.raw_os_error() == Some(libc::EHOSTUNREACH) && cfg!(target_os = "macos") {
+        return (
+            format!("no route to the guest at {addr}: macOS (15 and later) blocks it without the Local Network permission; ferry uses ssh meanwhile"),
+            "System Settings > Privacy & Security > Local Network: allow ferry (and the terminal you run it from)".into(),
+        );
+    }
+    (
+        format!("the agent's TCP address {addr} does not answer ({e}); ferry uses ssh meanwhile"),
+        format!("`limactl ferry enable {name} --restart` starts the agent service again"),
+    )
 }
 
 /// Which process listens on the host address `host` ("127.0.0.1:8080"), as lsof says.
@@ -268,6 +304,19 @@ fn check_secret(r: &mut Report, secret: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_failure_says_what_to_do() {
+        let addr: std::net::SocketAddr = "192.168.64.3:7072".parse().unwrap();
+        let (what, fix) = tcp_failure(&std::io::Error::from_raw_os_error(libc::EHOSTUNREACH), addr, "dev");
+        if cfg!(target_os = "macos") {
+            assert!(what.contains("Local Network permission") && fix.contains("Privacy & Security"), "{what}");
+        } else {
+            assert!(what.contains("does not answer") && what.contains("192.168.64.3:7072"), "{what}");
+        }
+        let (what, _) = tcp_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED), addr, "dev");
+        assert!(what.contains("does not answer") && what.contains("uses ssh"), "{what}");
+    }
 
     #[test]
     fn lsof_output_names_the_holder() {
