@@ -627,6 +627,9 @@ fn enable_all_covers_an_instance_created_later() {
     let running = w.limactl(vm, "start");
     let took = wait_forwarding(port, running, "an instance created after enable --all");
     eprintln!("measured: new instance under --all: forwarding up {} ms after Running", took.as_millis());
+    if took > Duration::from_secs(2) {
+        eprintln!("--- slow: daemon log ---\n{}", w.daemon_log());
+    }
 
     w.plugin(&["disable", "--all"]);
     wait_down(port, "down after disable --all");

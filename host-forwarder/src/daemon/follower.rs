@@ -133,6 +133,9 @@ impl Follower {
     /// Takes one message.
     pub fn handle(&mut self, msg: Msg) {
         match msg {
+            // Opens and closes (inotify reports them), the daemon's own
+            // reads above all: acting on those would feed on itself.
+            Msg::Fs(Ok(ev)) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
             Msg::Fs(Ok(ev)) => {
                 for p in &ev.paths {
                     self.touch(p);
@@ -142,7 +145,10 @@ impl Follower {
                 tracing::warn!("file events: {e}; looking at everything again");
                 self.rescan();
             }
-            Msg::Started(dir, result) => self.started(&dir, result),
+            Msg::Started(dir, result) => {
+                tracing::debug!("start of {} finished", dir.display());
+                self.started(&dir, result)
+            }
         }
     }
 
@@ -203,6 +209,10 @@ impl Follower {
             (inst.home.colima && override_yaml::has_block(&inst.home.override_yaml())).then(marker::Enabled::default)
         });
         let state_dir = crate::lima::state_dir(dir);
+        if inst.phase == Phase::Starting {
+            // The start in flight decides; asking its pid file now would only race with it.
+            return;
+        }
         let forwarder = crate::pid_file::running(&state_dir.join("ferry.pid"));
         if !running {
             inst.running_since = None;

@@ -48,7 +48,9 @@ pub fn run(a: &DaemonArgs) -> anyhow::Result<()> {
     f.rescan();
     let tick = Duration::from_millis(a.tick_ms);
     loop {
-        match rx.recv_timeout(tick) {
+        let msg = rx.recv_timeout(tick);
+        let t0 = std::time::Instant::now();
+        match msg {
             Ok(msg) => f.handle(msg),
             Err(mpsc::RecvTimeoutError::Timeout) => f.rescan(),
             Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("the file watcher stopped"),
@@ -58,5 +60,8 @@ pub fn run(a: &DaemonArgs) -> anyhow::Result<()> {
             f.handle(msg);
         }
         f.evaluate_dirty();
+        if t0.elapsed() > Duration::from_millis(200) {
+            tracing::debug!("one turn of the loop took {} ms", t0.elapsed().as_millis());
+        }
     }
 }
