@@ -83,7 +83,6 @@ impl Follower {
         self.watched.retain(|d| d.is_dir());
         let state_dir = self.state_dir.clone();
         self.watch(&state_dir);
-        let all = marker::read(&marker::all_path());
         let mut seen = HashSet::new();
         for home in homes::homes() {
             self.watch(&home.dir);
@@ -93,15 +92,6 @@ impl Follower {
                 self.watch(&dir.join("ferry"));
                 seen.insert(dir.clone());
                 if !self.insts.contains_key(&dir) {
-                    if let Some(all) = &all {
-                        if marker::read(&marker::instance_path(&dir)).is_none() {
-                            // `enable --all` covers instances created later.
-                            match crate::lifecycle::apply_edits(&home, &dir, all.network) {
-                                Ok(changed) => changed.iter().for_each(|c| tracing::info!("{name}: edited {c}")),
-                                Err(e) => tracing::warn!("{name}: {e}"),
-                            }
-                        }
-                    }
                     tracing::info!("following {name} ({})", dir.display());
                     self.insts.insert(
                         dir.clone(),
@@ -197,6 +187,15 @@ impl Follower {
     fn evaluate(&mut self, dir: &Path) {
         let tx = self.tx.clone();
         let Some(inst) = self.insts.get_mut(dir) else { return };
+        if marker::read(&marker::instance_path(dir)).is_none() {
+            if let Some(all) = marker::read(&marker::all_path()) {
+                // `enable --all` covers instances created later (idempotent: no change once made).
+                match crate::lifecycle::apply_edits(&inst.home, dir, all.network) {
+                    Ok(changed) => changed.iter().for_each(|c| tracing::info!("{}: edited {c}", inst.name)),
+                    Err(e) => tracing::warn!("{}: {e}", inst.name),
+                }
+            }
+        }
         let ha_pid_mtime = std::fs::metadata(dir.join("ha.pid")).and_then(|m| m.modified()).ok();
         if ha_pid_mtime != inst.ha_pid_mtime && ha_pid_mtime.is_some() {
             // A host agent started: Lima truncates its log, read it afresh.

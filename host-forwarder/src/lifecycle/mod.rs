@@ -255,7 +255,11 @@ fn disable_one(home: &Home, name: &str, dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
-    println!("{name}: disabled");
+    if marker::read(&marker::all_path()).is_some() {
+        println!("{name}: `enable --all` still covers it; `limactl ferry disable --all` ends that");
+    } else {
+        println!("{name}: disabled");
+    }
     Ok(())
 }
 
