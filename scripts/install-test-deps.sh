@@ -28,6 +28,8 @@ command -v file >/dev/null || need+=(file)                # release test: what t
 command -v man >/dev/null || need+=(man-db)               # release test: the man pages format
 command -v zsh >/dev/null || need+=(zsh)                  # release test: the zsh completion loads
 command -v fish >/dev/null || need+=(fish)                # release test: the fish completion parses
+command -v systemd-analyze >/dev/null || need+=(systemd) # lifecycle: `systemd-analyze verify` checks the user unit
+command -v lsof >/dev/null || need+=(lsof)               # ferry doctor names the process holding a port
 apt_install "${need[@]}"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "install-test-deps: ready"

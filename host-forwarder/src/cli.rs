@@ -58,6 +58,34 @@ pub enum Command {
     /// active connections and bytes each way.
     #[command(after_help = STATUS_EXAMPLES)]
     Status(StatusArgs),
+    /// Install, remove or inspect the per-user service that runs `ferry daemon`.
+    ///
+    /// macOS: a launchd agent (~/Library/LaunchAgents/dev.ferry.daemon.plist,
+    /// logs in ~/Library/Logs/ferry/daemon.log); Linux: a systemd user unit
+    /// (~/.config/systemd/user/ferry.service, logs in the journal). Started at
+    /// login and restarted if it exits. Install and uninstall are idempotent.
+    ///
+    /// Example: ferry service install
+    Service(crate::service::ServiceArgs),
+    /// Follow every Lima and Colima instance, forwarding the enabled ones while they run.
+    ///
+    /// The long-lived process `ferry service install` runs. It watches the
+    /// Lima homes ($LIMA_HOME or ~/.lima, and Colima's ~/.colima/_lima) by
+    /// file events and the host agents' status events, never by polling
+    /// `limactl list`; `limactl ferry enable NAME` says which instances it
+    /// takes over.
+    ///
+    /// Example: ferry daemon -v
+    Daemon(crate::daemon::DaemonArgs),
+    /// Explain what is wrong with ferry, the service or an instance.
+    ///
+    /// Checks the service, and for each instance (or INSTANCE): its state,
+    /// whether it is enabled, whether Lima's own forwarding is still on,
+    /// the forwarder and its transport, ports another process holds, the
+    /// agent's version and the secret's permissions. Exits 1 if a check fails.
+    ///
+    /// Example: ferry doctor default
+    Doctor(crate::doctor::DoctorArgs),
     /// Lima integration (also installed as the `limactl-ferry` plugin).
     ///
     /// `ferry lima CMD` is the same as `limactl ferry CMD`: it installs the

@@ -4,13 +4,17 @@ use clap::Parser;
 
 mod cli;
 mod config;
+mod daemon;
+mod doctor;
 mod files;
+mod lifecycle;
 mod lima;
 mod manual;
 mod pid_file;
 mod ports;
 mod reverse;
 mod routes;
+mod service;
 mod sockets;
 mod status;
 mod supervisor;
@@ -36,6 +40,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         cli::Command::Lima { command } => lima::run(command),
+        cli::Command::Service(args) => service::run(&args),
+        cli::Command::Daemon(args) => daemon::run(&args),
+        cli::Command::Doctor(args) => doctor::run(&args),
         cli::Command::Status(args) => status::client::print(args.control_socket.as_deref(), args.json),
         cli::Command::Completions(args) => manual::print_completions(args.shell),
         cli::Command::Man(args) => manual::man(args.dir.as_deref()),

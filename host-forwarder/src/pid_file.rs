@@ -34,7 +34,19 @@ impl PidFile {
     /// process holds it.
     pub fn hold(path: &Path) -> io::Result<Self> {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-        if let Err(e) = lock(&file, libc::LOCK_EX) {
+        // [`running`] takes a shared lock for an instant to ask; a holder
+        // holds for good. A few short retries tell the two apart.
+        let mut tries = 0;
+        let locked = loop {
+            match lock(&file, libc::LOCK_EX) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = locked {
             if e.kind() == io::ErrorKind::WouldBlock {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
@@ -87,5 +99,23 @@ mod tests {
         let again = PidFile::hold(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", std::process::id()));
         drop(again);
+    }
+
+    #[test]
+    fn a_process_asking_at_the_same_moment_does_not_stop_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.pid");
+        std::fs::write(&path, "").unwrap();
+        // Someone asking holds the shared lock for a moment, as `running` does.
+        let asker = File::open(&path).unwrap();
+        lock(&asker, libc::LOCK_SH).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(asker);
+        });
+        let held = PidFile::hold(&path).expect("the start waits out the question");
+        release.join().unwrap();
+        assert_eq!(running(&path), Some(std::process::id()));
+        drop(held);
     }
 }

@@ -16,6 +16,26 @@ pub enum LimaCommand {
     Status(InstanceArgs),
     /// ferry's log for INSTANCE.
     Logs(InstanceArgs),
+    /// Let ferry forward INSTANCE (or --all) from now on, whenever it runs.
+    ///
+    /// Switches Lima's own forwarding off for the instance's next start (in
+    /// lima.yaml; for Colima in the Lima home's _config/override.yaml, which
+    /// survives `colima start`), and records the instance for the ferry
+    /// daemon (`ferry service install`), which starts forwarding within a
+    /// second of the instance reaching Running and stops it when it stops.
+    /// On a running instance Lima keeps its own forwards until a restart;
+    /// --restart restarts it now.
+    ///
+    /// Example: limactl ferry enable default --restart
+    Enable(crate::lifecycle::EnableArgs),
+    /// Stop ferry for INSTANCE (or --all) for good and give back every file it changed.
+    ///
+    /// Stops the forwarder and restores lima.yaml (and, when no other
+    /// instance of the same Lima home is enabled, override.yaml) byte for
+    /// byte; Lima forwards again from the instance's next start.
+    ///
+    /// Example: limactl ferry disable default
+    Disable(crate::lifecycle::DisableArgs),
 }
 
 /// An instance, and the output format.
@@ -66,6 +86,10 @@ pub struct StartArgs {
     /// How long to wait for ferry to connect, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+    /// Leave lima.yaml alone (the daemon: `limactl ferry enable` made the
+    /// edits, in override.yaml for Colima, which rewrites lima.yaml at every start).
+    #[arg(long, hide = true)]
+    pub keep_lima_yaml: bool,
 }
 
 /// How `start` reaches the agent.

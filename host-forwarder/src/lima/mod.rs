@@ -34,7 +34,9 @@ pub mod stop;
 pub mod transport;
 pub mod yaml_file;
 
-pub use cli::LimaCommand;
+pub use cli::{InstanceArgs, LimaCommand, StartArgs};
+pub use forwarder::stop as stop_process;
+pub use state_dir::state_dir;
 
 /// Runs a plugin command.
 pub fn run(cmd: LimaCommand) -> anyhow::Result<()> {
@@ -70,5 +72,7 @@ pub fn run(cmd: LimaCommand) -> anyhow::Result<()> {
         }
         LimaCommand::Status(a) => status::print_status(&a),
         LimaCommand::Logs(a) => status::print_logs(&a),
+        LimaCommand::Enable(a) => crate::lifecycle::enable(&a),
+        LimaCommand::Disable(a) => crate::lifecycle::disable(&a),
     }
 }

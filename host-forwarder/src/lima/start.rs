@@ -68,7 +68,7 @@ pub fn start(a: &StartArgs) -> anyhow::Result<StartReport> {
     // lima.yaml is checked before anything changes: a form ferry does not
     // edit stops the start with what to change.
     let lima_yaml = inst.dir.join("lima.yaml");
-    if let Ok(text) = std::fs::read_to_string(&lima_yaml) {
+    if let Some(text) = std::fs::read_to_string(&lima_yaml).ok().filter(|_| !a.keep_lima_yaml) {
         lima_yaml::disable_lima_forwarding(&text)
             .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))?;
     }
@@ -154,7 +154,9 @@ fn bring_up(
         lima_yaml::disable_lima_forwarding(t)
             .map_err(|e| anyhow::anyhow!("{} cannot be edited: {e}", lima_yaml.display()))
     };
-    if yaml_file::update(lima_yaml, edit)?.is_some() {
+    // A daemon's start leaves lima.yaml alone: `limactl ferry enable` made
+    // the edit (for Colima in override.yaml, as Colima rewrites lima.yaml).
+    if !a.keep_lima_yaml && yaml_file::update(lima_yaml, edit)?.is_some() {
         changed.lima_yaml = true;
         // When Lima reads it decides whether its own forwarding is off yet (see `status`).
         std::fs::write(dir.join(YAML_EDITED), b"")?;
