@@ -301,7 +301,8 @@ impl Clis {
             }
         }
         let help = &tree[&path];
-        for word in rest {
+        // After `--` come another command's words (`enable NAME -- --transport ssh`).
+        for word in rest.take_while(|w| *w != "--") {
             let name = word.split('=').next().unwrap();
             let is_flag = name.starts_with("--") && name.len() > 2 || name.len() == 2 && name.starts_with('-');
             if is_flag && !help.flags.contains(name) {

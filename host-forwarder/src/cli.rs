@@ -64,8 +64,7 @@ pub enum Command {
     /// logs in ~/Library/Logs/ferry/daemon.log); Linux: a systemd user unit
     /// (~/.config/systemd/user/ferry.service, logs in the journal). Started at
     /// login and restarted if it exits. Install and uninstall are idempotent.
-    ///
-    /// Example: ferry service install
+    #[command(after_help = "Examples:\n  ferry service install\n  ferry service status\n  ferry service uninstall")]
     Service(crate::service::ServiceArgs),
     /// Follow every Lima and Colima instance, forwarding the enabled ones while they run.
     ///
@@ -74,8 +73,7 @@ pub enum Command {
     /// file events and the host agents' status events, never by polling
     /// `limactl list`; `limactl ferry enable NAME` says which instances it
     /// takes over.
-    ///
-    /// Example: ferry daemon -v
+    #[command(after_help = "Examples:\n  ferry daemon -v")]
     Daemon(crate::daemon::DaemonArgs),
     /// Explain what is wrong with ferry, the service or an instance.
     ///
@@ -83,8 +81,7 @@ pub enum Command {
     /// whether it is enabled, whether Lima's own forwarding is still on,
     /// the forwarder and its transport, ports another process holds, the
     /// agent's version and the secret's permissions. Exits 1 if a check fails.
-    ///
-    /// Example: ferry doctor default
+    #[command(after_help = "Examples:\n  ferry doctor\n  ferry doctor default")]
     Doctor(crate::doctor::DoctorArgs),
     /// Lima integration (also installed as the `limactl-ferry` plugin).
     ///

@@ -27,6 +27,13 @@ fn raw_peer() -> (Transport, UnixStream) {
     (Transport::from_unix(a, "raw".into()), b)
 }
 
+/// What an unauthenticated raw peer sends to open a session: its hello
+/// and its nonce (protocol v2 exchanges nonces even without a secret).
+async fn raw_handshake(raw: &mut UnixStream, hello: ferry_protocol::Hello) {
+    raw.write_all(&hello.encode()).await.unwrap();
+    raw.write_all(&[0x42; ferry_protocol::auth::NONCE_LEN]).await.unwrap();
+}
+
 async fn sessions(
     cfg: SessionConfig,
 ) -> (Session, mpsc::Receiver<SessionEvent>, Session, mpsc::Receiver<SessionEvent>) {
@@ -139,7 +146,7 @@ async fn control_messages_arrive_in_order() {
 #[tokio::test]
 async fn garbage_after_handshake_closes_with_a_protocol_error() {
     let (ta, mut raw) = raw_peer();
-    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
     let (host, _ev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
     // An oversized frame header.
     raw.write_all(&ferry_protocol::frame::header(1, ferry_protocol::FrameType::Data, u32::MAX)).await.unwrap();
@@ -157,13 +164,13 @@ async fn version_mismatch_names_both_versions() {
     let future = ferry_protocol::Hello { version: 9, min_version: 9, features: 0, role: Role::Agent };
     raw.write_all(&future.encode()).await.unwrap();
     let err = Session::start(ta, Role::Host, SessionConfig::default()).await.err().unwrap().to_string();
-    assert!(err.contains("v1") && err.contains("v9"), "{err}");
+    assert!(err.contains("v2") && err.contains("v9"), "{err}");
 }
 
 #[tokio::test]
 async fn silent_peer_is_detected_by_keepalive() {
     let (ta, mut raw) = raw_peer();
-    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
     let cfg = SessionConfig {
         keepalive_interval: Duration::from_millis(50),
         keepalive_timeout: Duration::from_millis(300),
@@ -181,7 +188,7 @@ async fn silent_peer_is_detected_by_keepalive() {
 async fn a_peer_that_offers_no_keepalive_is_not_timed_out_for_its_silence() {
     let (ta, mut raw) = raw_peer();
     let hello = ferry_protocol::Hello { features: 0, ..ferry_protocol::Hello::ours(Role::Agent) };
-    raw.write_all(&hello.encode()).await.unwrap();
+    raw_handshake(&mut raw, hello).await;
     let cfg = SessionConfig {
         keepalive_interval: Duration::from_millis(50),
         keepalive_timeout: Duration::from_millis(300),
@@ -419,7 +426,7 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F
 async fn a_peer_that_reads_nothing_cannot_grow_the_answer_queue_without_end() {
     let (ta, mut raw) = raw_peer();
     let hello = ferry_protocol::Hello { features: 0, ..ferry_protocol::Hello::ours(Role::Agent) };
-    raw.write_all(&hello.encode()).await.unwrap();
+    raw_handshake(&mut raw, hello).await;
     let cfg = SessionConfig { max_urgent_bytes: 64 << 10, ..Default::default() };
     let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
     // Pings, each owed a pong, and never a byte read back.
@@ -439,7 +446,7 @@ async fn a_peer_that_reads_nothing_cannot_grow_the_answer_queue_without_end() {
 #[tokio::test]
 async fn an_open_the_peer_never_answers_times_out() {
     let (ta, mut raw) = raw_peer();
-    raw.write_all(&ferry_protocol::Hello::ours(Role::Agent).encode()).await.unwrap();
+    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
     let cfg = SessionConfig { open_timeout: Duration::from_millis(300), ..Default::default() };
     let (host, _ev) = Session::start(ta, Role::Host, cfg).await.unwrap();
     // The raw peer reads (and answers pings) but never answers the OPEN.

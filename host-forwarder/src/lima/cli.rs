@@ -25,16 +25,15 @@ pub enum LimaCommand {
     /// second of the instance reaching Running and stops it when it stops.
     /// On a running instance Lima keeps its own forwards until a restart;
     /// --restart restarts it now.
-    ///
-    /// Example: limactl ferry enable default --restart
+    #[command(after_help = "Examples:\n  limactl ferry enable default\n  limactl ferry enable default --restart\n  \
+                            limactl ferry enable --all")]
     Enable(crate::lifecycle::EnableArgs),
     /// Stop ferry for INSTANCE (or --all) for good and give back every file it changed.
     ///
     /// Stops the forwarder and restores lima.yaml (and, when no other
     /// instance of the same Lima home is enabled, override.yaml) byte for
     /// byte; Lima forwards again from the instance's next start.
-    ///
-    /// Example: limactl ferry disable default
+    #[command(after_help = "Examples:\n  limactl ferry disable default\n  limactl ferry disable --all")]
     Disable(crate::lifecycle::DisableArgs),
 }
 

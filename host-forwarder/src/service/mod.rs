@@ -184,10 +184,24 @@ pub struct ServiceArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ServiceCommand {
     /// Install the service and start it (again, if it ran); idempotent.
+    ///
+    /// Writes the launchd agent (macOS) or the systemd user unit (Linux) that
+    /// runs `ferry daemon` from login on, with this shell's PATH, LIMA_HOME,
+    /// LIMACTL, COLIMA_HOME and FERRY_STATE_DIR, and (re)loads it.
+    #[command(after_help = "Examples:\n  ferry service install")]
     Install,
     /// Stop the service and remove it; idempotent.
+    ///
+    /// Unloads the service and deletes its definition. Forwarders of running
+    /// instances keep running until their instance stops; `limactl ferry
+    /// disable --all` first stops them too.
+    #[command(after_help = "Examples:\n  ferry service uninstall")]
     Uninstall,
     /// Whether the service is installed and runs, and where its logs are.
+    ///
+    /// Prints the definition's path, whether the manager runs it, and the log
+    /// to read (the launchd log file, or `journalctl --user -u ferry`).
+    #[command(after_help = "Examples:\n  ferry service status\n  ferry service status --json")]
     Status,
 }
 
