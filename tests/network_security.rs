@@ -86,9 +86,8 @@ fn bridge_via_relay(forwarder_args: &[&str]) -> (Bridge, String, Relay) {
     let bridge = Bridge::start_over_tcp_via(
         |a| {
             agent = a.to_string();
-            let r = tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(Relay::start(a.to_string()))
-            });
+            let r =
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(Relay::start(a.to_string())));
             let dial = r.addr.clone();
             relay = Some(r);
             dial

@@ -81,7 +81,7 @@ fn check_service(r: &mut Report, any_enabled: bool) {
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
     let m = crate::service::manager(None, &home);
     let s = crate::service::status(m.as_ref());
-    let daemon = crate::pid_file::running(&crate::daemon::pid_file_path());
+    let daemon = crate::pid_file::running(&crate::lifecycle::state::daemon_pid_file());
     match (&s.definition, daemon) {
         (Some(p), Some(pid)) => {
             r.ok(format!("{} service installed ({}), daemon running (pid {pid})", m.name(), p.display()))

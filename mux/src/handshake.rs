@@ -2,15 +2,42 @@
 //! the secret over the transcript, and the session's keys (the rules are in
 //! `ferry_protocol::{handshake, auth, keys}`; this is their I/O).
 
+use std::time::Duration;
+
 use ferry_protocol::{
     auth::{self, Nonce, Secret},
     handshake::{features, Negotiated, HELLO_LEN},
     keys::{SessionKeys, Transcript},
-    Hello, Role,
+    HandshakeError, Hello, Role,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{session::SessionError, transport::Transport};
+use crate::transport::Transport;
+
+/// Why a session could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The transport failed during the handshake.
+    #[error("handshake I/O with {peer}: {source}")]
+    Io {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer's hello was unacceptable.
+    #[error("handshake with {peer}: {source}")]
+    Handshake {
+        peer: String,
+        #[source]
+        source: HandshakeError,
+    },
+    /// The handshake did not finish in time.
+    #[error("handshake with {peer}: not finished within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    /// Authentication failed or the peers' authentication modes differ.
+    #[error("authentication with {peer} failed: {reason}")]
+    Auth { peer: String, reason: String },
+}
 
 /// The agent's verdict byte on the host's proof.
 const AUTH_ACCEPTED: u8 = 1;

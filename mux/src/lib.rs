@@ -41,7 +41,10 @@ pub mod udp_flows;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 
+mod end_book;
+mod halves;
 mod handshake;
+mod incoming;
 mod reader;
 mod shared;
 mod sockopt;

@@ -11,10 +11,10 @@ use bytes::BytesMut;
 use tokio::{io::AsyncReadExt, sync::mpsc};
 
 use crate::{
-    session::{IncomingOpen, SessionEvent},
+    halves::BoxRead,
+    incoming::{IncomingOpen, SessionEvent},
     shared::{AppEvent, Shared},
     stream::MuxStream,
-    transport::BoxRead,
 };
 
 const READ_CHUNK: usize = 256 * 1024;

@@ -15,7 +15,7 @@ use ferry_protocol::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::transport::{BoxRead, BoxWrite};
+use crate::halves::{BoxRead, BoxWrite};
 
 /// How much ciphertext is read from the transport at a time.
 const READ_CHUNK: usize = 256 * 1024;

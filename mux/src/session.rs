@@ -11,16 +11,18 @@ use ferry_protocol::{
     auth::Secret,
     connection::{self, CommandError, Connection, KeepaliveConfig, OpenFailure},
     handshake::{features, Negotiated},
-    ControlMessage, HandshakeError, Role, Target,
+    ControlMessage, Role, Target,
 };
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::handshake::SessionError;
+pub use crate::incoming::{IncomingOpen, SessionEvent};
 use crate::{
     data_auth::DataKeys,
     data_end::EndTicket,
     sealed::{SealedReader, SealedWriter},
     shared::Shared,
-    stream::{MuxStream, StreamError},
+    stream::MuxStream,
     transport::Transport,
 };
 
@@ -71,31 +73,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Why a session could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The transport failed during the handshake.
-    #[error("handshake I/O with {peer}: {source}")]
-    Io {
-        peer: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The peer's hello was unacceptable.
-    #[error("handshake with {peer}: {source}")]
-    Handshake {
-        peer: String,
-        #[source]
-        source: HandshakeError,
-    },
-    /// The handshake did not finish in time.
-    #[error("handshake with {peer}: not finished within {timeout:?}")]
-    Timeout { peer: String, timeout: Duration },
-    /// Authentication failed or the peers' authentication modes differ.
-    #[error("authentication with {peer} failed: {reason}")]
-    Auth { peer: String, reason: String },
-}
-
 /// Why opening a stream failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpenError {
@@ -114,59 +91,6 @@ pub enum OpenError {
     /// Another stream would pass the session's stream or memory limit.
     #[error("{0}")]
     Limit(String),
-}
-
-/// Something the peer asked of us.
-pub enum SessionEvent {
-    /// The peer wants a stream to `target`: accept or refuse it.
-    Open(IncomingOpen),
-    /// A control message.
-    Control(ControlMessage),
-}
-
-/// A stream the peer asked to open, awaiting our answer.
-pub struct IncomingOpen {
-    /// Where the peer wants to be connected.
-    pub target: Target,
-    stream: Option<MuxStream>,
-    shared: Arc<Shared>,
-}
-
-impl IncomingOpen {
-    pub(crate) fn new(target: Target, stream: MuxStream, shared: Arc<Shared>) -> Self {
-        Self { target, stream: Some(stream), shared }
-    }
-
-    /// Confirms the stream to the peer and returns it.
-    pub async fn accept(mut self) -> Result<MuxStream, StreamError> {
-        let stream = self.stream.take().expect("accepted once");
-        let id = stream.id();
-        match self.shared.with(|c| c.conn.accept(id)) {
-            Ok(()) => Ok(stream),
-            Err(CommandError::Closed(r)) => Err(StreamError::SessionClosed(r)),
-            // The peer gave up on it (RESET) before the answer.
-            Err(_) => Err(StreamError::Reset("the peer cancelled the open".into())),
-        }
-    }
-
-    /// Tells the peer the target is unreachable, with the reason.
-    pub fn refuse(mut self, reason: &str) {
-        self.refuse_inner(reason);
-    }
-
-    fn refuse_inner(&mut self, reason: &str) {
-        if let Some(stream) = self.stream.take() {
-            // The halves see the stream already failed and send nothing more.
-            self.shared.abort(stream.id(), reason);
-            drop(stream);
-        }
-    }
-}
-
-impl Drop for IncomingOpen {
-    fn drop(&mut self) {
-        self.refuse_inner("open request dropped");
-    }
 }
 
 /// A handle on a running session; clones share it.

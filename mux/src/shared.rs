@@ -19,7 +19,7 @@ use ferry_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::data_end::EndBook;
+use crate::end_book::EndBook;
 
 /// What the reader task delivers to a stream's receiving half.
 #[derive(Debug)]

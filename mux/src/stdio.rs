@@ -10,7 +10,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use crate::transport::{BoxRead, BoxWrite};
+use crate::halves::{BoxRead, BoxWrite};
 
 /// The pipe capacity asked for (Linux allows this much without privilege:
 /// `fs.pipe-max-size` defaults to 1 MiB).

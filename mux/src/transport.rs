@@ -6,12 +6,11 @@ use std::{
     io,
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
-    pin::Pin,
     process::Stdio,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixListener, UnixStream},
     process::{Child, Command},
 };
@@ -23,10 +22,7 @@ use crate::vsock::VsockConn;
 
 use crate::Address;
 
-/// The read half of a transport.
-pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
-/// The write half of a transport.
-pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+pub use crate::halves::{BoxRead, BoxWrite};
 
 /// One established byte stream between the two peers.
 pub struct Transport {

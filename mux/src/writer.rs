@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_protocol::Frame;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::{shared::Shared, transport::BoxWrite};
+use crate::{halves::BoxWrite, shared::Shared};
 
 /// Upper bounds of one batch.
 const BATCH_FRAMES: usize = 256;

@@ -16,7 +16,9 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::{keys::Transcript, Role};
+use sha2::Digest;
+
+use crate::{handshake::HELLO_LEN, Role};
 
 /// Length of the shared secret in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -29,6 +31,34 @@ const LABEL: &[u8] = b"ferry-auth-v2\0";
 
 /// A fresh random nonce.
 pub type Nonce = [u8; NONCE_LEN];
+
+/// The hash of one handshake: both hellos and both nonces, in role order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Transcript(pub(crate) [u8; 32]);
+
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transcript(..)")
+    }
+}
+
+impl Transcript {
+    /// Hashes the handshake as the host and the agent each sent it.
+    pub fn new(
+        host_hello: &[u8; HELLO_LEN],
+        agent_hello: &[u8; HELLO_LEN],
+        host_nonce: &Nonce,
+        agent_nonce: &Nonce,
+    ) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"ferry-transcript-v2\0");
+        h.update(host_hello);
+        h.update(agent_hello);
+        h.update(host_nonce);
+        h.update(agent_nonce);
+        Self(h.finalize().into())
+    }
+}
 
 /// Why a secret could not be made or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,9 +20,10 @@
 //! keys then protect nothing, and nothing is sealed.
 
 use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
-use crate::{auth::Nonce, auth::Secret, handshake::HELLO_LEN};
+use crate::auth::Secret;
+pub use crate::auth::Transcript;
 
 /// Length of a session id.
 pub const SESSION_ID_LEN: usize = 16;
@@ -31,34 +32,6 @@ pub const KEY_LEN: usize = 32;
 
 /// A session's public name, carried by its data connections.
 pub type SessionId = [u8; SESSION_ID_LEN];
-
-/// The hash of one handshake: both hellos and both nonces, in role order.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Transcript(pub(crate) [u8; 32]);
-
-impl std::fmt::Debug for Transcript {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Transcript(..)")
-    }
-}
-
-impl Transcript {
-    /// Hashes the handshake as the host and the agent each sent it.
-    pub fn new(
-        host_hello: &[u8; HELLO_LEN],
-        agent_hello: &[u8; HELLO_LEN],
-        host_nonce: &Nonce,
-        agent_nonce: &Nonce,
-    ) -> Self {
-        let mut h = Sha256::new();
-        h.update(b"ferry-transcript-v2\0");
-        h.update(host_hello);
-        h.update(agent_hello);
-        h.update(host_nonce);
-        h.update(agent_nonce);
-        Self(h.finalize().into())
-    }
-}
 
 /// A secret key; its `Debug` output never shows the bytes.
 #[derive(Clone, PartialEq, Eq)]

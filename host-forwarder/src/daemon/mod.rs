@@ -14,7 +14,7 @@
 
 mod follower;
 
-use std::{os::unix::fs::DirBuilderExt, path::PathBuf, sync::mpsc, time::Duration};
+use std::{os::unix::fs::DirBuilderExt, sync::mpsc, time::Duration};
 
 pub use follower::Msg;
 
@@ -27,17 +27,13 @@ pub struct DaemonArgs {
     pub tick_ms: u64,
 }
 
-/// The daemon's pid file (held locked while it runs): `<state dir>/daemon.pid`.
-pub fn pid_file_path() -> PathBuf {
-    ferry_process::secret_file::state_dir().join("daemon.pid")
-}
-
 /// Runs the daemon until it is killed.
 pub fn run(a: &DaemonArgs) -> anyhow::Result<()> {
     let state = ferry_process::secret_file::state_dir();
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&state)?;
-    let _pid = crate::pid_file::PidFile::hold(&pid_file_path())
-        .map_err(|e| anyhow::anyhow!("{}: {e} (another ferry daemon runs)", pid_file_path().display()))?;
+    let _pid = crate::pid_file::PidFile::hold(&crate::lifecycle::state::daemon_pid_file()).map_err(|e| {
+        anyhow::anyhow!("{}: {e} (another ferry daemon runs)", crate::lifecycle::state::daemon_pid_file().display())
+    })?;
     let (tx, rx) = mpsc::channel();
     let fs_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |r| {

@@ -180,7 +180,7 @@ pub fn enable(a: &EnableArgs) -> anyhow::Result<()> {
             println!("{name}: enabled; ferry takes over at its next start");
         }
     }
-    if crate::pid_file::running(&crate::daemon::pid_file_path()).is_none() {
+    if crate::pid_file::running(&crate::lifecycle::state::daemon_pid_file()).is_none() {
         println!("note: the ferry daemon is not running; `ferry service install` starts it now and at every login");
     }
     Ok(())

@@ -110,6 +110,11 @@ pub fn running_now(dir: &Path) -> bool {
     is_running(dir, &log)
 }
 
+/// The daemon's pid file (held locked while it runs): `<state dir>/daemon.pid`.
+pub fn daemon_pid_file() -> std::path::PathBuf {
+    ferry_process::secret_file::state_dir().join("daemon.pid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

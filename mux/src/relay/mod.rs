@@ -247,6 +247,7 @@ pub(crate) async fn read_exact<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Res
 }
 
 /// Reads what is there from `s` (at least one byte, or 0 at EOF).
+#[cfg(target_os = "linux")]
 pub(crate) async fn read_some<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid writable memory of its length.
