@@ -89,10 +89,10 @@ fn main() {
     // port is kept 2 s in case a dev server restarts. Nothing else differs.
     let bridge = Bridge::start_with(&[], &["--restart-grace-ms", "0"]);
     let bridge_mux = Bridge::start_with(&[], &["--no-dedicated"]);
-    // FERRY_BENCH_COLD=1 adds ferry without warm data connections (each
-    // client dials its own), for the A/B of the warm pool.
-    let cold = std::env::var_os("FERRY_BENCH_COLD").is_some();
-    let bridge_cold = cold.then(|| Bridge::start_with(&[], &["--warm-data-conns", "0"]));
+    // FERRY_BENCH_WARM=1 adds ferry with 4 warm data connections (dialled
+    // and proven ahead of the clients), for the A/B of that pool.
+    let warm = std::env::var_os("FERRY_BENCH_WARM").is_some();
+    let bridge_warm = warm.then(|| Bridge::start_with(&[], &["--warm-data-conns", "4"]));
     // A third: both sides on the portable data paths a macOS host runs
     // (copy relay instead of splice, one datagram per call).
     let bridge_portable = Bridge::start_env(Guest::new(), &[("FERRY_PORTABLE", "1")], &[], &[], &[]);
@@ -108,7 +108,7 @@ fn main() {
     let servers_mux = Arc::new(GuestServers::start(&bridge_mux.guest.name, [free_port(), free_port(), free_port()]));
     let servers_portable =
         Arc::new(GuestServers::start(&bridge_portable.guest.name, [free_port(), free_port(), free_port()]));
-    let servers_cold = bridge_cold
+    let servers_warm = bridge_warm
         .as_ref()
         .map(|b| Arc::new(GuestServers::start(&b.guest.name, [free_port(), free_port(), free_port()])));
     let work = tempfile::tempdir().expect("tempdir");
@@ -125,8 +125,8 @@ fn main() {
         paths::ferry("ferry (tcp)", &bridge_tcp, &servers_tcp),
         paths::ferry("ferry (tcp, sealed mux)", &bridge_tcp_mux, &servers_tcp_mux),
     ];
-    if let (Some(b), Some(s)) = (&bridge_cold, &servers_cold) {
-        all.push(paths::ferry("ferry (cold)", b, s));
+    if let (Some(b), Some(s)) = (&bridge_warm, &servers_warm) {
+        all.push(paths::ferry("ferry (warm)", b, s));
     }
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),
