@@ -315,25 +315,10 @@ fn colima_lima_yaml(colima: &Path, guest_sock: &Path, generation: u32) -> String
 /// A Unix stream echo server at `path` in `guest`, on a thread of its own.
 fn guest_unix_echo(guest: &Guest, path: &Path) -> Proc {
     let mut c = guest.command("python3");
-    c.args(["-c", UNIX_ECHO]).arg(path);
+    c.args(["-c", ferry_tests::net::UNIX_ECHO_PY]).arg(path);
     Proc::spawn(c, path.with_extension("log"))
 }
 
-const UNIX_ECHO: &str = r#"
-import socket, sys, threading
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1]); s.listen()
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
 
 fn unix_echo_once(path: &Path, msg: &[u8]) -> Option<Vec<u8>> {
     let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;

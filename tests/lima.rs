@@ -116,21 +116,7 @@ impl Lima {
     /// `start dev --json` with the guest's directories in its private tmpfs,
     /// and `extra` arguments.
     fn start_with(&self, extra: &[&str]) -> serde_json::Value {
-        let g = self.guest_dir();
-        let (gbin, getc, grun) = (g.join("bin"), g.join("etc"), g.join("run"));
-        let mut args = vec![
-            "start",
-            "dev",
-            "--json",
-            "--guest-bin",
-            gbin.to_str().unwrap(),
-            "--guest-etc",
-            getc.to_str().unwrap(),
-            "--guest-state",
-            grun.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = self.plugin(&args);
+        let out = self.try_start(extra, &[]);
         assert!(
             out.status.success(),
             "start failed: {}{}",
@@ -348,7 +334,7 @@ fn socket_rules_move_from_lima_to_ferry_at_the_same_host_path_and_come_back() {
 
     // ferry serves it at the path Lima used (docker contexts point there).
     let mut server = lima.guest.command("python3");
-    server.args(["-c", UNIX_ECHO]).arg(&guest_sock);
+    server.args(["-c", ferry_tests::net::UNIX_ECHO_PY]).arg(&guest_sock);
     let _server = ferry_tests::Proc::spawn(server, lima.dir.path().join("unix-echo.log"));
     let host_sock = lima.inst.join("sock/docker.sock");
     let back = ferry_tests::wait_for(std::time::Duration::from_secs(30), "the moved socket rule", || {
@@ -383,21 +369,7 @@ fn socket_rules_move_from_lima_to_ferry_at_the_same_host_path_and_come_back() {
 }
 
 /// A Unix stream echo server on argv[1].
-const UNIX_ECHO: &str = r#"
-import socket, sys, threading
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1]); s.listen()
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
+
 
 #[test]
 fn the_tcp_transport_needs_a_vznat_or_shared_address() {

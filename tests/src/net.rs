@@ -48,3 +48,21 @@ pub fn spawn_echo(l: TcpListener) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+/// A Unix-socket echo server in Python (`python3 -c UNIX_ECHO_PY PATH`),
+/// for guests where a real program, not the test process, must serve.
+pub const UNIX_ECHO_PY: &str = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen()
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
