@@ -27,6 +27,9 @@ pub struct Relay {
     flip_next: Arc<AtomicBool>,
     /// Bytes flipped so far.
     pub flipped: Arc<AtomicUsize>,
+    /// While set, new data connections (`FERRYD…`) are recorded but held
+    /// back from the agent: an attacker on the path delaying them.
+    hold_data: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -38,6 +41,7 @@ impl Relay {
             recorded: Default::default(),
             flip_next: Default::default(),
             flipped: Default::default(),
+            hold_data: Default::default(),
         };
         let r = relay.clone();
         tokio::spawn(async move {
@@ -45,7 +49,8 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(&target).await else { continue };
                 let log = Arc::new(Mutex::new(Vec::new()));
                 r.recorded.lock().unwrap().push(log.clone());
-                tokio::spawn(pipe(client, server, log, r.flip_next.clone(), r.flipped.clone()));
+                let hold = r.hold_data.clone();
+                tokio::spawn(pipe(client, server, log, r.flip_next.clone(), r.flipped.clone(), hold));
             }
         });
         relay
@@ -60,9 +65,21 @@ impl Relay {
     pub fn flip_next_byte(&self) {
         self.flip_next.store(true, Ordering::SeqCst);
     }
+
+    /// Holds back (`true`) or releases new data connections' bytes.
+    pub fn hold_data_conns(&self, hold: bool) {
+        self.hold_data.store(hold, Ordering::SeqCst);
+    }
 }
 
-async fn pipe(client: TcpStream, server: TcpStream, log: Recording, flip: Arc<AtomicBool>, flipped: Arc<AtomicUsize>) {
+async fn pipe(
+    client: TcpStream,
+    server: TcpStream,
+    log: Recording,
+    flip: Arc<AtomicBool>,
+    flipped: Arc<AtomicUsize>,
+    hold: Arc<AtomicBool>,
+) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (mut cr, mut cw) = client.into_split();
@@ -76,6 +93,11 @@ async fn pipe(client: TcpStream, server: TcpStream, log: Recording, flip: Arc<At
                 Ok(n) => n,
             };
             log.lock().unwrap().extend_from_slice(&buf[..n]);
+            if total == 0 && buf[..n].starts_with(b"FERRYD") {
+                while hold.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
             if total >= 256 && flip.swap(false, Ordering::SeqCst) {
                 buf[n / 2] ^= 0x01;
                 flipped.fetch_add(1, Ordering::SeqCst);
