@@ -322,3 +322,38 @@ async fn a_held_back_data_connection_cannot_be_taken_over() {
     assert_ne!(answer.first(), Some(&ferry_protocol::data_conn::CONNECTED), "{:?}", String::from_utf8_lossy(&answer));
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "the attacker's copy reached the guest service");
 }
+
+/// A warm connection's request held back on the path until its session
+/// has ended opens nothing: the keys die with the session, and so do the
+/// proven connections waiting for a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_connections_request_held_past_its_session_opens_nothing() {
+    let (mut bridge, _, relay) = bridge_via_relay(&[]);
+    bridge.wait_log(1, "dedicated data connections");
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let accepted = counting_echo(&bridge, &target);
+    let proof_len = ferry_protocol::data_conn::PROOF_LEN;
+    // Wait for the pool: the first client goes on a connection kept warm.
+    let data = pattern(1, 4096);
+    assert_eq!(echo_once(&target, &data).await, data);
+    wait_for(GUARD, "warm data connections", || {
+        relay.recorded().iter().any(|c| c.starts_with(b"FERRYD") && c.len() == proof_len).then_some(())
+    });
+    let before = accepted.load(Ordering::SeqCst);
+    let used =
+        |relay: &Relay| relay.recorded().iter().filter(|c| c.starts_with(b"FERRYD") && c.len() > proof_len).count();
+    let used_before = used(&relay);
+    relay.hold_requests(true);
+    let mut s = connect_forwarded(&target).await;
+    s.write_all(b"held back").await.unwrap();
+    wait_for(GUARD, "a warm connection's request", || (used(&relay) > used_before).then_some(()));
+    // The session ends (the host goes away); then the request goes on.
+    bridge.forwarder.kill();
+    wait_for(GUARD, "the agent seeing the session end", || {
+        bridge.agent.log_text().contains("host session via").then_some(())
+    });
+    relay.hold_requests(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "a request came after its session ended and was served");
+}

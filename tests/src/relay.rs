@@ -30,6 +30,9 @@ pub struct Relay {
     /// While set, new data connections (`FERRYD…`) are recorded but held
     /// back from the agent: an attacker on the path delaying them.
     hold_data: Arc<AtomicBool>,
+    /// While set, data connections already past their proof hold back
+    /// what follows it (the request of a connection kept warm).
+    hold_requests: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -42,6 +45,7 @@ impl Relay {
             flip_next: Default::default(),
             flipped: Default::default(),
             hold_data: Default::default(),
+            hold_requests: Default::default(),
         };
         let r = relay.clone();
         tokio::spawn(async move {
@@ -49,7 +53,7 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(&target).await else { continue };
                 let log = Arc::new(Mutex::new(Vec::new()));
                 r.recorded.lock().unwrap().push(log.clone());
-                let hold = r.hold_data.clone();
+                let hold = Hold { data: r.hold_data.clone(), requests: r.hold_requests.clone() };
                 tokio::spawn(pipe(client, server, log, r.flip_next.clone(), r.flipped.clone(), hold));
             }
         });
@@ -70,6 +74,24 @@ impl Relay {
     pub fn hold_data_conns(&self, hold: bool) {
         self.hold_data.store(hold, Ordering::SeqCst);
     }
+
+    /// Holds back (`true`) or releases what follows the proof of data
+    /// connections.
+    pub fn hold_requests(&self, hold: bool) {
+        self.hold_requests.store(hold, Ordering::SeqCst);
+    }
+}
+
+/// What the relay holds back from the agent.
+struct Hold {
+    data: Arc<AtomicBool>,
+    requests: Arc<AtomicBool>,
+}
+
+async fn wait_while(flag: &AtomicBool) {
+    while flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn pipe(
@@ -78,7 +100,7 @@ async fn pipe(
     log: Recording,
     flip: Arc<AtomicBool>,
     flipped: Arc<AtomicUsize>,
-    hold: Arc<AtomicBool>,
+    hold: Hold,
 ) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
@@ -87,16 +109,20 @@ async fn pipe(
     let up = async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut total = 0usize;
+        let mut is_data = false;
         loop {
             let n = match cr.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             log.lock().unwrap().extend_from_slice(&buf[..n]);
-            if total == 0 && buf[..n].starts_with(b"FERRYD") {
-                while hold.load(Ordering::SeqCst) {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if total == 0 {
+                is_data = buf[..n].starts_with(b"FERRYD");
+                if is_data {
+                    wait_while(&hold.data).await;
                 }
+            } else if is_data && total >= ferry_protocol::data_conn::PROOF_LEN {
+                wait_while(&hold.requests).await;
             }
             if total >= 256 && flip.swap(false, Ordering::SeqCst) {
                 buf[n / 2] ^= 0x01;
