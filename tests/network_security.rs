@@ -162,6 +162,14 @@ async fn a_flipped_byte_in_the_session_closes_it() {
     counting_echo(&bridge, &target);
     let data = pattern(1, 64 * 1024);
     assert_eq!(echo_once(&target, &data).await, data);
+    // The stream's bytes crossed inside the session, sealed: no stretch of
+    // them is on the wire in clear.
+    let recorded = relay.recorded();
+    let session = recorded.iter().find(|c| c.starts_with(b"FERRY\0")).expect("the session was recorded");
+    assert!(session.len() > data.len(), "the stream went over the session");
+    for probe in data.chunks(32).step_by(128) {
+        assert!(!session.windows(32).any(|w| w == probe), "the stream's bytes crossed the session in clear");
+    }
     relay.flip_next_byte();
     // Traffic for the flip to land in; the stream it hits may fail.
     let mut s = connect_forwarded(&target).await;
@@ -264,4 +272,91 @@ async fn a_version_1_peer_is_refused_with_both_versions_named() {
         let log = ferry.log_text();
         (log.contains("we speak v2") && log.contains("the peer speaks v1")).then_some(())
     });
+}
+
+/// An attacker on the path holds back the host's data connection and sends
+/// its recorded proof and request first, from a socket of its own: nothing
+/// binds a proof to the TCP connection it arrived on, so the agent admits
+/// the attacker's copy, connects it to the target (this could be a granted
+/// docker.sock: root in the guest) and refuses the host's own as a replay.
+///
+/// Ignored: a known limitation, not fixed. An interactive challenge does
+/// not help (an attacker on the path relays it); what closes it is sealing
+/// dedicated data connections on `tcp:` (a per-connection key from the
+/// data key and both nonces, AES-GCM records as on the session) or not
+/// using dedicated connections on `tcp:` by default. docs/security.md
+/// says so meanwhile.
+#[ignore = "known limitation: dedicated data connections over tcp: are not bound to their TCP connection"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_data_connection_cannot_be_taken_over() {
+    let (bridge, agent, relay) = bridge_via_relay(&["--warm-data-conns", "0"]);
+    bridge.wait_log(1, "dedicated data connections");
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let accepted = counting_echo(&bridge, &target);
+    relay.hold_data_conns(true);
+    let client = tokio::spawn({
+        let target = target.clone();
+        async move {
+            let mut s = connect_forwarded(&target).await;
+            let _ = s.write_all(b"the host's client").await;
+            let _ = tokio::time::timeout(GUARD, s.read_to_end(&mut Vec::new())).await;
+        }
+    });
+    let proof_len = ferry_protocol::data_conn::PROOF_LEN;
+    let held = wait_for(GUARD, "the host's held-back data connection", || {
+        relay.recorded().into_iter().find(|c| {
+            c.starts_with(b"FERRYD")
+                && c.len() >= proof_len + 2
+                && ferry_protocol::data_conn::DataProof::request_rest_len([c[proof_len], c[proof_len + 1]])
+                    .is_ok_and(|rest| c.len() >= proof_len + 2 + rest)
+        })
+    });
+    let rest = ferry_protocol::data_conn::DataProof::request_rest_len([held[proof_len], held[proof_len + 1]]).unwrap();
+    let hello = &held[..proof_len + 2 + rest];
+    let mut s = TcpStream::connect(&agent).await.expect("reach the agent");
+    s.write_all(hello).await.unwrap();
+    s.write_all(b"the attacker's bytes").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    relay.hold_data_conns(false);
+    let _ = tokio::time::timeout(GUARD, client).await;
+    assert_ne!(answer.first(), Some(&ferry_protocol::data_conn::CONNECTED), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the attacker's copy reached the guest service");
+}
+
+/// A warm connection's request held back on the path until its session
+/// has ended opens nothing: the keys die with the session, and so do the
+/// proven connections waiting for a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_connections_request_held_past_its_session_opens_nothing() {
+    let (mut bridge, _, relay) = bridge_via_relay(&[]);
+    bridge.wait_log(1, "dedicated data connections");
+    let port = free_port();
+    let target = format!("127.0.0.1:{port}");
+    let accepted = counting_echo(&bridge, &target);
+    let proof_len = ferry_protocol::data_conn::PROOF_LEN;
+    // Wait for the pool: the first client goes on a connection kept warm.
+    let data = pattern(1, 4096);
+    assert_eq!(echo_once(&target, &data).await, data);
+    wait_for(GUARD, "warm data connections", || {
+        relay.recorded().iter().any(|c| c.starts_with(b"FERRYD") && c.len() == proof_len).then_some(())
+    });
+    let before = accepted.load(Ordering::SeqCst);
+    let used =
+        |relay: &Relay| relay.recorded().iter().filter(|c| c.starts_with(b"FERRYD") && c.len() > proof_len).count();
+    let used_before = used(&relay);
+    relay.hold_requests(true);
+    let mut s = connect_forwarded(&target).await;
+    s.write_all(b"held back").await.unwrap();
+    wait_for(GUARD, "a warm connection's request", || (used(&relay) > used_before).then_some(()));
+    // The session ends (the host goes away); then the request goes on.
+    bridge.forwarder.kill();
+    wait_for(GUARD, "the agent seeing the session end", || {
+        bridge.agent.log_text().contains("host session via").then_some(())
+    });
+    relay.hold_requests(false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), before, "a request came after its session ended and was served");
 }

@@ -66,13 +66,20 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
     // Proven by a live session: authenticated. The request may come later
     // (a connection the host keeps warm for its next client).
     drop(ticket);
-    let target = match tokio::time::timeout(data_conn::WARM_IDLE, read_request(&mut conn, &proof, &session)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+    // A proven connection is good only while its session lives: the keys
+    // die with the session, and so does a connection still waiting.
+    let request = tokio::select! {
+        r = tokio::time::timeout(data_conn::WARM_IDLE, read_request(&mut conn, &proof, &session)) => Some(r),
+        _ = session.closed() => None,
+    };
+    let target = match request {
+        Some(Ok(Ok(t))) => t,
+        Some(Ok(Err(e))) => {
             tracing::debug!("data connection ended before its request: {e}");
             return refuse_in_band(conn, &e).await;
         }
-        Err(_) => return tracing::debug!("a warm data connection idled out"),
+        Some(Err(_)) => return tracing::debug!("a warm data connection idled out"),
+        None => return tracing::debug!("a warm data connection's session ended before its request"),
     };
     let local = match targets::connect(&target, &grants).await {
         Ok(l) => l,
