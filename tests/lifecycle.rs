@@ -319,7 +319,6 @@ fn guest_unix_echo(guest: &Guest, path: &Path) -> Proc {
     Proc::spawn(c, path.with_extension("log"))
 }
 
-
 fn unix_echo_once(path: &Path, msg: &[u8]) -> Option<Vec<u8>> {
     let mut s = std::os::unix::net::UnixStream::connect(path).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;

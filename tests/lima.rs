@@ -287,9 +287,11 @@ async fn with_a_vznat_address_the_agent_serves_on_tcp_and_ssh_is_the_fallback() 
     };
     let s = status();
     assert_eq!(s["transport"], format!("tcp:{guest_ip}:{agent_port}"), "{s}");
+    // Over the network every connection travels inside the sealed session.
     assert_eq!(
-        (s["data_path"].as_str(), s["connections_by_route"]["dedicated"].as_u64()),
-        (Some("dedicated"), Some(1))
+        (s["data_path"].as_str(), s["connections_by_route"]["multiplexed"].as_u64()),
+        (Some("sealed"), Some(1)),
+        "{s}"
     );
 
     // The service dies (killed by its pid): ferry falls back to the agent over the instance's shell.
@@ -369,7 +371,6 @@ fn socket_rules_move_from_lima_to_ferry_at_the_same_host_path_and_come_back() {
 }
 
 /// A Unix stream echo server on argv[1].
-
 
 #[test]
 fn the_tcp_transport_needs_a_vznat_or_shared_address() {

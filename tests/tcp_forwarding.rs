@@ -43,9 +43,10 @@ macro_rules! in_both_modes {
     )* };
 }
 
-/// Runs scenarios over the TCP transport too (the session and its
-/// dedicated data connections on TCP, as over Lima's vzNAT network), where
-/// every clean end is confirmed on the session.
+/// Runs scenarios over the TCP transport too (as over Lima's vzNAT
+/// network): by default, every connection inside the sealed session; and
+/// with `--unsealed-data-conns`, on dedicated data connections whose every
+/// clean end is confirmed on the session.
 macro_rules! over_tcp_too {
     ($($name:ident),* $(,)?) => {
         mod over_tcp { $(
@@ -53,6 +54,10 @@ macro_rules! over_tcp_too {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn dedicated_over_tcp() {
                     super::super::$name(super::super::Bridge::start_over_tcp()).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sealed_over_tcp() {
+                    super::super::$name(super::super::Bridge::start_over_tcp_sealed()).await
                 }
             }
         )* }

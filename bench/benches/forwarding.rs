@@ -96,11 +96,11 @@ fn main() {
     // A third: both sides on the portable data paths a macOS host runs
     // (copy relay instead of splice, one datagram per call).
     let bridge_portable = Bridge::start_env(Guest::new(), &[("FERRY_PORTABLE", "1")], &[], &[], &[]);
-    // Two more over TCP (a veth link, as Lima's vzNAT network): the session
-    // sealed, connections on dedicated data connections (the default), and
-    // every stream inside the sealed session (`--no-dedicated`).
-    let bridge_tcp = Bridge::start_over_tcp_with(&["--restart-grace-ms", "0"]);
-    let bridge_tcp_mux = Bridge::start_over_tcp_with(&["--no-dedicated"]);
+    // Two more over TCP (a veth link, as Lima's vzNAT network), the session
+    // sealed in both: every stream inside it (the default), and connections
+    // on dedicated data connections in clear (`--unsealed-data-conns`).
+    let bridge_tcp = Bridge::start_over_tcp_with(&["--restart-grace-ms", "0", "--unsealed-data-conns"]);
+    let bridge_tcp_mux = Bridge::start_over_tcp_with(&[]);
     let servers = Arc::new(GuestServers::start(&bridge.guest.name, [free_port(), free_port(), free_port()]));
     let servers_tcp = Arc::new(GuestServers::start(&bridge_tcp.guest.name, [free_port(), free_port(), free_port()]));
     let servers_tcp_mux =

@@ -383,6 +383,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub hvsock_data_connections: bool,
 
+    /// Over a tcp: transport, give connections dedicated data connections
+    /// anyway: spliced and faster, but their bytes cross the network
+    /// unencrypted and someone on the network path can take one over. Only
+    /// for a network nobody else is on. Without it, connections over tcp:
+    /// travel inside the sealed (AES-256-GCM) session.
+    #[arg(long)]
+    pub unsealed_data_conns: bool,
+
     /// Data connections kept dialled and proven ahead of the clients, so a
     /// new client pays only for its request and the guest's connect;
     /// refilled after each use, closed after 20 s unused. 0 (the default)

@@ -150,7 +150,17 @@ async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
             );
             let board = &setup.ports.board;
             board.set_transport(&addr.to_string());
-            board.set_session(true, if setup.master.is_some() { SSH_MASTER } else { "multiplexed" });
+            // A sealed session (over a network) carries connections itself:
+            // faster than a ControlMaster's channels and as private.
+            let master = setup.master.as_ref().filter(|_| !session.is_sealed());
+            board.set_session(
+                true,
+                match (master, session.is_sealed()) {
+                    (Some(_), _) => SSH_MASTER,
+                    (None, true) => "sealed",
+                    (None, false) => "multiplexed",
+                },
+            );
             if let Some(master) = &setup.master {
                 master.reset();
             }
@@ -196,7 +206,8 @@ async fn serve(
     if !wanted.is_empty() {
         let _ = session.send_control(&ControlMessage::UdpPortsWanted(wanted));
     }
-    let routes = Routes::new(session.clone(), setup.master.clone(), board.route_counts());
+    let master = setup.master.clone().filter(|_| !session.is_sealed());
+    let routes = Routes::new(session.clone(), master, board.route_counts());
     let mut ports = PortForwarder::new(routes.clone(), setup.ports.clone());
     let mut sockets = SocketForwarder::start(routes.clone(), &setup.sockets, board.clone(), setup.ports.events);
     let mut reverse = ReverseForwarder::start(&session, &setup.reverse, board.clone());
@@ -207,7 +218,19 @@ async fn serve(
         tokio::select! {
             ev = events.recv() => match ev {
                 Some(SessionEvent::Control(ControlMessage::DataConnsAccepted)) => {
-                    match DataPath::new(addr, &session, args.hvsock_data_connections, args.warm_data_conns.into()).filter(|_| !args.no_dedicated) {
+                    // Over a network, a data connection's bytes would travel
+                    // in clear and unbound to it: one on the path could take
+                    // it over. The sealed session carries them instead,
+                    // unless the user says the network is theirs alone.
+                    let exposed = session.is_sealed() && !args.unsealed_data_conns;
+                    if exposed && !args.no_dedicated {
+                        tracing::info!(
+                            "connections travel inside the sealed session: over {addr} a data connection \
+                             would cross the network in clear (--unsealed-data-conns allows them)"
+                        );
+                    }
+                    let data = DataPath::new(addr, &session, args.hvsock_data_connections, args.warm_data_conns.into());
+                    match data.filter(|_| !args.no_dedicated && !exposed) {
                         Some(data) => {
                             tracing::info!(
                                 "connections get dedicated data connections (relayed by {:?})",

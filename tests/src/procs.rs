@@ -163,14 +163,29 @@ impl Bridge {
 
     /// Like [`Bridge::start`], with the session and its dedicated data
     /// connections on TCP (the agent listening on the guest's end of a veth
-    /// link to the host), as over Lima's vzNAT network.
+    /// link to the host), as over Lima's vzNAT network with
+    /// `--unsealed-data-conns`.
     pub fn start_over_tcp() -> Self {
+        let b = Self::over_tcp(&["--unsealed-data-conns"]);
+        b.wait_log(1, "dedicated data connections");
+        b
+    }
+
+    /// Like [`Bridge::start_over_tcp`] with ferry's defaults: every
+    /// connection inside the sealed session.
+    pub fn start_over_tcp_sealed() -> Self {
+        let b = Self::over_tcp(&[]);
+        b.wait_log(1, "connections travel inside the sealed session");
+        b
+    }
+
+    fn over_tcp(extra: &[&str]) -> Self {
         let guest = Guest::new();
         let (_, guest_ip) = guest.link_to_host("ftcp0");
         let listen = format!("tcp:{guest_ip}:{}", crate::free_port());
-        let b = Self::start_full(guest, Some(&listen), &[], &["-v"], &["--retry-busy-ms", "200", "-v"], &[]);
-        b.wait_log(1, "dedicated data connections");
-        b
+        let mut fwd = vec!["--retry-busy-ms", "200", "-v"];
+        fwd.extend(extra);
+        Self::start_full(guest, Some(&listen), &[], &["-v"], &fwd, &[])
     }
 
     /// Like [`Bridge::start_over_tcp`], without debug logs and with

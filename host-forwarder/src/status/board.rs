@@ -66,7 +66,8 @@ pub struct StatusReport {
     #[serde(default)]
     pub transport: String,
     /// How connections travel: "ssh-master" (through the guest's ssh
-    /// ControlMaster), "dedicated", "multiplexed" or "-" offline.
+    /// ControlMaster), "dedicated", "multiplexed", "sealed" (multiplexed in a
+    /// sealed session) or "-" offline.
     pub data_path: String,
     /// One row per guest listener and host binding.
     pub ports: Vec<RowReport>,
