@@ -45,13 +45,19 @@ fn counting_echo(bridge: &Bridge, addr: &str) -> Arc<AtomicUsize> {
     count
 }
 
+/// Sends `data` through the forwarded `addr` to an echo server and reads
+/// the echo back meanwhile (a bounded path would stall a client that
+/// writes everything before it reads).
 async fn echo_once(addr: &str, data: &[u8]) -> Vec<u8> {
-    let mut s = connect_forwarded(addr).await;
-    s.write_all(data).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(GUARD, s.read_to_end(&mut got)).await.expect("echo hung").unwrap();
-    got
+    let s = connect_forwarded(addr).await;
+    let (mut r, mut w) = s.into_split();
+    let reading = tokio::spawn(async move {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).await.map(|_| got)
+    });
+    w.write_all(data).await.unwrap();
+    w.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), reading).await.expect("echo hung").unwrap().unwrap()
 }
 
 /// Sends `bytes` to the agent from a socket of the attacker's own and
