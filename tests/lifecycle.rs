@@ -499,6 +499,14 @@ fn enabling_a_running_instance_says_lima_keeps_its_forwards_and_restart_does_it_
     assert!(said.contains(&format!("127.0.0.1:{held_port}")) && said.contains("held by"), "{said}");
     assert!(said.contains("Lima's own forwarding is still on") && said.contains("--restart"), "{said}");
     assert!(said.contains("daemon running") && said.contains("not as a service"), "{said}");
+    // `limactl ferry status` lists the ports still held and by whom.
+    let status = w.plugin(&["status", "dev"]);
+    assert!(
+        status.contains("held by Lima (or another program)")
+            && status.contains(&format!("127.0.0.1:{held_port} by"))
+            && status.contains(&me),
+        "{status}"
+    );
     drop(holder);
     // --restart: limactl stop and start, forwarding back up.
     let said = w.plugin(&["enable", "dev", "--restart"]);

@@ -5,7 +5,7 @@
 //! ports another process holds (and which process), the agent's version and
 //! the secret's permissions. Exits with status 1 if any check fails.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::SystemTime};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::SystemTime};
 
 use crate::{
     lifecycle::{homes, homes::Home, marker, override_yaml, state},
@@ -222,7 +222,7 @@ fn check_forwarder(r: &mut Report, name: &str, state_dir: &Path, pid: u32) {
     let forwarding = report.ports.iter().filter(|p| p.state == "forwarding").count();
     r.info(format!("{forwarding} port(s) forwarded"));
     for p in report.ports.iter().filter(|p| p.state == "retrying" || p.state == "failed") {
-        let holder = holder_of(&p.host).map(|h| format!(", held by {h}")).unwrap_or_default();
+        let holder = crate::port_holder::holder_of(&p.host).map(|h| format!(", held by {h}")).unwrap_or_default();
         r.fail(
             format!("{} {} -> guest {}: {}{holder}", p.proto, p.host, p.guest, p.reason.as_deref().unwrap_or(&p.state)),
             "stop that program, or map the guest port to another hostPort in lima.yaml",
@@ -265,20 +265,6 @@ fn tcp_failure(e: &std::io::Error, addr: std::net::SocketAddr, name: &str) -> (S
     )
 }
 
-/// Which process listens on the host address `host` ("127.0.0.1:8080"), as lsof says.
-fn holder_of(host: &str) -> Option<String> {
-    let port = host.rsplit(':').next()?;
-    let out = Command::new("lsof").args(["-nP", &format!("-iTCP:{port}"), "-sTCP:LISTEN", "-Fpc"]).output().ok()?;
-    parse_lsof(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// "NAME (pid N)" from `lsof -F pc` output (a `p` line, then a `c` line).
-fn parse_lsof(out: &str) -> Option<String> {
-    let pid = out.lines().find_map(|l| l.strip_prefix('p'))?;
-    let cmd = out.lines().find_map(|l| l.strip_prefix('c')).unwrap_or("?");
-    Some(format!("{cmd} (pid {pid})"))
-}
-
 fn check_secret(r: &mut Report, secret: &Path) {
     let Ok(meta) = std::fs::metadata(secret) else { return };
     let dir_mode = secret.parent().and_then(|d| std::fs::metadata(d).ok()).map(|m| m.permissions().mode() & 0o777);
@@ -316,11 +302,5 @@ mod tests {
         }
         let (what, _) = tcp_failure(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED), addr, "dev");
         assert!(what.contains("does not answer") && what.contains("uses ssh"), "{what}");
-    }
-
-    #[test]
-    fn lsof_output_names_the_holder() {
-        assert_eq!(parse_lsof("p4242\ncpython3\nf5\n").as_deref(), Some("python3 (pid 4242)"));
-        assert_eq!(parse_lsof(""), None);
     }
 }

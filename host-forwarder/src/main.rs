@@ -11,6 +11,7 @@ mod lifecycle;
 mod lima;
 mod manual;
 mod pid_file;
+mod port_holder;
 mod ports;
 mod reverse;
 mod routes;

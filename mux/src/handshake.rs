@@ -103,7 +103,11 @@ pub(crate) async fn run(t: &mut Transport, role: Role, secret: Option<&Secret>) 
         Role::Agent => Transcript::new(&their_hello, &our_hello, &peer_nonce, &own_nonce),
     };
     if let Some(secret) = secret {
-        let peer_role = theirs.role;
+        // The other role than ours (`negotiate` refused a peer claiming ours).
+        let peer_role = match role {
+            Role::Host => Role::Agent,
+            Role::Agent => Role::Host,
+        };
         let mut proof = [0u8; auth::PROOF_LEN];
         if role == Role::Host {
             // The host proves first; the agent answers only after checking.

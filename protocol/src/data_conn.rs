@@ -258,7 +258,9 @@ impl ConnIds {
         Ok(())
     }
 
-    /// Marks `id` used, if it is not already (its connection ended).
+    /// Marks `id` used, if it is not already (its connection ended). An id
+    /// already used or too old needs nothing more, so the error of
+    /// [`ConnIds::accept`] is of no interest here.
     pub fn retire(&mut self, id: u64) {
         let _ = self.accept(id);
     }

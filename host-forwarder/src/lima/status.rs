@@ -25,6 +25,18 @@ struct LimaState {
     transport: Option<String>,
     /// The agent `start` installed or found in the guest.
     agent_version: Option<String>,
+    /// Host ports ferry cannot take yet, with the process that holds each
+    /// (Lima's own forwarder until the instance restarts, or another program).
+    held: Vec<HeldPort>,
+}
+
+/// A host port another process holds.
+#[derive(Serialize)]
+struct HeldPort {
+    /// The host address ("127.0.0.1:8080").
+    host: String,
+    /// "NAME (pid N)", if lsof could tell.
+    holder: Option<String>,
 }
 
 fn lima_state(inst: &limactl::Instance, dir: &Path) -> LimaState {
@@ -45,6 +57,7 @@ fn lima_state(inst: &limactl::Instance, dir: &Path) -> LimaState {
         socket_rules_moved: lima_yaml::moved_socket_rules(&text),
         transport: start["transport"].as_str().map(String::from),
         agent_version: start["agent_version"].as_str().map(String::from),
+        held: Vec::new(),
     }
 }
 
@@ -53,7 +66,15 @@ pub fn print_status(a: &InstanceArgs) -> anyhow::Result<()> {
     let inst = limactl::instance(&a.instance)?;
     let dir = state_dir(&inst.dir);
     let report = forwarder::running_pid(&dir).and_then(|_| client::query(&dir.join(CONTROL_SOCKET)).ok());
-    let lima = lima_state(&inst, &dir);
+    let mut lima = lima_state(&inst, &dir);
+    if let Some(r) = &report {
+        lima.held = r
+            .ports
+            .iter()
+            .filter(|p| p.state == "retrying")
+            .map(|p| HeldPort { host: p.host.clone(), holder: crate::port_holder::holder_of(&p.host) })
+            .collect();
+    }
     match (report, a.json) {
         (Some(r), true) => {
             let mut v = serde_json::to_value(&r)?;
@@ -69,6 +90,15 @@ pub fn print_status(a: &InstanceArgs) -> anyhow::Result<()> {
                 lima.agent_version.as_deref().unwrap_or("?"),
                 lima.transport.as_deref().unwrap_or("?"),
             );
+            if !lima.held.is_empty() {
+                let who = if lima.lima_forwarding_off { "another program" } else { "Lima (or another program)" };
+                let held: Vec<String> = lima
+                    .held
+                    .iter()
+                    .map(|h| format!("{} by {}", h.host, h.holder.as_deref().unwrap_or("an unknown process")))
+                    .collect();
+                println!("held by {who}, taken over once free: {}", held.join(", "));
+            }
         }
         (None, true) => println!("{}", serde_json::json!({"instance": a.instance, "running": false})),
         (None, false) => println!("ferry is not running for {}", a.instance),
