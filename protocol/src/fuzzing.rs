@@ -2,6 +2,8 @@
 //! their corpus in the normal test suite. Each takes arbitrary bytes and
 //! panics only if a decoder breaks one of its promises.
 
+use std::path::Path;
+
 use bytes::BytesMut;
 
 use crate::{
@@ -103,4 +105,20 @@ pub fn check_handshakes(data: &[u8]) {
 /// A fixed key for the fuzzer's MAC checks.
 fn fuzz_key() -> crate::keys::Key {
     crate::keys::Key([0x5a; crate::keys::KEY_LEN])
+}
+
+/// Runs `check` over every input of fuzz target `target` checked in under
+/// `fuzz/corpus/` and `fuzz/regressions/` (the corpus replay of each
+/// crate's tests); returns how many it ran.
+pub fn replay_corpus(target: &str, check: fn(&[u8])) -> usize {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut n = 0;
+    for dir in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else { continue };
+        for e in entries.flatten() {
+            check(&std::fs::read(e.path()).expect("a corpus file"));
+            n += 1;
+        }
+    }
+    n
 }
