@@ -158,6 +158,17 @@ impl World {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `limactl ferry enable NAME FLAGS -- START START_OPTIONS` for instance
+    /// `vm` (the start options name its guest directory); its stdout.
+    fn enable(&self, vm: usize, flags: &[&str], start: &[&str]) -> String {
+        let mut args = vec!["enable".to_string(), self.vms[vm].name.clone()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args.push("--".into());
+        args.extend(start.iter().map(|f| f.to_string()));
+        args.extend(self.vms[vm].start_options());
+        self.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     /// `limactl VERB NAME` in the instance's home; returns when its last event is written.
     fn limactl(&self, vm: usize, verb: &str) -> Instant {
         let v = &self.vms[vm];
@@ -252,10 +263,7 @@ fn an_enabled_instance_is_followed_through_starts_stops_and_a_lost_agent_then_di
     w.start_daemon();
 
     // Enabled while stopped: takes effect at the next start.
-    let mut args = vec!["enable", "dev", "--"];
-    let opts = w.vms[dev].start_options();
-    args.extend(opts.iter().map(String::as_str));
-    let said = w.plugin(&args);
+    let said = w.enable(dev, &[], &[]);
     assert!(said.contains("ferry takes over at its next start"), "{said}");
     assert!(w.vms[dev].lima_yaml().contains("Lima's own port forwarding is off"), "edited before Lima reads it");
     assert!(w.vms[dev].forwarder_pid().is_none(), "nothing runs for a stopped instance");
@@ -349,10 +357,7 @@ fn a_colima_instance_keeps_ferrys_rules_across_three_restarts_that_rewrite_lima_
     let _docker = guest_unix_echo(&w.vms[vm].guest, &guest_sock);
     w.start_daemon();
 
-    let mut args = vec!["enable", "colima", "--"];
-    let opts = w.vms[vm].start_options();
-    args.extend(opts.iter().map(String::as_str));
-    let said = w.plugin(&args);
+    let said = w.enable(vm, &[], &[]);
     assert!(said.contains("Lima's own forwarding is off for colima-work too"), "{said}");
     let edited = std::fs::read_to_string(&override_path).unwrap();
     assert!(edited.contains("Lima's own port forwarding is off"), "{edited}");
@@ -406,10 +411,7 @@ fn two_instances_at_once_and_a_sleeping_host() {
     guest_echo(&w.vms[b].guest, port_b);
     w.start_daemon();
     for vm in [a, b] {
-        let name = w.vms[vm].name.clone();
-        let mut args = vec!["enable".to_string(), name, "--".into()];
-        args.extend(w.vms[vm].start_options());
-        w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        w.enable(vm, &[], &[]);
     }
     // Both start at once.
     let t_a = w.limactl(a, "start");
@@ -470,9 +472,7 @@ fn enabling_a_running_instance_says_lima_keeps_its_forwards_and_restart_does_it_
     guest_echo(&w.vms[dev].guest, port);
     w.limactl(dev, "start");
     // No daemon yet: enable says how to get one.
-    let mut args = vec!["enable".to_string(), "dev".into(), "--network".into(), "--".into()];
-    args.extend(w.vms[dev].start_options());
-    let said = w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let said = w.enable(dev, &["--network"], &[]);
     assert!(said.contains("Lima keeps its own forwards until it restarts"), "{said}");
     assert!(said.contains("--restart"), "{said}");
     assert!(said.contains("ferry service install"), "{said}");
@@ -685,9 +685,7 @@ fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
     guest_echo(&w.vms[vm].guest, port);
     let _app = guest_unix_echo(&w.vms[vm].guest, &guest_sock);
     w.start_daemon();
-    let mut args = vec!["enable".to_string(), "sshvm".into(), "--".into()];
-    args.extend(w.vms[vm].start_options());
-    w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    w.enable(vm, &[], &[]);
     let running = w.limactl(vm, "start");
     let took = wait_forwarding(port, running, "over ssh");
     eprintln!("measured: over ssh with a ControlMaster: forwarding up {} ms after Running", took.as_millis());
@@ -735,9 +733,7 @@ fn doctor_says_when_the_tcp_route_fell_back_to_ssh() {
     let (_, guest_ip) = w.vms[vm].guest.link_to_host("lima0");
     guest_echo(&w.vms[vm].guest, port);
     w.start_daemon();
-    let mut args = vec!["enable".to_string(), "nat".into(), "--".into(), "--agent-port".into(), agent_port.to_string()];
-    args.extend(w.vms[vm].start_options());
-    w.plugin(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    w.enable(vm, &[], &["--agent-port", &agent_port.to_string()]);
     let running = w.limactl(vm, "start");
     let took = wait_forwarding(port, running, "over tcp");
     eprintln!("measured: tcp transport (agent service started): forwarding up {} ms after Running", took.as_millis());
