@@ -150,17 +150,6 @@ async fn connect_forever(args: &RunArgs, setup: &Setup) -> anyhow::Result<()> {
             );
             let board = &setup.ports.board;
             board.set_transport(&addr.to_string());
-            // A sealed session (over a network) carries connections itself:
-            // faster than a ControlMaster's channels and as private.
-            let master = setup.master.as_ref().filter(|_| !session.is_sealed());
-            board.set_session(
-                true,
-                match (master, session.is_sealed()) {
-                    (Some(_), _) => SSH_MASTER,
-                    (None, true) => "sealed",
-                    (None, false) => "multiplexed",
-                },
-            );
             if let Some(master) = &setup.master {
                 master.reset();
             }
@@ -206,7 +195,17 @@ async fn serve(
     if !wanted.is_empty() {
         let _ = session.send_control(&ControlMessage::UdpPortsWanted(wanted));
     }
+    // A sealed session (over a network) carries connections itself:
+    // faster than a ControlMaster's channels and as private.
     let master = setup.master.clone().filter(|_| !session.is_sealed());
+    board.set_session(
+        true,
+        match (&master, session.is_sealed()) {
+            (Some(_), _) => SSH_MASTER,
+            (None, true) => "sealed",
+            (None, false) => "multiplexed",
+        },
+    );
     let routes = Routes::new(session.clone(), master, board.route_counts());
     let mut ports = PortForwarder::new(routes.clone(), setup.ports.clone());
     let mut sockets = SocketForwarder::start(routes.clone(), &setup.sockets, board.clone(), setup.ports.events);
