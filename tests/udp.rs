@@ -70,6 +70,77 @@ fn ten_thousand_datagrams_of_mixed_sizes_each_get_their_own_reply() {
     assert_eq!(row["bytes_from_guest"].as_u64(), Some(sent), "{row}");
 }
 
+/// Forces `socket`'s receive buffer to `bytes` (root may pass the
+/// system's maximum), so that a test's own sockets never drop a datagram.
+fn force_receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt(2) on a socket this function borrows, with a
+    // pointer to a c_int that outlives the call and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_flow_keeps_every_datagram_sent_while_the_agent_cannot_run() {
+    // A stall of the agent (descheduled on a busy machine) is what a flow's
+    // window must cover: 1,500 datagrams of 1,400 bytes (2.1 MB, twice the
+    // 1 MiB window of byte streams) are sent while the agent is stopped,
+    // and every one is echoed once it runs again.
+    let bridge = Bridge::start_with(AGENT, &["-v"]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let echo = {
+        let addr = addr.clone();
+        bridge.guest.run_in(move || UdpSocket::bind(&addr).expect("bind udp in guest"))
+    };
+    force_receive_buffer(&echo, 16 << 20);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    wait_udp_forwarded(&bridge, &addr);
+    let c = client(&addr);
+    force_receive_buffer(&c, 16 << 20);
+    // The flow's stream opens with the first datagram.
+    let mut buf = vec![0u8; 65_535];
+    c.send(b"open").unwrap();
+    assert_eq!(c.recv(&mut buf).unwrap(), 4);
+    let agent = bridge.agent.pid() as i32;
+    // SAFETY: kill(2) on the agent this test started.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    const N: u64 = 1500;
+    let sent_bytes = 4 + N * 1400;
+    for i in 0..N {
+        c.send(&pattern(i, 1400)).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Everything the host read went into the flow's window, none dropped.
+    let up = wait_for(GUARD, "the forwarder to take every datagram", || {
+        let row = bridge.status_row("udp", &addr)?;
+        (row["bytes_to_guest"].as_u64()? + 1400 * row["dropped_datagrams"].as_u64()? >= sent_bytes).then_some(row)
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGCONT) }, 0);
+    assert_eq!(up["dropped_datagrams"].as_u64(), Some(0), "{up}");
+    for i in 0..N {
+        let n = c.recv(&mut buf).unwrap_or_else(|e| panic!("echo {i} of {N} missing: {e}"));
+        assert!(buf[..n] == pattern(i, 1400)[..], "echo {i}: {n} bytes, not what was sent");
+    }
+    let row = bridge.status_row("udp", &addr).unwrap();
+    assert_eq!(row["bytes_from_guest"].as_u64(), Some(sent_bytes), "{row}");
+}
+
 #[test]
 fn two_clients_at_once_each_get_only_their_own_replies() {
     let bridge = Bridge::start_with(AGENT, &["-v"]);

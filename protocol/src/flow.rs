@@ -8,6 +8,10 @@
 /// Initial (and maximum outstanding) credit of every stream, in bytes.
 pub const DEFAULT_WINDOW: u32 = 1 << 20;
 
+/// Window of datagram (UDP) streams when both sides offer it (see
+/// `connection::Config::datagram_window`).
+pub const DATAGRAM_WINDOW: u32 = 4 << 20;
+
 /// Largest credit a sender may accumulate; more is a protocol error.
 pub const MAX_CREDIT: u64 = (1 << 31) - 1;
 
@@ -73,6 +77,11 @@ impl RecvWindow {
     /// A receive window of `window` bytes (the peer starts with that credit).
     pub fn new(window: u32) -> Self {
         Self { window, buffered: 0, peer_credit: window as u64, unreturned: 0 }
+    }
+
+    /// The window: the most bytes received and not yet consumed.
+    pub fn window(&self) -> u32 {
+        self.window
     }
 
     /// Bytes received but not yet consumed.

@@ -21,6 +21,10 @@
 //!   receiver returns credit with `WINDOW(increment)` once its application
 //!   has consumed a quarter of the window. A slow consumer thus stalls its
 //!   own stream only, and the memory one stream can pin is its window.
+//!   Datagram (UDP) streams have a wider window of their own when both
+//!   sides offer WIDE_DATAGRAM_WINDOW ([`Config::datagram_window`]), and
+//!   their DATA never waits: a datagram without credit or queue room is
+//!   dropped, as UDP would.
 //! - **Half-close.** `FIN` ends one direction (`SentFin` / `ReceivedFin`);
 //!   the other direction goes on, with its credit, until its own `FIN`.
 //!   After both FINs the stream has ended cleanly.
@@ -61,7 +65,7 @@ pub use self::{
 };
 use self::{
     keepalive::{Keepalive, KeepaliveAction},
-    outbox::Outbox,
+    outbox::{Bounds, Outbox},
 };
 use crate::{
     flow::{RecvWindow, SendWindow},
@@ -82,6 +86,12 @@ pub const MAX_DATAGRAM: usize = 65_535;
 pub struct Config {
     /// Per-stream receive window in bytes (both sides must agree).
     pub window: u32,
+    /// Receive window of datagram (UDP) streams, in bytes (both sides must
+    /// agree: the session uses `window` unless both offered
+    /// WIDE_DATAGRAM_WINDOW). Datagrams never wait, so a window is what a
+    /// flow may have in flight while a side is descheduled; at 50,000
+    /// datagrams of 1,400 bytes a second, 1 MiB lasts 15 ms, 4 MiB 60 ms.
+    pub datagram_window: u32,
     /// Most live streams (opened by either side) when the peer opens one.
     pub max_streams: usize,
     /// Most receive memory all live streams together may pin: each can
@@ -92,8 +102,12 @@ pub struct Config {
     /// Most bytes waiting on the urgent queue before the connection ends as
     /// one whose peer reads nothing.
     pub max_urgent_bytes: usize,
-    /// Most DATA frames waiting on the ordered queue.
+    /// Most DATA frames of byte streams waiting on the ordered queue.
     pub max_queued_data: usize,
+    /// Most datagrams waiting on the ordered queue (each is a DATA frame).
+    pub max_queued_datagrams: usize,
+    /// Most bytes of datagrams waiting on the ordered queue.
+    pub max_queued_datagram_bytes: usize,
     /// Longest wait for the answer to an OPEN; the stream is then reset.
     pub open_timeout: Duration,
     /// Keepalive, if both sides offered it.
@@ -104,10 +118,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             window: crate::flow::DEFAULT_WINDOW,
+            datagram_window: crate::flow::DATAGRAM_WINDOW,
             max_streams: 16_384,
             max_stream_memory: 4 << 30,
             max_urgent_bytes: 64 << 20,
             max_queued_data: 1024,
+            max_queued_datagrams: 4096,
+            max_queued_datagram_bytes: 4 << 20,
             open_timeout: Duration::from_secs(30),
             keepalive: Some(KeepaliveConfig { interval: Duration::from_secs(1), timeout: Duration::from_secs(5) }),
         }
@@ -227,6 +244,8 @@ pub struct Connection {
     role: Role,
     cfg: Config,
     streams: HashMap<StreamId, Stream>,
+    /// The receive windows of the live streams, summed: the memory they may pin.
+    pinned: u64,
     ids: StreamIds,
     last_peer_id: StreamId,
     decoder: FrameDecoder,
@@ -249,11 +268,17 @@ impl Connection {
         Self {
             role,
             streams: HashMap::new(),
+            pinned: 0,
             ids: StreamIds::new(role),
             last_peer_id: 0,
             // Frames that may hold a datagram stay whole: a datagram is one frame.
             decoder: FrameDecoder::default().with_data_fragments(MAX_DATAGRAM as u32),
-            outbox: Outbox::new(cfg.max_urgent_bytes, cfg.max_queued_data),
+            outbox: Outbox::new(Bounds {
+                urgent_bytes: cfg.max_urgent_bytes,
+                data_frames: cfg.max_queued_data,
+                datagrams: cfg.max_queued_datagrams,
+                datagram_bytes: cfg.max_queued_datagram_bytes,
+            }),
             events: VecDeque::new(),
             open_deadlines: VecDeque::new(),
             keepalive: cfg.keepalive.map(|k| Keepalive::new(k, now)),
@@ -338,7 +363,7 @@ impl Connection {
                 Step::Aborted => {}
             },
             Frame::Reset { stream, reason } => {
-                let st = self.streams.remove(&stream).expect("checked above");
+                let st = self.remove(stream).expect("checked above");
                 self.report_end(stream, st.state, format!("peer reset: {reason}"));
             }
             Frame::Control { message } => self.events.push_back(match message::decode::<ControlMessage>(&message) {
@@ -373,10 +398,6 @@ impl Connection {
             return Err(format!("peer opened stream {stream}, which it may not use"));
         }
         self.last_peer_id = stream;
-        if let Err(limit) = self.room_for_peer_stream() {
-            self.urgent(Frame::OpenRefused { stream, reason: limit });
-            return Ok(());
-        }
         let target = match message::decode::<Target>(target) {
             Ok(t) => t,
             Err(e) => {
@@ -384,7 +405,11 @@ impl Connection {
                 return Ok(());
             }
         };
-        self.insert(stream, StreamState::Accepting);
+        if let Err(limit) = self.room_for_peer_stream(&target) {
+            self.urgent(Frame::OpenRefused { stream, reason: limit });
+            return Ok(());
+        }
+        self.insert(stream, StreamState::Accepting, &target);
         self.events.push_back(Event::Incoming { stream, target });
         Ok(())
     }
@@ -395,9 +420,9 @@ impl Connection {
     /// answer comes as [`Event::Opened`] or [`Event::OpenFailed`].
     pub fn open(&mut self, target: &Target, now: Instant) -> Result<StreamId, CommandError> {
         self.check_open()?;
-        self.room_in_memory().map_err(CommandError::Limit)?;
+        self.room_in_memory(target).map_err(CommandError::Limit)?;
         let id = self.ids.next_id().ok_or(CommandError::IdsExhausted)?;
-        self.insert(id, StreamState::Opening);
+        self.insert(id, StreamState::Opening, target);
         self.outbox.push_ordered(Frame::Open { stream: id, target: message::encode(target) });
         self.open_deadlines.push_back((now + self.cfg.open_timeout, id));
         Ok(id)
@@ -446,22 +471,21 @@ impl Connection {
     }
 
     /// Queues `datagram` as exactly one DATA frame if that can be done now:
-    /// with enough credit and room in the DATA queue (a quarter of it is
-    /// kept for byte streams). `Ok(false)`: the datagram was dropped, as
-    /// datagrams never wait.
+    /// with enough credit and room in the datagram queue (its own bounds:
+    /// datagrams take no room from byte streams). `Ok(false)`: the datagram
+    /// was dropped, as datagrams never wait.
     pub fn send_datagram(&mut self, stream: StreamId, datagram: Bytes) -> Result<bool, CommandError> {
         self.check_open()?;
-        let room = self.outbox.data_room();
-        let max = self.outbox.max_data();
+        let room = self.outbox.datagram_room(datagram.len());
         let st = match self.streams.get_mut(&stream) {
             Some(st) if st.state.may_send() => st,
             _ => return Err(CommandError::NotAllowed(stream)),
         };
-        if datagram.len() > MAX_DATAGRAM || room <= max / 4 || st.send.available() < datagram.len() as u64 {
+        if datagram.len() > MAX_DATAGRAM || !room || st.send.available() < datagram.len() as u64 {
             return Ok(false);
         }
         st.send.take(datagram.len());
-        self.outbox.push_data(Frame::Data { stream, payload: datagram });
+        self.outbox.push_datagram(Frame::Data { stream, payload: datagram });
         Ok(true)
     }
 
@@ -523,7 +547,7 @@ impl Connection {
         let mut ids: Vec<StreamId> = self.streams.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            let st = self.streams.remove(&id).expect("listed");
+            let st = self.remove(id).expect("listed");
             self.report_end(id, st.state, format!("session closed: {reason}"));
         }
         self.open_deadlines.clear();
@@ -556,7 +580,7 @@ impl Connection {
             }
             self.open_deadlines.pop_front();
             if self.streams.get(&id).is_some_and(|s| s.state == StreamState::Opening) {
-                self.streams.remove(&id);
+                self.remove(id);
                 self.send_reset(id, StreamState::Opening, "no answer to OPEN in time");
                 let failure = OpenFailure::TimedOut(self.cfg.open_timeout);
                 self.events.push_back(Event::OpenFailed { stream: id, failure });
@@ -630,9 +654,14 @@ impl Connection {
         self.outbox.urgent_bytes()
     }
 
-    /// DATA frames waiting on the ordered queue.
+    /// DATA frames of byte streams waiting on the ordered queue.
     pub fn queued_data(&self) -> usize {
         self.outbox.queued_data()
+    }
+
+    /// Datagrams waiting on the ordered queue, and their bytes.
+    pub fn queued_datagrams(&self) -> (usize, usize) {
+        self.outbox.queued_datagrams()
     }
 
     /// The role of this side.
@@ -661,31 +690,48 @@ impl Connection {
 
     /// Whether the peer may open one more stream: within the stream limit
     /// and the memory ceiling.
-    fn room_for_peer_stream(&self) -> Result<(), String> {
+    fn room_for_peer_stream(&self, target: &Target) -> Result<(), String> {
         if self.streams.len() >= self.cfg.max_streams {
             return Err(format!("too many streams (limit {})", self.cfg.max_streams));
         }
-        self.room_in_memory()
+        self.room_in_memory(target)
+    }
+
+    /// The window of a stream to `target` (the same both ways).
+    fn window_for(&self, target: &Target) -> u32 {
+        match target {
+            Target::Udp(_) => self.cfg.datagram_window,
+            _ => self.cfg.window,
+        }
     }
 
     /// Whether one more stream's window fits within the memory ceiling.
-    fn room_in_memory(&self) -> Result<(), String> {
-        let n = self.streams.len() as u64;
-        let window = self.cfg.window as u64;
-        if (n + 1) * window > self.cfg.max_stream_memory {
+    fn room_in_memory(&self, target: &Target) -> Result<(), String> {
+        let window = self.window_for(target) as u64;
+        if self.pinned + window > self.cfg.max_stream_memory {
             return Err(format!(
-                "session memory ceiling: {n} streams of {} KiB windows already pin up to {} MiB (limit {} MiB)",
+                "session memory ceiling: {} streams already pin up to {} MiB in their windows; another needs {} KiB \
+                 (limit {} MiB)",
+                self.streams.len(),
+                self.pinned >> 20,
                 window >> 10,
-                (n * window) >> 20,
                 self.cfg.max_stream_memory >> 20
             ));
         }
         Ok(())
     }
 
-    fn insert(&mut self, id: StreamId, state: StreamState) {
-        let w = self.cfg.window;
+    fn insert(&mut self, id: StreamId, state: StreamState, target: &Target) {
+        let w = self.window_for(target);
+        self.pinned += w as u64;
         self.streams.insert(id, Stream { state, send: SendWindow::new(w), recv: RecvWindow::new(w) });
+    }
+
+    /// Takes `id` out of the table, releasing the memory its window pinned.
+    fn remove(&mut self, id: StreamId) -> Option<Stream> {
+        let st = self.streams.remove(&id)?;
+        self.pinned -= st.recv.window() as u64;
+        Some(st)
     }
 
     /// Applies a peer input to a stream in the table (a violation resets
@@ -699,7 +745,7 @@ impl Connection {
                 Step::Live
             }
             Transition::End => {
-                self.streams.remove(&id);
+                self.remove(id);
                 Step::Ended
             }
             // The table never answers a peer input with NotAllowed (a test
@@ -724,7 +770,7 @@ impl Connection {
                 Ok(())
             }
             Transition::End => {
-                self.streams.remove(&id);
+                self.remove(id);
                 self.events.push_back(Event::Gone(id));
                 Ok(())
             }
@@ -749,7 +795,7 @@ impl Connection {
 
     /// Aborts a stream from this side for `reason` and tells the application.
     fn abort(&mut self, id: StreamId, reason: &str) {
-        if let Some(st) = self.streams.remove(&id) {
+        if let Some(st) = self.remove(id) {
             self.send_reset(id, st.state, reason);
             self.report_end(id, st.state, reason.to_string());
         }

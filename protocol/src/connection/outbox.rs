@@ -6,8 +6,11 @@
 //!   answer would otherwise grow it without end.
 //! - The **ordered** queue carries what must stay in order with the data of
 //!   its stream: OPEN, OPEN_OK, DATA, FIN, and the RESET of an unanswered
-//!   OPEN. DATA frames are bounded in number (a sender waits for room); the
-//!   others are at most two per stream, so the stream limit bounds them.
+//!   OPEN. DATA frames of byte streams are bounded in number (a sender
+//!   waits for room); datagrams have a bound of their own, in number and in
+//!   bytes (a datagram that finds no room is dropped, never waits, and
+//!   never takes room from byte streams); the others are at most two per
+//!   stream, so the stream limit bounds them.
 //!
 //! A batch for the transport takes urgent frames first.
 
@@ -36,15 +39,40 @@ pub struct UrgentFull {
     pub queued: usize,
 }
 
+/// The bounds of the queues.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Bytes on the urgent queue.
+    pub urgent_bytes: usize,
+    /// DATA frames of byte streams on the ordered queue.
+    pub data_frames: usize,
+    /// Datagrams on the ordered queue.
+    pub datagrams: usize,
+    /// Bytes of datagrams (payloads and headers) on the ordered queue.
+    pub datagram_bytes: usize,
+}
+
+/// What an ordered frame counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// OPEN, OPEN_OK, FIN, RESET: bounded by the stream limit.
+    Other,
+    /// DATA of a byte stream.
+    Data,
+    /// DATA holding one datagram.
+    Datagram,
+}
+
 /// The two outgoing queues.
 #[derive(Debug)]
 pub struct Outbox {
+    bounds: Bounds,
     urgent: VecDeque<Frame>,
     urgent_bytes: usize,
-    max_urgent_bytes: usize,
-    ordered: VecDeque<Frame>,
+    ordered: VecDeque<(Frame, Kind)>,
     ordered_data: usize,
-    max_ordered_data: usize,
+    datagrams: usize,
+    datagram_bytes: usize,
 }
 
 /// What [`Outbox::take_batch`] took.
@@ -61,14 +89,15 @@ pub struct Taken {
 
 impl Outbox {
     /// Empty queues with the given bounds.
-    pub fn new(max_urgent_bytes: usize, max_ordered_data: usize) -> Self {
+    pub fn new(bounds: Bounds) -> Self {
         Self {
+            bounds,
             urgent: VecDeque::new(),
             urgent_bytes: 0,
-            max_urgent_bytes,
             ordered: VecDeque::new(),
             ordered_data: 0,
-            max_ordered_data,
+            datagrams: 0,
+            datagram_bytes: 0,
         }
     }
 
@@ -76,7 +105,7 @@ impl Outbox {
     pub fn push_urgent(&mut self, f: Frame) -> Result<(), UrgentFull> {
         let size = queued_size(&f);
         let queued = self.urgent_bytes + size;
-        if queued > self.max_urgent_bytes {
+        if queued > self.bounds.urgent_bytes {
             return Err(UrgentFull { queued });
         }
         self.urgent_bytes = queued;
@@ -88,24 +117,34 @@ impl Outbox {
     /// by the stream limit).
     pub fn push_ordered(&mut self, f: Frame) {
         debug_assert!(!matches!(f, Frame::Data { .. }), "DATA goes through push_data");
-        self.ordered.push_back(f);
+        self.ordered.push_back((f, Kind::Other));
     }
 
-    /// DATA frames that may still be queued.
+    /// DATA frames of byte streams that may still be queued.
     pub fn data_room(&self) -> usize {
-        self.max_ordered_data.saturating_sub(self.ordered_data)
+        self.bounds.data_frames.saturating_sub(self.ordered_data)
     }
 
-    /// The bound on queued DATA frames.
-    pub fn max_data(&self) -> usize {
-        self.max_ordered_data
-    }
-
-    /// Queues a DATA frame; the caller checked [`Outbox::data_room`].
+    /// Queues a DATA frame of a byte stream; the caller checked
+    /// [`Outbox::data_room`].
     pub fn push_data(&mut self, f: Frame) {
         debug_assert!(matches!(f, Frame::Data { .. }));
         self.ordered_data += 1;
-        self.ordered.push_back(f);
+        self.ordered.push_back((f, Kind::Data));
+    }
+
+    /// Whether a datagram of `len` bytes would find room now.
+    pub fn datagram_room(&self, len: usize) -> bool {
+        self.datagrams < self.bounds.datagrams && self.datagram_bytes + HEADER_LEN + len <= self.bounds.datagram_bytes
+    }
+
+    /// Queues a DATA frame holding one datagram; the caller checked
+    /// [`Outbox::datagram_room`].
+    pub fn push_datagram(&mut self, f: Frame) {
+        debug_assert!(matches!(f, Frame::Data { .. }));
+        self.datagrams += 1;
+        self.datagram_bytes += queued_size(&f);
+        self.ordered.push_back((f, Kind::Datagram));
     }
 
     /// Bytes waiting on the urgent queue.
@@ -113,9 +152,14 @@ impl Outbox {
         self.urgent_bytes
     }
 
-    /// DATA frames waiting on the ordered queue.
+    /// DATA frames of byte streams waiting on the ordered queue.
     pub fn queued_data(&self) -> usize {
         self.ordered_data
+    }
+
+    /// Datagrams waiting on the ordered queue, and their bytes.
+    pub fn queued_datagrams(&self) -> (usize, usize) {
+        (self.datagrams, self.datagram_bytes)
     }
 
     /// Whether nothing waits to be sent.
@@ -132,9 +176,14 @@ impl Outbox {
             let f = if let Some(f) = self.urgent.pop_front() {
                 self.urgent_bytes -= queued_size(&f);
                 f
-            } else if let Some(f) = self.ordered.pop_front() {
-                if matches!(f, Frame::Data { .. }) {
-                    self.ordered_data -= 1;
+            } else if let Some((f, kind)) = self.ordered.pop_front() {
+                match kind {
+                    Kind::Data => self.ordered_data -= 1,
+                    Kind::Datagram => {
+                        self.datagrams -= 1;
+                        self.datagram_bytes -= queued_size(&f);
+                    }
+                    Kind::Other => {}
                 }
                 f
             } else {
@@ -157,9 +206,13 @@ mod tests {
 
     use super::*;
 
+    fn bounds(urgent_bytes: usize, data_frames: usize) -> Bounds {
+        Bounds { urgent_bytes, data_frames, datagrams: 4, datagram_bytes: 1 << 20 }
+    }
+
     #[test]
     fn urgent_frames_overtake_ordered_ones_and_the_bound_holds() {
-        let mut o = Outbox::new(3 * (HEADER_LEN + 8), 2);
+        let mut o = Outbox::new(bounds(3 * (HEADER_LEN + 8), 2));
         o.push_data(Frame::Data { stream: 1, payload: Bytes::from_static(b"abc") });
         o.push_ordered(Frame::Fin { stream: 1 });
         for nonce in 0..3 {
@@ -177,7 +230,7 @@ mod tests {
 
     #[test]
     fn taking_from_a_full_data_queue_reports_room() {
-        let mut o = Outbox::new(1 << 20, 1);
+        let mut o = Outbox::new(bounds(1 << 20, 1));
         o.push_data(Frame::Data { stream: 1, payload: Bytes::from_static(b"x") });
         assert_eq!(o.data_room(), 0);
         let mut out = Vec::new();
@@ -186,11 +239,36 @@ mod tests {
 
     #[test]
     fn a_batch_ends_at_goaway() {
-        let mut o = Outbox::new(1 << 20, 8);
+        let mut o = Outbox::new(bounds(1 << 20, 8));
         o.push_urgent(Frame::GoAway { reason: "bye".into() }).unwrap();
         o.push_urgent(Frame::Ping { nonce: 1 }).unwrap();
         let mut out = Vec::new();
         assert_eq!(o.take_batch(&mut out, 10, 1 << 20).goaway.as_deref(), Some("bye"));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn datagrams_have_their_own_bounds_in_number_and_bytes() {
+        let dgram = |n: usize| Frame::Data { stream: 2, payload: Bytes::from(vec![0u8; n]) };
+        let mut o = Outbox::new(Bounds { urgent_bytes: 1 << 20, data_frames: 1, datagrams: 3, datagram_bytes: 300 });
+        // Byte streams' room is untouched by datagrams, and the reverse.
+        o.push_data(Frame::Data { stream: 1, payload: Bytes::from_static(b"x") });
+        assert_eq!(o.data_room(), 0);
+        assert!(o.datagram_room(100));
+        o.push_datagram(dgram(100));
+        // Bytes bound: a second 100-byte datagram fits, a third does not.
+        o.push_datagram(dgram(100));
+        assert!(!o.datagram_room(100));
+        assert!(o.datagram_room(300 - 2 * (HEADER_LEN + 100) - HEADER_LEN));
+        o.push_datagram(dgram(1));
+        // Number bound.
+        assert!(!o.datagram_room(0));
+        assert_eq!(o.queued_datagrams(), (3, 3 * HEADER_LEN + 201));
+        let mut out = Vec::new();
+        let taken = o.take_batch(&mut out, 10, 1 << 20);
+        assert_eq!(out.len(), 4);
+        assert!(taken.made_room, "the byte stream's DATA left");
+        assert_eq!(o.queued_datagrams(), (0, 0));
+        assert!(o.is_empty());
     }
 }

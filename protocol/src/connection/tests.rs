@@ -17,14 +17,18 @@ use proptest::prelude::*;
 use super::*;
 
 const WINDOW: u32 = 4096;
+const DATAGRAM_WINDOW: u32 = 4 * WINDOW;
 
 fn config() -> Config {
     Config {
         window: WINDOW,
+        datagram_window: DATAGRAM_WINDOW,
         max_streams: 64,
         max_stream_memory: 64 * WINDOW as u64,
         max_urgent_bytes: 1 << 20,
         max_queued_data: 1,
+        max_queued_datagrams: 4,
+        max_queued_datagram_bytes: 1 << 20,
         open_timeout: Duration::from_millis(100),
         keepalive: Some(KeepaliveConfig { interval: Duration::from_millis(50), timeout: Duration::from_secs(3600) }),
     }
@@ -561,6 +565,58 @@ fn the_memory_ceiling_refuses_streams_from_either_side() {
         out.iter().any(|f| matches!(f, Frame::OpenRefused { stream: 2, reason } if reason.contains("memory ceiling"))),
         "{out:?}"
     );
+}
+
+#[test]
+fn datagram_streams_have_the_wider_window_and_it_counts_against_the_ceiling() {
+    let now = Instant::now();
+    let udp = Target::Udp("127.0.0.1:53".parse().unwrap());
+    // Room for one datagram window and two byte-stream windows.
+    let cfg = Config { max_stream_memory: (DATAGRAM_WINDOW + 2 * WINDOW) as u64, ..config() };
+    let mut c = Connection::new(Role::Host, cfg, now);
+    let d = c.open(&udp, now).unwrap();
+    let a = c.open(&Target::Unix("/a".into()), now).unwrap();
+    c.handle_frame(Frame::OpenOk { stream: d }).unwrap();
+    c.handle_frame(Frame::OpenOk { stream: a }).unwrap();
+    assert_eq!(c.send_credit(d).unwrap(), DATAGRAM_WINDOW as u64);
+    assert_eq!(c.send_credit(a).unwrap(), WINDOW as u64);
+    // The peer may send a datagram stream its whole wider window, not more.
+    c.handle_frame(Frame::Data { stream: d, payload: Bytes::from(vec![0; DATAGRAM_WINDOW as usize]) }).unwrap();
+    assert!(c.stream_state(d).is_some(), "within the datagram window");
+    // A second datagram stream does not fit; a byte stream does.
+    assert!(matches!(c.open(&udp, now), Err(CommandError::Limit(_))));
+    let b = c.open(&Target::Unix("/b".into()), now).unwrap();
+    // Once the datagram stream ends, its whole window is free again.
+    c.reset(d, "done");
+    c.reset(b, "done");
+    c.open(&udp, now).unwrap();
+    c.handle_frame(Frame::Data { stream: a, payload: Bytes::from(vec![0; WINDOW as usize + 1]) }).unwrap();
+    assert_eq!(c.stream_state(a), None, "a byte stream keeps the narrower window");
+}
+
+#[test]
+fn datagrams_never_wait_and_never_take_the_room_of_byte_streams() {
+    let now = Instant::now();
+    let mut c = Connection::new(Role::Host, config(), now);
+    let d = c.open(&Target::Udp("127.0.0.1:53".parse().unwrap()), now).unwrap();
+    let a = c.open(&Target::Unix("/a".into()), now).unwrap();
+    c.handle_frame(Frame::OpenOk { stream: d }).unwrap();
+    c.handle_frame(Frame::OpenOk { stream: a }).unwrap();
+    // The one DATA slot of byte streams is taken: datagrams still go.
+    let mut data = Bytes::from_static(b"bytes");
+    assert!(matches!(c.send(a, &mut data), Ok(Ok(5))));
+    assert!(!c.has_data_room());
+    for _ in 0..4 {
+        assert_eq!(c.send_datagram(d, Bytes::from_static(b"dgram")), Ok(true));
+    }
+    // The datagram queue (4 here) is full: the next is dropped at once.
+    assert_eq!(c.send_datagram(d, Bytes::from_static(b"dgram")), Ok(false));
+    assert_eq!(c.queued_datagrams().0, 4);
+    let mut out = Vec::new();
+    c.take_batch(&mut out, 100, 1 << 20);
+    assert_eq!(out.iter().filter(|f| matches!(f, Frame::Data { .. })).count(), 5);
+    assert_eq!(c.queued_datagrams(), (0, 0));
+    assert!(c.has_data_room());
 }
 
 #[test]
