@@ -260,9 +260,11 @@ pub fn ferry_over_ssh(
     let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
     let control = d.join("ssh.sock");
     let master_proc = master.then(|| setup.start_master(guest, &control, d.join("master.log")));
+    // With the master route, the session has an ssh connection of its own
+    // (as `limactl ferry start` gives it), so the two encrypt apart.
     let mut remote: Vec<String> = vec!["ssh".into()];
     if master {
-        remote.extend(["-S".into(), quote(&control.display().to_string())]);
+        remote.extend(["-o", "ControlMaster=no", "-o", "ControlPath=none"].map(String::from));
     }
     remote.extend(setup.client_args(guest).iter().map(|a| quote(a)));
     remote.push("root@guest".into());

@@ -18,6 +18,30 @@ pub fn control_path(config: &Path, host: &str) -> Option<PathBuf> {
     parse_control_path(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Brings up the ControlMaster of `host` under `config` if none answers:
+/// with Lima's ssh.config (`ControlMaster auto`, `ControlPersist yes`) any
+/// ssh to the guest leaves one running, so a `true` run there does. Best
+/// effort: without a master, connections go over the session.
+pub fn ensure_master(config: &Path, host: &str) {
+    let ssh = |options: &[&str], remote: &[&str]| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(config)
+            .args(["-o", "BatchMode=yes"])
+            .args(options)
+            .arg(host)
+            .args(remote)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ssh(&["-O", "check"], &[]) && !ssh(&["-o", "ConnectTimeout=10"], &["true"]) {
+        tracing::warn!("no ssh ControlMaster for {host}: connections go over the session");
+    }
+}
+
 /// The ControlPath in `ssh -G` output, unless sharing is off (`controlmaster
 /// no` with no path, or `controlpath none`) or the path still holds `%`
 /// tokens or `~` that only ssh expands.

@@ -162,12 +162,17 @@ fn bring_up(
         std::fs::write(dir.join(YAML_EDITED), b"")?;
     }
     let ssh_master = match (&a.agent, &inst.ssh_config_file, a.no_ssh_master) {
-        (None, Some(cfg), false) if cfg.exists() => ssh_control::control_path(cfg, &format!("lima-{}", inst.name)),
+        (None, Some(cfg), false) if cfg.exists() => {
+            let host = format!("lima-{}", inst.name);
+            // The session no longer starts the master (it has an ssh
+            // connection of its own), so it is brought up here if absent.
+            ssh_control::control_path(cfg, &host).inspect(|_| ssh_control::ensure_master(cfg, &host))
+        }
         _ => None,
     };
     let chosen = match &a.agent {
         Some(addr) => transport::Chosen { agent: addr.to_string(), fallback: None, transport: "given" },
-        None => transport::choose(a, inst, dir, tcp_ip, &agent_bin, &guest_secret)?,
+        None => transport::choose(a, inst, dir, tcp_ip, &agent_bin, &guest_secret, ssh_master.is_some())?,
     };
     let pid = forwarder::launch(&forwarder::Launch {
         instance: name,

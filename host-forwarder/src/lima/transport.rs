@@ -42,7 +42,9 @@ pub struct Chosen {
 
 /// The agent address (and fallback): the agent service on `tcp_ip` with
 /// ssh behind it, or ssh alone. The service is recorded in `dir` before it
-/// starts, so that `stop` (or a failed start) can end it.
+/// starts, so that `stop` (or a failed start) can end it. With
+/// `own_ssh_connection` (connections go through the ControlMaster), the
+/// session over ssh gets an ssh connection of its own.
 pub fn choose(
     a: &StartArgs,
     inst: &limactl::Instance,
@@ -50,9 +52,10 @@ pub fn choose(
     tcp_ip: Option<Ipv4Addr>,
     agent_bin: &str,
     guest_secret: &str,
+    own_ssh_connection: bool,
 ) -> anyhow::Result<Chosen> {
     let name = &inst.name;
-    let over_ssh = exec_agent(inst, agent_bin, guest_secret);
+    let over_ssh = exec_agent(inst, agent_bin, guest_secret, own_ssh_connection);
     let record = agent_service::record_path(dir);
     let ssh = |over_ssh| Chosen { agent: over_ssh, fallback: None, transport: "ssh" };
     let Some(ip) = tcp_ip else { return Ok(ssh(over_ssh)) };
@@ -75,7 +78,14 @@ pub fn choose(
 }
 
 /// The `exec:` transport that runs the agent for one session over ssh.
-pub fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str) -> String {
+///
+/// With `own_connection`, the ssh does not share the instance's
+/// ControlMaster (Lima's ssh.config says `ControlMaster auto`): the master
+/// then carries the connections ferry hands it while the session encrypts
+/// on an ssh connection, a process and a core of its own, on the host and
+/// in the guest (sharing, every byte of both went through the master's
+/// single cipher).
+pub fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str, own_connection: bool) -> String {
     // `exec:` runs a local shell, so every word is quoted once for it. ssh
     // joins the remote words into one line for the guest's shell, so those
     // are quoted twice; `limactl shell` quotes each word itself.
@@ -83,8 +93,9 @@ pub fn exec_agent(inst: &limactl::Instance, agent_bin: &str, guest_secret: &str)
         |q: &dyn Fn(&str) -> String| format!("sudo {} --stdio --secret-file {}", q(agent_bin), q(guest_secret));
     match &inst.ssh_config_file {
         Some(cfg) if cfg.exists() => format!(
-            "exec:ssh -F {} -o BatchMode=yes {} {}",
+            "exec:ssh -F {} -o BatchMode=yes {}{} {}",
             quote(&cfg.display().to_string()),
+            if own_connection { "-o ControlMaster=no -o ControlPath=none " } else { "" },
             quote(&format!("lima-{}", inst.name)),
             remote(&|w| quote(&quote(w)))
         ),
