@@ -30,6 +30,7 @@ command -v zsh >/dev/null || need+=(zsh)                  # release test: the zs
 command -v fish >/dev/null || need+=(fish)                # release test: the fish completion parses
 command -v systemd-analyze >/dev/null || need+=(systemd) # lifecycle: `systemd-analyze verify` checks the user unit
 command -v lsof >/dev/null || need+=(lsof)               # ferry doctor names the process holding a port
+command -v iperf3 >/dev/null || need+=(iperf3)           # ssh master test: iperf3, an idle control connection and a bulk one
 apt_install "${need[@]}"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 echo "install-test-deps: ready"

@@ -201,6 +201,90 @@ class S(socketserver.UnixStreamServer):
 S(sys.argv[1], H).serve_forever()
 "#;
 
+impl SshBridge {
+    /// Waits until the forwarder publishes TCP port `port` on the host.
+    fn wait_forwarded(&self, port: u16) {
+        let host = format!("127.0.0.1:{port}");
+        wait_for(GUARD, &format!("{host} forwarded"), || {
+            let ports = self.status()["ports"].as_array()?.clone();
+            ports.iter().any(|r| r["proto"] == "tcp" && r["host"] == host && r["state"] == "forwarding").then_some(())
+        });
+    }
+
+    /// Connections carried by the master and by the session so far.
+    fn routes(&self) -> (u64, u64) {
+        let routes = self.status()["connections_by_route"].clone();
+        (routes["ssh_master"].as_u64().unwrap(), routes["multiplexed"].as_u64().unwrap())
+    }
+}
+
+#[test]
+fn iperf3s_bulk_connection_goes_through_the_master_beside_its_idle_control_connection() {
+    // iperf3 opens a control connection first (a few messages, then idle
+    // for the whole test) and the bulk one after it. The control
+    // connection is quiet, so it holds no place at the master: both go
+    // through it (with one place for a busy connection, the default).
+    let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
+    let port = free_port();
+    let mut server = b.guest.command("iperf3");
+    server.args(["-s", "-1", "-B", "127.0.0.1", "-p", &port.to_string()]);
+    let _server = Proc::spawn(server, b.dir.path().join("iperf3-server.log"));
+    b.wait_forwarded(port);
+    let out =
+        Command::new("iperf3").args(["-c", "127.0.0.1", "-p", &port.to_string(), "-n", "16M", "-J"]).output().unwrap();
+    assert!(out.status.success(), "iperf3: {}", String::from_utf8_lossy(&out.stdout));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // (The server stops counting when the control connection says the
+    // test ended, which may overtake the last bytes in flight.)
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
+    assert!(sent >= 16 << 20, "iperf3 sent {sent} bytes of 16 MiB");
+    assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap() > 0, "the server received nothing");
+    assert_eq!(b.routes(), (2, 0), "control and bulk connection both through the master");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_master_carries_a_bulk_transfer_new_connections_go_over_the_session() {
+    let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
+    let (sink, echo) = (free_port(), free_port());
+    let sink_listener = b.guest.tcp_listener(&format!("127.0.0.1:{sink}"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink_listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{echo}")));
+    b.wait_forwarded(sink);
+    b.wait_forwarded(echo);
+    // A bulk upload through the master, kept going.
+    let mut bulk = connect_forwarded(&format!("127.0.0.1:{sink}")).await;
+    let chunk = pattern(5, 1 << 20);
+    for _ in 0..8 {
+        bulk.write_all(&chunk).await.unwrap();
+    }
+    let uploading = tokio::spawn(async move {
+        loop {
+            if bulk.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(b.routes(), (1, 0));
+    // A new connection meanwhile goes over the session, every byte intact.
+    echo_round(&format!("127.0.0.1:{echo}"), &pattern(6, 256 << 10)).await;
+    assert_eq!(b.routes(), (1, 1), "the master's one place is taken by the bulk transfer");
+    // Once the transfer has ended, the master takes connections again.
+    uploading.abort();
+    let _ = uploading.await;
+    wait_for(GUARD, "the bulk connection to end", || {
+        (b.status()["ports"].as_array()?.iter().all(|r| r["active_connections"] == 0)).then_some(())
+    });
+    echo_round(&format!("127.0.0.1:{echo}"), &pattern(7, 256 << 10)).await;
+    assert_eq!(b.routes(), (2, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_the_master_refuses_goes_over_the_session_with_every_byte() {
     // sshd allows no forwarding to anywhere: the master answers each

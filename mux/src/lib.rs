@@ -33,6 +33,7 @@ pub mod session;
 pub mod ssh_master;
 pub mod stdio;
 pub mod stream;
+pub mod tcp_activity;
 pub mod traffic;
 pub mod transport;
 pub mod udp_batch;

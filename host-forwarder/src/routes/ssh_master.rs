@@ -4,8 +4,9 @@
 //! the master is unreachable or refuses.
 
 use std::{
+    os::fd::{AsFd, OwnedFd},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex,
     },
     time::{Duration, Instant},
@@ -13,7 +14,7 @@ use std::{
 
 use ferry_mux::{
     ssh_master::{Destination, NotTaken, Outcome, SshMaster},
-    LocalConn, Traffic,
+    tcp_activity, LocalConn, Traffic,
 };
 use ferry_protocol::Target;
 
@@ -29,13 +30,15 @@ pub struct MasterRoute {
     /// then carried: OpenSSH before 9.4 cannot ask for one, so guest
     /// sockets stop trying the master (until [`MasterRoute::reset`]).
     no_unix: AtomicBool,
-    /// Connections the master carries now, and the most it is given: with
-    /// more channels busy at once, OpenSSH's throughput collapses (measured:
-    /// 8 uploads through `ssh -L` reach a fifth of what 4 do), while the
-    /// session, one channel, stays fair; so connections beyond these go
-    /// over the session.
-    live: AtomicUsize,
-    max_live: usize,
+    /// Connections the master carries now, and the most busy ones it is
+    /// given: with more channels busy at once, OpenSSH's throughput
+    /// collapses (measured: 8 uploads through `ssh -L` reach a fifth of
+    /// what 4 do), while the session, one channel, stays fair; so while
+    /// `max_busy` of its connections are busy, new ones go over the
+    /// session. A quiet connection (see [`Carried::busy`]) holds no place.
+    carried: Mutex<Vec<Carried>>,
+    max_busy: usize,
+    next_id: AtomicU64,
     /// Until when the master is left alone after it misbehaved (a master
     /// stuck after a Mac woke up would otherwise cost every new connection
     /// the whole answer timeout).
@@ -45,27 +48,93 @@ pub struct MasterRoute {
 /// How long a master that failed to answer is left alone.
 const SUSPEND: Duration = Duration::from_secs(30);
 
-/// Counts a connection as carried by the master while it lives.
-struct Live<'a>(&'a AtomicUsize);
+/// The most connections the master carries at once, busy or quiet.
+const MAX_CARRIED: usize = 64;
 
-impl Drop for Live<'_> {
+/// A connection that moved less than this over the last half second or
+/// more is quiet: an idle one, or one exchanging a few messages (iperf3's
+/// control connection, `docker events`, a keep-alive HTTP client).
+const BULK_BYTES: u64 = 64 << 10;
+
+/// How long a connection that has moved nothing yet counts as busy (it may
+/// be about to: a client that connected a moment ago), and the shortest
+/// span over which the bytes of one that has are judged.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A connection the master carries, as the route's admission sees it.
+struct Carried {
+    id: u64,
+    since: Instant,
+    /// A duplicate of a TCP client's socket, whose kernel counts the bytes
+    /// the master read from it and wrote to it; `None` for a Unix client,
+    /// which has no such count and so always counts as busy.
+    socket: Option<OwnedFd>,
+    /// Two (bytes moved, when) readings: activity is judged against the
+    /// older, which is at least [`SETTLE`] old once the connection is.
+    marks: [(u64, Instant); 2],
+}
+
+impl Carried {
+    /// Whether the connection holds a place at the master: it moved
+    /// [`BULK_BYTES`] since the older mark, or nothing yet while young.
+    fn busy(&mut self, now: Instant) -> bool {
+        let Some(moved) = self.socket.as_ref().and_then(|s| tcp_activity::bytes_moved(s.as_fd())) else {
+            return true;
+        };
+        if moved == 0 {
+            return now.duration_since(self.since) < SETTLE;
+        }
+        let busy = moved.saturating_sub(self.marks[0].0) >= BULK_BYTES;
+        if now.duration_since(self.marks[1].1) >= SETTLE {
+            self.marks = [self.marks[1], (moved, now)];
+        }
+        busy
+    }
+}
+
+/// Holds a connection's place among those the master carries while it lives.
+struct Place<'a> {
+    route: &'a MasterRoute,
+    id: u64,
+}
+
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.route.carried.lock().unwrap().retain(|c| c.id != self.id);
     }
 }
 
 impl MasterRoute {
     /// The route through the master at `master`'s control socket, for at
-    /// most `max_live` connections at a time.
-    pub fn new(master: SshMaster, max_live: usize) -> Self {
+    /// most `max_busy` busy connections at a time.
+    pub fn new(master: SshMaster, max_busy: usize) -> Self {
         Self {
             master,
             working: AtomicBool::new(true),
             no_unix: AtomicBool::new(false),
-            live: AtomicUsize::new(0),
-            max_live,
+            carried: Mutex::new(Vec::new()),
+            max_busy,
+            next_id: AtomicU64::new(0),
             suspended_until: Mutex::new(None),
         }
+    }
+
+    /// A place for `local` at the master, unless `max_busy` of the
+    /// connections it carries are busy (or it carries [`MAX_CARRIED`]).
+    fn admit(&self, local: &LocalConn) -> Option<Place<'_>> {
+        let now = Instant::now();
+        let mut carried = self.carried.lock().unwrap();
+        let busy = carried.iter_mut().map(|c| c.busy(now)).filter(|&b| b).count();
+        if busy >= self.max_busy || carried.len() >= MAX_CARRIED {
+            return None;
+        }
+        let socket = match local {
+            LocalConn::Tcp(s) => s.as_fd().try_clone_to_owned().ok(),
+            LocalConn::Unix(_) => None,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        carried.push(Carried { id, since: now, socket, marks: [(0, now); 2] });
+        Some(Place { route: self, id })
     }
 
     /// Forgets what was learnt of the master (a new session may come with a
@@ -98,11 +167,7 @@ impl MasterRoute {
         if self.suspended_until.lock().unwrap().is_some_and(|t| Instant::now() < t) {
             return Err(local);
         }
-        if self.live.fetch_add(1, Ordering::Relaxed) >= self.max_live {
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            return Err(local);
-        }
-        let _live = Live(&self.live);
+        let Some(_place) = self.admit(&local) else { return Err(local) };
         // Counted as soon as the master takes the connection, so that status
         // shows it while it is carried (and right after it ends).
         match self.master.forward(local, to, traffic, || counts.count(Route::SshMaster)).await {
