@@ -411,8 +411,8 @@ pub struct RunArgs {
     /// while that many are busy, new ones go over the session (OpenSSH's
     /// throughput collapses with many busy channels, the session's single
     /// channel does not). A connection that is idle or exchanges a few
-    /// messages (under 64 KiB in half a second: iperf3's control
-    /// connection, `docker events`) holds no place; 64 at most in all.
+    /// messages (under 1 MiB/s: iperf3's control connection, `docker
+    /// events`) holds no place; 64 at most in all.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub ssh_master_max_connections: u64,
 

@@ -51,14 +51,16 @@ const SUSPEND: Duration = Duration::from_secs(30);
 /// The most connections the master carries at once, busy or quiet.
 const MAX_CARRIED: usize = 64;
 
-/// A connection that moved less than this over the last half second or
-/// more is quiet: an idle one, or one exchanging a few messages (iperf3's
-/// control connection, `docker events`, a keep-alive HTTP client).
-const BULK_BYTES: u64 = 64 << 10;
+/// A connection that moves less than this many bytes a second is quiet:
+/// an idle one, or one exchanging a few messages (iperf3's control
+/// connection, `docker events`, a keep-alive HTTP client between pages). A
+/// bulk transfer through ssh moves a thousand times more, from its first
+/// milliseconds on.
+const BULK_RATE: f64 = (1 << 20) as f64;
 
 /// How long a connection that has moved nothing yet counts as busy (it may
-/// be about to: a client that connected a moment ago), and the shortest
-/// span over which the bytes of one that has are judged.
+/// be about to: a client that connected a moment ago), and how often the
+/// reading its rate is judged against moves on.
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// A connection the master carries, as the route's admission sees it.
@@ -69,14 +71,15 @@ struct Carried {
     /// the master read from it and wrote to it; `None` for a Unix client,
     /// which has no such count and so always counts as busy.
     socket: Option<OwnedFd>,
-    /// Two (bytes moved, when) readings: activity is judged against the
-    /// older, which is at least [`SETTLE`] old once the connection is.
+    /// Two (bytes moved, when) readings: the rate is judged since the
+    /// older, which is at least [`SETTLE`] old once the connection is (its
+    /// start while it is younger).
     marks: [(u64, Instant); 2],
 }
 
 impl Carried {
-    /// Whether the connection holds a place at the master: it moved
-    /// [`BULK_BYTES`] since the older mark, or nothing yet while young.
+    /// Whether the connection holds a place at the master: it moves at
+    /// least [`BULK_RATE`], or it has moved nothing yet while young.
     fn busy(&mut self, now: Instant) -> bool {
         let Some(moved) = self.socket.as_ref().and_then(|s| tcp_activity::bytes_moved(s.as_fd())) else {
             return true;
@@ -84,7 +87,9 @@ impl Carried {
         if moved == 0 {
             return now.duration_since(self.since) < SETTLE;
         }
-        let busy = moved.saturating_sub(self.marks[0].0) >= BULK_BYTES;
+        let (then, at) = self.marks[0];
+        let span = now.duration_since(at).max(Duration::from_millis(1)).as_secs_f64();
+        let busy = moved.saturating_sub(then) as f64 / span >= BULK_RATE;
         if now.duration_since(self.marks[1].1) >= SETTLE {
             self.marks = [self.marks[1], (moved, now)];
         }
@@ -213,6 +218,42 @@ impl MasterRoute {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn a_connection_is_busy_while_new_and_silent_or_moving_bulk_and_quiet_otherwise() {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut served, _) = l.accept().unwrap();
+        let t0 = Instant::now();
+        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
+        let mut c = Carried { id: 0, since: t0, socket, marks: [(0, t0); 2] };
+        assert!(c.busy(Instant::now()), "a new connection that moved nothing may be about to");
+        // A few messages (iperf3's control connection): quiet at once.
+        client.write_all(&[1u8; 300]).unwrap();
+        served.read_exact(&mut [0u8; 300]).unwrap();
+        assert!(!c.busy(t0 + Duration::from_millis(5)), "300 bytes in 5 ms");
+        // Bulk: busy.
+        let chunk = vec![2u8; 4 << 20];
+        let reader = std::thread::spawn(move || std::io::copy(&mut served, &mut std::io::sink()).unwrap());
+        client.write_all(&chunk).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !c.busy(Instant::now()) {
+            assert!(Instant::now() < deadline, "4 MiB moved and the connection is not busy");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Then idle for two spans: quiet again.
+        std::thread::sleep(SETTLE);
+        c.busy(Instant::now());
+        std::thread::sleep(SETTLE);
+        c.busy(Instant::now());
+        assert!(!c.busy(Instant::now()), "idle for a second");
+        drop(client);
+        reader.join().unwrap();
+        // A client without byte counts (a Unix socket) always counts.
+        let mut unix = Carried { id: 1, since: t0, socket: None, marks: [(0, t0); 2] };
+        assert!(unix.busy(t0 + Duration::from_secs(60)));
+    }
 
     #[tokio::test]
     async fn a_master_that_does_not_answer_is_left_alone_after_one_client() {
