@@ -402,3 +402,101 @@ fn reverse_udp_carries_every_datagram_of_many_guest_clients_to_the_host() {
     let row = bridge.status_row("reverse-udp", &format!("udp:{host_addr}")).unwrap();
     assert!(row["total_connections"].as_u64().unwrap() >= 20, "a flow per guest client: {row}");
 }
+
+#[test]
+fn a_reverse_flow_keeps_every_datagram_sent_while_the_forwarder_cannot_run() {
+    // The mirror of the agent's stall: a guest client of a reverse UDP
+    // forward sends 1,500 datagrams of 1,400 bytes (2.1 MB, twice the 1 MiB
+    // window of byte streams) while the forwarder is stopped; every one is
+    // echoed by the host server once it runs again.
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    force_receive_buffer(&host, 16 << 20);
+    let host_addr = host.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = host.recv_from(&mut buf) {
+            let _ = host.send_to(&buf[..n], from);
+        }
+    });
+    let guest_port = free_port();
+    let reverse = format!("udp:127.0.0.1:{guest_port}={host_addr}");
+    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
+    wait_for(GUARD, "the reverse UDP listener", || {
+        (bridge.status_row("reverse-udp", &format!("udp:{host_addr}"))?["state"] == "listening").then_some(())
+    });
+    let target = format!("127.0.0.1:{guest_port}");
+    let c = bridge.guest.run_in(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.connect(&target).unwrap();
+        s
+    });
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    force_receive_buffer(&c, 16 << 20);
+    // The flow's stream opens with the first datagram.
+    let mut buf = vec![0u8; 65_535];
+    c.send(b"open").unwrap();
+    assert_eq!(c.recv(&mut buf).unwrap(), 4);
+    let forwarder = bridge.forwarder.pid() as i32;
+    // SAFETY: kill(2) on the forwarder this test started.
+    assert_eq!(unsafe { libc::kill(forwarder, libc::SIGSTOP) }, 0);
+    const N: u64 = 1500;
+    for i in 0..N {
+        c.send(&pattern(i, 1400)).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // The agent takes them at once (it runs); give it time.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(forwarder, libc::SIGCONT) }, 0);
+    let mut echoed = 0;
+    while c.recv(&mut buf).is_ok() {
+        echoed += 1;
+    }
+    assert_eq!(echoed, N, "echoes of the {N} datagrams sent while the forwarder was stopped");
+}
+
+/// One TCP echo round through `addr`: `Err` says why it failed.
+async fn tcp_echo_round(addr: &str, msg: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    s.write_all(msg).await.map_err(|e| e.to_string())?;
+    s.shutdown().await.map_err(|e| e.to_string())?;
+    let mut back = Vec::new();
+    match tokio::time::timeout(GUARD, s.read_to_end(&mut back)).await {
+        Ok(Ok(_)) => Ok(back),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_port_at_its_flow_limit_does_not_keep_tcp_connections_out() {
+    // Multiplexed: UDP flows and TCP connections are streams of one
+    // session, under one memory ceiling. 1,024 clients (the default flow
+    // limit of one port: DNS lookups from as many source ports, or any
+    // local user) each send one datagram; a TCP connection must still go.
+    let bridge = Bridge::start_with(AGENT, &["--no-dedicated", "-v"]);
+    let (uaddr, taddr) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    udp_echo(&bridge.guest, &uaddr);
+    spawn_echo(bridge.guest.tcp_listener(&taddr));
+    wait_udp_forwarded(&bridge, &uaddr);
+    drop(connect_forwarded(&taddr).await);
+    assert_eq!(tcp_echo_round(&taddr, b"before").await.as_deref(), Ok(&b"before"[..]));
+    // Held open, so that each has a source port of its own.
+    let clients: Vec<UdpSocket> = (0..1024).map(|_| client(&uaddr)).collect();
+    for c in &clients {
+        c.send(b"q").unwrap();
+    }
+    wait_for(GUARD, "the forwarder to take 1,024 datagrams", || {
+        let row = bridge.status_row("udp", &uaddr)?;
+        let seen = row["total_connections"].as_u64()? + row["dropped_datagrams"].as_u64()?;
+        (seen >= 1024).then_some(())
+    });
+    // Every flow's stream opens (or fails) within this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = tcp_echo_round(&taddr, b"after").await;
+    let log = bridge.forwarder.log_text();
+    let why = log.lines().rfind(|l| l.contains("cannot forward")).unwrap_or("").to_string();
+    assert_eq!(after.as_deref(), Ok(&b"after"[..]), "{why}");
+}

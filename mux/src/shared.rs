@@ -39,11 +39,23 @@ pub(crate) struct Signals {
     pub reset: OnceLock<String>,
 }
 
+/// Most DATA frames one stream's reader may have waiting, not yet taken:
+/// a 4 MiB datagram window of 64-byte datagrams. Credit bounds their bytes,
+/// not their number, and an empty frame costs no credit, so a peer sending
+/// empty or tiny frames to a stream whose reader stalls could otherwise
+/// grow its queue without end: past this the stream is reset.
+pub(crate) const MAX_HELD_FRAMES: usize = 65_536;
+
+/// The same bound for all the streams of a session together.
+pub(crate) const MAX_SESSION_HELD_FRAMES: usize = 1 << 20;
+
 /// The session's end of one stream.
 struct Handle {
     inbound: mpsc::UnboundedSender<Inbound>,
     signals: Arc<Signals>,
     open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>,
+    /// DATA frames sent to the reader and not yet taken by it.
+    held: usize,
 }
 
 /// A new stream's receiving channel and signals, for its halves.
@@ -67,6 +79,8 @@ pub(crate) struct Core {
     pub app: VecDeque<AppEvent>,
     /// How the session's data connections ended (see [`crate::data_end`]).
     pub ends: EndBook,
+    /// DATA frames waiting in all the streams' readers.
+    held: usize,
 }
 
 impl Core {
@@ -78,8 +92,16 @@ impl Core {
     ) -> StreamParts {
         let (tx, rx) = mpsc::unbounded_channel();
         let signals = Arc::new(Signals::default());
-        self.handles.insert(id, Handle { inbound: tx, signals: signals.clone(), open_reply });
+        self.handles.insert(id, Handle { inbound: tx, signals: signals.clone(), open_reply, held: 0 });
         StreamParts { id, rx, signals }
+    }
+
+    /// Records that `id`'s reader took one DATA frame.
+    pub fn taken(&mut self, id: StreamId) {
+        if let Some(h) = self.handles.get_mut(&id) {
+            h.held -= 1;
+            self.held -= 1;
+        }
     }
 
     /// Tells a stream's halves it ended for `reason`.
@@ -97,8 +119,16 @@ impl Core {
         while let Some(ev) = self.conn.poll_event() {
             match ev {
                 Event::Data { stream, payload } => {
-                    if let Some(h) = self.handles.get(&stream) {
-                        let _ = h.inbound.send(Inbound::Data(payload));
+                    let Some(h) = self.handles.get_mut(&stream) else { continue };
+                    if h.held >= MAX_HELD_FRAMES || self.held >= MAX_SESSION_HELD_FRAMES {
+                        let reason = format!(
+                            "flow control violation: more than {MAX_HELD_FRAMES} DATA frames waiting for the \
+                             stream's reader (or {MAX_SESSION_HELD_FRAMES} for the session's)"
+                        );
+                        self.conn.reset(stream, &reason);
+                    } else if h.inbound.send(Inbound::Data(payload)).is_ok() {
+                        h.held += 1;
+                        self.held += 1;
                     }
                 }
                 Event::Credit(stream) => {
@@ -127,7 +157,9 @@ impl Core {
                 }
                 Event::Reset { stream, reason } => self.fail(stream, &reason),
                 Event::Gone(stream) => {
-                    self.handles.remove(&stream);
+                    if let Some(h) = self.handles.remove(&stream) {
+                        self.held -= h.held;
+                    }
                 }
                 Event::Incoming { stream, target } => {
                     let parts = self.register(stream, None);
@@ -174,7 +206,13 @@ impl Shared {
     pub fn new(conn: Connection) -> Self {
         let (closed_tx, _) = watch::channel(None);
         Self {
-            core: Mutex::new(Core { conn, handles: HashMap::new(), app: VecDeque::new(), ends: EndBook::default() }),
+            core: Mutex::new(Core {
+                conn,
+                handles: HashMap::new(),
+                app: VecDeque::new(),
+                ends: EndBook::default(),
+                held: 0,
+            }),
             writer_wake: Notify::new(),
             timer_wake: Notify::new(),
             room: Notify::new(),

@@ -55,7 +55,7 @@ impl MuxStream {
                 signals: signals.clone(),
                 shared: shared.clone(),
                 rx,
-                unreleased: 0,
+                unreleased: None,
                 done: false,
             },
             writer: StreamWriter { id, signals, shared, done: false },
@@ -79,7 +79,9 @@ pub struct StreamReader {
     signals: Arc<Signals>,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Inbound>,
-    unreleased: usize,
+    /// The bytes of the DATA frame last handed out, whose credit (and place
+    /// among the frames the stream may hold) return at the next call.
+    unreleased: Option<usize>,
     done: bool,
 }
 
@@ -109,7 +111,7 @@ impl StreamReader {
     fn take(&mut self, next: Option<Inbound>) -> Result<Option<Bytes>, StreamError> {
         match next {
             Some(Inbound::Data(b)) => {
-                self.unreleased = b.len();
+                self.unreleased = Some(b.len());
                 Ok(Some(b))
             }
             Some(Inbound::Fin) => {
@@ -129,11 +131,14 @@ impl StreamReader {
     }
 
     fn release(&mut self) {
-        if self.unreleased == 0 {
-            return;
-        }
-        let (id, n) = (self.id, std::mem::take(&mut self.unreleased));
-        self.shared.with(|c| c.conn.consumed(id, n));
+        let Some(n) = self.unreleased.take() else { return };
+        let id = self.id;
+        self.shared.with(|c| {
+            if n > 0 {
+                c.conn.consumed(id, n);
+            }
+            c.taken(id);
+        });
     }
 }
 

@@ -477,3 +477,105 @@ async fn every_frame_is_acted_on_without_further_traffic() {
         tokio::time::timeout(Duration::from_secs(20), cycle).await.expect("the session stalled");
     }
 }
+
+/// Resident memory of this process, in bytes.
+fn own_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+    kb.parse::<u64>().unwrap() * 1024
+}
+
+/// A raw agent that has opened stream 2 to the host, whose application
+/// accepted it and reads nothing from it; the raw peer's read half is
+/// drained, and `pong` reports each PONG nonce it sees.
+async fn raw_agent_with_an_unread_stream(
+) -> (Session, ferry_mux::MuxStream, tokio::net::unix::OwnedWriteHalf, mpsc::UnboundedReceiver<u64>) {
+    use ferry_protocol::{Frame, FrameDecoder};
+    let (ta, mut raw) = raw_peer();
+    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
+    let (host, mut hev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
+    let (mut rd, mut wr) = raw.into_split();
+    let (pong_tx, pong) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // The host's hello and nonce, then frames.
+        let mut skip = vec![0u8; ferry_protocol::handshake::HELLO_LEN + ferry_protocol::auth::NONCE_LEN];
+        rd.read_exact(&mut skip).await.unwrap();
+        let mut dec = FrameDecoder::default();
+        let mut buf = bytes::BytesMut::with_capacity(1 << 16);
+        while rd.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+            while let Ok(Some(f)) = dec.decode(&mut buf) {
+                if let Frame::Pong { nonce } = f {
+                    let _ = pong_tx.send(nonce);
+                }
+            }
+        }
+    });
+    let mut wire = bytes::BytesMut::new();
+    let target = ferry_protocol::message::encode(&Target::Tcp("127.0.0.1:7".parse().unwrap()));
+    Frame::Open { stream: 2, target }.encode(&mut wire);
+    wr.write_all(&wire).await.unwrap();
+    let Some(SessionEvent::Open(open)) = hev.recv().await else { panic!("no OPEN reached the host") };
+    let stream = open.accept().await.unwrap();
+    (host, stream, wr, pong)
+}
+
+/// Sends a PING and waits for its PONG: the host has handled everything
+/// written before it.
+async fn sync_with_host(wr: &mut tokio::net::unix::OwnedWriteHalf, pong: &mut mpsc::UnboundedReceiver<u64>, n: u64) {
+    let mut wire = bytes::BytesMut::new();
+    ferry_protocol::Frame::Ping { nonce: n }.encode(&mut wire);
+    wr.write_all(&wire).await.unwrap();
+    while tokio::time::timeout(Duration::from_secs(30), pong.recv()).await.unwrap().unwrap() != n {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_frames_cannot_make_an_unread_stream_pin_far_more_than_its_window() {
+    // A hostile peer sends 1-byte DATA frames to a stream whose reader is
+    // stalled, each followed by 256 KiB of DATA for a stream that does not
+    // exist (ignored as a late arrival). It uses 800 bytes of the stream's
+    // 1 MiB credit; the host must not hold 200 MB for it.
+    let (host, stream, mut wr, mut pong) = raw_agent_with_an_unread_stream().await;
+    let mut tiny = bytes::BytesMut::new();
+    ferry_protocol::Frame::Data { stream: 2, payload: Bytes::from_static(b"x") }.encode(&mut tiny);
+    let mut padding = bytes::BytesMut::new();
+    ferry_protocol::Frame::Data { stream: 4, payload: Bytes::from(vec![0u8; 256 << 10]) }.encode(&mut padding);
+    sync_with_host(&mut wr, &mut pong, 1).await;
+    let before = own_rss();
+    for _ in 0..800 {
+        wr.write_all(&tiny).await.unwrap();
+        wr.write_all(&padding).await.unwrap();
+    }
+    sync_with_host(&mut wr, &mut pong, 2).await;
+    let grown = own_rss().saturating_sub(before);
+    assert!(!host.is_closed(), "the session went on");
+    assert!(
+        grown < 32 << 20,
+        "800 unread bytes on one stream (window 1 MiB) made the host hold {} MiB more",
+        grown >> 20
+    );
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_data_frames_cannot_grow_an_unread_stream_without_bound() {
+    // Empty DATA frames cost no credit: a hostile peer sends two million
+    // to a stream whose reader is stalled. The host must not queue each.
+    let (host, stream, mut wr, mut pong) = raw_agent_with_an_unread_stream().await;
+    let mut batch = bytes::BytesMut::new();
+    for _ in 0..10_000 {
+        ferry_protocol::Frame::Data { stream: 2, payload: Bytes::new() }.encode(&mut batch);
+    }
+    sync_with_host(&mut wr, &mut pong, 1).await;
+    let before = own_rss();
+    for _ in 0..200 {
+        wr.write_all(&batch).await.unwrap();
+    }
+    sync_with_host(&mut wr, &mut pong, 2).await;
+    let grown = own_rss().saturating_sub(before);
+    assert!(
+        grown < 32 << 20 || host.is_closed() || host.stream_count() == 0,
+        "2,000,000 empty DATA frames (0 bytes of credit) on one unread stream made the host hold {} MiB more",
+        grown >> 20
+    );
+    drop(stream);
+}

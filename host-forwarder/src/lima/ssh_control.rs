@@ -72,4 +72,48 @@ mod tests {
         assert_eq!(parse_control_path("controlpath ~/.ssh/cm-%C\n"), None);
         assert_eq!(parse_control_path("controlpath \"/tmp/a b/ssh.sock\"\n"), Some(PathBuf::from("/tmp/a b/ssh.sock")));
     }
+
+    #[test]
+    fn a_stuck_master_does_not_hang_the_start() {
+        // A control socket that accepts and then says nothing: a master
+        // stuck after a Mac woke up (the master route leaves such a master
+        // alone after 10 s). Bringing the master up must not wait forever.
+        use std::{
+            os::unix::net::{UnixListener, UnixStream},
+            sync::{Arc, Mutex},
+            time::Duration,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("ssh.sock");
+        let listener = UnixListener::bind(&control).unwrap();
+        let held: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                keep.lock().unwrap().push(s);
+            }
+        });
+        let config = dir.path().join("ssh.config");
+        std::fs::write(
+            &config,
+            format!(
+                "Host lima-stuck\n  HostName 127.0.0.1\n  Port 9\n  ControlMaster auto\n  ControlPath \"{}\"\n  \
+                 ControlPersist yes\n",
+                control.display()
+            ),
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cfg = config.clone();
+        std::thread::spawn(move || {
+            ensure_master(&cfg, "lima-stuck");
+            let _ = tx.send(());
+        });
+        let returned = rx.recv_timeout(Duration::from_secs(30));
+        // Let the ssh processes go (they read EOF), whatever happened.
+        for s in held.lock().unwrap().iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        assert!(returned.is_ok(), "ensure_master still waits on a master that never answers after 30 s");
+    }
 }

@@ -255,6 +255,55 @@ mod tests {
         assert!(unix.busy(t0 + Duration::from_secs(60)));
     }
 
+    #[test]
+    fn a_connection_that_turns_to_bulk_after_a_quiet_spell_is_busy() {
+        // A connection exchanges a few messages, then nothing is admitted
+        // for ten minutes (no reading is taken), then it uploads 4 MiB at
+        // once: it is busy now, whatever it did ten minutes ago.
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut served, _) = l.accept().unwrap();
+        let t0 = Instant::now();
+        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
+        let mut c = Carried { id: 0, since: t0, socket, marks: [(0, t0); 2] };
+        client.write_all(&[1u8; 300]).unwrap();
+        served.read_exact(&mut [0u8; 300]).unwrap();
+        assert!(!c.busy(t0 + SETTLE + Duration::from_millis(100)), "a few messages: quiet");
+        let reader = std::thread::spawn(move || std::io::copy(&mut served, &mut std::io::sink()).unwrap());
+        let start = Instant::now();
+        client.write_all(&vec![2u8; 4 << 20]).unwrap();
+        let took = start.elapsed();
+        let later = Duration::from_secs(600);
+        assert!(
+            c.busy(start + later + took),
+            "4 MiB moved in the last {took:?} and the connection is not busy (judged over ten minutes)"
+        );
+        drop(client);
+        reader.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_unix_client_like_docker_events_holds_no_place_at_the_master() {
+        // `docker events` on a forwarded docker.sock: a Unix client that sits
+        // idle for as long as it lives. The docs and --help name it as one
+        // that holds no place; a TCP client arriving a second later must
+        // still be admitted to the master (one busy place, the default).
+        let dir = tempfile::tempdir().unwrap();
+        let route = MasterRoute::new(SshMaster::new(&dir.path().join("ssh.sock")), 1);
+        let (events, _docker_cli) = tokio::net::UnixStream::pair().unwrap();
+        let events = LocalConn::Unix(events);
+        let _carried = route.admit(&events).expect("the first connection is admitted");
+        tokio::time::sleep(SETTLE + Duration::from_millis(100)).await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (served, _) = l.accept().await.unwrap();
+        assert!(
+            route.admit(&LocalConn::Tcp(served)).is_some(),
+            "an idle Unix client keeps every other connection off the master"
+        );
+    }
+
     #[tokio::test]
     async fn a_master_that_does_not_answer_is_left_alone_after_one_client() {
         // A control socket that accepts and then says nothing: a stuck master.

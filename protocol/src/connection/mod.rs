@@ -77,6 +77,13 @@ use crate::{
 /// Largest DATA payload a sender puts in one frame.
 pub const MAX_DATA_FRAME: usize = 256 * 1024;
 
+/// DATA payloads shorter than this are copied out of the buffer they were
+/// read into: a slice would keep that whole buffer alive (up to 256 KiB
+/// for a 1-byte payload) while the stream's reader holds it, so a peer
+/// sending tiny frames to a stalled stream could make it pin far more than
+/// its window. Longer payloads stay slices, pinning at most 4x their size.
+pub const COPY_PAYLOADS_BELOW: usize = 64 * 1024;
+
 /// The largest datagram a stream carries: one DATA frame each, never split
 /// by the receiver, which passes only larger frames on in fragments.
 pub const MAX_DATAGRAM: usize = 65_535;
@@ -327,6 +334,8 @@ impl Connection {
         }
         match frame {
             Frame::Data { stream, payload } => {
+                let payload =
+                    if payload.len() < COPY_PAYLOADS_BELOW { Bytes::copy_from_slice(&payload) } else { payload };
                 let st = self.streams.get_mut(&stream).expect("checked above");
                 if let Err(e) = st.recv.on_data(payload.len()) {
                     self.abort(stream, &format!("flow control violation: {e}"));

@@ -205,6 +205,8 @@ impl Side {
 #[derive(Debug, Clone)]
 enum Op {
     Open(bool),
+    /// Opens a datagram stream (the wider window); used like any other.
+    OpenUdp(bool),
     Accept(bool, usize),
     Refuse(bool, usize),
     Send(bool, usize, usize),
@@ -219,6 +221,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => any::<bool>().prop_map(Op::Open),
+        1 => any::<bool>().prop_map(Op::OpenUdp),
         2 => (any::<bool>(), any::<usize>()).prop_map(|(s, n)| Op::Accept(s, n)),
         1 => (any::<bool>(), any::<usize>()).prop_map(|(s, n)| Op::Refuse(s, n)),
         4 => (any::<bool>(), any::<usize>(), 1usize..12_000).prop_map(|(s, n, l)| Op::Send(s, n, l)),
@@ -268,10 +271,14 @@ impl Pair {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Open(host) => {
+            Op::Open(host) | Op::OpenUdp(host) => {
                 let now = self.now;
+                let target = match op {
+                    Op::OpenUdp(_) => Target::Udp("127.0.0.1:53".parse().unwrap()),
+                    _ => Target::Unix("/x".into()),
+                };
                 let (s, _) = self.sides(host);
-                if let Ok(id) = s.conn.open(&Target::Unix("/x".into()), now) {
+                if let Ok(id) = s.conn.open(&target, now) {
                     s.started.insert(id);
                     s.streams.insert(id, AppStream::default());
                 }
@@ -345,6 +352,10 @@ impl Pair {
             assert!(s.conn.urgent_bytes() <= cfg.max_urgent_bytes);
             assert!(s.conn.queued_data() <= cfg.max_queued_data);
             assert!(s.conn.stream_count() <= cfg.max_streams);
+            // What the ceiling counts is exactly the live streams' windows.
+            let windows: u64 = s.conn.streams.values().map(|st| st.recv.window() as u64).sum();
+            assert_eq!(s.conn.pinned, windows);
+            assert!(s.conn.pinned <= cfg.max_stream_memory);
             assert_eq!(s.conn.closed_reason(), None);
         }
     }
@@ -400,7 +411,7 @@ impl Pair {
                 assert_eq!(send.available(), recv.peer_credit(), "stream {id}: sender and receiver disagree on credit");
                 assert_eq!(
                     recv.peer_credit() + recv.buffered() + recv.unreturned(),
-                    WINDOW as u64,
+                    recv.window() as u64,
                     "stream {id}: credit leaked"
                 );
             }
