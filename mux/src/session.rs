@@ -132,16 +132,8 @@ impl Session {
         // proves nothing, so it is not timed out.
         let keepalive = (negotiated.features & features::KEEPALIVE != 0)
             .then_some(KeepaliveConfig { interval: cfg.keepalive_interval, timeout: cfg.keepalive_timeout });
-        // Both sides must agree on a stream's window: datagram streams get
-        // the wider one only if both offered it.
-        let datagram_window = if negotiated.features & features::WIDE_DATAGRAM_WINDOW != 0 {
-            ferry_protocol::flow::DATAGRAM_WINDOW.max(cfg.window)
-        } else {
-            cfg.window
-        };
         let conn_cfg = connection::Config {
             window: cfg.window,
-            datagram_window,
             max_streams: cfg.max_streams,
             max_stream_memory: cfg.max_stream_memory,
             max_urgent_bytes: cfg.max_urgent_bytes,

@@ -108,6 +108,19 @@ impl StreamReader {
         }
     }
 
+    /// Widens this direction's receive window to `window` bytes, once,
+    /// granting the peer the difference as credit (UDP flows do: see
+    /// [`ferry_protocol::flow::DATAGRAM_WINDOW`]); `false` if it was not
+    /// (already widened, the session's budget for it is spent, or `window`
+    /// is not wider).
+    pub fn widen_window_to(&self, window: u32) -> bool {
+        let id = self.id;
+        self.shared.with(|c| {
+            let extra = window.saturating_sub(c.conn.config().window);
+            extra > 0 && c.conn.widen(id, extra).unwrap_or(false)
+        })
+    }
+
     fn take(&mut self, next: Option<Inbound>) -> Result<Option<Bytes>, StreamError> {
         match next {
             Some(Inbound::Data(b)) => {
@@ -199,8 +212,8 @@ impl StreamWriter {
     }
 
     /// Sends `datagram` as exactly one DATA frame if that can be done now:
-    /// with enough credit and room in the session's write queue (a quarter
-    /// of it is kept for other streams). Returns `Ok(false)` when the
+    /// with enough credit and room in the session's datagram queue (apart
+    /// from byte streams' DATA). Returns `Ok(false)` when the
     /// datagram was dropped instead: datagrams never wait.
     pub fn try_send_datagram(&mut self, datagram: Bytes) -> Result<bool, StreamError> {
         let id = self.id;

@@ -7,8 +7,11 @@
 //! the same two halves, swapped.
 //!
 //! UDP never waits: a datagram that the flow's queue, credit or the
-//! session's write queue cannot take at once is dropped and counted. Flows
-//! end after an idle timeout; their number is bounded.
+//! session's write queue cannot take at once is dropped and counted. So
+//! that a flow rides out a side that cannot run for a moment, each side
+//! widens its stream's receive window to [`DATAGRAM_WINDOW`] (within the
+//! session's budget for that). Flows end after an idle timeout; their
+//! number is bounded.
 
 use std::{
     collections::HashMap,
@@ -21,7 +24,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_protocol::Target;
+use ferry_protocol::{flow::DATAGRAM_WINDOW, Target};
 use tokio::{io::Interest, net::UdpSocket, sync::mpsc, task::JoinHandle};
 
 use crate::{
@@ -164,6 +167,7 @@ fn open_flow(
             }
         };
         let (mut from_guest, mut to_guest) = stream.into_split();
+        from_guest.widen_window_to(DATAGRAM_WINDOW);
         // What queued while the stream opened goes first; from now on the
         // receive loop sends directly (a datagram it queued meanwhile is
         // still sent below: UDP may reorder).
@@ -250,6 +254,7 @@ pub async fn serve_flow(open: IncomingOpen, target: SocketAddr, traffic: &Traffi
     };
     let Ok(stream) = open.accept().await else { return };
     let (mut from_host, mut to_host) = stream.into_split();
+    from_host.widen_window_to(DATAGRAM_WINDOW);
     // Datagrams move in batches: what has queued up goes in one system call.
     let mut up: Vec<Bytes> = Vec::with_capacity(udp_batch::BATCH);
     let mut down = Vec::with_capacity(udp_batch::BATCH);

@@ -42,11 +42,8 @@ pub mod features {
     /// ([`crate::seal`]). Set per session, not part of [`SUPPORTED`]; the
     /// session is sealed if either side sets it (and both authenticate).
     pub const SEALED: u64 = 1 << 3;
-    /// Datagram (UDP) streams use the wider
-    /// [`crate::flow::DATAGRAM_WINDOW`] both ways (both sides must offer it).
-    pub const WIDE_DATAGRAM_WINDOW: u64 = 1 << 4;
     /// Everything this build supports unconditionally.
-    pub const SUPPORTED: u64 = KEEPALIVE | DATA_END | WIDE_DATAGRAM_WINDOW;
+    pub const SUPPORTED: u64 = KEEPALIVE | DATA_END;
 }
 
 /// Which end of the bridge a peer is.

@@ -21,10 +21,11 @@
 //!   receiver returns credit with `WINDOW(increment)` once its application
 //!   has consumed a quarter of the window. A slow consumer thus stalls its
 //!   own stream only, and the memory one stream can pin is its window.
-//!   Datagram (UDP) streams have a wider window of their own when both
-//!   sides offer WIDE_DATAGRAM_WINDOW ([`Config::datagram_window`]), and
-//!   their DATA never waits: a datagram without credit or queue room is
-//!   dropped, as UDP would.
+//!   A receiver may widen one stream's window once, granting credit beyond
+//!   it ([`Connection::widen`], within a session budget): UDP flows do, as
+//!   their DATA never waits (a datagram without credit or queue room is
+//!   dropped, as UDP would), so a wider window is what lets them ride out
+//!   a side that cannot run for a moment.
 //! - **Half-close.** `FIN` ends one direction (`SentFin` / `ReceivedFin`);
 //!   the other direction goes on, with its credit, until its own `FIN`.
 //!   After both FINs the stream has ended cleanly.
@@ -93,19 +94,16 @@ pub const MAX_DATAGRAM: usize = 65_535;
 pub struct Config {
     /// Per-stream receive window in bytes (both sides must agree).
     pub window: u32,
-    /// Receive window of datagram (UDP) streams, in bytes (both sides must
-    /// agree: the session uses `window` unless both offered
-    /// WIDE_DATAGRAM_WINDOW). Datagrams never wait, so a window is what a
-    /// flow may have in flight while a side is descheduled; at 50,000
-    /// datagrams of 1,400 bytes a second, 1 MiB lasts 15 ms, 4 MiB 60 ms.
-    pub datagram_window: u32,
     /// Most live streams (opened by either side) when the peer opens one.
     pub max_streams: usize,
     /// Most receive memory all live streams together may pin: each can
-    /// hold up to `window` bytes its application has not consumed, so a
-    /// stream is opened (by either side) only while
-    /// `(streams + 1) * window` stays within this.
+    /// hold up to its window of bytes its application has not consumed, so
+    /// a stream is opened (by either side), or widened, only while the sum
+    /// of the windows stays within this.
     pub max_stream_memory: u64,
+    /// Most credit this side grants beyond `window` on all streams together
+    /// ([`Connection::widen`]); a stream that would pass it keeps `window`.
+    pub max_widened: u64,
     /// Most bytes waiting on the urgent queue before the connection ends as
     /// one whose peer reads nothing.
     pub max_urgent_bytes: usize,
@@ -125,9 +123,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             window: crate::flow::DEFAULT_WINDOW,
-            datagram_window: crate::flow::DATAGRAM_WINDOW,
             max_streams: 16_384,
             max_stream_memory: 4 << 30,
+            max_widened: 256 << 20,
             max_urgent_bytes: 64 << 20,
             max_queued_data: 1024,
             max_queued_datagrams: 4096,
@@ -253,6 +251,8 @@ pub struct Connection {
     streams: HashMap<StreamId, Stream>,
     /// The receive windows of the live streams, summed: the memory they may pin.
     pinned: u64,
+    /// The credit granted beyond `window` on live streams, summed.
+    widened: u64,
     ids: StreamIds,
     last_peer_id: StreamId,
     decoder: FrameDecoder,
@@ -276,6 +276,7 @@ impl Connection {
             role,
             streams: HashMap::new(),
             pinned: 0,
+            widened: 0,
             ids: StreamIds::new(role),
             last_peer_id: 0,
             // Frames that may hold a datagram stay whole: a datagram is one frame.
@@ -414,11 +415,11 @@ impl Connection {
                 return Ok(());
             }
         };
-        if let Err(limit) = self.room_for_peer_stream(&target) {
+        if let Err(limit) = self.room_for_peer_stream() {
             self.urgent(Frame::OpenRefused { stream, reason: limit });
             return Ok(());
         }
-        self.insert(stream, StreamState::Accepting, &target);
+        self.insert(stream, StreamState::Accepting);
         self.events.push_back(Event::Incoming { stream, target });
         Ok(())
     }
@@ -429,9 +430,9 @@ impl Connection {
     /// answer comes as [`Event::Opened`] or [`Event::OpenFailed`].
     pub fn open(&mut self, target: &Target, now: Instant) -> Result<StreamId, CommandError> {
         self.check_open()?;
-        self.room_in_memory(target).map_err(CommandError::Limit)?;
+        self.room_in_memory(self.cfg.window as u64).map_err(CommandError::Limit)?;
         let id = self.ids.next_id().ok_or(CommandError::IdsExhausted)?;
-        self.insert(id, StreamState::Opening, target);
+        self.insert(id, StreamState::Opening);
         self.outbox.push_ordered(Frame::Open { stream: id, target: message::encode(target) });
         self.open_deadlines.push_back((now + self.cfg.open_timeout, id));
         Ok(id)
@@ -443,6 +444,35 @@ impl Connection {
         self.command(stream, Input::Accept)?;
         self.outbox.push_ordered(Frame::OpenOk { stream });
         Ok(())
+    }
+
+    /// Widens `stream`'s receive window by `extra` bytes, once: the peer is
+    /// granted that much credit beyond the window both sides started with
+    /// (a WINDOW frame, queued behind the stream's OPEN_OK so it never
+    /// reaches a peer still waiting for it). `Ok(false)`: not widened, as
+    /// the stream already was, or the grant would pass
+    /// [`Config::max_widened`] or the memory ceiling; the stream keeps its
+    /// window. Any peer takes the grant: credit is the receiver's to give.
+    pub fn widen(&mut self, stream: StreamId, extra: u32) -> Result<bool, CommandError> {
+        self.check_open()?;
+        let window = self.cfg.window;
+        let st = match self.streams.get(&stream) {
+            Some(st) if matches!(st.state, StreamState::Open | StreamState::SentFin) => st,
+            _ => return Err(CommandError::NotAllowed(stream)),
+        };
+        let extra64 = extra as u64;
+        if st.recv.window() != window
+            || self.widened + extra64 > self.cfg.max_widened
+            || self.room_in_memory(extra64).is_err()
+        {
+            return Ok(false);
+        }
+        let st = self.streams.get_mut(&stream).expect("checked above");
+        st.recv.widen(extra);
+        self.widened += extra64;
+        self.pinned += extra64;
+        self.outbox.push_ordered(Frame::Window { stream, increment: extra });
+        Ok(true)
     }
 
     /// Send credit of `stream` right now.
@@ -699,24 +729,15 @@ impl Connection {
 
     /// Whether the peer may open one more stream: within the stream limit
     /// and the memory ceiling.
-    fn room_for_peer_stream(&self, target: &Target) -> Result<(), String> {
+    fn room_for_peer_stream(&self) -> Result<(), String> {
         if self.streams.len() >= self.cfg.max_streams {
             return Err(format!("too many streams (limit {})", self.cfg.max_streams));
         }
-        self.room_in_memory(target)
+        self.room_in_memory(self.cfg.window as u64)
     }
 
-    /// The window of a stream to `target` (the same both ways).
-    fn window_for(&self, target: &Target) -> u32 {
-        match target {
-            Target::Udp(_) => self.cfg.datagram_window,
-            _ => self.cfg.window,
-        }
-    }
-
-    /// Whether one more stream's window fits within the memory ceiling.
-    fn room_in_memory(&self, target: &Target) -> Result<(), String> {
-        let window = self.window_for(target) as u64;
+    /// Whether `window` more bytes of windows fit within the memory ceiling.
+    fn room_in_memory(&self, window: u64) -> Result<(), String> {
         if self.pinned + window > self.cfg.max_stream_memory {
             return Err(format!(
                 "session memory ceiling: {} streams already pin up to {} MiB in their windows; another needs {} KiB \
@@ -730,8 +751,8 @@ impl Connection {
         Ok(())
     }
 
-    fn insert(&mut self, id: StreamId, state: StreamState, target: &Target) {
-        let w = self.window_for(target);
+    fn insert(&mut self, id: StreamId, state: StreamState) {
+        let w = self.cfg.window;
         self.pinned += w as u64;
         self.streams.insert(id, Stream { state, send: SendWindow::new(w), recv: RecvWindow::new(w) });
     }
@@ -740,6 +761,7 @@ impl Connection {
     fn remove(&mut self, id: StreamId) -> Option<Stream> {
         let st = self.streams.remove(&id)?;
         self.pinned -= st.recv.window() as u64;
+        self.widened -= (st.recv.window() - self.cfg.window) as u64;
         Some(st)
     }
 

@@ -17,14 +17,13 @@ use proptest::prelude::*;
 use super::*;
 
 const WINDOW: u32 = 4096;
-const DATAGRAM_WINDOW: u32 = 4 * WINDOW;
 
 fn config() -> Config {
     Config {
         window: WINDOW,
-        datagram_window: DATAGRAM_WINDOW,
         max_streams: 64,
         max_stream_memory: 64 * WINDOW as u64,
+        max_widened: 8 * WINDOW as u64,
         max_urgent_bytes: 1 << 20,
         max_queued_data: 1,
         max_queued_datagrams: 4,
@@ -205,8 +204,8 @@ impl Side {
 #[derive(Debug, Clone)]
 enum Op {
     Open(bool),
-    /// Opens a datagram stream (the wider window); used like any other.
-    OpenUdp(bool),
+    /// Widens a stream's receive window (as UDP flows do).
+    Widen(bool, usize),
     Accept(bool, usize),
     Refuse(bool, usize),
     Send(bool, usize, usize),
@@ -221,7 +220,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => any::<bool>().prop_map(Op::Open),
-        1 => any::<bool>().prop_map(Op::OpenUdp),
+        1 => (any::<bool>(), any::<usize>()).prop_map(|(s, n)| Op::Widen(s, n)),
         2 => (any::<bool>(), any::<usize>()).prop_map(|(s, n)| Op::Accept(s, n)),
         1 => (any::<bool>(), any::<usize>()).prop_map(|(s, n)| Op::Refuse(s, n)),
         4 => (any::<bool>(), any::<usize>(), 1usize..12_000).prop_map(|(s, n, l)| Op::Send(s, n, l)),
@@ -271,16 +270,19 @@ impl Pair {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Open(host) | Op::OpenUdp(host) => {
+            Op::Open(host) => {
                 let now = self.now;
-                let target = match op {
-                    Op::OpenUdp(_) => Target::Udp("127.0.0.1:53".parse().unwrap()),
-                    _ => Target::Unix("/x".into()),
-                };
                 let (s, _) = self.sides(host);
-                if let Ok(id) = s.conn.open(&target, now) {
+                if let Ok(id) = s.conn.open(&Target::Unix("/x".into()), now) {
                     s.started.insert(id);
                     s.streams.insert(id, AppStream::default());
+                }
+            }
+            Op::Widen(host, n) => {
+                let (s, _) = self.sides(host);
+                let open: Vec<StreamId> = s.streams.iter().filter(|(_, a)| a.established).map(|(id, _)| *id).collect();
+                if !open.is_empty() {
+                    let _ = s.conn.widen(open[n % open.len()], 3 * WINDOW);
                 }
             }
             Op::Accept(host, n) => {
@@ -356,6 +358,9 @@ impl Pair {
             let windows: u64 = s.conn.streams.values().map(|st| st.recv.window() as u64).sum();
             assert_eq!(s.conn.pinned, windows);
             assert!(s.conn.pinned <= cfg.max_stream_memory);
+            let widened: u64 = s.conn.streams.values().map(|st| (st.recv.window() - cfg.window) as u64).sum();
+            assert_eq!(s.conn.widened, widened);
+            assert!(s.conn.widened <= cfg.max_widened);
             assert_eq!(s.conn.closed_reason(), None);
         }
     }
@@ -579,30 +584,44 @@ fn the_memory_ceiling_refuses_streams_from_either_side() {
 }
 
 #[test]
-fn datagram_streams_have_the_wider_window_and_it_counts_against_the_ceiling() {
+fn a_receiver_widens_a_stream_once_within_its_budget_and_the_ceiling() {
     let now = Instant::now();
-    let udp = Target::Udp("127.0.0.1:53".parse().unwrap());
-    // Room for one datagram window and two byte-stream windows.
-    let cfg = Config { max_stream_memory: (DATAGRAM_WINDOW + 2 * WINDOW) as u64, ..config() };
-    let mut c = Connection::new(Role::Host, cfg, now);
-    let d = c.open(&udp, now).unwrap();
-    let a = c.open(&Target::Unix("/a".into()), now).unwrap();
-    c.handle_frame(Frame::OpenOk { stream: d }).unwrap();
-    c.handle_frame(Frame::OpenOk { stream: a }).unwrap();
-    assert_eq!(c.send_credit(d).unwrap(), DATAGRAM_WINDOW as u64);
-    assert_eq!(c.send_credit(a).unwrap(), WINDOW as u64);
-    // The peer may send a datagram stream its whole wider window, not more.
-    c.handle_frame(Frame::Data { stream: d, payload: Bytes::from(vec![0; DATAGRAM_WINDOW as usize]) }).unwrap();
-    assert!(c.stream_state(d).is_some(), "within the datagram window");
-    // A second datagram stream does not fit; a byte stream does.
-    assert!(matches!(c.open(&udp, now), Err(CommandError::Limit(_))));
-    let b = c.open(&Target::Unix("/b".into()), now).unwrap();
-    // Once the datagram stream ends, its whole window is free again.
-    c.reset(d, "done");
-    c.reset(b, "done");
-    c.open(&udp, now).unwrap();
-    c.handle_frame(Frame::Data { stream: a, payload: Bytes::from(vec![0; WINDOW as usize + 1]) }).unwrap();
-    assert_eq!(c.stream_state(a), None, "a byte stream keeps the narrower window");
+    // Room for four windows; up to three windows' worth of widening.
+    let cfg = Config { max_stream_memory: 4 * WINDOW as u64, max_widened: 3 * WINDOW as u64, ..config() };
+    let mut host = Connection::new(Role::Host, cfg.clone(), now);
+    let mut agent = Connection::new(Role::Agent, cfg, now);
+    let wire = |from: &mut Connection, to: &mut Connection| {
+        let mut frames = Vec::new();
+        from.take_batch(&mut frames, 100, 1 << 30);
+        for f in frames {
+            to.handle_frame(f).unwrap();
+        }
+    };
+    let d = host.open(&Target::Udp("127.0.0.1:53".parse().unwrap()), now).unwrap();
+    wire(&mut host, &mut agent);
+    // The acceptor widens at once: its grant travels behind its OPEN_OK.
+    agent.accept(d).unwrap();
+    assert_eq!(agent.widen(d, 2 * WINDOW), Ok(true));
+    assert_eq!(agent.widen(d, WINDOW), Ok(false), "once per stream");
+    wire(&mut agent, &mut host);
+    assert_eq!(host.stream_state(d), Some(StreamState::Open));
+    assert_eq!(host.send_credit(d).unwrap(), 3 * WINDOW as u64, "the window and the grant");
+    // The wider window is the receiver's to enforce.
+    agent.handle_frame(Frame::Data { stream: d, payload: Bytes::from(vec![0; 3 * WINDOW as usize]) }).unwrap();
+    assert_eq!(agent.stream_state(d), Some(StreamState::Open));
+    // The ceiling: `d` pins three windows, a new stream `e` the fourth, so
+    // `e` cannot be widened (and not before it is open either).
+    let e = agent.open(&Target::Unix("/e".into()), now).unwrap();
+    assert_eq!(agent.widen(e, WINDOW), Err(CommandError::NotAllowed(e)), "not before the stream is open");
+    wire(&mut agent, &mut host);
+    host.accept(e).unwrap();
+    wire(&mut host, &mut agent);
+    assert_eq!(agent.widen(e, WINDOW), Ok(false), "past the memory ceiling");
+    // The budget: three windows' worth, two spent on `d`.
+    assert_eq!(agent.widen(e, 2 * WINDOW), Ok(false));
+    // Once `d` ends, its window and its widening are free again.
+    agent.reset(d, "done");
+    assert_eq!(agent.widen(e, 2 * WINDOW), Ok(true));
 }
 
 #[test]
