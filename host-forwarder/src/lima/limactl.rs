@@ -79,18 +79,24 @@ pub fn quote(s: &str) -> String {
 const LIMACTL_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    run_with_timeout(cmd, LIMACTL_TIMEOUT)
+    run_with_timeout(cmd, LIMACTL_TIMEOUT).map_err(|e| match e.downcast_ref::<std::io::Error>() {
+        Some(_) => e.context("is Lima installed? set $LIMACTL"),
+        None => e,
+    })
 }
 
-/// Runs `cmd` (a `limactl` command) and returns its output, failing if it
-/// fails or runs past `limit`.
-fn run_with_timeout(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+/// Runs `cmd` (`limactl`, or the ssh it runs) and returns its output,
+/// failing if it fails or runs past `limit` (then it is killed with
+/// everything it started).
+pub(super) fn run_with_timeout(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
     // Its own process group, so that the ssh and scp it starts are killed with it.
     cmd.process_group(0);
-    let child =
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| {
-            anyhow::anyhow!("cannot run {:?}: {e} (is Lima installed? set $LIMACTL)", cmd.get_program())
-        })?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot run {:?}", cmd.get_program())))?;
     let out = wait_with_timeout(child, limit)?.ok_or_else(|| {
         anyhow::anyhow!("{:?} did not finish within {limit:?}; killed it", cmd.get_args().collect::<Vec<_>>())
     })?;

@@ -6,7 +6,10 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
+
+use super::limactl;
 
 /// The control socket path ssh would use for `host` under `config`, if
 /// connection sharing is configured there with a plain path.
@@ -18,27 +21,29 @@ pub fn control_path(config: &Path, host: &str) -> Option<PathBuf> {
     parse_control_path(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// How long asking whether the master runs may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long bringing a master up may take.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Brings up the ControlMaster of `host` under `config` if none answers:
 /// with Lima's ssh.config (`ControlMaster auto`, `ControlPersist yes`) any
 /// ssh to the guest leaves one running, so a `true` run there does. Best
-/// effort: without a master, connections go over the session.
+/// effort, and bounded (a master stuck after a Mac woke up answers
+/// nothing, and an ssh to it would wait forever): without a master,
+/// connections go over the session.
 pub fn ensure_master(config: &Path, host: &str) {
-    let ssh = |options: &[&str], remote: &[&str]| {
-        Command::new("ssh")
-            .arg("-F")
-            .arg(config)
-            .args(["-o", "BatchMode=yes"])
-            .args(options)
-            .arg(host)
-            .args(remote)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    let ssh = |options: &[&str], remote: &[&str], limit: Duration| {
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-F").arg(config).args(["-o", "BatchMode=yes"]).args(options).arg(host).args(remote);
+        limactl::run_with_timeout(&mut cmd, limit)
     };
-    if !ssh(&["-O", "check"], &[]) && !ssh(&["-o", "ConnectTimeout=10"], &["true"]) {
-        tracing::warn!("no ssh ControlMaster for {host}: connections go over the session");
+    if ssh(&["-O", "check"], &[], CHECK_TIMEOUT).is_ok() {
+        return;
+    }
+    if let Err(e) = ssh(&["-o", "ConnectTimeout=10"], &["true"], START_TIMEOUT) {
+        tracing::warn!("no ssh ControlMaster for {host} ({e:#}): connections go over the session");
     }
 }
 
