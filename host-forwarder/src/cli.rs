@@ -413,7 +413,7 @@ pub struct RunArgs {
     /// channel does not). A connection that is idle or exchanges a few
     /// messages (under 1 MiB/s: iperf3's control connection, `docker
     /// events`) holds no place; 64 at most in all.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub ssh_master_max_connections: u64,
 
     /// Publish loopback ports on the wildcard address and refuse every peer

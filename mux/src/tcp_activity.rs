@@ -1,13 +1,14 @@
 //! How many bytes a TCP connection has moved, as its kernel counts them:
-//! received, and sent and acknowledged. The ssh ControlMaster route reads
+//! received, and sent (acknowledged, on Linux). The ssh ControlMaster route reads
 //! it to tell the connections it carries that move bulk from those that
 //! sit idle or exchange a few messages (it never sees the bytes the master
 //! reads from the client itself).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Bytes `socket` (a TCP socket) has received plus those it sent that the
-/// peer acknowledged; `None` where the kernel cannot say (not TCP, an old
+/// Bytes `socket` (a TCP socket) has received plus those it sent (those
+/// the peer acknowledged on Linux, `tcpi_bytes_acked`; all sent on macOS,
+/// `tcpi_txbytes`); `None` where the kernel cannot say (not TCP, an old
 /// kernel).
 pub fn bytes_moved(socket: BorrowedFd<'_>) -> Option<u64> {
     platform::bytes_moved(socket.as_raw_fd())

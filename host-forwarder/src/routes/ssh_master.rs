@@ -7,7 +7,7 @@ use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -69,8 +69,11 @@ struct Carried {
     since: Instant,
     /// A duplicate of a TCP client's socket, whose kernel counts the bytes
     /// the master read from it and wrote to it; `None` for a Unix client,
-    /// which has no such count and so always counts as busy.
+    /// which has no such counts.
     socket: Option<OwnedFd>,
+    /// The bytes the route returned to the client: what a Unix client's
+    /// activity is judged by (what it sends, the master reads unseen).
+    returned: Arc<AtomicU64>,
     /// Two (bytes moved, when) readings: the rate is judged since the
     /// older, which is at least [`SETTLE`] old once the connection is (its
     /// start while it is younger).
@@ -78,14 +81,25 @@ struct Carried {
 }
 
 impl Carried {
-    /// Whether the connection holds a place at the master: it moves at
-    /// least [`BULK_RATE`], or it has moved nothing yet while young.
-    fn busy(&mut self, now: Instant) -> bool {
-        let Some(moved) = self.socket.as_ref().and_then(|s| tcp_activity::bytes_moved(s.as_fd())) else {
-            return true;
+    /// Takes a reading of the bytes the connection moved and says whether
+    /// it holds a place at the master: it moves at least [`BULK_RATE`], or
+    /// it has moved nothing yet while young.
+    fn check_busy(&mut self, now: Instant) -> bool {
+        let moved = match &self.socket {
+            Some(s) => tcp_activity::bytes_moved(s.as_fd()),
+            None => Some(self.returned.load(Ordering::Relaxed)),
         };
+        let Some(moved) = moved else { return true };
         if moved == 0 {
             return now.duration_since(self.since) < SETTLE;
+        }
+        // Readings are taken when connections arrive; after a spell with
+        // none, the last is too old to say when the bytes since moved:
+        // any counts as now, and the readings start over.
+        let newest = self.marks[1];
+        if now.duration_since(newest.1) >= 2 * SETTLE {
+            self.marks = [(moved, now); 2];
+            return moved > newest.0;
         }
         let (then, at) = self.marks[0];
         let span = now.duration_since(at).max(Duration::from_millis(1)).as_secs_f64();
@@ -125,11 +139,12 @@ impl MasterRoute {
     }
 
     /// A place for `local` at the master, unless `max_busy` of the
-    /// connections it carries are busy (or it carries [`MAX_CARRIED`]).
-    fn admit(&self, local: &LocalConn) -> Option<Place<'_>> {
+    /// connections it carries are busy (or it carries [`MAX_CARRIED`]);
+    /// `returned` counts what the route returns to the client.
+    fn admit(&self, local: &LocalConn, returned: &Arc<AtomicU64>) -> Option<Place<'_>> {
         let now = Instant::now();
         let mut carried = self.carried.lock().unwrap();
-        let busy = carried.iter_mut().map(|c| c.busy(now)).filter(|&b| b).count();
+        let busy = carried.iter_mut().map(|c| c.check_busy(now)).filter(|&b| b).count();
         if busy >= self.max_busy || carried.len() >= MAX_CARRIED {
             return None;
         }
@@ -138,7 +153,7 @@ impl MasterRoute {
             LocalConn::Unix(_) => None,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        carried.push(Carried { id, since: now, socket, marks: [(0, now); 2] });
+        carried.push(Carried { id, since: now, socket, returned: returned.clone(), marks: [(0, now); 2] });
         Some(Place { route: self, id })
     }
 
@@ -172,10 +187,11 @@ impl MasterRoute {
         if self.suspended_until.lock().unwrap().is_some_and(|t| Instant::now() < t) {
             return Err(local);
         }
-        let Some(_place) = self.admit(&local) else { return Err(local) };
+        let returned = Arc::new(AtomicU64::new(0));
+        let Some(_place) = self.admit(&local, &returned) else { return Err(local) };
         // Counted as soon as the master takes the connection, so that status
         // shows it while it is carried (and right after it ends).
-        match self.master.forward(local, to, traffic, || counts.count(Route::SshMaster)).await {
+        match self.master.forward(local, to, traffic, &returned, || counts.count(Route::SshMaster)).await {
             Outcome::Carried(end) => {
                 if !self.working.swap(true, Ordering::Relaxed) {
                     tracing::info!("the ssh ControlMaster carries connections again");
@@ -227,32 +243,37 @@ mod tests {
         let (mut served, _) = l.accept().unwrap();
         let t0 = Instant::now();
         let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
-        let mut c = Carried { id: 0, since: t0, socket, marks: [(0, t0); 2] };
-        assert!(c.busy(Instant::now()), "a new connection that moved nothing may be about to");
+        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
+        assert!(c.check_busy(Instant::now()), "a new connection that moved nothing may be about to");
         // A few messages (iperf3's control connection): quiet at once.
         client.write_all(&[1u8; 300]).unwrap();
         served.read_exact(&mut [0u8; 300]).unwrap();
-        assert!(!c.busy(t0 + Duration::from_millis(5)), "300 bytes in 5 ms");
+        assert!(!c.check_busy(t0 + Duration::from_millis(5)), "300 bytes in 5 ms");
         // Bulk: busy.
         let chunk = vec![2u8; 4 << 20];
         let reader = std::thread::spawn(move || std::io::copy(&mut served, &mut std::io::sink()).unwrap());
         client.write_all(&chunk).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !c.busy(Instant::now()) {
+        while !c.check_busy(Instant::now()) {
             assert!(Instant::now() < deadline, "4 MiB moved and the connection is not busy");
             std::thread::sleep(Duration::from_millis(1));
         }
         // Then idle for two spans: quiet again.
         std::thread::sleep(SETTLE);
-        c.busy(Instant::now());
+        c.check_busy(Instant::now());
         std::thread::sleep(SETTLE);
-        c.busy(Instant::now());
-        assert!(!c.busy(Instant::now()), "idle for a second");
+        c.check_busy(Instant::now());
+        assert!(!c.check_busy(Instant::now()), "idle for a second");
         drop(client);
         reader.join().unwrap();
-        // A client without byte counts (a Unix socket) always counts.
-        let mut unix = Carried { id: 1, since: t0, socket: None, marks: [(0, t0); 2] };
-        assert!(unix.busy(t0 + Duration::from_secs(60)));
+        // A Unix client has no kernel counts: it is judged by what the route
+        // returned to it.
+        let returned = Arc::new(AtomicU64::new(0));
+        let mut unix = Carried { id: 1, since: t0, socket: None, returned: returned.clone(), marks: [(0, t0); 2] };
+        assert!(unix.check_busy(t0), "new, nothing yet");
+        assert!(!unix.check_busy(t0 + SETTLE), "nothing for half a second: idle (docker events)");
+        returned.fetch_add(4 << 20, Ordering::Relaxed);
+        assert!(unix.check_busy(t0 + SETTLE + Duration::from_millis(10)), "4 MiB returned just now");
     }
 
     #[test]
@@ -266,17 +287,17 @@ mod tests {
         let (mut served, _) = l.accept().unwrap();
         let t0 = Instant::now();
         let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
-        let mut c = Carried { id: 0, since: t0, socket, marks: [(0, t0); 2] };
+        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
         client.write_all(&[1u8; 300]).unwrap();
         served.read_exact(&mut [0u8; 300]).unwrap();
-        assert!(!c.busy(t0 + SETTLE + Duration::from_millis(100)), "a few messages: quiet");
+        assert!(!c.check_busy(t0 + SETTLE + Duration::from_millis(100)), "a few messages: quiet");
         let reader = std::thread::spawn(move || std::io::copy(&mut served, &mut std::io::sink()).unwrap());
         let start = Instant::now();
         client.write_all(&vec![2u8; 4 << 20]).unwrap();
         let took = start.elapsed();
         let later = Duration::from_secs(600);
         assert!(
-            c.busy(start + later + took),
+            c.check_busy(start + later + took),
             "4 MiB moved in the last {took:?} and the connection is not busy (judged over ten minutes)"
         );
         drop(client);
@@ -293,13 +314,13 @@ mod tests {
         let route = MasterRoute::new(SshMaster::new(&dir.path().join("ssh.sock")), 1);
         let (events, _docker_cli) = tokio::net::UnixStream::pair().unwrap();
         let events = LocalConn::Unix(events);
-        let _carried = route.admit(&events).expect("the first connection is admitted");
+        let _carried = route.admit(&events, &Default::default()).expect("the first connection is admitted");
         tokio::time::sleep(SETTLE + Duration::from_millis(100)).await;
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (served, _) = l.accept().await.unwrap();
         assert!(
-            route.admit(&LocalConn::Tcp(served)).is_some(),
+            route.admit(&LocalConn::Tcp(served), &Default::default()).is_some(),
             "an idle Unix client keeps every other connection off the master"
         );
     }

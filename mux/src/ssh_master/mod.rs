@@ -26,7 +26,7 @@ use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -95,14 +95,15 @@ impl SshMaster {
     }
 
     /// Forwards `local` to `to` through the master until it ends, counting
-    /// the bytes that come back in `traffic` (those that go out the master
-    /// reads from the client itself, unseen). `taken` runs as soon as the
-    /// master has accepted the forward.
+    /// the bytes that come back in `traffic` and in `returned` (those that
+    /// go out the master reads from the client itself, unseen). `taken`
+    /// runs as soon as the master has accepted the forward.
     pub async fn forward(
         &self,
         local: LocalConn,
         to: Destination<'_>,
         traffic: &Traffic,
+        returned: &AtomicU64,
         taken: impl FnOnce(),
     ) -> Outcome {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
@@ -122,10 +123,14 @@ impl SshMaster {
                 return Outcome::Failed(why);
             }
         };
+        let count = |n| {
+            traffic.add_down(n);
+            returned.fetch_add(n as u64, Ordering::Relaxed);
+        };
         let down = async {
             match &local {
-                LocalConn::Tcp(s) => relay::relay_one_way(&back, s, |n| traffic.add_down(n)).await,
-                LocalConn::Unix(s) => relay::relay_one_way(&back, s, |n| traffic.add_down(n)).await,
+                LocalConn::Tcp(s) => relay::relay_one_way(&back, s, count).await,
+                LocalConn::Unix(s) => relay::relay_one_way(&back, s, count).await,
             }
         };
         // The master closes the control connection once the forward has
