@@ -33,6 +33,9 @@ esac
 "#;
 
 struct Lima {
+    /// Ended after `stop` (which runs in `drop`), before the instance
+    /// directory goes: the ControlMaster a test's ssh.config keeps.
+    master: Option<MasterGuard>,
     guest: Guest,
     dir: tempfile::TempDir,
     inst: PathBuf,
@@ -63,7 +66,7 @@ impl Lima {
             "sshLocalPort": 60022, "sshConfigFile": inst.join("ssh.config"), "hostAgentPID": 1,
         });
         std::fs::write(dir.path().join("list.json"), format!("{list}\n")).unwrap();
-        Self { guest, dir, inst }
+        Self { master: None, guest, dir, inst }
     }
 
     fn guest_dir(&self) -> PathBuf {
@@ -217,7 +220,7 @@ impl Drop for MasterGuard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
     let guest_port = free_port();
-    let lima = Lima::new("vmType: vz\n");
+    let mut lima = Lima::new("vmType: vz\n");
     // An ssh.config as Lima writes it (ControlMaster auto, ControlPath in
     // the instance dir, ControlPersist yes), reaching a real sshd in the guest.
     let shims = lima.dir.path().join("shims");
@@ -240,7 +243,7 @@ async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
         ),
     )
     .unwrap();
-    let _master = MasterGuard(config.clone(), control.clone());
+    lima.master = Some(MasterGuard(config.clone(), control.clone()));
 
     let started = lima.start();
     assert_eq!(started["ssh_master"], control.display().to_string(), "{started}");

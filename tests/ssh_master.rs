@@ -43,12 +43,30 @@ impl SshBridge {
         remote.push("root@guest".into());
         remote.push(quote(&bin_dir().join("ferry-agent").display().to_string()));
         remote.extend(["--stdio".into(), "-v".into(), "--secret-file".into(), quote(&secret.display().to_string())]);
+        // An ssh config as Lima writes one (ControlMaster auto, ControlPersist
+        // yes), with which ferry brings a master that died back.
+        let config = dir.path().join("ssh.config");
+        std::fs::write(
+            &config,
+            format!(
+                "Host guest\n  User root\n  IdentityFile \"{}\"\n  StrictHostKeyChecking no\n  \
+                 UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n  ControlMaster auto\n  \
+                 ControlPath \"{}\"\n  ControlPersist yes\n  ProxyCommand {}\n",
+                ssh.client_key().display(),
+                control.display(),
+                ssh.proxy_command(&guest)
+            ),
+        )
+        .unwrap();
         let mut cmd = Command::new(bin_dir().join("ferry"));
         cmd.args(["run", "-v", "--retry-busy-ms", "200", "--agent", &format!("exec:{}", remote.join(" "))])
             .arg("--secret-file")
             .arg(&secret)
             .arg("--ssh-control-path")
             .arg(&control)
+            .arg("--ssh-master-revive")
+            .arg(&config)
+            .arg("guest")
             .env("FERRY_STATE_DIR", dir.path().join("state"));
         if let Some(rules) = rules {
             std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
@@ -79,6 +97,16 @@ impl SshBridge {
 
 impl Drop for SshBridge {
     fn drop(&mut self) {
+        // A master ferry brought back runs on its own (ControlPersist): it
+        // goes by the pid it reports for itself.
+        let check = Command::new("ssh").arg("-S").arg(&self.control).args(["-O", "check", "guest"]).output();
+        let text = check.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+        let pid = text.split("pid=").nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse::<i32>().ok());
+        let ours = self.master.as_ref().map(|m| m.pid() as i32);
+        if let Some(pid) = pid.filter(|p| Some(*p) != ours) {
+            // SAFETY: kill(2) of the pid the master reported for itself.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         if std::thread::panicking() {
             eprintln!("--- ferry log ---\n{}", self.forwarder.log_text());
             if let Some(m) = &self.master {
@@ -318,9 +346,16 @@ async fn forwarding_outlives_the_controlmaster_and_returns_to_it() {
     assert_eq!(b.status()["connections_by_route"]["multiplexed"], 1);
     assert_eq!(b.forwarder.log_text().matches("connected to agent").count(), 1, "the session did not reconnect");
 
-    // A new master (Lima's hostagent starts one): connections use it again.
-    b.master = Some(b.ssh.start_master(&b.guest, &b.control, b.dir.path().join("master2.log")));
-    echo_round(&addr, &pattern(3, 256 << 10)).await;
+    // ferry brings the master back (as Lima's ssh.config makes any ssh
+    // do): connections use it again.
+    b.wait_log(1, "bringing it back");
+    let mut n = 3;
+    wait_for(GUARD, "a connection through the revived master", || {
+        n += 1;
+        let addr = addr.clone();
+        let data = pattern(n, 64 << 10);
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(echo_round(&addr, &data)));
+        (b.status()["connections_by_route"]["ssh_master"] == 2).then_some(())
+    });
     b.wait_log(1, "carries connections again");
-    assert_eq!(b.status()["connections_by_route"]["ssh_master"], 2);
 }

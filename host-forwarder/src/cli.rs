@@ -407,6 +407,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub ssh_control_path: Option<PathBuf>,
 
+    /// With --ssh-control-path: the ssh config file and host that bring
+    /// the ControlMaster back when it is gone (after a Mac slept), as
+    /// `ssh -F FILE HOST true` does with Lima's `ControlPersist yes`; tried
+    /// at most every 30 s while connections find no master.
+    #[arg(long, value_names = ["FILE", "HOST"], num_args = 2, requires = "ssh_control_path")]
+    pub ssh_master_revive: Option<Vec<String>>,
+
     /// The most busy connections the ssh ControlMaster carries at once;
     /// while that many are busy, new ones go over the session (OpenSSH's
     /// throughput collapses with many busy channels, the session's single

@@ -88,7 +88,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let master = args.ssh_control_path.as_deref().map(|path| {
         tracing::info!("TCP and Unix-socket connections go through the ssh ControlMaster at {}", path.display());
         let max = args.ssh_master_max_connections as usize;
-        Arc::new(MasterRoute::new(ferry_mux::ssh_master::SshMaster::new(path), max))
+        let route = MasterRoute::new(ferry_mux::ssh_master::SshMaster::new(path), max);
+        Arc::new(match args.ssh_master_revive.as_deref() {
+            Some([config, host]) => route.reviving_with(config.into(), host.clone()),
+            _ => route,
+        })
     });
     let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files, master };
     tokio::select! {

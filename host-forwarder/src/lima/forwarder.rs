@@ -29,6 +29,8 @@ pub struct Launch<'a> {
     pub ssh_local_port: u16,
     /// The ssh ControlMaster to carry connections through, if any.
     pub ssh_master: Option<&'a Path>,
+    /// The instance's ssh.config, which brings the master back if it dies.
+    pub ssh_config: Option<&'a Path>,
     /// How long to wait for it to connect.
     pub timeout: Duration,
 }
@@ -56,6 +58,9 @@ pub fn launch(l: &Launch) -> anyhow::Result<u32> {
     }
     if let Some(path) = l.ssh_master {
         cmd.arg("--ssh-control-path").arg(path);
+        if let Some(config) = l.ssh_config {
+            cmd.arg("--ssh-master-revive").arg(config).arg(format!("lima-{}", l.instance));
+        }
     }
     if let Some(fallback) = l.fallback {
         cmd.args(["--fallback-agent", fallback]);

@@ -182,6 +182,7 @@ fn bring_up(
         rules: lima_yaml,
         ssh_local_port: inst.ssh_local_port,
         ssh_master: ssh_master.as_deref(),
+        ssh_config: inst.ssh_config_file.as_deref(),
         timeout: Duration::from_secs(a.timeout),
     })?;
     Ok((chosen, ssh_master, pid))

@@ -43,7 +43,21 @@ pub struct MasterRoute {
     /// stuck after a Mac woke up would otherwise cost every new connection
     /// the whole answer timeout).
     suspended_until: Mutex<Option<Instant>>,
+    /// How to bring a master that is gone back, if known.
+    revival: Option<Revival>,
 }
+
+/// The ssh config and host that bring the master back (see
+/// [`crate::lima::ssh_control::ensure_master`]), and when that was last
+/// tried.
+struct Revival {
+    config: std::path::PathBuf,
+    host: String,
+    last_try: Mutex<Option<Instant>>,
+}
+
+/// How often a master that is gone is brought back at most.
+const REVIVE_EVERY: Duration = Duration::from_secs(30);
 
 /// How long a master that failed to answer is left alone.
 const SUSPEND: Duration = Duration::from_secs(30);
@@ -135,7 +149,29 @@ impl MasterRoute {
             max_busy,
             next_id: AtomicU64::new(0),
             suspended_until: Mutex::new(None),
+            revival: None,
         }
+    }
+
+    /// This route, bringing a master that is gone back with `ssh -F config
+    /// host true` (in the background, at most every [`REVIVE_EVERY`]).
+    pub fn reviving_with(self, config: std::path::PathBuf, host: String) -> Self {
+        Self { revival: Some(Revival { config, host, last_try: Mutex::new(None) }), ..self }
+    }
+
+    /// Starts bringing the master back, unless that was tried lately.
+    fn revive(&self) {
+        let Some(r) = &self.revival else { return };
+        {
+            let mut last = r.last_try.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < REVIVE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let (config, host) = (r.config.clone(), r.host.clone());
+        tracing::info!("no ssh ControlMaster answers; bringing it back with ssh -F {} {host}", config.display());
+        tokio::task::spawn_blocking(move || crate::lima::ssh_control::ensure_master(&config, &host));
     }
 
     /// A place for `local` at the master, unless `max_busy` of the
@@ -217,6 +253,9 @@ impl MasterRoute {
                 Err(local)
             }
             Outcome::NotTaken(local, why) => {
+                if matches!(why, NotTaken::Unreachable(_)) {
+                    self.revive();
+                }
                 // A refusal is often only a closed guest port: the session
                 // then says so authoritatively (and resets the client).
                 if self.working.swap(false, Ordering::Relaxed) {
