@@ -20,7 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct SshBridge {
     forwarder: Proc,
     master: Option<Proc>,
-    ssh: SshGuest,
     guest: Guest,
     control: PathBuf,
     dir: tempfile::TempDir,
@@ -73,7 +72,7 @@ impl SshBridge {
             cmd.arg("--rules").arg(dir.path().join("rules.yaml"));
         }
         let forwarder = Proc::spawn(cmd, dir.path().join("ferry.log"));
-        let b = Self { forwarder, master: Some(master), ssh, guest, control, dir };
+        let b = Self { forwarder, master: Some(master), guest, control, dir };
         b.wait_log(1, "connected to agent");
         b
     }
