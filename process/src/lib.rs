@@ -5,4 +5,5 @@
 
 pub mod alloc;
 pub mod logging;
+pub mod runtime;
 pub mod secret_file;
