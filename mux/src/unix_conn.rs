@@ -35,15 +35,12 @@ impl UnixConn {
     /// Takes over a connected socket.
     pub fn from_std(s: std::os::unix::net::UnixStream) -> io::Result<Self> {
         s.set_nonblocking(true)?;
-        // SAFETY: the descriptor is owned by the AsyncFd and neither
-        // replaced nor closed while registered.
-        let read = unsafe { AsyncFd::register_with_interest(OwnedFd::from(s), Interest::READABLE)? };
-        Ok(Self { read, write: OnceLock::new() })
+        Self::register(s.into())
     }
 
-    /// Takes over a connected tokio socket.
+    /// Takes over a connected tokio socket (already non-blocking).
     pub fn from_tokio(s: tokio::net::UnixStream) -> io::Result<Self> {
-        Self::from_std(s.into_std()?)
+        Self::register(s.into_std()?.into())
     }
 
     /// Connects to the socket at `path` without waiting: a Unix connect
@@ -53,7 +50,15 @@ impl UnixConn {
         let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
         socket.connect(&socket2::SockAddr::unix(path)?)?;
-        Self::from_std(socket.into())
+        Self::register(socket.into())
+    }
+
+    /// Registers a connected, non-blocking socket for reading.
+    fn register(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: the descriptor is owned by the AsyncFd and neither
+        // replaced nor closed while registered.
+        let read = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE)? };
+        Ok(Self { read, write: OnceLock::new() })
     }
 
     /// Gives the socket back as a tokio stream (a session's transport).
