@@ -5,5 +5,4 @@
 
 pub mod alloc;
 pub mod logging;
-pub mod runtime;
 pub mod secret_file;
