@@ -386,7 +386,9 @@ async fn a_forwarder_with_the_wrong_secret_gets_nothing() {
         &["--secret-file", wrong.to_str().unwrap()],
         "the two sides hold different secrets",
     );
-    assert!(bridge.agent.log_text().contains("the host could not prove it holds the secret"));
+    // The agent logs the refusal after sending it: wait for its line.
+    let refused = "the host could not prove it holds the secret";
+    ferry_tests::wait_for(GUARD, refused, || bridge.agent.log_text().contains(refused).then_some(()));
     // Nothing was forwarded to the impostor.
     assert!(!impostor.log_text().contains("forwarding"), "{}", impostor.log_text());
     assert!(TcpStream::connect(format!("127.0.0.1:{port}")).await.is_err());

@@ -39,6 +39,7 @@ pub mod transport;
 pub mod udp_batch;
 pub mod udp_buffers;
 pub mod udp_flows;
+pub mod unix_conn;
 #[cfg(target_os = "linux")]
 pub mod vsock;
 

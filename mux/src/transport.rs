@@ -20,7 +20,7 @@ use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 #[cfg(target_os = "linux")]
 use crate::vsock::VsockConn;
 
-use crate::Address;
+use crate::{unix_conn::UnixConn, Address};
 
 pub use crate::halves::{BoxRead, BoxWrite};
 
@@ -158,7 +158,7 @@ fn spawn_exec(cmd: &str, peer: String) -> io::Result<Transport> {
 /// [`crate::relay`]): a Unix, TCP or AF_VSOCK socket.
 pub enum RawConn {
     /// A Unix stream socket (also hybrid vsock after its handshake).
-    Unix(UnixStream),
+    Unix(UnixConn),
     /// A TCP socket.
     Tcp(TcpStream),
     /// An AF_VSOCK socket (Linux).
@@ -172,8 +172,10 @@ impl RawConn {
     /// where the OS has none.
     pub async fn dial(addr: &Address) -> io::Result<Self> {
         match addr {
-            Address::Unix(path) => Ok(Self::Unix(UnixStream::connect(path).await?)),
-            Address::HybridVsock { path, port } => Ok(Self::Unix(hybrid_vsock_connect(path, *port).await?)),
+            Address::Unix(path) => Ok(Self::Unix(UnixConn::connect(path)?)),
+            Address::HybridVsock { path, port } => {
+                Ok(Self::Unix(UnixConn::from_tokio(hybrid_vsock_connect(path, *port).await?)?))
+            }
             Address::Tcp(a) => {
                 let s = TcpStream::connect(a.as_str()).await?;
                 s.set_nodelay(true)?;
@@ -209,7 +211,7 @@ impl RawConn {
     /// Reads exactly `buf.len()` bytes.
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         match self {
-            Self::Unix(s) => s.read_exact(buf).await.map(|_| ()),
+            Self::Unix(s) => crate::relay::read_exact(s, buf).await,
             Self::Tcp(s) => s.read_exact(buf).await.map(|_| ()),
             #[cfg(target_os = "linux")]
             Self::Vsock(s) => crate::relay::read_exact(s, buf).await,
@@ -219,7 +221,7 @@ impl RawConn {
     /// Reads what is there (at least one byte, or 0 at EOF).
     pub async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Self::Unix(s) => s.read(buf).await,
+            Self::Unix(s) => crate::relay::read_some(s, buf).await,
             Self::Tcp(s) => s.read(buf).await,
             #[cfg(target_os = "linux")]
             Self::Vsock(s) => crate::relay::read_some(s, buf).await,
@@ -229,10 +231,10 @@ impl RawConn {
     /// Writes all of `buf`.
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Self::Unix(s) => s.write_all(buf).await,
+            Self::Unix(s) => crate::relay::write_all(s, buf).await,
             Self::Tcp(s) => s.write_all(buf).await,
             #[cfg(target_os = "linux")]
-            Self::Vsock(s) => crate::vsock::write_all(s, buf).await,
+            Self::Vsock(s) => crate::relay::write_all(s, buf).await,
         }
     }
 
@@ -370,11 +372,13 @@ impl Pending {
                 }
                 Ok(Incoming::session_after(magic, Transport::from_vsock(conn.into_stream(), peer)))
             }
-            Pending::Unix(mut s, peer) => {
-                s.read_exact(&mut magic).await?;
+            Pending::Unix(s, peer) => {
+                let conn = UnixConn::from_tokio(s)?;
+                crate::relay::read_exact(&conn, &mut magic).await?;
                 if magic == ferry_protocol::data_conn::DATA_MAGIC {
-                    return Ok(Incoming::Data(RawConn::Unix(s)));
+                    return Ok(Incoming::Data(RawConn::Unix(conn)));
                 }
+                let s = conn.into_tokio()?;
                 Ok(Incoming::session_after(magic, Transport::from_unix(unix_buffers(s), peer)))
             }
             Pending::Tcp(mut s, peer) => {

@@ -15,7 +15,7 @@ use std::{
 use tokio::io::{unix::AsyncFd, Interest};
 use tokio_vsock::{VsockAddr, VsockStream};
 
-use crate::relay::{os_result, RelaySocket};
+use crate::relay::RelaySocket;
 
 /// The send and receive buffer a vsock data connection asks for: the
 /// virtio transport's default is 256 KiB, which caps one stream's bytes in
@@ -66,21 +66,6 @@ impl VsockConn {
             }
         }
     }
-}
-
-/// Writes all of `buf` to `s`.
-pub(crate) async fn write_all(s: &VsockConn, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid readable memory of its length.
-        let write = || os_result(unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) });
-        match s.try_op(Interest::WRITABLE, write) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::WRITABLE).await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl AsRawFd for VsockConn {

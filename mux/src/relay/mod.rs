@@ -247,7 +247,6 @@ pub(crate) async fn read_exact<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Res
 }
 
 /// Reads what is there from `s` (at least one byte, or 0 at EOF).
-#[cfg(target_os = "linux")]
 pub(crate) async fn read_some<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is valid writable memory of its length.
@@ -257,6 +256,21 @@ pub(crate) async fn read_some<S: RelaySocket>(s: &S, buf: &mut [u8]) -> io::Resu
             other => return other,
         }
     }
+}
+
+/// Writes all of `buf` to `s`.
+pub(crate) async fn write_all<S: RelaySocket>(s: &S, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid readable memory of its length.
+        let write = || os_result(unsafe { libc::write(s.as_raw_fd(), buf.as_ptr().cast(), buf.len()) });
+        match s.try_op(Interest::WRITABLE, write) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.wait_ready(Interest::WRITABLE).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the agent's answer to a data connection's hello: `Ok` once the
