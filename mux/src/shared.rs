@@ -54,7 +54,8 @@ struct Handle {
     inbound: mpsc::UnboundedSender<Inbound>,
     signals: Arc<Signals>,
     open_reply: Option<oneshot::Sender<Result<(), OpenFailure>>>,
-    /// DATA frames sent to the reader and not yet taken by it.
+    /// DATA frames sent to the reader and not yet released by it (see
+    /// [`Core::released`]).
     held: usize,
 }
 
@@ -79,7 +80,8 @@ pub(crate) struct Core {
     pub app: VecDeque<AppEvent>,
     /// How the session's data connections ended (see [`crate::data_end`]).
     pub ends: EndBook,
-    /// DATA frames waiting in all the streams' readers.
+    /// DATA frames waiting in all the streams' readers, ended streams'
+    /// included, until each is released or its reader is dropped.
     held: usize,
 }
 
@@ -96,12 +98,18 @@ impl Core {
         StreamParts { id, rx, signals }
     }
 
-    /// Records that `id`'s reader took one DATA frame.
-    pub fn taken(&mut self, id: StreamId) {
+    /// Records that `id`'s reader released one DATA frame (handed it on:
+    /// its next `recv`).
+    pub fn released(&mut self, id: StreamId) {
+        self.held = self.held.saturating_sub(1);
         if let Some(h) = self.handles.get_mut(&id) {
-            h.held -= 1;
-            self.held -= 1;
+            h.held = h.held.saturating_sub(1);
         }
+    }
+
+    /// Records that a reader was dropped with `frames` DATA frames unread.
+    pub fn dropped_unread(&mut self, frames: usize) {
+        self.held = self.held.saturating_sub(frames);
     }
 
     /// Tells a stream's halves it ended for `reason`.
@@ -120,10 +128,16 @@ impl Core {
             match ev {
                 Event::Data { stream, payload } => {
                     let Some(h) = self.handles.get_mut(&stream) else { continue };
-                    if h.held >= MAX_HELD_FRAMES || self.held >= MAX_SESSION_HELD_FRAMES {
+                    if h.held >= MAX_HELD_FRAMES {
                         let reason = format!(
                             "flow control violation: more than {MAX_HELD_FRAMES} DATA frames waiting for the \
-                             stream's reader (or {MAX_SESSION_HELD_FRAMES} for the session's)"
+                             stream's reader"
+                        );
+                        self.conn.reset(stream, &reason);
+                    } else if self.held >= MAX_SESSION_HELD_FRAMES {
+                        let reason = format!(
+                            "flow control violation: more than {MAX_SESSION_HELD_FRAMES} DATA frames waiting for \
+                             the session's readers"
                         );
                         self.conn.reset(stream, &reason);
                     } else if h.inbound.send(Inbound::Data(payload)).is_ok() {
@@ -156,10 +170,9 @@ impl Core {
                     }
                 }
                 Event::Reset { stream, reason } => self.fail(stream, &reason),
+                // Its reader may still hold frames: they count until released.
                 Event::Gone(stream) => {
-                    if let Some(h) = self.handles.remove(&stream) {
-                        self.held -= h.held;
-                    }
+                    self.handles.remove(&stream);
                 }
                 Event::Incoming { stream, target } => {
                     let parts = self.register(stream, None);

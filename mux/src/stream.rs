@@ -111,8 +111,8 @@ impl StreamReader {
     /// Widens this direction's receive window to `window` bytes, once,
     /// granting the peer the difference as credit (UDP flows do: see
     /// [`ferry_protocol::flow::DATAGRAM_WINDOW`]); `false` if it was not
-    /// (already widened, the session's budget for it is spent, or `window`
-    /// is not wider).
+    /// (already widened, the session's budget for it is spent, `window` is
+    /// not wider, the stream is not open, or the session has closed).
     pub fn widen_window_to(&self, window: u32) -> bool {
         let id = self.id;
         self.shared.with(|c| {
@@ -150,13 +150,23 @@ impl StreamReader {
             if n > 0 {
                 c.conn.consumed(id, n);
             }
-            c.taken(id);
+            c.released(id);
         });
     }
 }
 
 impl Drop for StreamReader {
     fn drop(&mut self) {
+        // What is left unread no longer counts against the session's bound
+        // (closed first: nothing more arrives once counted).
+        self.rx.close();
+        let mut unread = usize::from(self.unreleased.take().is_some());
+        while let Ok(inbound) = self.rx.try_recv() {
+            unread += usize::from(matches!(inbound, Inbound::Data(_)));
+        }
+        if unread > 0 {
+            self.shared.with(|c| c.dropped_unread(unread));
+        }
         if !self.done {
             self.shared.abort(self.id, "receiver closed");
         }

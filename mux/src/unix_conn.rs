@@ -9,7 +9,9 @@
 //! context switch for nothing on every small request and on every new
 //! connection. Small messages never fill the buffer, so the write side is
 //! registered lazily, at the first write that would block (a bulk stream),
-//! and stays registered from then on.
+//! and stays registered from then on (a second descriptor, a duplicate of
+//! the first, with a watch of its own). A process out of descriptors then
+//! polls for room instead of failing the connection.
 
 use std::{
     io,
@@ -44,8 +46,8 @@ impl UnixConn {
     }
 
     /// Connects to the socket at `path` without waiting: a Unix connect
-    /// completes at once, or fails (`WouldBlock` when the listener's backlog
-    /// is full).
+    /// completes at once, or fails (when the listener's backlog is full:
+    /// `WouldBlock` on Linux, `ECONNREFUSED` on macOS).
     pub fn connect(path: &Path) -> io::Result<Self> {
         let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
         socket.set_nonblocking(true)?;
@@ -104,10 +106,20 @@ impl RelaySocket for UnixConn {
 
     async fn wait_ready(&self, interest: Interest) -> io::Result<()> {
         // Dropping the guard keeps the readiness for the next `try_op`.
+        debug_assert!(!(interest.is_readable() && interest.is_writable()), "one direction at a time");
         if interest.is_writable() {
             // Registering reports the socket's present state, so a buffer
             // drained between the blocked write and now is not missed.
-            return self.writer()?.ready(Interest::WRITABLE).await.map(drop);
+            return match self.writer() {
+                Ok(w) => w.ready(Interest::WRITABLE).await.map(drop),
+                // No descriptor (or watch) to spare for the registration:
+                // look again shortly (until a write has blocked with one,
+                // the next write says whether there is room).
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    Ok(())
+                }
+            };
         }
         self.read.ready(interest).await.map(drop)
     }

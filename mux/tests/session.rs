@@ -579,3 +579,70 @@ async fn empty_data_frames_cannot_grow_an_unread_stream_without_bound() {
     );
     drop(stream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_ended_streams_still_count_against_the_session_bound() {
+    // 17 streams, each sent 65,535 empty DATA frames (under the per-stream
+    // bound) then FIN, after the host's application half-closed them and
+    // while it reads nothing: 1,114,095 frames wait in the host at once, more
+    // than the session bound (1,048,576), so some stream must be reset.
+    use ferry_protocol::{Frame, FrameDecoder};
+    const STREAMS: u32 = 17;
+    const FRAMES: usize = 65_535;
+    let (ta, mut raw) = raw_peer();
+    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
+    let (host, mut hev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
+    let (mut rd, mut wr) = raw.into_split();
+    let (pong_tx, mut pong) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut skip = vec![0u8; ferry_protocol::handshake::HELLO_LEN + ferry_protocol::auth::NONCE_LEN];
+        rd.read_exact(&mut skip).await.unwrap();
+        let mut dec = FrameDecoder::default();
+        let mut buf = bytes::BytesMut::with_capacity(1 << 16);
+        while rd.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+            while let Ok(Some(f)) = dec.decode(&mut buf) {
+                if let Frame::Pong { nonce } = f {
+                    let _ = pong_tx.send(nonce);
+                }
+            }
+        }
+    });
+    let target = ferry_protocol::message::encode(&Target::Tcp("127.0.0.1:7".parse().unwrap()));
+    let mut readers = Vec::new();
+    for i in 0..STREAMS {
+        let id = 2 + 2 * i;
+        let mut wire = bytes::BytesMut::new();
+        Frame::Open { stream: id, target: target.clone() }.encode(&mut wire);
+        wr.write_all(&wire).await.unwrap();
+        let Some(SessionEvent::Open(open)) = hev.recv().await else { panic!("no OPEN reached the host") };
+        let (reader, writer) = open.accept().await.unwrap().into_split();
+        writer.finish().await.unwrap(); // our FIN: the peer's FIN ends the stream
+        readers.push(reader);
+        let mut batch = bytes::BytesMut::new();
+        for _ in 0..FRAMES {
+            Frame::Data { stream: id, payload: Bytes::new() }.encode(&mut batch);
+        }
+        Frame::Fin { stream: id }.encode(&mut batch);
+        wr.write_all(&batch).await.unwrap();
+    }
+    sync_with_host(&mut wr, &mut pong, 1).await;
+    assert!(!host.is_closed());
+    let mut reset = 0;
+    for mut r in readers {
+        loop {
+            match r.recv().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    reset += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        reset >= 1,
+        "{} frames waited at once in the host's readers (session bound 1,048,576) and no stream was reset",
+        STREAMS as usize * FRAMES
+    );
+}

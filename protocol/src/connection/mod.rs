@@ -20,7 +20,9 @@
 //!   bytes of credit. A sender never sends more DATA than its credit; the
 //!   receiver returns credit with `WINDOW(increment)` once its application
 //!   has consumed a quarter of the window. A slow consumer thus stalls its
-//!   own stream only, and the memory one stream can pin is its window.
+//!   own stream only, and the bytes one stream can make this side hold
+//!   are its window (copies of small payloads; see
+//!   [`COPY_PAYLOADS_BELOW`] for larger pieces).
 //!   A receiver may widen one stream's window once, granting credit beyond
 //!   it ([`Connection::widen`], within a session budget): UDP flows do, as
 //!   their DATA never waits (a datagram without credit or queue room is
@@ -35,7 +37,9 @@
 //! - **Ordering.** OPEN, OPEN_OK, DATA and FIN travel in order (the ordered
 //!   queue), and so does the RESET of an unanswered OPEN; WINDOW, RESET,
 //!   OPEN_REFUSED, PING/PONG, control messages and
-//!   GOAWAY may overtake them (the urgent queue). See [`outbox`].
+//!   GOAWAY may overtake them (the urgent queue), and so may WINDOW,
+//!   except the one that widens a window, which travels behind its
+//!   stream's OPEN_OK. See [`outbox`].
 //! - **Keepalive.** With the KEEPALIVE feature, each side PINGs every
 //!   interval and answers PINGs with PONGs; silence past the timeout ends
 //!   the session. See [`keepalive`].
@@ -82,7 +86,10 @@ pub const MAX_DATA_FRAME: usize = 256 * 1024;
 /// read into: a slice would keep that whole buffer alive (up to 256 KiB
 /// for a 1-byte payload) while the stream's reader holds it, so a peer
 /// sending tiny frames to a stalled stream could make it pin far more than
-/// its window. Longer payloads stay slices, pinning at most 4x their size.
+/// its window. Every whole frame the decoder passes on is shorter (it
+/// passes larger frames on in pieces as they arrive); a piece this long or
+/// longer stays a slice, pinning about 5x its size at most (a read buffer
+/// of 256 KiB plus what was left in the previous one).
 pub const COPY_PAYLOADS_BELOW: usize = 64 * 1024;
 
 /// The largest datagram a stream carries: one DATA frame each, never split
@@ -462,6 +469,7 @@ impl Connection {
         };
         let extra64 = extra as u64;
         if st.recv.window() != window
+            || window as u64 + extra64 > crate::flow::MAX_CREDIT
             || self.widened + extra64 > self.cfg.max_widened
             || self.room_in_memory(extra64).is_err()
         {

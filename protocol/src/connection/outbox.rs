@@ -9,8 +9,9 @@
 //!   OPEN. DATA frames of byte streams are bounded in number (a sender
 //!   waits for room); datagrams have a bound of their own, in number and in
 //!   bytes (a datagram that finds no room is dropped, never waits, and
-//!   never takes room from byte streams); the others are at most two per
-//!   stream, so the stream limit bounds them.
+//!   never takes room from byte streams); the others are at most three per
+//!   stream (with the WINDOW of a widened window, which must not overtake
+//!   its OPEN_OK), so the stream limit bounds them.
 //!
 //! A batch for the transport takes urgent frames first.
 
