@@ -35,7 +35,7 @@ pub struct MasterRoute {
     /// collapses (measured: 8 uploads through `ssh -L` reach a fifth of
     /// what 4 do), while the session, one channel, stays fair; so while
     /// `max_busy` of its connections are busy, new ones go over the
-    /// session. A quiet connection (see [`Carried::busy`]) holds no place.
+    /// session. A quiet connection (see [`Carried::check_busy`]) holds no place.
     carried: Mutex<Vec<Carried>>,
     max_busy: usize,
     next_id: AtomicU64,
@@ -108,12 +108,13 @@ impl Carried {
             return now.duration_since(self.since) < SETTLE;
         }
         // Readings are taken when connections arrive; after a spell with
-        // none, the last is too old to say when the bytes since moved:
-        // any counts as now, and the readings start over.
+        // none, the last is too old to say when the bytes since moved: as
+        // many as bulk moves in half a second count as moved now (a few
+        // messages do not), and the readings start over.
         let newest = self.marks[1];
         if now.duration_since(newest.1) >= 2 * SETTLE {
             self.marks = [(moved, now); 2];
-            return moved > newest.0;
+            return moved.saturating_sub(newest.0) as f64 >= BULK_RATE * SETTLE.as_secs_f64();
         }
         let (then, at) = self.marks[0];
         let span = now.duration_since(at).max(Duration::from_millis(1)).as_secs_f64();
@@ -341,6 +342,25 @@ mod tests {
         );
         drop(client);
         reader.join().unwrap();
+    }
+
+    #[test]
+    fn a_few_messages_over_a_quiet_spell_leave_a_connection_quiet() {
+        // A keep-alive client: a request now and then, no new connection
+        // (so no reading) for ten minutes. It stays quiet.
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut served, _) = l.accept().unwrap();
+        let t0 = Instant::now();
+        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
+        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
+        client.write_all(&[1u8; 300]).unwrap();
+        served.read_exact(&mut [0u8; 300]).unwrap();
+        assert!(!c.check_busy(t0 + SETTLE + Duration::from_millis(100)));
+        client.write_all(&[1u8; 4000]).unwrap();
+        served.read_exact(&mut [0u8; 4000]).unwrap();
+        assert!(!c.check_busy(t0 + Duration::from_secs(600)), "4 KB in ten minutes");
     }
 
     #[tokio::test]
