@@ -16,7 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_tests::{bin_dir, free_port, wait_for, Guest, Proc};
+use ferry_tests::{
+    bin_dir, free_port,
+    ssh::{master_pid, MasterGuard},
+    wait_for, Guest, Proc,
+};
 
 const FAKE_LIMACTL: &str = r#"#!/bin/sh
 # A fake limactl: instances are directories in $LIMA_HOME; each one's guest
@@ -629,25 +633,6 @@ fn enable_all_covers_an_instance_created_later() {
     assert!(!w.dir.path().join("state/enable-all.json").exists());
 }
 
-/// The pid of the ssh ControlMaster serving `control`, as `ssh -O check` says.
-fn master_pid(config: &Path, control: &Path, host: &str) -> Option<u32> {
-    let out = Command::new("ssh").arg("-F").arg(config).arg("-S").arg(control).args(["-O", "check", host]).output();
-    let text = String::from_utf8_lossy(&out.ok()?.stderr).into_owned();
-    text.split("pid=").nth(1)?.split(')').next()?.parse().ok()
-}
-
-/// Ends the ControlMaster that `ControlPersist yes` left in the background.
-struct MasterGuard(PathBuf, PathBuf);
-
-impl Drop for MasterGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = master_pid(&self.0, &self.1, "lima-sshvm") {
-            // SAFETY: kill(2) of the pid the master reported for itself.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-    }
-}
-
 #[test]
 fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
     /// How long the host "sleeps" (daemon, forwarder and ssh ControlMaster
@@ -681,7 +666,7 @@ fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
         ),
     )
     .unwrap();
-    let _master = MasterGuard(config.clone(), control.clone());
+    let _master = MasterGuard(control.clone());
     guest_echo(&w.vms[vm].guest, port);
     let _app = guest_unix_echo(&w.vms[vm].guest, &guest_sock);
     w.start_daemon();
@@ -694,7 +679,7 @@ fn after_a_sleep_ports_and_sockets_over_the_ssh_master_work_again() {
     let status = w.plugin(&["status", "sshvm", "--json"]);
     assert!(status.contains("\"data_path\":\"ssh-master\""), "connections go through the master: {status}");
 
-    let master = master_pid(&config, &control, "lima-sshvm").expect("a ControlMaster runs");
+    let master = master_pid(&control).expect("a ControlMaster runs");
     let forwarder = w.vms[vm].forwarder_pid().unwrap();
     let daemon = w.daemon.as_ref().unwrap().pid();
     for pid in [daemon, forwarder, master] {

@@ -11,6 +11,7 @@ use std::{
 use ferry_tests::{
     bin_dir, free_port,
     net::{connect_forwarded, spawn_echo, wait_released},
+    ssh::{master_pid, MasterGuard},
     Guest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -197,26 +198,6 @@ async fn start_status_logs_stop_against_a_fake_limactl() {
     assert_eq!(restarted["agent_installed"], false, "{restarted}");
 }
 
-/// The pid of the ssh ControlMaster serving `control`, as `ssh -O check` says.
-fn master_pid(config: &Path, control: &Path) -> Option<u32> {
-    let out =
-        Command::new("ssh").arg("-F").arg(config).arg("-S").arg(control).args(["-O", "check", "lima-dev"]).output();
-    let text = String::from_utf8_lossy(&out.ok()?.stderr).into_owned();
-    text.split("pid=").nth(1)?.split(')').next()?.parse().ok()
-}
-
-/// Ends the ControlMaster that `ControlPersist yes` left in the background.
-struct MasterGuard(PathBuf, PathBuf);
-
-impl Drop for MasterGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = master_pid(&self.0, &self.1) {
-            // SAFETY: kill(2) of the pid the master reported for itself.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
     let guest_port = free_port();
@@ -243,7 +224,7 @@ async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
         ),
     )
     .unwrap();
-    lima.master = Some(MasterGuard(config.clone(), control.clone()));
+    lima.master = Some(MasterGuard(control.clone()));
 
     let started = lima.start();
     assert_eq!(started["ssh_master"], control.display().to_string(), "{started}");
@@ -251,7 +232,7 @@ async fn over_the_instances_ssh_connections_go_through_its_controlmaster() {
     // The session has an ssh connection of its own; the start brought the
     // master up for the connections.
     assert!(started["agent"].as_str().unwrap().contains("-o ControlMaster=no -o ControlPath=none"), "{started}");
-    assert!(master_pid(&config, &control).is_some(), "the start left a ControlMaster");
+    assert!(master_pid(&control).is_some(), "the start left a ControlMaster");
 
     spawn_echo(lima.guest.tcp_listener(&format!("127.0.0.1:{guest_port}")));
     assert_eq!(echo_through(guest_port, b"through the master").await, b"through the master");

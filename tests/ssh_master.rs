@@ -11,7 +11,7 @@ use ferry_tests::{
     free_port,
     net::{connect_forwarded, spawn_echo, GUARD},
     procs::make_secret,
-    ssh::SshGuest,
+    ssh::{MasterGuard, SshGuest},
     wait_for, Guest, Proc,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct SshBridge {
     forwarder: Proc,
     master: Option<Proc>,
+    /// A master ferry brought back runs on its own (ControlPersist): it is
+    /// ended after the forwarder and the test's own master.
+    _revived: MasterGuard,
     guest: Guest,
     control: PathBuf,
     dir: tempfile::TempDir,
@@ -72,7 +75,7 @@ impl SshBridge {
             cmd.arg("--rules").arg(dir.path().join("rules.yaml"));
         }
         let forwarder = Proc::spawn(cmd, dir.path().join("ferry.log"));
-        let b = Self { forwarder, master: Some(master), guest, control, dir };
+        let b = Self { forwarder, master: Some(master), _revived: MasterGuard(control.clone()), guest, control, dir };
         b.wait_log(1, "connected to agent");
         b
     }
@@ -96,16 +99,6 @@ impl SshBridge {
 
 impl Drop for SshBridge {
     fn drop(&mut self) {
-        // A master ferry brought back runs on its own (ControlPersist): it
-        // goes by the pid it reports for itself.
-        let check = Command::new("ssh").arg("-S").arg(&self.control).args(["-O", "check", "guest"]).output();
-        let text = check.map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
-        let pid = text.split("pid=").nth(1).and_then(|t| t.split(')').next()).and_then(|p| p.parse::<i32>().ok());
-        let ours = self.master.as_ref().map(|m| m.pid() as i32);
-        if let Some(pid) = pid.filter(|p| Some(*p) != ours) {
-            // SAFETY: kill(2) of the pid the master reported for itself.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
         if std::thread::panicking() {
             eprintln!("--- ferry log ---\n{}", self.forwarder.log_text());
             if let Some(m) = &self.master {

@@ -115,3 +115,25 @@ impl SshGuest {
         master
     }
 }
+
+/// The pid of the ssh ControlMaster answering on `control`, as `ssh -O
+/// check` reports it.
+pub fn master_pid(control: &Path) -> Option<u32> {
+    let out = Command::new("ssh").arg("-S").arg(control).args(["-O", "check", "guest"]).output();
+    let text = String::from_utf8_lossy(&out.ok()?.stderr).into_owned();
+    text.split("pid=").nth(1)?.split(')').next()?.parse().ok()
+}
+
+/// Ends, when dropped, the ControlMaster answering on its control socket
+/// (one that `ControlPersist yes` left running in the background), by the
+/// pid the master reports for itself.
+pub struct MasterGuard(pub PathBuf);
+
+impl Drop for MasterGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = master_pid(&self.0) {
+            // SAFETY: kill(2) of the pid the master reported for itself.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
