@@ -95,6 +95,12 @@ struct Carried {
 }
 
 impl Carried {
+    /// A connection admitted at `now`: `socket` is a duplicate of a TCP
+    /// client's, `returned` what the route returns to the client.
+    fn new(id: u64, now: Instant, socket: Option<OwnedFd>, returned: Arc<AtomicU64>) -> Self {
+        Self { id, since: now, socket, returned, marks: [(0, now); 2] }
+    }
+
     /// Takes a reading of the bytes the connection moved and says whether
     /// it holds a place at the master: it moves at least [`BULK_RATE`], or
     /// it has moved nothing yet while young.
@@ -190,7 +196,7 @@ impl MasterRoute {
             LocalConn::Unix(_) => None,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        carried.push(Carried { id, since: now, socket, returned: returned.clone(), marks: [(0, now); 2] });
+        carried.push(Carried::new(id, now, socket, returned.clone()));
         Some(Place { route: self, id })
     }
 
@@ -273,21 +279,33 @@ impl MasterRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use tokio::io::AsyncReadExt;
 
-    #[test]
-    fn a_connection_is_busy_while_new_and_silent_or_moving_bulk_and_quiet_otherwise() {
-        use std::io::{Read, Write};
+    /// A TCP connection (client end, served end) and the served end as the
+    /// route would carry it, admitted now, after the client sent 300 bytes
+    /// and they were read (a few messages, as iperf3's control connection).
+    fn carried_after_a_few_messages() -> (std::net::TcpStream, std::net::TcpStream, Carried, Instant) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut served, _) = l.accept().unwrap();
         let t0 = Instant::now();
-        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
-        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
-        assert!(c.check_busy(Instant::now()), "a new connection that moved nothing may be about to");
-        // A few messages (iperf3's control connection): quiet at once.
+        let c = Carried::new(0, t0, Some(served.as_fd().try_clone_to_owned().unwrap()), Default::default());
         client.write_all(&[1u8; 300]).unwrap();
         served.read_exact(&mut [0u8; 300]).unwrap();
+        (client, served, c, t0)
+    }
+
+    #[test]
+    fn a_connection_is_busy_while_new_and_silent_or_moving_bulk_and_quiet_otherwise() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _silent = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (silent, _) = l.accept().unwrap();
+        let mut new =
+            Carried::new(0, Instant::now(), Some(silent.as_fd().try_clone_to_owned().unwrap()), Default::default());
+        assert!(new.check_busy(Instant::now()), "a new connection that moved nothing may be about to");
+        // A few messages (iperf3's control connection): quiet at once.
+        let (mut client, mut served, mut c, t0) = carried_after_a_few_messages();
         assert!(!c.check_busy(t0 + Duration::from_millis(5)), "300 bytes in 5 ms");
         // Bulk: busy.
         let chunk = vec![2u8; 4 << 20];
@@ -309,7 +327,7 @@ mod tests {
         // A Unix client has no kernel counts: it is judged by what the route
         // returned to it.
         let returned = Arc::new(AtomicU64::new(0));
-        let mut unix = Carried { id: 1, since: t0, socket: None, returned: returned.clone(), marks: [(0, t0); 2] };
+        let mut unix = Carried::new(1, t0, None, returned.clone());
         assert!(unix.check_busy(t0), "new, nothing yet");
         assert!(!unix.check_busy(t0 + SETTLE), "nothing for half a second: idle (docker events)");
         returned.fetch_add(4 << 20, Ordering::Relaxed);
@@ -321,15 +339,7 @@ mod tests {
         // A connection exchanges a few messages, then nothing is admitted
         // for ten minutes (no reading is taken), then it uploads 4 MiB at
         // once: it is busy now, whatever it did ten minutes ago.
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut served, _) = l.accept().unwrap();
-        let t0 = Instant::now();
-        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
-        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
-        client.write_all(&[1u8; 300]).unwrap();
-        served.read_exact(&mut [0u8; 300]).unwrap();
+        let (mut client, mut served, mut c, t0) = carried_after_a_few_messages();
         assert!(!c.check_busy(t0 + SETTLE + Duration::from_millis(100)), "a few messages: quiet");
         let reader = std::thread::spawn(move || std::io::copy(&mut served, &mut std::io::sink()).unwrap());
         let start = Instant::now();
@@ -348,15 +358,7 @@ mod tests {
     fn a_few_messages_over_a_quiet_spell_leave_a_connection_quiet() {
         // A keep-alive client: a request now and then, no new connection
         // (so no reading) for ten minutes. It stays quiet.
-        use std::io::{Read, Write};
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut served, _) = l.accept().unwrap();
-        let t0 = Instant::now();
-        let socket = Some(served.as_fd().try_clone_to_owned().unwrap());
-        let mut c = Carried { id: 0, since: t0, socket, returned: Default::default(), marks: [(0, t0); 2] };
-        client.write_all(&[1u8; 300]).unwrap();
-        served.read_exact(&mut [0u8; 300]).unwrap();
+        let (mut client, mut served, mut c, t0) = carried_after_a_few_messages();
         assert!(!c.check_busy(t0 + SETTLE + Duration::from_millis(100)));
         client.write_all(&[1u8; 4000]).unwrap();
         served.read_exact(&mut [0u8; 4000]).unwrap();
