@@ -25,13 +25,54 @@ const AGENT: &[&str] = &["-v"];
 /// A UDP echo server in the guest, on a thread of its own, until the socket errors.
 fn udp_echo(guest: &Guest, addr: &str) {
     let addr = addr.to_string();
-    let socket = guest.run_in(move || UdpSocket::bind(&addr).expect("bind udp in guest"));
+    serve_echo(guest.run_in(move || UdpSocket::bind(&addr).expect("bind udp in guest")));
+}
+
+/// Echoes every datagram `socket` receives, on a thread of its own, until
+/// the socket errors.
+fn serve_echo(socket: UdpSocket) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_535];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             let _ = socket.send_to(&buf[..n], from);
         }
     });
+}
+
+/// A bridge with a reverse UDP forward from guest port (returned) to
+/// `host_addr`, once the agent listens.
+fn reverse_udp_bridge(host_addr: std::net::SocketAddr) -> (Bridge, u16) {
+    let guest_port = free_port();
+    let reverse = format!("udp:127.0.0.1:{guest_port}={host_addr}");
+    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
+    wait_for(GUARD, "the reverse UDP listener", || {
+        (bridge.status_row("reverse-udp", &format!("udp:{host_addr}"))?["state"] == "listening").then_some(())
+    });
+    (bridge, guest_port)
+}
+
+/// Opens `c`'s flow (its first datagram opens the flow's stream) and waits
+/// for the echo.
+fn open_flow(c: &UdpSocket) {
+    c.send(b"open").unwrap();
+    assert_eq!(c.recv(&mut [0u8; 16]).unwrap(), 4);
+}
+
+/// Sends datagrams 0..n of 1,400 bytes (`pattern(i, 1400)`), pausing 2 ms
+/// after every hundred so that the receiving socket keeps up.
+fn send_paced(c: &UdpSocket, n: u64) {
+    for i in 0..n {
+        c.send(&pattern(i, 1400)).unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Sends `signal` to `pid`, a process the test started.
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a process this test started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "{}", std::io::Error::last_os_error());
 }
 
 /// Waits until the forwarder publishes UDP `host`.
@@ -101,38 +142,23 @@ fn a_flow_keeps_every_datagram_sent_while_the_agent_cannot_run() {
         bridge.guest.run_in(move || UdpSocket::bind(&addr).expect("bind udp in guest"))
     };
     force_receive_buffer(&echo, 16 << 20);
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, from)) = echo.recv_from(&mut buf) {
-            let _ = echo.send_to(&buf[..n], from);
-        }
-    });
+    serve_echo(echo);
     wait_udp_forwarded(&bridge, &addr);
     let c = client(&addr);
     force_receive_buffer(&c, 16 << 20);
-    // The flow's stream opens with the first datagram.
-    let mut buf = vec![0u8; 65_535];
-    c.send(b"open").unwrap();
-    assert_eq!(c.recv(&mut buf).unwrap(), 4);
-    let agent = bridge.agent.pid() as i32;
-    // SAFETY: kill(2) on the agent this test started.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    open_flow(&c);
+    signal(bridge.agent.pid(), libc::SIGSTOP);
     const N: u64 = 1500;
     let sent_bytes = 4 + N * 1400;
-    for i in 0..N {
-        c.send(&pattern(i, 1400)).unwrap();
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    send_paced(&c, N);
     // Everything the host read went into the flow's window, none dropped.
     let up = wait_for(GUARD, "the forwarder to take every datagram", || {
         let row = bridge.status_row("udp", &addr)?;
         (row["bytes_to_guest"].as_u64()? + 1400 * row["dropped_datagrams"].as_u64()? >= sent_bytes).then_some(row)
     });
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(agent, libc::SIGCONT) }, 0);
+    signal(bridge.agent.pid(), libc::SIGCONT);
     assert_eq!(up["dropped_datagrams"].as_u64(), Some(0), "{up}");
+    let mut buf = vec![0u8; 65_535];
     for i in 0..N {
         let n = c.recv(&mut buf).unwrap_or_else(|e| panic!("echo {i} of {N} missing: {e}"));
         assert!(buf[..n] == pattern(i, 1400)[..], "echo {i}: {n} bytes, not what was sent");
@@ -355,18 +381,8 @@ fn dig_in_the_guest_asks_a_resolver_on_the_host_over_reverse_udp() {
 fn reverse_udp_carries_every_datagram_of_many_guest_clients_to_the_host() {
     let host = UdpSocket::bind("127.0.0.1:0").unwrap();
     let host_addr = host.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, from)) = host.recv_from(&mut buf) {
-            let _ = host.send_to(&buf[..n], from);
-        }
-    });
-    let guest_port = free_port();
-    let reverse = format!("udp:127.0.0.1:{guest_port}={host_addr}");
-    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
-    wait_for(GUARD, "the reverse UDP listener", || {
-        (bridge.status_row("reverse-udp", &format!("udp:{host_addr}"))?["state"] == "listening").then_some(())
-    });
+    serve_echo(host);
+    let (bridge, guest_port) = reverse_udp_bridge(host_addr);
     // 20 guest clients, 50 datagrams each, sizes up to 16 KiB: every reply
     // comes back whole to the client that asked (UDP may drop under load,
     // so each client retries a datagram that got no reply).
@@ -412,18 +428,8 @@ fn a_reverse_flow_keeps_every_datagram_sent_while_the_forwarder_cannot_run() {
     let host = UdpSocket::bind("127.0.0.1:0").unwrap();
     force_receive_buffer(&host, 16 << 20);
     let host_addr = host.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, from)) = host.recv_from(&mut buf) {
-            let _ = host.send_to(&buf[..n], from);
-        }
-    });
-    let guest_port = free_port();
-    let reverse = format!("udp:127.0.0.1:{guest_port}={host_addr}");
-    let bridge = Bridge::start_with(AGENT, &["--reverse", &reverse, "-v"]);
-    wait_for(GUARD, "the reverse UDP listener", || {
-        (bridge.status_row("reverse-udp", &format!("udp:{host_addr}"))?["state"] == "listening").then_some(())
-    });
+    serve_echo(host);
+    let (bridge, guest_port) = reverse_udp_bridge(host_addr);
     let target = format!("127.0.0.1:{guest_port}");
     let c = bridge.guest.run_in(move || {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -432,24 +438,14 @@ fn a_reverse_flow_keeps_every_datagram_sent_while_the_forwarder_cannot_run() {
     });
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     force_receive_buffer(&c, 16 << 20);
-    // The flow's stream opens with the first datagram.
-    let mut buf = vec![0u8; 65_535];
-    c.send(b"open").unwrap();
-    assert_eq!(c.recv(&mut buf).unwrap(), 4);
-    let forwarder = bridge.forwarder.pid() as i32;
-    // SAFETY: kill(2) on the forwarder this test started.
-    assert_eq!(unsafe { libc::kill(forwarder, libc::SIGSTOP) }, 0);
+    open_flow(&c);
+    signal(bridge.forwarder.pid(), libc::SIGSTOP);
     const N: u64 = 1500;
-    for i in 0..N {
-        c.send(&pattern(i, 1400)).unwrap();
-        if i % 100 == 99 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    send_paced(&c, N);
     // The agent takes them at once (it runs); give it time.
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(forwarder, libc::SIGCONT) }, 0);
+    signal(bridge.forwarder.pid(), libc::SIGCONT);
+    let mut buf = vec![0u8; 65_535];
     let mut echoed = 0;
     while c.recv(&mut buf).is_ok() {
         echoed += 1;
