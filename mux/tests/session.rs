@@ -485,38 +485,59 @@ fn own_rss() -> u64 {
     kb.parse::<u64>().unwrap() * 1024
 }
 
+/// A host session and a raw agent: the host's events, the agent's write
+/// half, and each PONG nonce the agent's (drained) read half sees.
+struct RawAgent {
+    host: Session,
+    events: mpsc::Receiver<SessionEvent>,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    pong: mpsc::UnboundedReceiver<u64>,
+}
+
+impl RawAgent {
+    async fn start() -> Self {
+        use ferry_protocol::{Frame, FrameDecoder};
+        let (ta, mut raw) = raw_peer();
+        raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
+        let (host, events) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
+        let (mut rd, wr) = raw.into_split();
+        let (pong_tx, pong) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            // The host's hello and nonce, then frames.
+            let mut skip = vec![0u8; ferry_protocol::handshake::HELLO_LEN + ferry_protocol::auth::NONCE_LEN];
+            rd.read_exact(&mut skip).await.unwrap();
+            let mut dec = FrameDecoder::default();
+            let mut buf = bytes::BytesMut::with_capacity(1 << 16);
+            while rd.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+                while let Ok(Some(f)) = dec.decode(&mut buf) {
+                    if let Frame::Pong { nonce } = f {
+                        let _ = pong_tx.send(nonce);
+                    }
+                }
+            }
+        });
+        Self { host, events, wr, pong }
+    }
+
+    /// Opens stream `id` to the host, whose application accepts it.
+    async fn open(&mut self, id: u32) -> ferry_mux::MuxStream {
+        let mut wire = bytes::BytesMut::new();
+        let target = ferry_protocol::message::encode(&Target::Tcp("127.0.0.1:7".parse().unwrap()));
+        ferry_protocol::Frame::Open { stream: id, target }.encode(&mut wire);
+        self.wr.write_all(&wire).await.unwrap();
+        let Some(SessionEvent::Open(open)) = self.events.recv().await else { panic!("no OPEN reached the host") };
+        open.accept().await.unwrap()
+    }
+}
+
 /// A raw agent that has opened stream 2 to the host, whose application
 /// accepted it and reads nothing from it; the raw peer's read half is
 /// drained, and `pong` reports each PONG nonce it sees.
 async fn raw_agent_with_an_unread_stream(
 ) -> (Session, ferry_mux::MuxStream, tokio::net::unix::OwnedWriteHalf, mpsc::UnboundedReceiver<u64>) {
-    use ferry_protocol::{Frame, FrameDecoder};
-    let (ta, mut raw) = raw_peer();
-    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
-    let (host, mut hev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
-    let (mut rd, mut wr) = raw.into_split();
-    let (pong_tx, pong) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        // The host's hello and nonce, then frames.
-        let mut skip = vec![0u8; ferry_protocol::handshake::HELLO_LEN + ferry_protocol::auth::NONCE_LEN];
-        rd.read_exact(&mut skip).await.unwrap();
-        let mut dec = FrameDecoder::default();
-        let mut buf = bytes::BytesMut::with_capacity(1 << 16);
-        while rd.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
-            while let Ok(Some(f)) = dec.decode(&mut buf) {
-                if let Frame::Pong { nonce } = f {
-                    let _ = pong_tx.send(nonce);
-                }
-            }
-        }
-    });
-    let mut wire = bytes::BytesMut::new();
-    let target = ferry_protocol::message::encode(&Target::Tcp("127.0.0.1:7".parse().unwrap()));
-    Frame::Open { stream: 2, target }.encode(&mut wire);
-    wr.write_all(&wire).await.unwrap();
-    let Some(SessionEvent::Open(open)) = hev.recv().await else { panic!("no OPEN reached the host") };
-    let stream = open.accept().await.unwrap();
-    (host, stream, wr, pong)
+    let mut agent = RawAgent::start().await;
+    let stream = agent.open(2).await;
+    (agent.host, stream, agent.wr, agent.pong)
 }
 
 /// Sends a PING and waits for its PONG: the host has handled everything
@@ -586,36 +607,14 @@ async fn frames_of_ended_streams_still_count_against_the_session_bound() {
     // bound) then FIN, after the host's application half-closed them and
     // while it reads nothing: 1,114,095 frames wait in the host at once, more
     // than the session bound (1,048,576), so some stream must be reset.
-    use ferry_protocol::{Frame, FrameDecoder};
+    use ferry_protocol::Frame;
     const STREAMS: u32 = 17;
     const FRAMES: usize = 65_535;
-    let (ta, mut raw) = raw_peer();
-    raw_handshake(&mut raw, ferry_protocol::Hello::ours(Role::Agent)).await;
-    let (host, mut hev) = Session::start(ta, Role::Host, SessionConfig::default()).await.unwrap();
-    let (mut rd, mut wr) = raw.into_split();
-    let (pong_tx, mut pong) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut skip = vec![0u8; ferry_protocol::handshake::HELLO_LEN + ferry_protocol::auth::NONCE_LEN];
-        rd.read_exact(&mut skip).await.unwrap();
-        let mut dec = FrameDecoder::default();
-        let mut buf = bytes::BytesMut::with_capacity(1 << 16);
-        while rd.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
-            while let Ok(Some(f)) = dec.decode(&mut buf) {
-                if let Frame::Pong { nonce } = f {
-                    let _ = pong_tx.send(nonce);
-                }
-            }
-        }
-    });
-    let target = ferry_protocol::message::encode(&Target::Tcp("127.0.0.1:7".parse().unwrap()));
+    let mut agent = RawAgent::start().await;
     let mut readers = Vec::new();
     for i in 0..STREAMS {
         let id = 2 + 2 * i;
-        let mut wire = bytes::BytesMut::new();
-        Frame::Open { stream: id, target: target.clone() }.encode(&mut wire);
-        wr.write_all(&wire).await.unwrap();
-        let Some(SessionEvent::Open(open)) = hev.recv().await else { panic!("no OPEN reached the host") };
-        let (reader, writer) = open.accept().await.unwrap().into_split();
+        let (reader, writer) = agent.open(id).await.into_split();
         writer.finish().await.unwrap(); // our FIN: the peer's FIN ends the stream
         readers.push(reader);
         let mut batch = bytes::BytesMut::new();
@@ -623,10 +622,10 @@ async fn frames_of_ended_streams_still_count_against_the_session_bound() {
             Frame::Data { stream: id, payload: Bytes::new() }.encode(&mut batch);
         }
         Frame::Fin { stream: id }.encode(&mut batch);
-        wr.write_all(&batch).await.unwrap();
+        agent.wr.write_all(&batch).await.unwrap();
     }
-    sync_with_host(&mut wr, &mut pong, 1).await;
-    assert!(!host.is_closed());
+    sync_with_host(&mut agent.wr, &mut agent.pong, 1).await;
+    assert!(!agent.host.is_closed());
     let mut reset = 0;
     for mut r in readers {
         loop {
