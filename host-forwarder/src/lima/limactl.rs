@@ -79,16 +79,14 @@ pub fn quote(s: &str) -> String {
 const LIMACTL_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
-    run_with_timeout(cmd, LIMACTL_TIMEOUT).map_err(|e| match e.downcast_ref::<std::io::Error>() {
-        Some(_) => e.context("is Lima installed? set $LIMACTL"),
-        None => e,
-    })
+    run_with_timeout(cmd, LIMACTL_TIMEOUT, " (is Lima installed? set $LIMACTL)")
 }
 
 /// Runs `cmd` (`limactl`, or the ssh it runs) and returns its output,
 /// failing if it fails or runs past `limit` (then it is killed with
-/// everything it started).
-pub(super) fn run_with_timeout(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+/// everything it started). `hint` follows the error when `cmd` cannot be
+/// started at all.
+pub(super) fn run_with_timeout(cmd: &mut Command, limit: Duration, hint: &str) -> anyhow::Result<Output> {
     // Its own process group, so that the ssh and scp it starts are killed with it.
     cmd.process_group(0);
     let child = cmd
@@ -96,7 +94,7 @@ pub(super) fn run_with_timeout(cmd: &mut Command, limit: Duration) -> anyhow::Re
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| anyhow::Error::new(e).context(format!("cannot run {:?}", cmd.get_program())))?;
+        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}{hint}", cmd.get_program()))?;
     let out = wait_with_timeout(child, limit)?.ok_or_else(|| {
         anyhow::anyhow!("{:?} did not finish within {limit:?}; killed it", cmd.get_args().collect::<Vec<_>>())
     })?;
@@ -235,7 +233,7 @@ mod tests {
             &format!("sleep 60 & echo $! > {0}; echo started; sleep 60 & echo $! >> {0}; wait", pids.display()),
         );
         let t0 = Instant::now();
-        let err = run_with_timeout(&mut Command::new(&script), Duration::from_millis(300)).unwrap_err().to_string();
+        let err = run_with_timeout(&mut Command::new(&script), Duration::from_millis(300), "").unwrap_err().to_string();
         assert!(t0.elapsed() < Duration::from_secs(5), "the bound holds: {:?}", t0.elapsed());
         assert!(err.contains("did not finish within"), "{err}");
         let pids: Vec<i32> =
@@ -256,7 +254,7 @@ mod tests {
         let (script, _) =
             fake_limactl(dir.path(), &format!("setsid sleep 60 & echo $! > {}; echo done", pids.display()));
         let t0 = Instant::now();
-        let out = run_with_timeout(&mut Command::new(&script), Duration::from_secs(30));
+        let out = run_with_timeout(&mut Command::new(&script), Duration::from_secs(30), "");
         let elapsed = t0.elapsed();
         let pid: i32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
         // SAFETY: kill(2) of the sleep this test started.

@@ -37,7 +37,7 @@ pub fn ensure_master(config: &Path, host: &str) {
     let ssh = |options: &[&str], remote: &[&str], limit: Duration| {
         let mut cmd = Command::new("ssh");
         cmd.arg("-F").arg(config).args(["-o", "BatchMode=yes"]).args(options).arg(host).args(remote);
-        limactl::run_with_timeout(&mut cmd, limit)
+        limactl::run_with_timeout(&mut cmd, limit, "")
     };
     if ssh(&["-O", "check"], &[], CHECK_TIMEOUT).is_ok() {
         return;
