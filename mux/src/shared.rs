@@ -128,17 +128,16 @@ impl Core {
             match ev {
                 Event::Data { stream, payload } => {
                     let Some(h) = self.handles.get_mut(&stream) else { continue };
-                    if h.held >= MAX_HELD_FRAMES {
-                        let reason = format!(
-                            "flow control violation: more than {MAX_HELD_FRAMES} DATA frames waiting for the \
-                             stream's reader"
-                        );
-                        self.conn.reset(stream, &reason);
+                    let full = if h.held >= MAX_HELD_FRAMES {
+                        Some((MAX_HELD_FRAMES, "the stream's reader"))
                     } else if self.held >= MAX_SESSION_HELD_FRAMES {
-                        let reason = format!(
-                            "flow control violation: more than {MAX_SESSION_HELD_FRAMES} DATA frames waiting for \
-                             the session's readers"
-                        );
+                        Some((MAX_SESSION_HELD_FRAMES, "the session's readers"))
+                    } else {
+                        None
+                    };
+                    if let Some((bound, whose)) = full {
+                        let reason =
+                            format!("flow control violation: more than {bound} DATA frames waiting for {whose}");
                         self.conn.reset(stream, &reason);
                     } else if h.inbound.send(Inbound::Data(payload)).is_ok() {
                         h.held += 1;
