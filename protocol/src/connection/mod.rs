@@ -256,8 +256,6 @@ pub struct Connection {
     role: Role,
     cfg: Config,
     streams: HashMap<StreamId, Stream>,
-    /// The receive windows of the live streams, summed: the memory they may pin.
-    pinned: u64,
     /// The credit granted beyond `window` on live streams, summed.
     widened: u64,
     ids: StreamIds,
@@ -282,7 +280,6 @@ impl Connection {
         Self {
             role,
             streams: HashMap::new(),
-            pinned: 0,
             widened: 0,
             ids: StreamIds::new(role),
             last_peer_id: 0,
@@ -415,6 +412,10 @@ impl Connection {
             return Err(format!("peer opened stream {stream}, which it may not use"));
         }
         self.last_peer_id = stream;
+        if let Err(limit) = self.room_for_peer_stream() {
+            self.urgent(Frame::OpenRefused { stream, reason: limit });
+            return Ok(());
+        }
         let target = match message::decode::<Target>(target) {
             Ok(t) => t,
             Err(e) => {
@@ -422,10 +423,6 @@ impl Connection {
                 return Ok(());
             }
         };
-        if let Err(limit) = self.room_for_peer_stream() {
-            self.urgent(Frame::OpenRefused { stream, reason: limit });
-            return Ok(());
-        }
         self.insert(stream, StreamState::Accepting);
         self.events.push_back(Event::Incoming { stream, target });
         Ok(())
@@ -478,7 +475,6 @@ impl Connection {
         let st = self.streams.get_mut(&stream).expect("checked above");
         st.recv.widen(extra);
         self.widened += extra64;
-        self.pinned += extra64;
         self.outbox.push_ordered(Frame::Window { stream, increment: extra });
         Ok(true)
     }
@@ -746,12 +742,13 @@ impl Connection {
 
     /// Whether `window` more bytes of windows fit within the memory ceiling.
     fn room_in_memory(&self, window: u64) -> Result<(), String> {
-        if self.pinned + window > self.cfg.max_stream_memory {
+        let pinned = self.pinned();
+        if pinned + window > self.cfg.max_stream_memory {
             return Err(format!(
                 "session memory ceiling: {} streams already pin up to {} MiB in their windows; another needs {} KiB \
                  (limit {} MiB)",
                 self.streams.len(),
-                self.pinned >> 20,
+                pinned >> 20,
                 window >> 10,
                 self.cfg.max_stream_memory >> 20
             ));
@@ -759,16 +756,21 @@ impl Connection {
         Ok(())
     }
 
+    /// The receive windows of the live streams, summed: the memory they may
+    /// pin (each started at `window`; some were widened).
+    fn pinned(&self) -> u64 {
+        self.streams.len() as u64 * self.cfg.window as u64 + self.widened
+    }
+
     fn insert(&mut self, id: StreamId, state: StreamState) {
         let w = self.cfg.window;
-        self.pinned += w as u64;
         self.streams.insert(id, Stream { state, send: SendWindow::new(w), recv: RecvWindow::new(w) });
     }
 
-    /// Takes `id` out of the table, releasing the memory its window pinned.
+    /// Takes `id` out of the table, releasing what its widening took of the
+    /// budget.
     fn remove(&mut self, id: StreamId) -> Option<Stream> {
         let st = self.streams.remove(&id)?;
-        self.pinned -= st.recv.window() as u64;
         self.widened -= (st.recv.window() - self.cfg.window) as u64;
         Some(st)
     }

@@ -356,8 +356,8 @@ impl Pair {
             assert!(s.conn.stream_count() <= cfg.max_streams);
             // What the ceiling counts is exactly the live streams' windows.
             let windows: u64 = s.conn.streams.values().map(|st| st.recv.window() as u64).sum();
-            assert_eq!(s.conn.pinned, windows);
-            assert!(s.conn.pinned <= cfg.max_stream_memory);
+            assert_eq!(s.conn.pinned(), windows);
+            assert!(s.conn.pinned() <= cfg.max_stream_memory);
             let widened: u64 = s.conn.streams.values().map(|st| (st.recv.window() - cfg.window) as u64).sum();
             assert_eq!(s.conn.widened, widened);
             assert!(s.conn.widened <= cfg.max_widened);
