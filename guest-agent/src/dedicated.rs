@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use ferry_mux::{data_end::EndTicket, refusals::Refusals, DataRefusal, RawConn, Session, Traffic};
+use ferry_mux::{data_end::EndTicket, refusals::Refusals, relay::Answer, DataRefusal, RawConn, Session, Traffic};
 use ferry_protocol::{
     data_conn::{self, DataProof, PROOF_LEN},
     keys::SessionId,
@@ -91,10 +91,9 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
         }
     };
     tracing::debug!("data connection to {target:?}");
-    if conn.write_all(&[data_conn::CONNECTED]).await.is_err() {
-        return local.abort();
-    }
-    if let Some(e) = local.relay(&conn, &Traffic::default(), false, Some(&end)).await {
+    // "Connected" leaves with the target's first bytes: one wake-up of the
+    // host for both.
+    if let Some(e) = local.relay(&conn, &Traffic::default(), Answer::Send, Some(&end)).await {
         tracing::debug!("data connection to {target:?} ended: {e}");
     }
 }

@@ -54,13 +54,13 @@ impl LocalConn {
 
     /// Relays with the data connection `conn` (splice(2) on Linux: see
     /// [`crate::relay`]) until both directions end; on an abort (or, with
-    /// `answer`, a refusal: see [`RawConn::relay_with`]) the socket is
+    /// [`crate::relay::Answer::Read`], a refusal) the socket is
     /// aborted too.
     pub async fn relay(
         self,
         conn: &RawConn,
         traffic: &Traffic,
-        answer: bool,
+        answer: crate::relay::Answer,
         end: Option<&crate::data_end::EndTicket>,
     ) -> Option<String> {
         let result = match &self {

@@ -242,13 +242,13 @@ impl RawConn {
     /// finished, counting bytes in `traffic` (up: local -> this).
     /// A Unix connection's send buffer takes its share of the process's
     /// budget meanwhile ([`crate::buffer_share`]).
-    /// With `answer`, the agent's answer to the hello is read first (see
-    /// [`crate::relay::relay_bidirectional`]).
+    /// `answer` says how the agent's answer to the hello travels (see
+    /// [`crate::relay::Answer`]).
     pub async fn relay_with<S: crate::relay::RelaySocket>(
         &self,
         local: &S,
         traffic: &crate::Traffic,
-        answer: bool,
+        answer: crate::relay::Answer,
         end: Option<&crate::data_end::EndTicket>,
     ) -> io::Result<(u64, u64)> {
         match self {

@@ -6,7 +6,8 @@
 //! control, and the bytes can move with splice(2). Such a connection opens
 //! with a proof that it belongs to a live authenticated session, then the
 //! request naming its target; the agent answers with one status byte, and,
-//! on refusal, a reason. After that the connection carries raw bytes both
+//! on refusal, a reason (once connected, it sends that byte with the
+//! target's first bytes). After that the connection carries raw bytes both
 //! ways, and closing a direction is a half-close.
 //!
 //! ```text

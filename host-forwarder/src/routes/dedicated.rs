@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_mux::{Address, DataClaim, LocalConn, RawConn, Session, Traffic};
+use ferry_mux::{relay::Answer, Address, DataClaim, LocalConn, RawConn, Session, Traffic};
 
 use crate::status::board::{Route, RouteCounts};
 use ferry_protocol::Target;
@@ -100,7 +100,7 @@ impl DataPath {
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        if let Some(e) = local.relay(&conn, traffic, true, Some(&claim.ticket)).await {
+        if let Some(e) = local.relay(&conn, traffic, Answer::Read, Some(&claim.ticket)).await {
             tracing::debug!("connection to guest {target:?} ended: {e}");
         }
         Ok(())

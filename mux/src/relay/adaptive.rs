@@ -73,6 +73,13 @@ impl Conduit for Adaptive {
         }
     }
 
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Copy(c) => c.put(bytes),
+            Self::Pipe(p) => p.put(bytes),
+        }
+    }
+
     fn give_back(self) {
         match self {
             Self::Copy(c) => c.give_back(),

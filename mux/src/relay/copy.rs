@@ -134,6 +134,14 @@ impl Conduit for CopyBuffer {
         Ok(n)
     }
 
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buf.capacity() == 0 {
+            self.buf = Vec::with_capacity(next_size());
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
     fn give_back(self) {}
 }
 

@@ -67,6 +67,22 @@ impl RelayKind {
     }
 }
 
+/// The agent's answer to a data connection's hello (see
+/// `ferry_protocol::data_conn`), as each side's relay handles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// None travels: a plain relay.
+    None,
+    /// The host's side: the answer is read before anything flows down;
+    /// the client's bytes flow up meanwhile (no round trip before the
+    /// first byte), and a refusal ends the relay with `ConnectionRefused`.
+    Read,
+    /// The agent's side, once the target is connected: "connected" goes up
+    /// in front of the target's first bytes (or its EOF), in the same
+    /// write, so the host is woken once for both.
+    Send,
+}
+
 /// Where one direction's bytes wait between reading `src` and writing `dst`.
 pub(crate) trait Conduit: Sized {
     /// Whether the conduit can refuse more bytes before it holds its
@@ -83,6 +99,9 @@ pub(crate) trait Conduit: Sized {
     fn fill(&mut self, src: RawFd) -> io::Result<usize>;
     /// Moves waiting bytes out to the socket `dst` (non-blocking).
     fn drain(&mut self, dst: RawFd) -> io::Result<usize>;
+    /// Puts `bytes` in ahead of anything filled later (a conduit just
+    /// taken, so that they leave with the first batch).
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Ends its use by a relay; called only when it is empty.
     fn give_back(self);
     /// Called before waiting for the source: a chance to give back memory
@@ -135,16 +154,25 @@ relay_socket!(UnixStream);
 /// bytes moved. `at_eof`, given the bytes read from `src`, may turn the EOF
 /// into an error (an abort to pass on instead of a half-close).
 ///
+/// `greeting` goes out in front of the first bytes from `src` (or of its
+/// EOF), in the same write: the peer is woken once for both. It is not
+/// counted among the bytes moved.
+///
 /// Filling and draining overlap: while `dst` cannot take more, `src` keeps
 /// filling the conduit, so the next write moves a large batch.
 async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = io::Result<()>>>(
     src: &A,
     dst: &B,
+    greeting: &[u8],
     count: impl Fn(usize),
     at_eof: impl FnOnce(u64) -> E,
 ) -> io::Result<u64> {
     let mut at_eof = Some(at_eof);
     let mut conduit = C::take()?;
+    conduit.put(greeting)?;
+    // The greeting's bytes not written yet; while `src` has given nothing,
+    // the greeting waits for company.
+    let (mut greeting_left, mut held_back) = (greeting.len(), !greeting.is_empty());
     let (mut total, mut eof) = (0u64, false);
     loop {
         let mut progress = false;
@@ -172,24 +200,32 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
                 (_, Some(_)) => {
                     progress = true;
                     read_blocked = true;
+                    held_back = false;
                 }
                 (Ok(0), None) => {
                     if let Some(check) = at_eof.take() {
-                        check(total + conduit.held() as u64).await?;
+                        check(total + (conduit.held() - greeting_left) as u64).await?;
                     }
                     eof = true;
+                    held_back = false;
                 }
-                (Ok(_), None) => progress = true,
+                (Ok(_), None) => {
+                    progress = true;
+                    held_back = false;
+                }
                 (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => read_blocked = sure_empty,
                 (Err(e), None) => return Err(e),
             }
         }
-        if conduit.held() > 0 {
+        let drainable = conduit.held() > 0 && !held_back;
+        if drainable {
             match dst.try_op(Interest::WRITABLE, || conduit.drain(dst.as_raw_fd())) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
-                    total += m as u64;
-                    count(m);
+                    let greeted = m.min(greeting_left);
+                    greeting_left -= greeted;
+                    total += (m - greeted) as u64;
+                    count(m - greeted);
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -211,7 +247,7 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
         }
         // Neither side moved. With bytes waiting, draining them is what
         // unblocks everything; else wait for the source.
-        if conduit.held() > 0 {
+        if drainable {
             dst.wait_ready(Interest::WRITABLE).await?;
         } else if read_blocked {
             conduit.idle();
@@ -309,10 +345,9 @@ fn peer_gone(fd: RawFd) -> bool {
 /// far process died), that is an abort: an error is returned so the caller
 /// resets the client instead of passing on a truncated stream as complete.
 ///
-/// With `answer`, `conn` first carries the agent's answer to its hello (one
-/// status byte, or a refusal with its reason): the client's bytes already
-/// flow up meanwhile (no round trip before the first byte), nothing flows
-/// down before it, and a refusal ends the relay with `ConnectionRefused`.
+/// `answer` says whether `conn` carries the agent's answer to its hello
+/// ([`Answer`]): read here before anything flows down, or sent ahead of the
+/// first bytes up.
 ///
 /// With `share`, `conn`'s send buffer follows the process's live data
 /// connections (see [`crate::buffer_share`]), checked as bytes go up.
@@ -327,7 +362,7 @@ pub async fn relay_bidirectional<A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: bool,
+    answer: Answer,
     share: Option<&BufferShare>,
     end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
@@ -340,7 +375,7 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: bool,
+    answer: Answer,
     share: Option<&BufferShare>,
     end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
@@ -358,8 +393,8 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
 pub async fn relay_one_way<A: RelaySocket, B: RelaySocket>(src: &A, dst: &B, count: impl Fn(usize)) -> io::Result<u64> {
     match RelayKind::current() {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => one_way::<adaptive::Adaptive, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
-        RelayKind::Copy => one_way::<copy::CopyBuffer, _, _, _>(src, dst, count, |_| async { Ok(()) }).await,
+        RelayKind::Splice => one_way::<adaptive::Adaptive, _, _, _>(src, dst, &[], count, |_| async { Ok(()) }).await,
+        RelayKind::Copy => one_way::<copy::CopyBuffer, _, _, _>(src, dst, &[], count, |_| async { Ok(()) }).await,
     }
 }
 
@@ -367,7 +402,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: bool,
+    answer: Answer,
     share: Option<&BufferShare>,
     end: Option<&EndTicket>,
 ) -> io::Result<(u64, u64)> {
@@ -379,8 +414,12 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
             share.refresh(n);
         }
     };
+    let greeting: &[u8] = match answer {
+        Answer::Send => &[ferry_protocol::data_conn::CONNECTED],
+        Answer::None | Answer::Read => &[],
+    };
     let up = async {
-        let n = one_way::<C, _, _, _>(client, conn, sent_up, |_| async { Ok(()) }).await?;
+        let n = one_way::<C, _, _, _>(client, conn, greeting, sent_up, |_| async { Ok(()) }).await?;
         client_done.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(end) = end {
             end.sent_all(n);
@@ -388,7 +427,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
         Ok(n)
     };
     let down = async {
-        if answer {
+        if answer == Answer::Read {
             read_answer(conn).await?;
         }
         let at_eof = |received| async move {
@@ -405,7 +444,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
                 Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"))
             }
         };
-        one_way::<C, _, _, _>(conn, client, |n| traffic.add_down(n), at_eof).await
+        one_way::<C, _, _, _>(conn, client, &[], |n| traffic.add_down(n), at_eof).await
     };
     tokio::try_join!(up, down)
 }
@@ -425,10 +464,9 @@ mod tests {
     async fn vanished_far_side(kind: RelayKind) {
         let (_client, a) = tcp_pair().await;
         let (b, far) = UnixStream::pair().unwrap();
-        let relay =
-            tokio::spawn(
-                async move { relay_bidirectional_as(kind, &a, &b, &Traffic::default(), false, None, None).await },
-            );
+        let relay = tokio::spawn(async move {
+            relay_bidirectional_as(kind, &a, &b, &Traffic::default(), Answer::None, None, None).await
+        });
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{kind:?}");
@@ -456,6 +494,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_agents_answer_leaves_with_the_targets_first_bytes() {
+        for &kind in RelayKind::all() {
+            answer_with_first_bytes(kind).await;
+        }
+    }
+
+    async fn answer_with_first_bytes(kind: RelayKind) {
+        use std::os::unix::net::UnixStream as StdUnix;
+        use std::time::Duration;
+        // target <-> [relay: target | conn] <-> host (a blocking socket, so
+        // each read(2) below shows exactly what one write delivered)
+        let (target, mut target_far) = UnixStream::pair().unwrap();
+        let (conn, host) = StdUnix::pair().unwrap();
+        let conn = UnixStream::from_std({
+            conn.set_nonblocking(true).unwrap();
+            conn
+        })
+        .unwrap();
+        let relay = tokio::spawn(async move {
+            relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Answer::Send, None, None).await
+        });
+        let host = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut host = host;
+            host.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let mut buf = [0u8; 64];
+            let early = host.read(&mut buf).map_err(|e| e.kind());
+            host.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let n = host.read(&mut buf).unwrap();
+            let first = buf[..n].to_vec();
+            host.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            host.read_to_end(&mut rest).unwrap();
+            (early, first, rest)
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        target_far.write_all(b"hello").await.unwrap();
+        target_far.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        target_far.write_all(b" again").await.unwrap();
+        target_far.shutdown().await.unwrap();
+        let mut upstream = Vec::new();
+        target_far.read_to_end(&mut upstream).await.unwrap();
+        let (early, first, rest) = host.await.unwrap();
+        assert_eq!(early, Err(io::ErrorKind::WouldBlock), "{kind:?}: nothing before the target speaks");
+        assert_eq!(first, b"\0hello", "{kind:?}: the answer and the first bytes in one read");
+        assert_eq!(rest, b" again", "{kind:?}");
+        let (up, down) = relay.await.unwrap().unwrap();
+        assert_eq!((up, down), (11, 0), "{kind:?}: the answer is not counted");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_closes_at_once_still_gets_its_answer_sent() {
+        for &kind in RelayKind::all() {
+            let (target, target_far) = UnixStream::pair().unwrap();
+            let (conn, mut host) = UnixStream::pair().unwrap();
+            let relay = tokio::spawn(async move {
+                relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Answer::Send, None, None).await
+            });
+            drop(target_far);
+            let mut got = Vec::new();
+            host.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, [ferry_protocol::data_conn::CONNECTED], "{kind:?}");
+            host.shutdown().await.unwrap();
+            assert_eq!(relay.await.unwrap().unwrap(), (0, 0), "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn reused_conduits_carry_the_next_relay_exactly() {
         for &kind in RelayKind::all() {
             for round in 0..3u8 {
@@ -468,7 +575,7 @@ mod tests {
         let (client, a) = UnixStream::pair().unwrap();
         let (b, mut server) = UnixStream::pair().unwrap();
         let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &client, &b, &Traffic::default(), false, None, None).await
+            relay_bidirectional_as(kind, &client, &b, &Traffic::default(), Answer::None, None, None).await
         });
         let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
         let sender = send_half_close_read_back(a, data.clone());
@@ -498,7 +605,8 @@ mod tests {
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
-        let relay = tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, false, None, None).await });
+        let relay =
+            tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, Answer::None, None, None).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let writer = send_half_close_read_back(client, data.clone());
         let mut got = Vec::new();

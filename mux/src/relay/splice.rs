@@ -95,6 +95,19 @@ impl Conduit for Pipe {
         Ok(n)
     }
 
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `bytes` is valid readable memory of its length.
+        let n = os_result(unsafe { libc::write(self.write.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) })?;
+        self.held += n;
+        if n < bytes.len() {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "a pipe took less than its first bytes"));
+        }
+        Ok(())
+    }
+
     fn give_back(self) {
         debug_assert_eq!(self.held, 0, "only an empty pipe is reused");
         let mut spare = SPARE_PIPES.lock().unwrap_or_else(|e| e.into_inner());
