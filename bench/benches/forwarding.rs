@@ -1,9 +1,11 @@
 //! `cargo bench --bench forwarding [-- --quick]`: forwarding scenarios over
 //! the namespace harness, for ferry and for the baselines, in one run.
 //!
-//! Paths: direct (client inside the guest: the limit), ferry (Unix-socket
-//! transport, multiplexed), socat two-hop over a Unix socket with 256 KiB
-//! buffers, and ssh -L. Results: target/bench/forwarding.{md,json}.
+//! Paths: direct (client inside the guest: the limit), ferry in its modes,
+//! socat two-hop over a Unix socket with 256 KiB buffers, the two-hop floor
+//! (a minimal C relay pair: what the topology itself costs), ssh -L, ferry
+//! over ssh, and a Go yamux forwarder (see docs/performance.md). Results:
+//! target/bench/forwarding.{md,json}.
 
 use std::{sync::Arc, time::Duration};
 
@@ -130,6 +132,7 @@ fn main() {
     }
     for (name, made) in [
         ("socat -b262144", paths::socat(&bridge.guest, work.path(), &servers)),
+        ("two-hop floor", paths::two_hop_floor(&bridge.guest, work.path(), &servers)),
         ("ssh -L", paths::ssh(&bridge.guest, work.path(), &servers)),
         ("ferry (exec:ssh)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, false)),
         ("ferry (ssh master)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, true)),

@@ -137,6 +137,51 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     Ok(path)
 }
 
+/// The floor of the two-hop topology (bench/floor/two_hop.c, built here
+/// with the machine's C compiler): one single-threaded epoll process on
+/// each side, copying, with no authentication and no framing, one process
+/// pair per service over a Unix socket. What the topology itself costs.
+pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
+    if !have("cc") {
+        return Err("no C compiler (apt-get install gcc)".into());
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("floor/two_hop.c");
+    let bin = dir.join("two-hop");
+    let built =
+        Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&source).output().map_err(|e| format!("cc: {e}"))?;
+    if !built.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    let bin = bin.to_str().ok_or("a non-UTF-8 temporary path")?;
+    let mut path = ForwardPath {
+        name: "two-hop floor",
+        servers: servers.clone(),
+        ports: HashMap::new(),
+        netns: None,
+        pids: vec![],
+        procs: vec![],
+    };
+    for gp in ports_of(servers) {
+        let sock = dir.join(format!("two-hop-{gp}.sock"));
+        let sock = sock.to_str().ok_or("a non-UTF-8 temporary path")?;
+        let mut g = guest.command(bin);
+        g.args(["guest", sock, &gp.to_string()]);
+        path.adopt(Proc::spawn(g, dir.join(format!("two-hop-guest-{gp}.log"))));
+        wait_for(Duration::from_secs(10), "two-hop guest socket", || Path::new(sock).exists().then_some(()));
+        let hp = free_port();
+        let mut h = Command::new(bin);
+        h.args(["host", &hp.to_string(), sock]);
+        path.adopt(Proc::spawn(h, dir.join(format!("two-hop-host-{gp}.log"))));
+        path.ports.insert(gp, hp);
+    }
+    for hp in path.ports.values() {
+        wait_for(Duration::from_secs(10), "two-hop host port", || {
+            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
+        });
+    }
+    Ok(path)
+}
+
 /// Where Debian's golang-github-hashicorp-yamux-dev puts its sources.
 const GOPATH: &str = "/usr/share/gocode";
 
