@@ -85,6 +85,51 @@ in_both_modes!(
     a_restarting_guest_server_keeps_its_host_port_and_held_clients_are_served,
 );
 
+/// Threads of process `pid` named `name` (what `ps -T` shows).
+fn threads_named(pid: u32, name: &str) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == name)
+        .count()
+}
+
+/// Both processes serve small requests on their one thread; once a port's
+/// connections carry bulk, the next ones run on the bulk runtime's threads
+/// in both (`ferry_mux::placement`), and every byte still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_ports_move_to_the_bulk_runtime_and_still_carry_every_byte() {
+    let bridge = Bridge::start();
+    let port = free_port();
+    spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
+    let addr = format!("127.0.0.1:{port}");
+    let small = echo_round(connect_forwarded(&addr).await, b"ping".to_vec(), 4).await;
+    assert_eq!(small, b"ping");
+    let pids = [bridge.forwarder.pid(), bridge.agent.pid()];
+    for pid in pids {
+        assert_eq!(threads_named(pid, "ferry-bulk"), 0, "small requests stay on the process's thread");
+    }
+    let first = pattern(1, 4 << 20);
+    assert!(echo_round(connect_forwarded(&addr).await, first.clone(), 1 << 16).await == first);
+    // The next connections, concurrent, run on the bulk runtime.
+    let rounds = (0..3u8).map(|i| {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let data = pattern(10 + i as u64, 8 << 20);
+            let got = echo_round(connect_forwarded(&addr).await, data.clone(), 1 << 16).await;
+            assert!(got == data, "stream {i} came back whole");
+        })
+    });
+    for r in rounds.collect::<Vec<_>>() {
+        r.await.unwrap();
+    }
+    for pid in pids {
+        assert!(threads_named(pid, "ferry-bulk") >= 2, "pid {pid} runs bulk connections on worker threads");
+    }
+    let after = echo_round(connect_forwarded(&addr).await, b"pong".to_vec(), 4).await;
+    assert_eq!(after, b"pong", "a small request on a bulk port is served too");
+}
+
 /// One echo round: write `data` (in `chunk`-sized writes) while reading it back.
 async fn echo_round(s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
     let (mut r, mut w) = s.into_split();

@@ -1,7 +1,8 @@
 //! Dedicated data connections: one transport connection per forwarded
 //! connection, proven with its session's keys (see
 //! `ferry_protocol::data_conn`) and relayed to the guest target with
-//! splice(2).
+//! splice(2), on the agent's thread or, for a target whose connections
+//! carry bulk, on the bulk runtime (`ferry_mux::placement`).
 
 use std::{
     collections::HashMap,
@@ -9,7 +10,13 @@ use std::{
     time::Duration,
 };
 
-use ferry_mux::{data_end::EndTicket, refusals::Refusals, relay::Answer, DataRefusal, RawConn, Session, Traffic};
+use ferry_mux::{
+    data_end::EndTicket,
+    placement::{self, BulkHistories},
+    refusals::Refusals,
+    relay::Answer,
+    DataRefusal, RawConn, Session, Traffic,
+};
 use ferry_protocol::{
     data_conn::{self, DataProof, PROOF_LEN},
     keys::SessionId,
@@ -24,18 +31,22 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The live authenticated sessions that take data connections, by session
 /// id, each with what it may reach.
 #[derive(Clone, Default)]
-pub struct DataSessions(Arc<Mutex<HashMap<SessionId, (Grants, Session)>>>);
+pub struct DataSessions {
+    live: Arc<Mutex<HashMap<SessionId, (Grants, Session)>>>,
+    /// Whether each target's recent connections carried bulk.
+    histories: Arc<BulkHistories<Target>>,
+}
 
 impl DataSessions {
     /// Lists `session` with `grants` until the guard drops.
     pub fn register(&self, grants: Grants, session: &Session) -> Registration {
         let id = session.session_id();
-        self.0.lock().unwrap().insert(id, (grants, session.clone()));
+        self.live.lock().unwrap().insert(id, (grants, session.clone()));
         Registration { sessions: self.clone(), id }
     }
 
     fn lookup(&self, id: &SessionId) -> Option<(Grants, Session)> {
-        self.0.lock().unwrap().get(id).cloned()
+        self.live.lock().unwrap().get(id).cloned()
     }
 }
 
@@ -47,7 +58,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.sessions.0.lock().unwrap().remove(&self.id);
+        self.sessions.live.lock().unwrap().remove(&self.id);
     }
 }
 
@@ -81,20 +92,56 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
         Some(Err(_)) => return tracing::debug!("a warm data connection idled out"),
         None => return tracing::debug!("a warm data connection's session ended before its request"),
     };
-    let local = match targets::connect(&target, &grants).await {
-        Ok(l) => l,
-        Err(reason) => {
-            // The refusal travels in-band; the host needs no word on the session.
-            let _ = conn.write_all(&data_conn::refusal(&reason)).await;
-            end.cancel();
-            return;
-        }
+    let history = sessions.histories.of(&target);
+    let connection = Connection { target, grants, end };
+    if !history.expects_bulk() {
+        let moved = connection.serve(conn).await;
+        return history.record(moved);
+    }
+    let conn = match conn.detach() {
+        Ok(c) => c,
+        Err(e) => return tracing::debug!("data connection to {:?} lost: {e}", connection.target),
     };
-    tracing::debug!("data connection to {target:?}");
-    // "Connected" leaves with the target's first bytes: one wake-up of the
-    // host for both.
-    if let Some(e) = local.relay(&conn, &Traffic::default(), Answer::Send, Some(&end)).await {
-        tracing::debug!("data connection to {target:?} ended: {e}");
+    // Taken up by the bulk runtime's own I/O driver there.
+    drop(placement::parallel().spawn(async move {
+        match conn.attach() {
+            Ok(conn) => history.record(connection.serve(conn).await),
+            Err(e) => tracing::debug!("data connection to {:?} lost: {e}", connection.target),
+        }
+    }));
+}
+
+/// An admitted data connection's request, ready to be served.
+struct Connection {
+    target: Target,
+    grants: Grants,
+    end: EndTicket,
+}
+
+impl Connection {
+    /// Connects to the target and relays `conn` with it until both ends
+    /// are done; returns the bytes moved both ways (0 if refused or aborted).
+    async fn serve(self, mut conn: RawConn) -> u64 {
+        let Connection { target, grants, end } = self;
+        let local = match targets::connect(&target, &grants).await {
+            Ok(l) => l,
+            Err(reason) => {
+                // The refusal travels in-band; the host needs no word on the session.
+                let _ = conn.write_all(&data_conn::refusal(&reason)).await;
+                end.cancel();
+                return 0;
+            }
+        };
+        tracing::debug!("data connection to {target:?}");
+        // "Connected" leaves with the target's first bytes: one wake-up of the
+        // host for both.
+        match local.relay(&conn, &Traffic::default(), Answer::Send, Some(&end)).await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::debug!("data connection to {target:?} ended: {e}");
+                0
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub mod data_auth;
 pub mod data_end;
 pub mod fuzzing;
 pub mod local;
+pub mod placement;
 pub mod platform;
 pub mod private_socket;
 pub mod pump;

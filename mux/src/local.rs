@@ -55,21 +55,25 @@ impl LocalConn {
     /// Relays with the data connection `conn` (splice(2) on Linux: see
     /// [`crate::relay`]) until both directions end; on an abort (or, with
     /// [`crate::relay::Answer::Read`], a refusal) the socket is
-    /// aborted too.
+    /// aborted too. Returns the bytes moved both ways, or why it was aborted.
     pub async fn relay(
         self,
         conn: &RawConn,
         traffic: &Traffic,
         answer: crate::relay::Answer,
         end: Option<&crate::data_end::EndTicket>,
-    ) -> Option<String> {
+    ) -> Result<u64, String> {
         let result = match &self {
             Self::Tcp(tcp) => conn.relay_with(tcp, traffic, answer, end).await,
             Self::Unix(unix) => conn.relay_with(unix, traffic, answer, end).await,
         };
-        let err = result.err()?;
-        self.abort();
-        Some(err.to_string())
+        match result {
+            Ok((up, down)) => Ok(up + down),
+            Err(e) => {
+                self.abort();
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Closes the socket so that its peer sees an abort where it can (TCP: RST).

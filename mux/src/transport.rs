@@ -270,6 +270,43 @@ impl RawConn {
     }
 }
 
+/// A [`RawConn`] taken out of its runtime, to be taken up by another (see
+/// [`crate::placement`]); nothing is buffered in user space, so no byte is
+/// lost on the way.
+pub struct DetachedConn(DetachedKind, std::os::fd::OwnedFd);
+
+enum DetachedKind {
+    Unix,
+    Tcp,
+    #[cfg(target_os = "linux")]
+    Vsock,
+}
+
+impl RawConn {
+    /// Takes the connection out of the runtime it is registered with.
+    pub fn detach(self) -> io::Result<DetachedConn> {
+        Ok(match self {
+            Self::Unix(s) => DetachedConn(DetachedKind::Unix, s.into_fd()),
+            Self::Tcp(s) => DetachedConn(DetachedKind::Tcp, s.into_std()?.into()),
+            #[cfg(target_os = "linux")]
+            Self::Vsock(s) => DetachedConn(DetachedKind::Vsock, s.into_fd()),
+        })
+    }
+}
+
+impl DetachedConn {
+    /// Takes the connection up in the runtime this is called in.
+    pub fn attach(self) -> io::Result<RawConn> {
+        let DetachedConn(kind, fd) = self;
+        Ok(match kind {
+            DetachedKind::Unix => RawConn::Unix(UnixConn::from_fd(fd)?),
+            DetachedKind::Tcp => RawConn::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))?),
+            #[cfg(target_os = "linux")]
+            DetachedKind::Vsock => RawConn::Vsock(VsockConn::from_fd(fd)?),
+        })
+    }
+}
+
 /// What arrived on an agent listener.
 pub enum Incoming {
     /// A session (hello first).

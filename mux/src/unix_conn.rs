@@ -65,9 +65,19 @@ impl UnixConn {
 
     /// Gives the socket back as a tokio stream (a session's transport).
     pub fn into_tokio(self) -> io::Result<tokio::net::UnixStream> {
+        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(self.into_fd()))
+    }
+
+    /// Takes the socket out of the runtime it is registered with.
+    pub fn into_fd(self) -> OwnedFd {
         drop(self.write);
-        let fd = self.read.into_inner();
-        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
+        self.read.into_inner()
+    }
+
+    /// Takes up a connected, non-blocking socket given by [`Self::into_fd`]
+    /// (in the runtime it is called in).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        Self::register(fd)
     }
 
     /// The registration for writing, made on first use.

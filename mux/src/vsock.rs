@@ -49,6 +49,19 @@ impl VsockConn {
         VsockStream::from(self.0.into_inner())
     }
 
+    /// Takes the socket out of the runtime it is registered with.
+    pub fn into_fd(self) -> OwnedFd {
+        self.0.into_inner()
+    }
+
+    /// Takes up a socket given by [`Self::into_fd`] (in the runtime it is
+    /// called in); its buffers are sized already.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: the descriptor is owned by the AsyncFd and neither
+        // replaced nor closed while registered.
+        Ok(Self(unsafe { AsyncFd::register(fd)? }))
+    }
+
     /// Asks for [`VSOCK_BUFFER`] each way: the ceiling first, then the
     /// size. Best effort (an older kernel may cap it).
     fn size_buffers(&self) {

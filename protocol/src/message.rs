@@ -26,7 +26,7 @@ pub struct Listener {
 }
 
 /// Where a new stream should connect on the receiving side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Target {
     /// A TCP address, connected from the receiver's network namespace.
     Tcp(SocketAddr),

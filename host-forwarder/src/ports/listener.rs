@@ -6,9 +6,16 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ferry_mux::{pump::reset_tcp, LocalConn};
+use ferry_mux::{
+    placement::{self, BulkHistory},
+    pump::reset_tcp,
+    LocalConn,
+};
 use ferry_protocol::Target;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
 use super::restart_grace::{wait_listening, GuestState};
 use crate::{routes::Routes, status::ConnStats};
@@ -25,6 +32,9 @@ pub type SharedTarget = Arc<Mutex<SocketAddr>>;
 /// A client that arrives while the guest listener is restarting (see
 /// [`super::restart_grace`]) is held until it returns, and reset if it
 /// does not return in time.
+///
+/// Each client is served on this thread, or on the bulk runtime when the
+/// port's recent connections carried bulk ([`ferry_mux::placement`]).
 pub async fn accept_loop(
     listener: TcpListener,
     routes: Arc<Routes>,
@@ -34,6 +44,7 @@ pub async fn accept_loop(
     guest: watch::Receiver<GuestState>,
 ) {
     let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
+    let history = Arc::new(BulkHistory::default());
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -42,24 +53,59 @@ pub async fn accept_loop(
                     reset_tcp(tcp);
                     continue;
                 }
-                let (routes, stats, target) = (routes.clone(), stats.clone(), target.clone());
-                let mut state = guest.clone();
-                tokio::spawn(async move {
-                    if !wait_listening(&mut state).await {
-                        tracing::debug!("reset {peer}: the guest listener did not come back in time");
-                        reset_tcp(tcp);
-                        return;
-                    }
-                    let guest = *target.lock().unwrap();
-                    let _active = stats.open();
-                    let _ = tcp.set_nodelay(true);
-                    routes.forward(LocalConn::Tcp(tcp), Target::Tcp(guest), &stats.traffic).await;
-                });
+                let client = Client {
+                    peer,
+                    routes: routes.clone(),
+                    target: target.clone(),
+                    stats: stats.clone(),
+                    guest: guest.clone(),
+                    history: history.clone(),
+                };
+                if !history.expects_bulk() {
+                    tokio::spawn(client.serve(tcp));
+                    continue;
+                }
+                match tcp.into_std() {
+                    // Taken up by the bulk runtime's own I/O driver there.
+                    Ok(tcp) => drop(placement::parallel().spawn(async move {
+                        match TcpStream::from_std(tcp) {
+                            Ok(tcp) => client.serve(tcp).await,
+                            Err(e) => tracing::debug!("dropped {peer}: {e}"),
+                        }
+                    })),
+                    Err(e) => tracing::debug!("dropped {peer}: {e}"),
+                }
             }
             Err(e) => {
                 let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
                 errors.pause_after(&at, &e).await;
             }
         }
+    }
+}
+
+/// One accepted client and what serving it needs.
+struct Client {
+    peer: SocketAddr,
+    routes: Arc<Routes>,
+    target: SharedTarget,
+    stats: Arc<ConnStats>,
+    guest: watch::Receiver<GuestState>,
+    history: Arc<BulkHistory>,
+}
+
+impl Client {
+    /// Forwards the client's connection `tcp` until it ends.
+    async fn serve(mut self, tcp: TcpStream) {
+        if !wait_listening(&mut self.guest).await {
+            tracing::debug!("reset {}: the guest listener did not come back in time", self.peer);
+            reset_tcp(tcp);
+            return;
+        }
+        let guest = *self.target.lock().unwrap();
+        let _active = self.stats.open();
+        let _ = tcp.set_nodelay(true);
+        let moved = self.routes.forward(LocalConn::Tcp(tcp), Target::Tcp(guest), &self.stats.traffic).await;
+        self.history.record(moved);
     }
 }

@@ -66,15 +66,16 @@ impl DataPath {
         })
     }
 
-    /// Forwards `local` to `target`. Gives the connection back if no data
-    /// connection could be made, so the caller can use the session instead.
+    /// Forwards `local` to `target`; returns the bytes moved both ways (0
+    /// after an abort). Gives the connection back if no data connection
+    /// could be made, so the caller can use the session instead.
     pub async fn forward(
         &self,
         local: LocalConn,
         target: &Target,
         traffic: &Traffic,
         counts: &RouteCounts,
-    ) -> Result<(), LocalConn> {
+    ) -> Result<u64, LocalConn> {
         let warm = self.take_warm();
         self.refill();
         let (mut conn, claim, hello) = match warm {
@@ -100,10 +101,13 @@ impl DataPath {
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        if let Some(e) = local.relay(&conn, traffic, Answer::Read, Some(&claim.ticket)).await {
-            tracing::debug!("connection to guest {target:?} ended: {e}");
+        match local.relay(&conn, traffic, Answer::Read, Some(&claim.ticket)).await {
+            Ok(moved) => Ok(moved),
+            Err(e) => {
+                tracing::debug!("connection to guest {target:?} ended: {e}");
+                Ok(0)
+            }
         }
-        Ok(())
     }
 
     /// The freshest warm connection, dropping those idle too long.

@@ -39,18 +39,20 @@ impl Routes {
 
     /// Forwards one accepted local connection to `target` in the guest,
     /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
-    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) {
+    /// Returns the bytes a dedicated data connection moved both ways (0 on
+    /// the other routes; see [`ferry_mux::placement`]).
+    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) -> u64 {
         let data = self.data.lock().unwrap().clone();
         let local = match data {
             Some(data) => match data.forward(local, &target, traffic, &self.counts).await {
-                Ok(()) => return,
+                Ok(moved) => return moved,
                 Err(local) => local,
             },
             None => local,
         };
         let local = match &self.master {
             Some(master) => match master.forward(local, &target, traffic, &self.counts).await {
-                Ok(()) => return,
+                Ok(()) => return 0,
                 Err(local) => local,
             },
             None => local,
@@ -63,12 +65,14 @@ impl Routes {
                     other => tracing::debug!("cannot forward to {target:?}: {other}"),
                 }
                 // The client sees a reset, as it would from a closed port.
-                return local.abort();
+                local.abort();
+                return 0;
             }
         };
         self.counts.count(Route::Multiplexed);
         if let Some(reason) = local.pump(stream, traffic).await {
             tracing::debug!("connection to guest {target:?} reset: {reason}");
         }
+        0
     }
 }
