@@ -12,9 +12,9 @@ use std::{
 
 use ferry_mux::{
     data_end::EndTicket,
-    placement::{self, BulkHistories},
+    placement::{self, BulkHistories, BulkHistory, Metered},
     refusals::Refusals,
-    relay::Answer,
+    relay::{Answer, Duties},
     DataRefusal, RawConn, Session, Traffic,
 };
 use ferry_protocol::{
@@ -94,21 +94,14 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
     };
     let history = sessions.histories.of(&target);
     let connection = Connection { target, grants, end };
-    if !history.expects_bulk() {
-        let moved = connection.serve(conn).await;
-        return history.record(moved);
+    let bulk = history.expects_bulk();
+    let serve = |conn| async move { connection.serve(conn, &history).await };
+    if bulk {
+        placement::spawn_served(true, conn, serve);
+    } else {
+        // Already a task of its own on this thread.
+        serve(conn).await;
     }
-    let conn = match conn.detach() {
-        Ok(c) => c,
-        Err(e) => return tracing::debug!("data connection to {:?} lost: {e}", connection.target),
-    };
-    // Taken up by the bulk runtime's own I/O driver there.
-    drop(placement::parallel().spawn(async move {
-        match conn.attach() {
-            Ok(conn) => history.record(connection.serve(conn).await),
-            Err(e) => tracing::debug!("data connection to {:?} lost: {e}", connection.target),
-        }
-    }));
 }
 
 /// An admitted data connection's request, ready to be served.
@@ -120,8 +113,8 @@ struct Connection {
 
 impl Connection {
     /// Connects to the target and relays `conn` with it until both ends
-    /// are done; returns the bytes moved both ways (0 if refused or aborted).
-    async fn serve(self, mut conn: RawConn) -> u64 {
+    /// are done, its bytes counted towards the target's `history`.
+    async fn serve(self, mut conn: RawConn, history: &BulkHistory) {
         let Connection { target, grants, end } = self;
         let local = match targets::connect(&target, &grants).await {
             Ok(l) => l,
@@ -129,18 +122,16 @@ impl Connection {
                 // The refusal travels in-band; the host needs no word on the session.
                 let _ = conn.write_all(&data_conn::refusal(&reason)).await;
                 end.cancel();
-                return 0;
+                return;
             }
         };
         tracing::debug!("data connection to {target:?}");
+        let meter = Metered::new(history);
         // "Connected" leaves with the target's first bytes: one wake-up of the
         // host for both.
-        match local.relay(&conn, &Traffic::default(), Answer::Send, Some(&end)).await {
-            Ok(moved) => moved,
-            Err(e) => {
-                tracing::debug!("data connection to {target:?} ended: {e}");
-                0
-            }
+        let duties = Duties { answer: Answer::Send, end: Some(&end), meter: Some(&meter), ..Duties::default() };
+        if let Some(e) = local.relay(&conn, &Traffic::default(), duties).await {
+            tracing::debug!("data connection to {target:?} ended: {e}");
         }
     }
 }

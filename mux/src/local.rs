@@ -53,27 +53,22 @@ impl LocalConn {
     }
 
     /// Relays with the data connection `conn` (splice(2) on Linux: see
-    /// [`crate::relay`]) until both directions end; on an abort (or, with
-    /// [`crate::relay::Answer::Read`], a refusal) the socket is
-    /// aborted too. Returns the bytes moved both ways, or why it was aborted.
+    /// [`crate::relay`]) with `duties` until both directions end; on an
+    /// abort (or, with [`crate::relay::Answer::Read`], a refusal) the socket
+    /// is aborted too, and the reason returned.
     pub async fn relay(
         self,
         conn: &RawConn,
         traffic: &Traffic,
-        answer: crate::relay::Answer,
-        end: Option<&crate::data_end::EndTicket>,
-    ) -> Result<u64, String> {
+        duties: crate::relay::Duties<'_>,
+    ) -> Option<String> {
         let result = match &self {
-            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, answer, end).await,
-            Self::Unix(unix) => conn.relay_with(unix, traffic, answer, end).await,
+            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, duties).await,
+            Self::Unix(unix) => conn.relay_with(unix, traffic, duties).await,
         };
-        match result {
-            Ok((up, down)) => Ok(up + down),
-            Err(e) => {
-                self.abort();
-                Err(e.to_string())
-            }
-        }
+        let err = result.err()?;
+        self.abort();
+        Some(err.to_string())
     }
 
     /// Closes the socket so that its peer sees an abort where it can (TCP: RST).

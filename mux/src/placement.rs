@@ -19,9 +19,10 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     hash::Hash,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
     },
 };
@@ -65,6 +66,71 @@ pub fn parallel() -> &'static tokio::runtime::Handle {
         .handle()
 }
 
+/// A socket that can leave one runtime's I/O driver and join another's.
+pub trait Movable: Sized {
+    /// The socket between the two runtimes.
+    type Detached: Send + 'static;
+    /// Takes the socket out of the runtime it is registered with.
+    fn detach(self) -> std::io::Result<Self::Detached>;
+    /// Takes it up in the runtime this is called in.
+    fn attach(detached: Self::Detached) -> std::io::Result<Self>;
+}
+
+impl Movable for tokio::net::TcpStream {
+    type Detached = std::net::TcpStream;
+    fn detach(self) -> std::io::Result<Self::Detached> {
+        self.into_std()
+    }
+    fn attach(detached: Self::Detached) -> std::io::Result<Self> {
+        Self::from_std(detached)
+    }
+}
+
+impl Movable for tokio::net::UnixStream {
+    type Detached = std::os::unix::net::UnixStream;
+    fn detach(self) -> std::io::Result<Self::Detached> {
+        self.into_std()
+    }
+    fn attach(detached: Self::Detached) -> std::io::Result<Self> {
+        Self::from_std(detached)
+    }
+}
+
+impl Movable for crate::RawConn {
+    type Detached = crate::transport::DetachedConn;
+    fn detach(self) -> std::io::Result<Self::Detached> {
+        crate::RawConn::detach(self)
+    }
+    fn attach(detached: Self::Detached) -> std::io::Result<Self> {
+        detached.attach()
+    }
+}
+
+/// Serves `socket` with `serve`: on this thread, or, when `bulk`, on
+/// [`parallel`], where the socket is taken up before `serve` sees it. A
+/// socket that cannot move is dropped (logged), which its peer sees as a
+/// closed connection.
+pub fn spawn_served<S, F>(bulk: bool, socket: S, serve: impl FnOnce(S) -> F + Send + 'static)
+where
+    S: Movable + Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    if !bulk {
+        tokio::spawn(serve(socket));
+        return;
+    }
+    let detached = match socket.detach() {
+        Ok(d) => d,
+        Err(e) => return tracing::debug!("a bulk connection could not move: {e}"),
+    };
+    drop(parallel().spawn(async move {
+        match S::attach(detached) {
+            Ok(socket) => serve(socket).await,
+            Err(e) => tracing::debug!("a bulk connection could not move: {e}"),
+        }
+    }));
+}
+
 /// Whether a target's recent connections carried bulk.
 #[derive(Debug, Default)]
 pub struct BulkHistory {
@@ -78,12 +144,44 @@ impl BulkHistory {
         self.score.load(Ordering::Relaxed) >= BULK_FROM
     }
 
-    /// Records a finished connection that moved `bytes` (both ways).
-    pub fn record(&self, bytes: u64) {
-        let bulk = bytes >= BULK_BYTES;
+    /// Counts one connection, bulk or not.
+    fn record(&self, bulk: bool) {
         let _ = self.score.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
             Some(if bulk { (s + BULK_WEIGHT).min(SCORE_MAX) } else { s.saturating_sub(1) })
         });
+    }
+}
+
+/// One connection's bytes as its target's [`BulkHistory`] sees them: it
+/// counts as bulk the moment it has moved [`BULK_BYTES`] (so connections
+/// opened meanwhile are placed by it, and however it ends), and as small
+/// when it is dropped short of that.
+#[derive(Debug)]
+pub struct Metered<'a> {
+    history: &'a BulkHistory,
+    moved: AtomicU64,
+}
+
+impl<'a> Metered<'a> {
+    /// Meters one connection to the target of `history`.
+    pub fn new(history: &'a BulkHistory) -> Self {
+        Self { history, moved: AtomicU64::new(0) }
+    }
+
+    /// Counts `n` more bytes moved (either way).
+    pub fn add(&self, n: usize) {
+        let before = self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        if before < BULK_BYTES && before + n as u64 >= BULK_BYTES {
+            self.history.record(true);
+        }
+    }
+}
+
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        if *self.moved.get_mut() < BULK_BYTES {
+            self.history.record(false);
+        }
     }
 }
 
@@ -121,30 +219,51 @@ mod tests {
     #[test]
     fn a_target_turns_bulk_after_bulk_connections_and_back_after_small_ones() {
         let h = BulkHistory::default();
+        let connection = |bytes: u64| {
+            let m = Metered::new(&h);
+            // In batches, as a relay counts them.
+            for _ in 0..bytes / 65_536 {
+                m.add(65_536);
+            }
+            m.add((bytes % 65_536) as usize);
+        };
         assert!(!h.expects_bulk(), "a new target is taken for small requests");
-        h.record(BULK_BYTES - 1);
+        connection(BULK_BYTES - 1);
         assert!(!h.expects_bulk());
-        h.record(BULK_BYTES);
+        connection(BULK_BYTES);
         assert!(h.expects_bulk(), "one bulk connection makes a target bulk");
-        h.record(100);
+        connection(100);
         assert!(!h.expects_bulk(), "a small request after a single bulk one turns it back");
         for _ in 0..10 {
-            h.record(10 * BULK_BYTES);
+            connection(10 * BULK_BYTES);
         }
         for _ in 0..3 {
-            h.record(100);
+            connection(100);
         }
         assert!(h.expects_bulk(), "a few small requests do not undo a run of bulk ones");
         for _ in 0..20 {
-            h.record(100);
+            connection(100);
         }
         assert!(!h.expects_bulk());
     }
 
     #[test]
+    fn a_connection_counts_as_bulk_while_it_is_still_moving_bytes() {
+        let h = BulkHistory::default();
+        let m = Metered::new(&h);
+        m.add(BULK_BYTES as usize / 2);
+        assert!(!h.expects_bulk());
+        m.add(BULK_BYTES as usize / 2);
+        assert!(h.expects_bulk(), "bulk from the moment it crossed, before it ends");
+        m.add(BULK_BYTES as usize);
+        drop(m);
+        assert!(h.expects_bulk(), "counted once, and not as small when it ends");
+    }
+
+    #[test]
     fn histories_are_per_target_and_bounded() {
         let all = BulkHistories::default();
-        all.of(&1u32).record(BULK_BYTES);
+        Metered::new(&all.of(&1u32)).add(BULK_BYTES as usize);
         assert!(all.of(&1).expects_bulk());
         assert!(!all.of(&2).expects_bulk());
         for t in 0..MAX_HISTORIES as u32 + 10 {

@@ -242,29 +242,29 @@ impl RawConn {
     /// finished, counting bytes in `traffic` (up: local -> this).
     /// A Unix connection's send buffer takes its share of the process's
     /// budget meanwhile ([`crate::buffer_share`]).
-    /// `answer` says how the agent's answer to the hello travels (see
-    /// [`crate::relay::Answer`]).
+    /// `duties` say what else the relay does (see [`crate::relay::Duties`];
+    /// the share of a Unix connection's send buffer is set here).
     pub async fn relay_with<S: crate::relay::RelaySocket>(
         &self,
         local: &S,
         traffic: &crate::Traffic,
-        answer: crate::relay::Answer,
-        end: Option<&crate::data_end::EndTicket>,
+        duties: crate::relay::Duties<'_>,
     ) -> io::Result<(u64, u64)> {
         match self {
             Self::Unix(s) => {
                 let share = crate::buffer_share::BufferShare::join(std::os::fd::AsRawFd::as_raw_fd(s));
-                crate::relay::relay_bidirectional(local, s, traffic, answer, Some(&share), end).await
+                let duties = crate::relay::Duties { share: Some(&share), ..duties };
+                crate::relay::relay_bidirectional(local, s, traffic, duties).await
             }
             // TCP sizes its buffers itself (autotuning), which a fixed size would end.
-            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, answer, None, end).await,
+            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, duties).await,
             // Sized once at connect ([`crate::vsock::VSOCK_BUFFER`]). AF_VSOCK
             // has no splice support of its own; the kernel's generic path
             // stalled the agent in a 6.1 guest, so vsock takes the copy relay.
             #[cfg(target_os = "linux")]
             Self::Vsock(s) => {
                 let kind = crate::relay::RelayKind::Copy;
-                crate::relay::relay_bidirectional_as(kind, local, s, traffic, answer, None, end).await
+                crate::relay::relay_bidirectional_as(kind, local, s, traffic, duties).await
             }
         }
     }

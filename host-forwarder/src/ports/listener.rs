@@ -61,20 +61,7 @@ pub async fn accept_loop(
                     guest: guest.clone(),
                     history: history.clone(),
                 };
-                if !history.expects_bulk() {
-                    tokio::spawn(client.serve(tcp));
-                    continue;
-                }
-                match tcp.into_std() {
-                    // Taken up by the bulk runtime's own I/O driver there.
-                    Ok(tcp) => drop(placement::parallel().spawn(async move {
-                        match TcpStream::from_std(tcp) {
-                            Ok(tcp) => client.serve(tcp).await,
-                            Err(e) => tracing::debug!("dropped {peer}: {e}"),
-                        }
-                    })),
-                    Err(e) => tracing::debug!("dropped {peer}: {e}"),
-                }
+                placement::spawn_served(history.expects_bulk(), tcp, |tcp| client.serve(tcp));
             }
             Err(e) => {
                 let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -105,7 +92,6 @@ impl Client {
         let guest = *self.target.lock().unwrap();
         let _active = self.stats.open();
         let _ = tcp.set_nodelay(true);
-        let moved = self.routes.forward(LocalConn::Tcp(tcp), Target::Tcp(guest), &self.stats.traffic).await;
-        self.history.record(moved);
+        self.routes.forward(LocalConn::Tcp(tcp), Target::Tcp(guest), &self.stats.traffic, &self.history).await;
     }
 }

@@ -18,7 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_mux::{relay::Answer, Address, DataClaim, LocalConn, RawConn, Session, Traffic};
+use ferry_mux::{
+    placement::{BulkHistory, Metered},
+    relay::{Answer, Duties},
+    Address, DataClaim, LocalConn, RawConn, Session, Traffic,
+};
 
 use crate::status::board::{Route, RouteCounts};
 use ferry_protocol::Target;
@@ -66,16 +70,17 @@ impl DataPath {
         })
     }
 
-    /// Forwards `local` to `target`; returns the bytes moved both ways (0
-    /// after an abort). Gives the connection back if no data connection
-    /// could be made, so the caller can use the session instead.
+    /// Forwards `local` to `target`, its bytes counted towards `history`.
+    /// Gives the connection back if no data connection could be made, so
+    /// the caller can use the session instead.
     pub async fn forward(
         &self,
         local: LocalConn,
         target: &Target,
         traffic: &Traffic,
         counts: &RouteCounts,
-    ) -> Result<u64, LocalConn> {
+        history: &BulkHistory,
+    ) -> Result<(), LocalConn> {
         let warm = self.take_warm();
         self.refill();
         let (mut conn, claim, hello) = match warm {
@@ -101,13 +106,12 @@ impl DataPath {
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        match local.relay(&conn, traffic, Answer::Read, Some(&claim.ticket)).await {
-            Ok(moved) => Ok(moved),
-            Err(e) => {
-                tracing::debug!("connection to guest {target:?} ended: {e}");
-                Ok(0)
-            }
+        let meter = Metered::new(history);
+        let duties = Duties { answer: Answer::Read, end: Some(&claim.ticket), meter: Some(&meter), ..Duties::default() };
+        if let Some(e) = local.relay(&conn, traffic, duties).await {
+            tracing::debug!("connection to guest {target:?} ended: {e}");
         }
+        Ok(())
     }
 
     /// The freshest warm connection, dropping those idle too long.

@@ -9,7 +9,7 @@ pub mod ssh_master;
 
 use std::sync::{Arc, Mutex};
 
-use ferry_mux::{LocalConn, OpenError, Session, Traffic};
+use ferry_mux::{placement::BulkHistory, LocalConn, OpenError, Session, Traffic};
 use ferry_protocol::Target;
 
 use crate::status::board::{Route, RouteCounts};
@@ -39,20 +39,20 @@ impl Routes {
 
     /// Forwards one accepted local connection to `target` in the guest,
     /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
-    /// Returns the bytes a dedicated data connection moved both ways (0 on
-    /// the other routes; see [`ferry_mux::placement`]).
-    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic) -> u64 {
+    /// A dedicated data connection's bytes count towards `history` (see
+    /// [`ferry_mux::placement`]).
+    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic, history: &BulkHistory) {
         let data = self.data.lock().unwrap().clone();
         let local = match data {
-            Some(data) => match data.forward(local, &target, traffic, &self.counts).await {
-                Ok(moved) => return moved,
+            Some(data) => match data.forward(local, &target, traffic, &self.counts, history).await {
+                Ok(()) => return,
                 Err(local) => local,
             },
             None => local,
         };
         let local = match &self.master {
             Some(master) => match master.forward(local, &target, traffic, &self.counts).await {
-                Ok(()) => return 0,
+                Ok(()) => return,
                 Err(local) => local,
             },
             None => local,
@@ -65,14 +65,12 @@ impl Routes {
                     other => tracing::debug!("cannot forward to {target:?}: {other}"),
                 }
                 // The client sees a reset, as it would from a closed port.
-                local.abort();
-                return 0;
+                return local.abort();
             }
         };
         self.counts.count(Route::Multiplexed);
         if let Some(reason) = local.pump(stream, traffic).await {
             tracing::debug!("connection to guest {target:?} reset: {reason}");
         }
-        0
     }
 }

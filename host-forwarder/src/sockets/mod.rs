@@ -10,7 +10,10 @@ pub mod host_socket;
 
 use std::{path::PathBuf, sync::Arc};
 
-use ferry_mux::LocalConn;
+use ferry_mux::{
+    placement::{self, BulkHistory},
+    LocalConn,
+};
 use ferry_protocol::{ControlMessage, Target};
 use tokio::task::JoinHandle;
 
@@ -165,15 +168,19 @@ pub fn open(
     }
 }
 
+/// Accepts on `socket` forever, forwarding each client to `target`: on
+/// this thread, or on the bulk runtime once the socket's recent connections
+/// carried bulk ([`ferry_mux::placement`]).
 async fn accept_loop(socket: Arc<HostSocket>, routes: Arc<Routes>, target: Target, stats: Arc<ConnStats>) {
     let mut errors = ferry_mux::accept_errors::AcceptErrors::default();
+    let history = Arc::new(BulkHistory::default());
     loop {
         match socket.listener.accept().await {
             Ok((unix, _)) => {
-                let (routes, stats, target) = (routes.clone(), stats.clone(), target.clone());
-                tokio::spawn(async move {
+                let (routes, stats, target, h) = (routes.clone(), stats.clone(), target.clone(), history.clone());
+                placement::spawn_served(history.expects_bulk(), unix, |unix| async move {
                     let _active = stats.open();
-                    routes.forward(LocalConn::Unix(unix), target, &stats.traffic).await;
+                    routes.forward(LocalConn::Unix(unix), target, &stats.traffic, &h).await;
                 });
             }
             Err(e) => errors.pause_after(&socket.path.display().to_string(), &e).await,

@@ -29,7 +29,7 @@ use tokio::{
     net::{TcpStream, UnixStream},
 };
 
-use crate::{buffer_share::BufferShare, data_end::EndTicket, traffic::Traffic};
+use crate::{buffer_share::BufferShare, data_end::EndTicket, placement::Metered, traffic::Traffic};
 
 /// The most spare pipes the Linux relay keeps for later relays (see
 /// `relay::splice`); descriptors a test may see still open after relays end.
@@ -69,9 +69,10 @@ impl RelayKind {
 
 /// The agent's answer to a data connection's hello (see
 /// `ferry_protocol::data_conn`), as each side's relay handles it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Answer {
     /// None travels: a plain relay.
+    #[default]
     None,
     /// The host's side: the answer is read before anything flows down;
     /// the client's bytes flow up meanwhile (no round trip before the
@@ -336,37 +337,45 @@ fn peer_gone(fd: RawFd) -> bool {
     ready == 1 && p.revents & libc::POLLHUP != 0
 }
 
+/// What a relay of a data connection does besides moving bytes (see
+/// [`relay_bidirectional`]); the default does nothing more.
+#[derive(Clone, Copy, Default)]
+pub struct Duties<'a> {
+    /// Whether `conn` carries the agent's answer to its hello: read here
+    /// before anything flows down, or sent ahead of the first bytes up.
+    pub answer: Answer,
+    /// `conn`'s send buffer follows the process's live data connections
+    /// (see [`crate::buffer_share`]), checked as bytes go up.
+    pub share: Option<&'a BufferShare>,
+    /// Each side's clean end is confirmed on the session (see
+    /// [`crate::data_end`]): this side's after its half-close, the far
+    /// side's before its EOF is passed on. Without it, a vanished far side
+    /// is told from a half-close only by POLLHUP, which only Unix sockets
+    /// raise.
+    pub end: Option<&'a EndTicket>,
+    /// The bytes moved either way also count towards the target's bulk
+    /// history (see [`crate::placement`]).
+    pub meter: Option<&'a Metered<'a>>,
+}
+
 /// Relays `client` and the data connection `conn` both ways until both have
 /// reached EOF (or one fails), counting bytes in `traffic` as they move
-/// (up: client -> conn). Returns the bytes moved client -> conn and conn -> client.
+/// (up: client -> conn), with `duties` on the way. Returns the bytes moved
+/// client -> conn and conn -> client.
 ///
 /// A clean end from the far side arrives as a half-close of `conn`. If
 /// `conn` instead ends altogether while the client is still sending (the
 /// far process died), that is an abort: an error is returned so the caller
 /// resets the client instead of passing on a truncated stream as complete.
 ///
-/// `answer` says whether `conn` carries the agent's answer to its hello
-/// ([`Answer`]): read here before anything flows down, or sent ahead of the
-/// first bytes up.
-///
-/// With `share`, `conn`'s send buffer follows the process's live data
-/// connections (see [`crate::buffer_share`]), checked as bytes go up.
-///
-/// With `end`, each side's clean end is confirmed on the session (see
-/// [`crate::data_end`]): this side's after its half-close, the far side's
-/// before its EOF is passed on. Without it, a vanished far side is told
-/// from a half-close only by POLLHUP, which only Unix sockets raise.
-///
 /// The bytes move as [`RelayKind::current`] says.
 pub async fn relay_bidirectional<A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: Answer,
-    share: Option<&BufferShare>,
-    end: Option<&EndTicket>,
+    duties: Duties<'_>,
 ) -> io::Result<(u64, u64)> {
-    relay_bidirectional_as(RelayKind::current(), client, conn, traffic, answer, share, end).await
+    relay_bidirectional_as(RelayKind::current(), client, conn, traffic, duties).await
 }
 
 /// [`relay_bidirectional`] with the bytes moved as `kind` says.
@@ -375,14 +384,12 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: Answer,
-    share: Option<&BufferShare>,
-    end: Option<&EndTicket>,
+    duties: Duties<'_>,
 ) -> io::Result<(u64, u64)> {
     match kind {
         #[cfg(target_os = "linux")]
-        RelayKind::Splice => relay_through::<adaptive::Adaptive, _, _>(client, conn, traffic, answer, share, end).await,
-        RelayKind::Copy => relay_through::<copy::CopyBuffer, _, _>(client, conn, traffic, answer, share, end).await,
+        RelayKind::Splice => relay_through::<adaptive::Adaptive, _, _>(client, conn, traffic, duties).await,
+        RelayKind::Copy => relay_through::<copy::CopyBuffer, _, _>(client, conn, traffic, duties).await,
     }
 }
 
@@ -402,16 +409,24 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     client: &A,
     conn: &B,
     traffic: &Traffic,
-    answer: Answer,
-    share: Option<&BufferShare>,
-    end: Option<&EndTicket>,
+    duties: Duties<'_>,
 ) -> io::Result<(u64, u64)> {
+    let Duties { answer, share, end, meter } = duties;
     let client_done = std::sync::atomic::AtomicBool::new(false);
     let client_done = &client_done;
     let sent_up = |n| {
         traffic.add_up(n);
         if let Some(share) = share {
             share.refresh(n);
+        }
+        if let Some(meter) = meter {
+            meter.add(n);
+        }
+    };
+    let sent_down = |n| {
+        traffic.add_down(n);
+        if let Some(meter) = meter {
+            meter.add(n);
         }
     };
     let greeting: &[u8] = match answer {
@@ -444,7 +459,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
                 Err(io::Error::new(io::ErrorKind::ConnectionReset, "the data connection ended abruptly"))
             }
         };
-        one_way::<C, _, _, _>(conn, client, &[], |n| traffic.add_down(n), at_eof).await
+        one_way::<C, _, _, _>(conn, client, &[], sent_down, at_eof).await
     };
     tokio::try_join!(up, down)
 }
@@ -465,7 +480,7 @@ mod tests {
         let (_client, a) = tcp_pair().await;
         let (b, far) = UnixStream::pair().unwrap();
         let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &a, &b, &Traffic::default(), Answer::None, None, None).await
+            relay_bidirectional_as(kind, &a, &b, &Traffic::default(), Duties::default()).await
         });
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
@@ -513,7 +528,7 @@ mod tests {
         })
         .unwrap();
         let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Answer::Send, None, None).await
+            relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Duties { answer: Answer::Send, ..Duties::default() }).await
         });
         let host = tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -551,7 +566,7 @@ mod tests {
             let (target, target_far) = UnixStream::pair().unwrap();
             let (conn, mut host) = UnixStream::pair().unwrap();
             let relay = tokio::spawn(async move {
-                relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Answer::Send, None, None).await
+                relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Duties { answer: Answer::Send, ..Duties::default() }).await
             });
             drop(target_far);
             let mut got = Vec::new();
@@ -575,7 +590,7 @@ mod tests {
         let (client, a) = UnixStream::pair().unwrap();
         let (b, mut server) = UnixStream::pair().unwrap();
         let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &client, &b, &Traffic::default(), Answer::None, None, None).await
+            relay_bidirectional_as(kind, &client, &b, &Traffic::default(), Duties::default()).await
         });
         let data: Vec<u8> = (0..300_000u32).map(|i| (i as u8).wrapping_add(round)).collect();
         let sender = send_half_close_read_back(a, data.clone());
@@ -606,7 +621,7 @@ mod tests {
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
         let relay =
-            tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, Answer::None, None, None).await });
+            tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, Duties::default()).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let writer = send_half_close_read_back(client, data.clone());
         let mut got = Vec::new();
