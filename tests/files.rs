@@ -135,3 +135,66 @@ fn ten_thousand_rapid_edits_give_a_bounded_number_of_replays_and_the_final_state
     assert_eq!(row["state"], "watching", "{row}");
     eprintln!("10,000 edits -> {replays} guest events; status {row}");
 }
+
+/// A host folder holding a mount that stops answering (a hung network or
+/// FUSE file system, here a stopped bindfs) stalls only the file events:
+/// `ferry run`, which serves everything on one thread, keeps forwarding
+/// while it waits on that mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_mount_in_a_watched_folder_stalls_nothing_else() {
+    use ferry_tests::net::{connect_forwarded, spawn_echo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    assert!(Path::new("/usr/bin/bindfs").exists(), "bindfs is missing: apt-get install bindfs");
+    let dir = tempfile::tempdir().unwrap();
+    let (share, outside, backing) = (dir.path().join("share"), dir.path().join("outside"), dir.path().join("backing"));
+    let mount = outside.join("m");
+    for d in [&share, &mount, &backing] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(backing.join("f"), b"x").unwrap();
+    let mut cmd = std::process::Command::new("/usr/bin/bindfs");
+    cmd.arg("-f").arg(&backing).arg(&mount);
+    let bindfs = Proc::spawn(cmd, dir.path().join("bindfs.log"));
+    let mut unmount = HungMount { pid: bindfs.pid(), path: mount.clone() };
+    wait_for(Duration::from_secs(10), "the bindfs mount", || mount.join("f").exists().then_some(()));
+
+    let watch = format!("{}=/srv/share", share.display());
+    let bridge = Bridge::start_with(&[], &["--watch", &watch, "-v"]);
+    bridge.wait_log(1, "watching");
+    let port = ferry_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    spawn_echo(bridge.guest.tcp_listener(&addr));
+    let round = |addr: String| async move {
+        let mut s = connect_forwarded(&addr).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.map(|_| got)
+    };
+    assert_eq!(&round(addr.clone()).await.unwrap(), b"ping");
+
+    // The mount stops answering, and a directory holding it moves into the
+    // folder: watching the new directory reaches into the mount and waits.
+    // SAFETY: a signal to the bindfs process this test started.
+    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    std::fs::rename(&outside, share.join("outside")).unwrap();
+    unmount.path = share.join("outside/m");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = tokio::time::timeout(Duration::from_secs(10), round(addr.clone())).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert!(matches!(during, Ok(Ok(got)) if &got == b"ping"), "a hung mount held up the forwarder: {during:?}");
+}
+
+/// Lets a stopped bindfs go on and lazily unmounts its mount when the test ends.
+struct HungMount {
+    pid: u32,
+    path: PathBuf,
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the bindfs process the test started.
+        unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

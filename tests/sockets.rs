@@ -386,6 +386,61 @@ fn a_guest_tcp_port_is_published_as_a_host_unix_socket() {
     wait_for(GUARD, "the host socket removed", || (!host_sock.exists()).then_some(()));
 }
 
+/// A wanted guest socket under a mount that stops answering (a hung FUSE
+/// or network file system) stalls only the check of that socket: the agent,
+/// which runs on one thread, serves everything else meanwhile.
+#[test]
+fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
+    let port = free_port();
+    let s = setup(
+        |g, h| {
+            format!(
+                "portForwards:\n- guestSocket: {g}/hung/d.sock\n  hostSocket: {h}/d.sock\n- guestPort: {port}\n  hostSocket: {h}/api.sock\n",
+                g = g.display(),
+                h = h.display()
+            )
+        },
+        &[],
+    );
+    let guest = &s.bridge.guest;
+    let (backing, hung) = (s.guest_dir.join("backing"), s.guest_dir.join("hung"));
+    assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
+    let mut cmd = guest.command("bindfs");
+    cmd.arg("-f").arg(&backing).arg(&hung);
+    let bindfs = Proc::spawn(cmd, s.host_dir.path().join("bindfs.log"));
+    wait_for(GUARD, "the FUSE mount in the guest", || {
+        guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
+    });
+    let site = s.host_dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
+    let mut cmd = guest.command("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
+    let _server = Proc::spawn(cmd, s.host_dir.path().join("http.log"));
+    let host_sock = s.host_dir.path().join("host/api.sock");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    assert_eq!(curl(&host_sock, "http://guest/hello.txt").stdout, b"still served\n");
+    // The mount stops answering: the agent's next look at d.sock (every
+    // 100 ms) waits in lstat(2) for as long as it stays stopped.
+    // SAFETY: signals to the bindfs process this test started.
+    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--unix-socket"])
+        .arg(&host_sock)
+        .arg("http://guest/hello.txt")
+        .output()
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still served\n",
+        "a hung mount held up the agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reverse_listener_survives_running_out_of_descriptors() {
     use tokio::io::AsyncWriteExt;

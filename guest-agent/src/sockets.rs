@@ -28,7 +28,12 @@ pub async fn report_presence(session: Session, mut wanted: watch::Receiver<Vec<S
         if paths.is_empty() && sent.is_none() {
             continue;
         }
-        let present: Vec<String> = paths.into_iter().filter(|p| is_socket(p)).collect();
+        // Off the agent's thread: a path under a mount that stops
+        // answering (FUSE, NFS) would hold it in lstat(2), and with it
+        // every connection. One check at a time: a hung one stalls only
+        // these reports.
+        let check = tokio::task::spawn_blocking(move || paths.into_iter().filter(|p| is_socket(p)).collect());
+        let Ok(present): Result<Vec<String>, _> = check.await else { return };
         if sent.as_ref() != Some(&present) {
             if session.send_control(&ControlMessage::GuestSocketsPresent(present.clone())).is_err() {
                 return;

@@ -28,6 +28,9 @@ pub use coalesce::Mount;
 /// How long events are gathered before a batch goes out.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(20);
 
+/// The most watcher events taken in by one trip to the blocking pool.
+const INTAKE_BATCH: usize = 256;
+
 /// Largest batch message, in bytes of paths (well under a frame).
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -180,17 +183,22 @@ impl Drop for FileForwarder {
 
 /// Gathers events, closes a batch [`COALESCE_WINDOW`] after its first event
 /// and sends it; keeps the watcher alive meanwhile.
+///
+/// Each event is taken in on the blocking pool ([`Intake::take`]): it looks
+/// at the host's files, and a folder may hold a mount that stops answering
+/// (a hung network or FUSE file system), which must not hold up the
+/// process's thread and every connection with it.
 async fn run(
     session: Session,
-    mut w: notify::RecommendedWatcher,
+    w: notify::RecommendedWatcher,
     mut rx: mpsc::Receiver<notify::Result<notify::Event>>,
     overflow: Arc<AtomicBool>,
     mounts: Vec<Mount>,
     excludes: Vec<String>,
     sent: Arc<ConnStats>,
 ) {
-    let mut co = coalesce::Coalescer::new(mounts.clone());
-    let mut echoes = echo_filter::EchoFilter::default();
+    let co = coalesce::Coalescer::new(mounts.clone());
+    let mut intake = Intake { w, co, echoes: echo_filter::EchoFilter::default(), mounts, excludes };
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let flush = async {
@@ -202,31 +210,20 @@ async fn run(
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
-                let mut first = false;
-                match ev {
-                    Ok(ev) => {
-                        if ev.need_rescan() {
-                            first |= co.rescan_all();
-                        }
-                        for (path, kind) in watcher::translate(&ev) {
-                            let Some(m) = mounts.iter().find(|m| path.starts_with(&m.host)) else { continue };
-                            if watcher::excluded(&path, &m.host, &excludes) || !echoes.admit(&path, kind) {
-                                continue;
-                            }
-                            if kind == FileEventKind::Created && path.is_dir() {
-                                let mut n = 0;
-                                let _ = watcher::watch_dirs(&mut w, &m.host, &path, &excludes, &mut n);
-                            }
-                            first |= co.add(&path, kind);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("file watcher: {e}; asking the guest to rescan");
-                        first |= co.rescan_all();
-                    }
+                // With what else is there: a storm crosses in a few hops.
+                let mut evs = vec![ev];
+                while evs.len() < INTAKE_BATCH {
+                    let Ok(ev) = rx.try_recv() else { break };
+                    evs.push(ev);
                 }
+                let taken = tokio::task::spawn_blocking(move || {
+                    let first = evs.into_iter().fold(false, |first, ev| intake.take(ev) | first);
+                    (intake, first)
+                });
+                let Ok((back, mut first)) = taken.await else { return };
+                intake = back;
                 if overflow.swap(false, Ordering::Relaxed) {
-                    first |= co.rescan_all();
+                    first |= intake.co.rescan_all();
                 }
                 if first && deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + COALESCE_WINDOW);
@@ -234,7 +231,7 @@ async fn run(
             }
             _ = flush => {
                 deadline = None;
-                let batch = co.take();
+                let batch = intake.co.take();
                 let n = batch.len() as u64;
                 for chunk in chunks(batch) {
                     if session.send_control(&ControlMessage::FileEvents(chunk)).is_err() {
@@ -244,6 +241,47 @@ async fn run(
                 sent.total.fetch_add(n, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// The watcher and what the event loop knows between events.
+struct Intake {
+    w: notify::RecommendedWatcher,
+    co: coalesce::Coalescer,
+    echoes: echo_filter::EchoFilter,
+    mounts: Vec<Mount>,
+    excludes: Vec<String>,
+}
+
+impl Intake {
+    /// Takes one event in: its paths into the batch (new directories are
+    /// watched too). Returns whether it started a batch. Looks at the
+    /// host's files, so it may block.
+    fn take(&mut self, ev: notify::Result<notify::Event>) -> bool {
+        let mut first = false;
+        match ev {
+            Ok(ev) => {
+                if ev.need_rescan() {
+                    first |= self.co.rescan_all();
+                }
+                for (path, kind) in watcher::translate(&ev) {
+                    let Some(m) = self.mounts.iter().find(|m| path.starts_with(&m.host)) else { continue };
+                    if watcher::excluded(&path, &m.host, &self.excludes) || !self.echoes.admit(&path, kind) {
+                        continue;
+                    }
+                    if kind == FileEventKind::Created && path.is_dir() {
+                        let mut n = 0;
+                        let _ = watcher::watch_dirs(&mut self.w, &m.host, &path, &self.excludes, &mut n);
+                    }
+                    first |= self.co.add(&path, kind);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("file watcher: {e}; asking the guest to rescan");
+                first |= self.co.rescan_all();
+            }
+        }
+        first
     }
 }
 

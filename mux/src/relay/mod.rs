@@ -181,7 +181,10 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
         // want of bytes (see `Conduit::full_short_of_capacity`).
         let mut read_blocked = false;
         if !eof && conduit.room() > 0 {
-            let sure_empty = !conduit.full_short_of_capacity() || conduit.held() == 0;
+            // A held-back greeting is all the conduit holds: it cannot have
+            // filled it, so a read that would block says the source is
+            // empty (else nothing would wait and the loop would spin).
+            let sure_empty = held_back || !conduit.full_short_of_capacity() || conduit.held() == 0;
             // A read that drained the source clears tokio's readiness as a
             // read that would block does (tokio keeps readiness that arrived
             // meanwhile), so a small message costs no extra read.
@@ -558,6 +561,52 @@ mod tests {
         assert_eq!(rest, b" again", "{kind:?}");
         let (up, down) = relay.await.unwrap().unwrap();
         assert_eq!((up, down), (11, 0), "{kind:?}: the answer is not counted");
+    }
+
+    /// While the greeting waits for a quiet source, the relay waits too:
+    /// the other tasks of its thread run (a pipe conduit holding the
+    /// greeting once made every read that would block look like a full
+    /// pipe, and the loop spun without ever yielding).
+    #[test]
+    fn a_greeting_held_for_a_quiet_source_leaves_the_thread_to_other_tasks() {
+        #[cfg(target_os = "linux")]
+        held_greeting_waits::<splice::Pipe>("pipe");
+        #[cfg(target_os = "linux")]
+        held_greeting_waits::<adaptive::Adaptive>("adaptive");
+        held_greeting_waits::<copy::CopyBuffer>("copy");
+    }
+
+    fn held_greeting_waits<C: Conduit>(what: &str) {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream as StdUnix;
+        use std::time::Duration;
+        let (mut src_far, src) = StdUnix::pair().unwrap();
+        let (dst, mut dst_far) = StdUnix::pair().unwrap();
+        let (ran, other_task_ran) = std::sync::mpsc::channel();
+        let relay = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let [src, dst] = [src, dst].map(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    UnixStream::from_std(s).unwrap()
+                });
+                // Runs only when the relay lets the thread go.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let _ = ran.send(());
+                });
+                one_way::<C, _, _, _>(&src, &dst, b"G", |_| {}, |_| async { Ok(()) }).await
+            })
+        });
+        let waited = other_task_ran.recv_timeout(Duration::from_secs(5)).is_ok();
+        // The source speaks and ends: the relay finishes either way.
+        src_far.write_all(b"hi").unwrap();
+        src_far.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        dst_far.read_to_end(&mut got).unwrap();
+        assert!(waited, "{what}: the relay held its thread while the source was quiet");
+        assert_eq!(got, b"Ghi", "{what}");
+        assert_eq!(relay.join().unwrap().unwrap(), 2, "{what}: the greeting is not counted");
     }
 
     #[tokio::test]
