@@ -104,6 +104,13 @@ pub enum KubernetesMode {
 }
 
 impl Args {
+    /// Whether the host will mostly send dedicated data connections: not
+    /// over --stdio (one session, nothing to dial) nor to a TCP listener
+    /// (its sessions are sealed and carry connections as frames).
+    pub fn expects_data_conns(&self) -> bool {
+        !self.stdio && !self.listen.iter().any(|a| matches!(a, ferry_mux::Address::Tcp(_)))
+    }
+
     /// The UDP ignore list as numbers.
     pub fn udp_ignore_ports(&self) -> anyhow::Result<Vec<u16>> {
         self.udp_ignore
@@ -116,5 +123,22 @@ impl Args {
     /// The polling period, used where tracepoints are unavailable.
     pub fn scan_interval(&self) -> Duration {
         Duration::from_millis(self.scan_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn one_thread_where_the_host_sends_data_connections() {
+        let dedicated =
+            |args: &[&str]| Args::try_parse_from(["ferry-agent"].iter().chain(args)).unwrap().expects_data_conns();
+        assert!(dedicated(&[]), "the default vsock listener");
+        assert!(dedicated(&["--listen", "unix:/run/a.sock"]));
+        assert!(!dedicated(&["--stdio"]));
+        assert!(!dedicated(&["--listen", "tcp:0.0.0.0:1024"]), "sealed sessions carry frames");
+        assert!(!dedicated(&["--listen", "vsock:any:1024", "--listen", "tcp:0.0.0.0:1024"]));
     }
 }

@@ -17,5 +17,5 @@ fn main() -> anyhow::Result<()> {
     let args = cli::Args::parse();
     ferry_process::logging::init(args.verbose, args.log_file.as_deref())?;
     ferry_process::alloc::tune();
-    ferry_mux::placement::main_runtime()?.block_on(server::run(args))
+    ferry_mux::placement::main_runtime(args.expects_data_conns())?.block_on(server::run(args))
 }

@@ -436,6 +436,19 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// Whether connections will mostly travel on dedicated data
+    /// connections (see `supervisor`): over a Unix or vsock transport, and
+    /// over TCP only with --unsealed-data-conns (sealed sessions carry them
+    /// as frames); never with --no-dedicated or over exec:.
+    pub fn expects_data_conns(&self) -> bool {
+        !self.no_dedicated
+            && match self.agent {
+                Address::Unix(_) | Address::Vsock { .. } | Address::HybridVsock { .. } => true,
+                Address::Tcp(_) => self.unsealed_data_conns,
+                Address::Exec(_) | Address::Stdio => false,
+            }
+    }
+
     /// The reconnection backoff ceiling.
     pub fn max_backoff(&self) -> Duration {
         Duration::from_millis(self.max_backoff_ms)
@@ -444,5 +457,30 @@ impl RunArgs {
     /// The busy-port retry period.
     pub fn retry_busy(&self) -> Duration {
         Duration::from_millis(self.retry_busy_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let argv = ["ferry", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+            _ => unreachable!("parsed as run"),
+        }
+    }
+
+    #[test]
+    fn one_thread_where_connections_travel_on_data_connections() {
+        let dedicated = |args: &[&str]| run_args(args).expects_data_conns();
+        assert!(dedicated(&["--agent", "unix:/run/a.sock"]));
+        assert!(dedicated(&["--agent", "vsock:3:1024"]));
+        assert!(dedicated(&["--agent", "hvsock:/run/v.sock:1024"]));
+        assert!(!dedicated(&["--agent", "unix:/run/a.sock", "--no-dedicated"]));
+        assert!(!dedicated(&["--agent", "tcp:192.168.105.2:1024"]), "sealed: frames");
+        assert!(dedicated(&["--agent", "tcp:192.168.105.2:1024", "--unsealed-data-conns"]));
+        assert!(!dedicated(&["--agent", "exec:ssh lima-default ferry-agent --stdio"]));
     }
 }

@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Run(args) => {
             ferry_process::alloc::tune();
-            ferry_mux::placement::main_runtime()?.block_on(supervisor::run(args))
+            ferry_mux::placement::main_runtime(args.expects_data_conns())?.block_on(supervisor::run(args))
         }
         cli::Command::Secret(args) => {
             let path = args.file.unwrap_or_else(ferry_process::secret_file::default_path);

@@ -56,12 +56,7 @@ impl LocalConn {
     /// [`crate::relay`]) with `duties` until both directions end; on an
     /// abort (or, with [`crate::relay::Answer::Read`], a refusal) the socket
     /// is aborted too, and the reason returned.
-    pub async fn relay(
-        self,
-        conn: &RawConn,
-        traffic: &Traffic,
-        duties: crate::relay::Duties<'_>,
-    ) -> Option<String> {
+    pub async fn relay(self, conn: &RawConn, traffic: &Traffic, duties: crate::relay::Duties<'_>) -> Option<String> {
         let result = match &self {
             Self::Tcp(tcp) => conn.relay_with(tcp, traffic, duties).await,
             Self::Unix(unix) => conn.relay_with(unix, traffic, duties).await,

@@ -1,7 +1,8 @@
 //! Where each forwarded connection runs: on the process's own thread, or
 //! on a pool of threads once its target is known to carry bulk.
 //!
-//! `ferry run` and `ferry-agent` run on one thread ([`main_runtime`]).
+//! `ferry run` and `ferry-agent` run on one thread where their connections
+//! travel on dedicated data connections ([`main_runtime`]).
 //! A small request then costs no wake-up of a second thread: with tokio's
 //! multi-thread scheduler, every new connection woke a parked worker (a
 //! futex and a context switch or two) for work the first would have done in
@@ -43,27 +44,36 @@ const BULK_FROM: u32 = 4;
 /// Targets remembered per process; past this, the histories start over.
 pub const MAX_HISTORIES: usize = 4096;
 
-/// The process's own runtime: one thread, with I/O and timers (blocking
-/// work still goes to tokio's blocking pool).
-pub fn main_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
+/// The process's own runtime, with I/O and timers (blocking work goes to
+/// tokio's blocking pool). A process whose connections travel on dedicated
+/// data connections (`dedicated`) runs on one thread, as above. One whose
+/// session carries every connection as frames (an `exec:` or sealed TCP
+/// transport, `ferry-agent --stdio`) keeps tokio's multi-thread scheduler:
+/// its session reader and writer, which seal and open every frame there,
+/// and its streams' pumps then use a core each.
+pub fn main_runtime(dedicated: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if dedicated {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
 }
 
 /// The runtime that bulk connections run on: one worker per CPU (two at
-/// least), started the first time it is needed.
-pub fn parallel() -> &'static tokio::runtime::Handle {
-    static PARALLEL: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    PARALLEL
-        .get_or_init(|| {
-            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .thread_name("ferry-bulk")
-                .enable_all()
-                .build()
-                .expect("a tokio runtime for bulk connections")
-        })
-        .handle()
+/// least), started the first time it is needed; `None` if it could not be
+/// (no thread could be made), and bulk then stays where it is.
+pub fn parallel() -> Option<&'static tokio::runtime::Handle> {
+    static PARALLEL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    let made = PARALLEL.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("ferry-bulk")
+            .enable_all()
+            .build();
+        built.map_err(|e| tracing::warn!("no runtime for bulk connections ({e}); they run on the main one")).ok()
+    });
+    made.as_ref().map(|r| r.handle())
 }
 
 /// A socket that can leave one runtime's I/O driver and join another's.
@@ -115,15 +125,16 @@ where
     S: Movable + Send + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    if !bulk {
+    // Only a bulk connection starts the bulk runtime.
+    let Some(parallel) = bulk.then(parallel).flatten() else {
         tokio::spawn(serve(socket));
         return;
-    }
+    };
     let detached = match socket.detach() {
         Ok(d) => d,
         Err(e) => return tracing::debug!("a bulk connection could not move: {e}"),
     };
-    drop(parallel().spawn(async move {
+    drop(parallel.spawn(async move {
         match S::attach(detached) {
             Ok(socket) => serve(socket).await,
             Err(e) => tracing::debug!("a bulk connection could not move: {e}"),
@@ -274,7 +285,7 @@ mod tests {
 
     #[test]
     fn bulk_connections_get_a_multi_thread_runtime() {
-        let flavor = parallel().block_on(async { tokio::runtime::Handle::current().runtime_flavor() });
+        let flavor = parallel().unwrap().block_on(async { tokio::runtime::Handle::current().runtime_flavor() });
         assert_eq!(flavor, tokio::runtime::RuntimeFlavor::MultiThread);
     }
 }

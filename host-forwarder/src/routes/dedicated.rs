@@ -107,7 +107,8 @@ impl DataPath {
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
         let meter = Metered::new(history);
-        let duties = Duties { answer: Answer::Read, end: Some(&claim.ticket), meter: Some(&meter), ..Duties::default() };
+        let duties =
+            Duties { answer: Answer::Read, end: Some(&claim.ticket), meter: Some(&meter), ..Duties::default() };
         if let Some(e) = local.relay(&conn, traffic, duties).await {
             tracing::debug!("connection to guest {target:?} ended: {e}");
         }

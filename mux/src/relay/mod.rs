@@ -482,9 +482,10 @@ mod tests {
     async fn vanished_far_side(kind: RelayKind) {
         let (_client, a) = tcp_pair().await;
         let (b, far) = UnixStream::pair().unwrap();
-        let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &a, &b, &Traffic::default(), Duties::default()).await
-        });
+        let relay =
+            tokio::spawn(
+                async move { relay_bidirectional_as(kind, &a, &b, &Traffic::default(), Duties::default()).await },
+            );
         drop(far); // the far process "dies" while the client is still connected
         let err = relay.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{kind:?}");
@@ -531,7 +532,14 @@ mod tests {
         })
         .unwrap();
         let relay = tokio::spawn(async move {
-            relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Duties { answer: Answer::Send, ..Duties::default() }).await
+            relay_bidirectional_as(
+                kind,
+                &target,
+                &conn,
+                &Traffic::default(),
+                Duties { answer: Answer::Send, ..Duties::default() },
+            )
+            .await
         });
         let host = tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -615,7 +623,14 @@ mod tests {
             let (target, target_far) = UnixStream::pair().unwrap();
             let (conn, mut host) = UnixStream::pair().unwrap();
             let relay = tokio::spawn(async move {
-                relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), Duties { answer: Answer::Send, ..Duties::default() }).await
+                relay_bidirectional_as(
+                    kind,
+                    &target,
+                    &conn,
+                    &Traffic::default(),
+                    Duties { answer: Answer::Send, ..Duties::default() },
+                )
+                .await
             });
             drop(target_far);
             let mut got = Vec::new();
@@ -669,8 +684,7 @@ mod tests {
         let (b, mut server) = UnixStream::pair().unwrap();
         let traffic = std::sync::Arc::new(Traffic::default());
         let t2 = traffic.clone();
-        let relay =
-            tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, Duties::default()).await });
+        let relay = tokio::spawn(async move { relay_bidirectional_as(kind, &a, &b, &t2, Duties::default()).await });
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
         let writer = send_half_close_read_back(client, data.clone());
         let mut got = Vec::new();
