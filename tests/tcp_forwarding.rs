@@ -100,13 +100,30 @@ fn threads_named(pid: u32, name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_ports_move_to_the_bulk_runtime_and_still_carry_every_byte() {
     let bridge = Bridge::start();
+    let pids = [bridge.forwarder.pid(), bridge.agent.pid()];
+    bulk_moves_to_the_bulk_runtime_in(bridge, &pids).await;
+}
+
+/// With every connection multiplexed (`--no-dedicated`), the host keeps
+/// tokio's multi-thread scheduler for its session, and the agent (on one
+/// thread, as its listener expects data connections) pumps the streams of
+/// a bulk target on its bulk runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiplexed_bulk_streams_move_to_the_agents_bulk_runtime() {
+    let bridge = Bridge::start_multiplexed();
+    let agent = [bridge.agent.pid()];
+    bulk_moves_to_the_bulk_runtime_in(bridge, &agent).await;
+}
+
+/// Small requests, then bulk, to one echo port: `pids` start no bulk
+/// runtime for the small ones and run the later bulk ones there.
+async fn bulk_moves_to_the_bulk_runtime_in(bridge: Bridge, pids: &[u32]) {
     let port = free_port();
     spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")));
     let addr = format!("127.0.0.1:{port}");
     let small = echo_round(connect_forwarded(&addr).await, b"ping".to_vec(), 4).await;
     assert_eq!(small, b"ping");
-    let pids = [bridge.forwarder.pid(), bridge.agent.pid()];
-    for pid in pids {
+    for &pid in pids {
         assert_eq!(threads_named(pid, "ferry-bulk"), 0, "small requests stay on the process's thread");
     }
     let first = pattern(1, 4 << 20);
@@ -123,7 +140,7 @@ async fn bulk_ports_move_to_the_bulk_runtime_and_still_carry_every_byte() {
     for r in rounds.collect::<Vec<_>>() {
         r.await.unwrap();
     }
-    for pid in pids {
+    for &pid in pids {
         assert!(threads_named(pid, "ferry-bulk") >= 2, "pid {pid} runs bulk connections on worker threads");
     }
     let after = echo_round(connect_forwarded(&addr).await, b"pong".to_vec(), 4).await;

@@ -45,6 +45,12 @@ impl DataSessions {
         Registration { sessions: self.clone(), id }
     }
 
+    /// Whether each target's recent connections carried bulk (shared with
+    /// the sessions' multiplexed streams).
+    pub fn histories(&self) -> Arc<BulkHistories<Target>> {
+        self.histories.clone()
+    }
+
     fn lookup(&self, id: &SessionId) -> Option<(Grants, Session)> {
         self.live.lock().unwrap().get(id).cloned()
     }

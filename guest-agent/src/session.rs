@@ -3,7 +3,11 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
-use ferry_mux::{refusals::Refusals, IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport};
+use ferry_mux::{
+    placement::{self, BulkHistory, Metered},
+    refusals::Refusals,
+    IncomingOpen, Session, SessionConfig, SessionEvent, Traffic, Transport,
+};
 use ferry_protocol::{ControlMessage, Proto, Role, Target};
 use tokio::sync::watch;
 
@@ -53,6 +57,7 @@ pub async fn serve(
     drop(ticket);
     tracing::info!("host connected via {peer}{}", if session.is_sealed() { " (sealed)" } else { "" });
     let grants = Grants::default();
+    let histories = data.as_ref().map(DataSessions::histories).unwrap_or_default();
     // Announced before the port snapshot, so the host knows before any port.
     let _registration = data.map(|d| {
         let _ = session.send_control(&ControlMessage::DataConnsAccepted);
@@ -71,7 +76,11 @@ pub async fn serve(
     while let Some(event) = events.recv().await {
         match event {
             SessionEvent::Open(open) => {
-                tokio::spawn(serve_open(open, grants.clone()));
+                // A stream to a target whose streams carry bulk pumps on the
+                // bulk runtime (`ferry_mux::placement`); the session's own
+                // reader and writer stay here.
+                let history = histories.of(&open.target);
+                placement::spawn(history.expects_bulk(), serve_open(open, grants.clone(), history));
             }
             SessionEvent::Control(ControlMessage::UdpPortsWanted(wanted)) => {
                 filter_tx.send_modify(|f| f.set_wanted(wanted));
@@ -135,8 +144,10 @@ async fn report_ports(
 }
 
 /// Serves an open request from the host: a UDP flow, or a TCP or Unix
-/// connection pumped as a stream of the session.
-async fn serve_open(open: IncomingOpen, grants: Grants) {
+/// connection pumped as a stream of the session, whose bytes then count
+/// towards its target's `history` (UDP flows stay small: they are never
+/// placed).
+async fn serve_open(open: IncomingOpen, grants: Grants, history: Arc<BulkHistory>) {
     if let Target::Udp(addr) = open.target {
         return ferry_mux::udp_flows::serve_flow(open, addr, &Traffic::default()).await;
     }
@@ -146,7 +157,10 @@ async fn serve_open(open: IncomingOpen, grants: Grants) {
         Err(reason) => return open.refuse(&reason),
     };
     let Ok(stream) = open.accept().await else { return local.abort() };
-    if let Some(reason) = local.pump(stream, &Traffic::default()).await {
+    let traffic = Traffic::default();
+    if let Some(reason) = local.pump(stream, &traffic).await {
         tracing::debug!("connection to {target:?} reset: {reason}");
     }
+    let (up, down) = traffic.snapshot();
+    Metered::new(&history).add((up + down) as usize);
 }

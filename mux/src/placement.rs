@@ -142,6 +142,19 @@ where
     }));
 }
 
+/// Runs `task` on this thread, or, when `bulk`, on [`parallel`] (where the
+/// sockets it opens are registered): for a connection whose sockets are
+/// all made inside `task`.
+pub fn spawn<F>(bulk: bool, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match bulk.then(parallel).flatten() {
+        Some(parallel) => drop(parallel.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+}
+
 /// Whether a target's recent connections carried bulk.
 #[derive(Debug, Default)]
 pub struct BulkHistory {
