@@ -35,8 +35,9 @@ pub const BULK_BYTES: u64 = 1 << 20;
 /// What one bulk connection adds to a [`BulkHistory`]'s score (a small one
 /// takes one away), the score's cap, and the score from which a target
 /// counts as bulk: one bulk connection makes it so (four streams opened
-/// after one test transfer all get a core), and it takes as many small
-/// requests as the bulk ones before them to turn it back.
+/// after one test transfer all get a core); each small request takes a
+/// quarter of a bulk one back, so one small request turns a single bulk
+/// one back, and thirteen a run of four or more.
 const BULK_WEIGHT: u32 = 4;
 const SCORE_MAX: u32 = 16;
 const BULK_FROM: u32 = 4;
