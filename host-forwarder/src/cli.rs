@@ -437,14 +437,18 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Whether connections will mostly travel on dedicated data
-    /// connections (see `supervisor`): over a Unix or vsock transport, and
-    /// over TCP only with --unsealed-data-conns (sealed sessions carry them
-    /// as frames); never with --no-dedicated or over exec:.
+    /// connections (as `supervisor` decides once connected): over a Unix or
+    /// vsock transport; over hvsock only with --hvsock-data-connections (see
+    /// `RawConn::keeps_half_close`); over TCP only where the session is not
+    /// sealed (--unsealed-data-conns, or no authentication, which seals
+    /// nothing); never with --no-dedicated or over exec:. Only --agent
+    /// counts: --fallback-agent is the way round while it is unreachable.
     pub fn expects_data_conns(&self) -> bool {
         !self.no_dedicated
             && match self.agent {
-                Address::Unix(_) | Address::Vsock { .. } | Address::HybridVsock { .. } => true,
-                Address::Tcp(_) => self.unsealed_data_conns,
+                Address::Unix(_) | Address::Vsock { .. } => true,
+                Address::HybridVsock { .. } => self.hvsock_data_connections,
+                Address::Tcp(_) => self.unsealed_data_conns || self.insecure_no_auth,
                 Address::Exec(_) | Address::Stdio => false,
             }
     }
@@ -477,10 +481,12 @@ mod tests {
         let dedicated = |args: &[&str]| run_args(args).expects_data_conns();
         assert!(dedicated(&["--agent", "unix:/run/a.sock"]));
         assert!(dedicated(&["--agent", "vsock:3:1024"]));
-        assert!(dedicated(&["--agent", "hvsock:/run/v.sock:1024"]));
+        assert!(!dedicated(&["--agent", "hvsock:/run/v.sock:1024"]), "hvsock: frames by default");
+        assert!(dedicated(&["--agent", "hvsock:/run/v.sock:1024", "--hvsock-data-connections"]));
         assert!(!dedicated(&["--agent", "unix:/run/a.sock", "--no-dedicated"]));
         assert!(!dedicated(&["--agent", "tcp:192.168.105.2:1024"]), "sealed: frames");
         assert!(dedicated(&["--agent", "tcp:192.168.105.2:1024", "--unsealed-data-conns"]));
+        assert!(dedicated(&["--agent", "tcp:127.0.0.1:1024", "--insecure-no-auth"]), "nothing to seal with");
         assert!(!dedicated(&["--agent", "exec:ssh lima-default ferry-agent --stdio"]));
     }
 }

@@ -35,8 +35,9 @@ pub const BULK_BYTES: u64 = 1 << 20;
 /// What one bulk connection adds to a [`BulkHistory`]'s score (a small one
 /// takes one away), the score's cap, and the score from which a target
 /// counts as bulk: one bulk connection makes it so (four streams opened
-/// after one test transfer all get a core), and it takes as many small
-/// requests as the bulk ones before them to turn it back.
+/// after one test transfer all get a core); each small request takes a
+/// quarter of a bulk one back, so one small request turns a single bulk
+/// one back, and thirteen a run of four or more.
 const BULK_WEIGHT: u32 = 4;
 const SCORE_MAX: u32 = 16;
 const BULK_FROM: u32 = 4;
@@ -69,11 +70,22 @@ pub fn parallel() -> Option<&'static tokio::runtime::Handle> {
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("ferry-bulk")
+            .on_thread_start(|| ON_PARALLEL.with(|on| on.set(true)))
             .enable_all()
             .build();
         built.map_err(|e| tracing::warn!("no runtime for bulk connections ({e}); they run on the main one")).ok()
     });
     made.as_ref().map(|r| r.handle())
+}
+
+thread_local! {
+    static ON_PARALLEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is one of [`parallel`]'s (a socket made
+/// here is driven by its I/O driver, not by the process's own thread's).
+pub fn on_parallel() -> bool {
+    ON_PARALLEL.with(|on| on.get())
 }
 
 /// A socket that can leave one runtime's I/O driver and join another's.
@@ -300,5 +312,8 @@ mod tests {
     fn bulk_connections_get_a_multi_thread_runtime() {
         let flavor = parallel().unwrap().block_on(async { tokio::runtime::Handle::current().runtime_flavor() });
         assert_eq!(flavor, tokio::runtime::RuntimeFlavor::MultiThread);
+        assert!(!on_parallel(), "the test's own thread");
+        let there = parallel().unwrap().block_on(async { tokio::spawn(async { on_parallel() }).await.unwrap() });
+        assert!(there, "a task of the bulk runtime knows where it runs");
     }
 }

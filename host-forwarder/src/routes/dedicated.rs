@@ -8,6 +8,10 @@
 //! after each use (never while nobody connects), bounded, and its
 //! connections are dropped once idle for [`WARM_MAX_IDLE`]. Off by default:
 //! on 2 vCPUs the refill competed with the clients and measured no faster.
+//! The pool belongs to the process's own runtime (the refill runs there, so
+//! its sockets are driven by that runtime's thread); a client served on the
+//! bulk runtime (`ferry_mux::placement`) dials its own connection, so that
+//! neither runtime's connections wait on the other's thread.
 
 use std::{
     collections::VecDeque,
@@ -53,12 +57,15 @@ pub struct DataPath {
     /// How many connections to keep warm.
     warm_target: usize,
     refilling: Arc<AtomicBool>,
+    /// The runtime the pool's connections are made on (the one `new` runs on).
+    home: tokio::runtime::Handle,
 }
 
 impl DataPath {
     /// A data path, if `addr` can be dialled again and carries half-close
     /// (or `trust_hvsock` says the hybrid-vsock backend does: see
-    /// [`RawConn::keeps_half_close`]); it keeps `warm` connections ready.
+    /// [`RawConn::keeps_half_close`]); it keeps `warm` connections ready,
+    /// made on the runtime this is called on.
     pub fn new(addr: &Address, session: &Session, trust_hvsock: bool, warm: usize) -> Option<Self> {
         let usable = RawConn::dialable(addr) && (trust_hvsock || RawConn::keeps_half_close(addr));
         usable.then(|| Self {
@@ -67,6 +74,7 @@ impl DataPath {
             warm: Default::default(),
             warm_target: warm,
             refilling: Default::default(),
+            home: tokio::runtime::Handle::current(),
         })
     }
 
@@ -81,7 +89,8 @@ impl DataPath {
         counts: &RouteCounts,
         history: &BulkHistory,
     ) -> Result<(), LocalConn> {
-        let warm = self.take_warm();
+        // A warm connection is registered with the process's own runtime.
+        let warm = if ferry_mux::placement::on_parallel() { None } else { self.take_warm() };
         self.refill();
         let (mut conn, claim, hello) = match warm {
             Some(w) => {
@@ -130,7 +139,7 @@ impl DataPath {
         let (addr, session, warm, refilling) =
             (self.addr.clone(), self.session.clone(), self.warm.clone(), self.refilling.clone());
         let target = self.warm_target;
-        tokio::spawn(async move {
+        drop(self.home.spawn(async move {
             while warm.lock().unwrap().len() < target && !session.is_closed() {
                 let Some((mut conn, claim)) = dial_and_claim(&addr, &session).await else { break };
                 if conn.write_all(&claim.proof()).await.is_err() {
@@ -139,7 +148,7 @@ impl DataPath {
                 warm.lock().unwrap().push_back(Warm { conn, claim, since: Instant::now() });
             }
             refilling.store(false, Ordering::Release);
-        });
+        }));
     }
 }
 
