@@ -67,12 +67,17 @@ pub fn parallel() -> Option<&'static tokio::runtime::Handle> {
     static PARALLEL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     let made = PARALLEL.get_or_init(|| {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("ferry-bulk")
-            .on_thread_start(|| ON_PARALLEL.with(|on| on.set(true)))
-            .enable_all()
-            .build();
+        let build = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .thread_name("ferry-bulk")
+                .on_thread_start(|| ON_PARALLEL.with(|on| on.set(true)))
+                .enable_all()
+                .build()
+        };
+        // tokio panics, rather than fail, when it cannot start a worker
+        // thread at all (a process or pid limit reached).
+        let built = std::panic::catch_unwind(build).unwrap_or_else(|_| Err(std::io::Error::other("no thread")));
         built.map_err(|e| tracing::warn!("no runtime for bulk connections ({e}); they run on the main one")).ok()
     });
     made.as_ref().map(|r| r.handle())
