@@ -29,6 +29,12 @@ pub struct ForwardPath {
 }
 
 impl ForwardPath {
+    /// A path named `name` whose clients dial from the host, with no ports
+    /// or processes yet.
+    fn host_side(name: &'static str, servers: &Arc<GuestServers>) -> Self {
+        Self { name, servers: servers.clone(), ports: HashMap::new(), netns: None, pids: vec![], procs: vec![] }
+    }
+
     /// The endpoint of the guest's sink (uploads).
     pub fn sink(&self) -> Endpoint {
         self.endpoint(self.servers.sink)
@@ -105,14 +111,7 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     if !have("socat") {
         return Err("socat not installed (apt-get install socat)".into());
     }
-    let mut path = ForwardPath {
-        name: "socat",
-        servers: servers.clone(),
-        ports: HashMap::new(),
-        netns: None,
-        pids: vec![],
-        procs: vec![],
-    };
+    let mut path = ForwardPath::host_side("socat", servers);
     for gp in ports_of(servers) {
         let sock = dir.join(format!("socat-{gp}.sock"));
         let mut g = guest.command("socat");
@@ -129,11 +128,7 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
         path.adopt(Proc::spawn(h, dir.join(format!("socat-host-{gp}.log"))));
         path.ports.insert(gp, hp);
     }
-    for hp in path.ports.values() {
-        wait_for(Duration::from_secs(10), "socat host port", || {
-            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
-        });
-    }
+    wait_host_ports(&path, "socat host port");
     Ok(path)
 }
 
@@ -153,14 +148,7 @@ pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> 
         return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
     }
     let bin = bin.to_str().ok_or("a non-UTF-8 temporary path")?;
-    let mut path = ForwardPath {
-        name: "two-hop floor",
-        servers: servers.clone(),
-        ports: HashMap::new(),
-        netns: None,
-        pids: vec![],
-        procs: vec![],
-    };
+    let mut path = ForwardPath::host_side("two-hop floor", servers);
     for gp in ports_of(servers) {
         let sock = dir.join(format!("two-hop-{gp}.sock"));
         let sock = sock.to_str().ok_or("a non-UTF-8 temporary path")?;
@@ -174,11 +162,7 @@ pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> 
         path.adopt(Proc::spawn(h, dir.join(format!("two-hop-host-{gp}.log"))));
         path.ports.insert(gp, hp);
     }
-    for hp in path.ports.values() {
-        wait_for(Duration::from_secs(10), "two-hop host port", || {
-            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
-        });
-    }
+    wait_host_ports(&path, "two-hop host port");
     Ok(path)
 }
 
@@ -207,14 +191,7 @@ pub fn yamux(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     if !built.status.success() {
         return Err(format!("go build failed: {}", String::from_utf8_lossy(&built.stderr)));
     }
-    let mut path = ForwardPath {
-        name: "yamux (Go)",
-        servers: servers.clone(),
-        ports: HashMap::new(),
-        netns: None,
-        pids: vec![],
-        procs: vec![],
-    };
+    let mut path = ForwardPath::host_side("yamux (Go)", servers);
     let sock = dir.join("yamux.sock");
     let mut g = guest.command(bin.to_str().ok_or("a non-UTF-8 temporary path")?);
     g.arg("serve").arg(&sock);
@@ -228,12 +205,16 @@ pub fn yamux(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
         path.ports.insert(gp, hp);
     }
     path.adopt(Proc::spawn(h, dir.join("yamux-host.log")));
-    for hp in path.ports.values() {
-        wait_for(Duration::from_secs(10), "yamux host port", || {
-            std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ())
-        });
-    }
+    wait_host_ports(&path, "yamux host port");
     Ok(path)
+}
+
+/// Waits until every host port of `path` accepts (a baseline's, which
+/// must come up).
+fn wait_host_ports(path: &ForwardPath, what: &str) {
+    for hp in path.ports.values() {
+        wait_for(Duration::from_secs(10), what, || std::net::TcpStream::connect(("127.0.0.1", *hp)).ok().map(|_| ()));
+    }
 }
 
 /// Waits until every host port of `path` accepts, or says why not.
@@ -253,14 +234,7 @@ fn wait_ports(path: &ForwardPath, proc: &mut Proc, what: &str) -> Result<(), Str
 /// (what Lima's ssh port forwarder does over its ControlMaster).
 pub fn ssh(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
     let setup = ferry_tests::ssh::SshGuest::new(dir)?;
-    let mut path = ForwardPath {
-        name: "ssh -L",
-        servers: servers.clone(),
-        ports: HashMap::new(),
-        netns: None,
-        pids: vec![],
-        procs: vec![],
-    };
+    let mut path = ForwardPath::host_side("ssh -L", servers);
     let mut cmd = Command::new("ssh");
     cmd.args(["-N", "-o", "ExitOnForwardFailure=yes"]).args(setup.client_args(guest));
     for gp in ports_of(servers) {

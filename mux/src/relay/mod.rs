@@ -531,16 +531,7 @@ mod tests {
             conn
         })
         .unwrap();
-        let relay = tokio::spawn(async move {
-            relay_bidirectional_as(
-                kind,
-                &target,
-                &conn,
-                &Traffic::default(),
-                Duties { answer: Answer::Send, ..Duties::default() },
-            )
-            .await
-        });
+        let relay = spawn_agent_relay(kind, target, conn);
         let host = tokio::task::spawn_blocking(move || {
             use std::io::Read;
             let mut host = host;
@@ -617,21 +608,24 @@ mod tests {
         assert_eq!(relay.join().unwrap().unwrap(), 2, "{what}: the greeting is not counted");
     }
 
+    /// The agent's relay of `target` with the data connection `conn`.
+    fn spawn_agent_relay(
+        kind: RelayKind,
+        target: UnixStream,
+        conn: UnixStream,
+    ) -> tokio::task::JoinHandle<io::Result<(u64, u64)>> {
+        tokio::spawn(async move {
+            let duties = Duties { answer: Answer::Send, ..Duties::default() };
+            relay_bidirectional_as(kind, &target, &conn, &Traffic::default(), duties).await
+        })
+    }
+
     #[tokio::test]
     async fn a_target_that_closes_at_once_still_gets_its_answer_sent() {
         for &kind in RelayKind::all() {
             let (target, target_far) = UnixStream::pair().unwrap();
             let (conn, mut host) = UnixStream::pair().unwrap();
-            let relay = tokio::spawn(async move {
-                relay_bidirectional_as(
-                    kind,
-                    &target,
-                    &conn,
-                    &Traffic::default(),
-                    Duties { answer: Answer::Send, ..Duties::default() },
-                )
-                .await
-            });
+            let relay = spawn_agent_relay(kind, target, conn);
             drop(target_far);
             let mut got = Vec::new();
             host.read_to_end(&mut got).await.unwrap();
