@@ -139,6 +139,11 @@ async fn connections_go_through_the_controlmaster_with_half_close_both_ways() {
     let echo_port = free_port();
     spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{echo_port}")));
     echo_round(&format!("127.0.0.1:{echo_port}"), &pattern(7, 4 << 20)).await;
+    // Until its relay has ended, the bulk echo holds the master's one place
+    // (on a loaded machine that can outlast the client's last read).
+    wait_for(GUARD, "the echo connection to end", || {
+        (b.status()["ports"].as_array()?.iter().all(|r| r["active_connections"] == 0)).then_some(())
+    });
 
     // The server ends first while the client keeps its side open (HTTP/1.0
     // style): the client must see EOF, not wait forever.
