@@ -47,7 +47,7 @@ pub async fn connect(target: &Target, grants: &Grants) -> Result<LocalConn, Stri
             // thread (until the timeout gives up on it), not the agent's.
             let at = std::path::PathBuf::from(path);
             let connect = async move {
-                let made = tokio::task::spawn_blocking(move || connect_unix_now(&at)).await;
+                let made = tokio::task::spawn_blocking(move || ferry_mux::unix_conn::connect_now(&at)).await;
                 UnixStream::from_std(made.map_err(std::io::Error::other)??)
             };
             Ok(LocalConn::Unix(with_timeout(connect, path).await?))
@@ -55,15 +55,6 @@ pub async fn connect(target: &Target, grants: &Grants) -> Result<LocalConn, Stri
         Target::Udp(_) => Err("UDP flows travel over the session".into()),
         Target::Reverse(_) => Err("reverse streams go from the guest to the host".into()),
     }
-}
-
-/// Connects to the Unix socket at `path` without waiting for a full
-/// backlog (refused at once, as a closed port would be).
-fn connect_unix_now(path: &std::path::Path) -> std::io::Result<std::os::unix::net::UnixStream> {
-    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
-    socket.set_nonblocking(true)?;
-    socket.connect(&socket2::SockAddr::unix(path)?)?;
-    Ok(socket.into())
 }
 
 async fn with_timeout<T>(f: impl std::future::Future<Output = std::io::Result<T>>, what: &str) -> Result<T, String> {

@@ -33,6 +33,16 @@ pub struct UnixConn {
     write: OnceLock<AsyncFd<OwnedFd>>,
 }
 
+/// Connects a non-blocking Unix stream socket to `path` without waiting: a
+/// Unix connect completes at once, or fails (when the listener's backlog is
+/// full: `WouldBlock` on Linux, `ECONNREFUSED` on macOS).
+pub fn connect_now(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.connect(&socket2::SockAddr::unix(path)?)?;
+    Ok(socket.into())
+}
+
 impl UnixConn {
     /// Takes over a connected socket.
     pub fn from_std(s: std::os::unix::net::UnixStream) -> io::Result<Self> {
@@ -45,14 +55,10 @@ impl UnixConn {
         Self::register(s.into_std()?.into())
     }
 
-    /// Connects to the socket at `path` without waiting: a Unix connect
-    /// completes at once, or fails (when the listener's backlog is full:
-    /// `WouldBlock` on Linux, `ECONNREFUSED` on macOS).
+    /// Connects to the socket at `path` without waiting (see
+    /// [`connect_now`]).
     pub fn connect(path: &Path) -> io::Result<Self> {
-        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
-        socket.connect(&socket2::SockAddr::unix(path)?)?;
-        Self::register(socket.into())
+        Self::register(connect_now(path)?.into())
     }
 
     /// Registers a connected, non-blocking socket for reading.

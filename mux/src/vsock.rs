@@ -32,9 +32,7 @@ pub struct VsockConn(AsyncFd<OwnedFd>);
 impl VsockConn {
     /// Takes over a connected tokio-vsock stream and sizes its buffers.
     pub fn from_stream(stream: VsockStream) -> io::Result<Self> {
-        // SAFETY: the descriptor is owned by the AsyncFd and neither
-        // replaced nor closed while registered.
-        let conn = Self(unsafe { AsyncFd::register(OwnedFd::from(stream))? });
+        let conn = Self::from_fd(OwnedFd::from(stream))?;
         conn.size_buffers();
         Ok(conn)
     }
@@ -46,7 +44,7 @@ impl VsockConn {
 
     /// Gives the socket back as a tokio-vsock stream (a session's transport).
     pub fn into_stream(self) -> VsockStream {
-        VsockStream::from(self.0.into_inner())
+        VsockStream::from(self.into_fd())
     }
 
     /// Takes the socket out of the runtime it is registered with.

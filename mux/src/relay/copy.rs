@@ -55,6 +55,13 @@ fn next_size() -> usize {
 }
 
 impl CopyBuffer {
+    /// Takes the buffer's memory again if it was given back.
+    fn take_memory(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf = Vec::with_capacity(next_size());
+        }
+    }
+
     /// Whether a read has filled all the room it had (a bulk transfer).
     #[cfg(any(target_os = "linux", test))]
     pub(super) fn carried_bulk(&self) -> bool {
@@ -90,9 +97,7 @@ impl Conduit for CopyBuffer {
     }
 
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
-        if self.buf.capacity() == 0 {
-            self.buf = Vec::with_capacity(next_size());
-        }
+        self.take_memory();
         if self.held() == 0 {
             self.buf.clear();
             self.start = 0;
@@ -135,9 +140,7 @@ impl Conduit for CopyBuffer {
     }
 
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.buf.capacity() == 0 {
-            self.buf = Vec::with_capacity(next_size());
-        }
+        self.take_memory();
         self.buf.extend_from_slice(bytes);
         Ok(())
     }
