@@ -147,6 +147,88 @@ async fn bulk_moves_to_the_bulk_runtime_in(bridge: Bridge, pids: &[u32]) {
     assert_eq!(after, b"pong", "a small request on a bulk port is served too");
 }
 
+/// What a guest server does with one connection, for the tests of a
+/// connection that moves to the bulk runtime while it is relayed.
+#[derive(Clone, Copy, Debug)]
+enum Turn {
+    /// A small exchange first (on the process's own thread), then bulk
+    /// echoed both ways at once.
+    SmallThenEcho,
+    /// Bulk up to a server that says nothing until the client's EOF (the
+    /// agent's answer waits for the server's first bytes all along), then
+    /// sends it all back.
+    SilentUntilEof,
+    /// Bulk down from a server that sends at once to a client that says
+    /// nothing.
+    DownloadOnly,
+}
+
+/// A connection relayed on each process's own thread turns to bulk on a
+/// port that never carried any (so it was not placed on the bulk runtime
+/// when it opened): both processes move it to their bulk runtime while it
+/// runs, at a moment when nothing is in flight, and every byte arrives in
+/// order, with half-close carried after the move. Only such a move starts
+/// a bulk runtime here (one connection per port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_turns_to_bulk_moves_to_the_bulk_runtime_mid_stream() {
+    for turn in [Turn::SmallThenEcho, Turn::SilentUntilEof, Turn::DownloadOnly] {
+        let bridge = Bridge::start();
+        let pids = [bridge.forwarder.pid(), bridge.agent.pid()];
+        let port = free_port();
+        let listener = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
+        let data = pattern(77, 24 << 20);
+        let served = data.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            match turn {
+                Turn::SmallThenEcho => {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                }
+                Turn::SilentUntilEof => {
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await.unwrap();
+                    s.write_all(&got).await.unwrap();
+                    s.shutdown().await.unwrap();
+                }
+                Turn::DownloadOnly => {
+                    s.write_all(&served).await.unwrap();
+                    s.shutdown().await.unwrap();
+                    let _ = s.read_to_end(&mut Vec::new()).await;
+                }
+            }
+        });
+        let addr = format!("127.0.0.1:{port}");
+        let mut client = connect_forwarded(&addr).await;
+        if let Turn::SmallThenEcho = turn {
+            client.write_all(b"ping").await.unwrap();
+            let mut pong = [0u8; 4];
+            client.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"ping");
+            for &pid in &pids {
+                assert_eq!(threads_named(pid, "ferry-bulk"), 0, "{turn:?}: a small exchange stays on the one thread");
+            }
+        }
+        let got = match turn {
+            Turn::SmallThenEcho | Turn::SilentUntilEof => echo_round(client, data.clone(), 1 << 16).await,
+            Turn::DownloadOnly => {
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        };
+        assert_eq!(got.len(), data.len(), "{turn:?}: every byte came back");
+        assert!(got == data, "{turn:?}: the bytes came back in order");
+        for &pid in &pids {
+            assert!(
+                threads_named(pid, "ferry-bulk") >= 2,
+                "{turn:?}: pid {pid} moved the connection to the bulk runtime"
+            );
+        }
+    }
+}
+
 /// One echo round: write `data` (in `chunk`-sized writes) while reading it back.
 async fn echo_round(s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
     let (mut r, mut w) = s.into_split();

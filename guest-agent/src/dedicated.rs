@@ -12,10 +12,10 @@ use std::{
 
 use ferry_mux::{
     data_end::EndTicket,
-    placement::{self, BulkHistories, BulkHistory, Metered},
+    placement::{self, BulkHistories, BulkHistory, DataRelay},
     refusals::Refusals,
-    relay::{Answer, Duties},
-    DataRefusal, RawConn, Session, Traffic,
+    relay::Answer,
+    DataRefusal, RawConn, Session,
 };
 use ferry_protocol::{
     data_conn::{self, DataProof, PROOF_LEN},
@@ -101,7 +101,7 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
     let history = sessions.histories.of(&target);
     let connection = Connection { target, grants, end };
     let bulk = history.expects_bulk();
-    let serve = |conn| async move { connection.serve(conn, &history).await };
+    let serve = |conn| async move { connection.serve(conn, history).await };
     if bulk {
         placement::spawn_served(true, conn, serve);
     } else {
@@ -120,7 +120,7 @@ struct Connection {
 impl Connection {
     /// Connects to the target and relays `conn` with it until both ends
     /// are done, its bytes counted towards the target's `history`.
-    async fn serve(self, mut conn: RawConn, history: &BulkHistory) {
+    async fn serve(self, mut conn: RawConn, history: Arc<BulkHistory>) {
         let Connection { target, grants, end } = self;
         let local = match targets::connect(&target, &grants).await {
             Ok(l) => l,
@@ -132,11 +132,11 @@ impl Connection {
             }
         };
         tracing::debug!("data connection to {target:?}");
-        let meter = Metered::new(history);
         // "Connected" leaves with the target's first bytes: one wake-up of the
-        // host for both.
-        let duties = Duties { answer: Answer::Send, end: Some(&end), meter: Some(&meter), ..Duties::default() };
-        if let Some(e) = local.relay(&conn, &Traffic::default(), duties).await {
+        // host for both. A connection that turns out to carry bulk moves to
+        // the bulk runtime.
+        let relay = DataRelay { traffic: Default::default(), answer: Answer::Send, end, history };
+        if let Some(e) = relay.run(local, conn).await {
             tracing::debug!("data connection to {target:?} ended: {e}");
         }
     }

@@ -53,17 +53,23 @@ impl LocalConn {
     }
 
     /// Relays with the data connection `conn` (splice(2) on Linux: see
-    /// [`crate::relay`]) with `duties` until both directions end; on an
-    /// abort (or, with [`crate::relay::Answer::Read`], a refusal) the socket
-    /// is aborted too, and the reason returned.
-    pub async fn relay(self, conn: &RawConn, traffic: &Traffic, duties: crate::relay::Duties<'_>) -> Option<String> {
-        let result = match &self {
-            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, duties).await,
-            Self::Unix(unix) => conn.relay_with(unix, traffic, duties).await,
-        };
-        let err = result.err()?;
-        self.abort();
-        Some(err.to_string())
+    /// [`crate::relay`]) with `duties` until both directions end, from
+    /// `from` on, stopping for a move if `movable` (see
+    /// [`crate::relay::relay_from`]). On an error (an abort, or, with
+    /// [`crate::relay::Answer::Read`], a refusal) the caller aborts the
+    /// socket.
+    pub async fn relay(
+        &self,
+        conn: &RawConn,
+        traffic: &Traffic,
+        duties: crate::relay::Duties<'_>,
+        from: crate::relay::Resume,
+        movable: bool,
+    ) -> std::io::Result<crate::relay::Relayed> {
+        match self {
+            Self::Tcp(tcp) => conn.relay_with(tcp, traffic, duties, from, movable).await,
+            Self::Unix(unix) => conn.relay_with(unix, traffic, duties, from, movable).await,
+        }
     }
 
     /// Closes the socket so that its peer sees an abort where it can (TCP: RST).

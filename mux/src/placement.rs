@@ -18,6 +18,11 @@
 //! detached from one runtime and taken up by the other before anything is
 //! relayed, so nothing is in flight when it moves.
 
+use crate::{
+    data_end::EndTicket,
+    relay::{Answer, Duties, Relayed, Resume},
+    LocalConn, RawConn, Traffic,
+};
 use std::{
     collections::HashMap,
     future::Future,
@@ -133,6 +138,109 @@ impl Movable for crate::RawConn {
     }
 }
 
+/// A [`LocalConn`] between two runtimes.
+pub enum DetachedLocal {
+    /// A TCP connection.
+    Tcp(std::net::TcpStream),
+    /// A Unix stream connection.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Movable for LocalConn {
+    type Detached = DetachedLocal;
+    fn detach(self) -> std::io::Result<Self::Detached> {
+        Ok(match self {
+            LocalConn::Tcp(s) => DetachedLocal::Tcp(s.detach()?),
+            LocalConn::Unix(s) => DetachedLocal::Unix(s.detach()?),
+        })
+    }
+    fn attach(detached: Self::Detached) -> std::io::Result<Self> {
+        Ok(match detached {
+            DetachedLocal::Tcp(s) => LocalConn::Tcp(Movable::attach(s)?),
+            DetachedLocal::Unix(s) => LocalConn::Unix(Movable::attach(s)?),
+        })
+    }
+}
+
+/// A data connection's relay (see [`crate::relay`]), with what it needs
+/// owned so that it can go on on [`parallel`]: a connection relayed on the
+/// process's own thread (see [`main_runtime`]) that turns out to carry bulk
+/// stops at a moment when nothing is in flight either way, its two sockets
+/// move, and the relay goes on there. So a bulk connection gets a core
+/// even when its target's history did not foresee it (the first transfer to
+/// a port, a hundred streams opened at once), while a small request never
+/// leaves the one thread.
+pub struct DataRelay {
+    /// Counts the bytes (up: the local socket -> the data connection).
+    pub traffic: Arc<Traffic>,
+    /// The agent's answer, as this side handles it.
+    pub answer: Answer,
+    /// Confirms each side's clean end on the session.
+    pub end: EndTicket,
+    /// The target's history, which the bytes count towards.
+    pub history: Arc<BulkHistory>,
+}
+
+impl DataRelay {
+    /// Relays `local` with `conn` until both directions end, moving to
+    /// [`parallel`] as above. Returns the reason of an abort (or of a
+    /// refusal, with [`Answer::Read`]), after aborting `local`.
+    pub async fn run(self, local: LocalConn, conn: RawConn) -> Option<String> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let movable = !on_parallel() && Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
+        let (from, moved) = {
+            let meter = Metered::new(&self.history);
+            match self.relay(&local, &conn, &meter, Resume::start(self.answer), movable).await {
+                Ok(Relayed::Ended(..)) => return None,
+                Ok(Relayed::Stopped(from)) => (from, meter.moved()),
+                Err(e) => return abort(local, e),
+            }
+        };
+        let Some(parallel) = parallel() else {
+            // No bulk runtime: go on here.
+            let meter = Metered::resumed(&self.history, moved);
+            return match self.relay(&local, &conn, &meter, from, false).await {
+                Ok(_) => None,
+                Err(e) => abort(local, e),
+            };
+        };
+        let (local, conn) = match (local.detach(), conn.detach()) {
+            (Ok(local), Ok(conn)) => (local, conn),
+            (Err(e), _) | (_, Err(e)) => return Some(format!("a bulk connection could not move: {e}")),
+        };
+        let moved_on = parallel.spawn(async move {
+            let (local, conn) = match (LocalConn::attach(local), RawConn::attach(conn)) {
+                (Ok(local), Ok(conn)) => (local, conn),
+                (Err(e), _) | (_, Err(e)) => return Some(format!("a bulk connection could not move: {e}")),
+            };
+            let meter = Metered::resumed(&self.history, moved);
+            match self.relay(&local, &conn, &meter, from, false).await {
+                Ok(_) => None,
+                Err(e) => abort(local, e),
+            }
+        });
+        moved_on.await.unwrap_or_else(|e| Some(format!("the moved relay failed: {e}")))
+    }
+
+    async fn relay(
+        &self,
+        local: &LocalConn,
+        conn: &RawConn,
+        meter: &Metered<'_>,
+        from: Resume,
+        movable: bool,
+    ) -> std::io::Result<Relayed> {
+        let duties = Duties { answer: self.answer, end: Some(&self.end), meter: Some(meter), share: None };
+        local.relay(conn, &self.traffic, duties, from, movable).await
+    }
+}
+
+/// Aborts `local` after the relay failed with `e`; the reason.
+fn abort(local: LocalConn, e: std::io::Error) -> Option<String> {
+    local.abort();
+    Some(e.to_string())
+}
+
 /// Serves `socket` with `serve`: on this thread, or, when `bulk`, on
 /// [`parallel`], where the socket is taken up before `serve` sees it. A
 /// socket that cannot move is dropped (logged), which its peer sees as a
@@ -206,7 +314,23 @@ pub struct Metered<'a> {
 impl<'a> Metered<'a> {
     /// Meters one connection to the target of `history`.
     pub fn new(history: &'a BulkHistory) -> Self {
-        Self { history, moved: AtomicU64::new(0) }
+        Self::resumed(history, 0)
+    }
+
+    /// Meters a connection that has moved `moved` bytes already (metered
+    /// before it moved to another runtime).
+    pub fn resumed(history: &'a BulkHistory, moved: u64) -> Self {
+        Self { history, moved: AtomicU64::new(moved) }
+    }
+
+    /// Whether the connection has carried bulk.
+    pub fn carried_bulk(&self) -> bool {
+        self.moved.load(Ordering::Relaxed) >= BULK_BYTES
+    }
+
+    /// The bytes moved so far.
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     /// Counts `n` more bytes moved (either way).

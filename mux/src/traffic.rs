@@ -53,8 +53,8 @@ pub struct ConnStats {
     /// Connections (UDP: flows) in all.
     pub total: AtomicU64,
     /// Bytes each way (up: the accepting side's client -> the far side), and
-    /// dropped datagrams.
-    pub traffic: Traffic,
+    /// dropped datagrams (shared with relays that move to another runtime).
+    pub traffic: Arc<Traffic>,
 }
 
 impl ConnStats {

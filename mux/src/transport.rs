@@ -239,7 +239,8 @@ impl RawConn {
     }
 
     /// Relays between `local` and this connection until both directions are
-    /// finished, counting bytes in `traffic` (up: local -> this).
+    /// finished, counting bytes in `traffic` (up: local -> this), from
+    /// `from` on (see [`crate::relay::relay_from`], also for `movable`).
     /// A Unix connection's send buffer takes its share of the process's
     /// budget meanwhile ([`crate::buffer_share`]).
     /// `duties` say what else the relay does (see [`crate::relay::Duties`];
@@ -249,23 +250,23 @@ impl RawConn {
         local: &S,
         traffic: &crate::Traffic,
         duties: crate::relay::Duties<'_>,
-    ) -> io::Result<(u64, u64)> {
+        from: crate::relay::Resume,
+        movable: bool,
+    ) -> io::Result<crate::relay::Relayed> {
+        use crate::relay::{relay_from, RelayKind};
         match self {
             Self::Unix(s) => {
                 let share = crate::buffer_share::BufferShare::join(std::os::fd::AsRawFd::as_raw_fd(s));
                 let duties = crate::relay::Duties { share: Some(&share), ..duties };
-                crate::relay::relay_bidirectional(local, s, traffic, duties).await
+                relay_from(RelayKind::current(), local, s, traffic, duties, from, movable).await
             }
             // TCP sizes its buffers itself (autotuning), which a fixed size would end.
-            Self::Tcp(s) => crate::relay::relay_bidirectional(local, s, traffic, duties).await,
+            Self::Tcp(s) => relay_from(RelayKind::current(), local, s, traffic, duties, from, movable).await,
             // Sized once at connect ([`crate::vsock::VSOCK_BUFFER`]). AF_VSOCK
             // has no splice support of its own; the kernel's generic path
             // stalled the agent in a 6.1 guest, so vsock takes the copy relay.
             #[cfg(target_os = "linux")]
-            Self::Vsock(s) => {
-                let kind = crate::relay::RelayKind::Copy;
-                crate::relay::relay_bidirectional_as(kind, local, s, traffic, duties).await
-            }
+            Self::Vsock(s) => relay_from(RelayKind::Copy, local, s, traffic, duties, from, movable).await,
         }
     }
 }

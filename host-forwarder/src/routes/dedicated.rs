@@ -23,8 +23,8 @@ use std::{
 };
 
 use ferry_mux::{
-    placement::{BulkHistory, Metered},
-    relay::{Answer, Duties},
+    placement::{BulkHistory, DataRelay},
+    relay::Answer,
     Address, DataClaim, LocalConn, RawConn, Session, Traffic,
 };
 
@@ -85,9 +85,9 @@ impl DataPath {
         &self,
         local: LocalConn,
         target: &Target,
-        traffic: &Traffic,
+        traffic: &Arc<Traffic>,
         counts: &RouteCounts,
-        history: &BulkHistory,
+        history: &Arc<BulkHistory>,
     ) -> Result<(), LocalConn> {
         // A warm connection is registered with the process's own runtime.
         let warm = if ferry_mux::placement::on_parallel() { None } else { self.take_warm() };
@@ -115,10 +115,10 @@ impl DataPath {
         // No round trip before the first byte: the client's bytes follow the
         // hello at once, and the agent's answer is read before anything
         // flows back (a refusal resets the client, as a closed port would).
-        let meter = Metered::new(history);
-        let duties =
-            Duties { answer: Answer::Read, end: Some(&claim.ticket), meter: Some(&meter), ..Duties::default() };
-        if let Some(e) = local.relay(&conn, traffic, duties).await {
+        // A connection that turns out to carry bulk moves to the bulk runtime.
+        let relay =
+            DataRelay { traffic: traffic.clone(), answer: Answer::Read, end: claim.ticket, history: history.clone() };
+        if let Some(e) = relay.run(local, conn).await {
             tracing::debug!("connection to guest {target:?} ended: {e}");
         }
         Ok(())

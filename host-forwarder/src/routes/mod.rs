@@ -41,7 +41,7 @@ impl Routes {
     /// until it ends. A refusal or a failure aborts the local socket (TCP: RST).
     /// A dedicated data connection's bytes count towards `history` (see
     /// [`ferry_mux::placement`]).
-    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Traffic, history: &BulkHistory) {
+    pub async fn forward(&self, local: LocalConn, target: Target, traffic: &Arc<Traffic>, history: &Arc<BulkHistory>) {
         let data = self.data.lock().unwrap().clone();
         let local = match data {
             Some(data) => match data.forward(local, &target, traffic, &self.counts, history).await {
