@@ -274,6 +274,32 @@ async fn events_are_printed_as_json_lines() {
     assert!(events[0]["time"].as_str().unwrap().ends_with('Z'));
 }
 
+/// `ferry run --events` whose stdout nobody reads (a pipe of one page,
+/// its read end held open and never read): the events wait in ferry's own
+/// queue, and ports keep being forwarded and served. Before, the first
+/// event that did not fit in the pipe stopped the thread that forwards
+/// every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_to_a_reader_that_stopped_reading_do_not_stop_forwarding() {
+    // Execs ferry with stdout a 4 KiB pipe whose read end ferry itself holds.
+    const STUCK_STDOUT: &str = "import os, fcntl, sys\n\
+        r, w = os.pipe()\n\
+        fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ\n\
+        os.set_inheritable(r, True)\n\
+        os.dup2(w, 1)\n\
+        os.execv(sys.argv[1], sys.argv[1:])\n";
+    let bridge = Bridge::start_in(ferry_tests::Guest::new(), AGENT, &["--events"], &["python3", "-c", STUCK_STDOUT]);
+    // Sixty ports: about 9 KB of events, twice what the pipe holds.
+    let ports: Vec<u16> = (0..60).map(|_| free_port()).collect();
+    let _echoes: Vec<_> =
+        ports.iter().map(|p| spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{p}")))).collect();
+    for p in &ports {
+        let back = echo_once(&format!("127.0.0.1:{p}"), b"still here").await;
+        assert_eq!(back, b"still here", "port {p} is forwarded and served");
+    }
+    assert!(bridge.forwarder.stdout_text().is_empty(), "stdout went to the pipe");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_closed_while_the_agent_was_down_is_released_after_it_returns() {
     let mut bridge = Bridge::start_with(AGENT, &["-v"]);

@@ -441,6 +441,68 @@ fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
     );
 }
 
+/// A reverse Unix listener asked for under a guest mount that stops
+/// answering: the agent binds it on its blocking pool, so its one thread
+/// goes on forwarding meanwhile (curl through a forwarded port), and the
+/// listener is bound and reported once the mount answers again.
+#[test]
+fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
+    let host_dir = tempfile::tempdir().unwrap();
+    let guest_dir = host_dir.path().join("guest");
+    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
+    let (backing, hung) = (guest_dir.join("backing"), guest_dir.join("hung"));
+    assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
+    let mut cmd = guest.command("bindfs");
+    cmd.arg("-f").arg(&backing).arg(&hung);
+    let bindfs = Proc::spawn(cmd, host_dir.path().join("bindfs.log"));
+    wait_for(GUARD, "the FUSE mount in the guest", || {
+        guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
+    });
+    // The host service the reverse socket leads to.
+    let service_path = host_dir.path().join("service.sock");
+    let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
+    std::thread::spawn(move || {
+        for mut c in service.incoming().flatten() {
+            let _ = c.write_all(b"pong");
+        }
+    });
+    // SAFETY: a signal to the bindfs process this test started.
+    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    let guest_sock = hung.join("sub/reverse.sock");
+    let spec = format!("{}={}", guest_sock.display(), service_path.display());
+    let bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
+    let port = free_port();
+    let site = host_dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
+    let mut cmd = bridge.guest.command("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
+    let _server = Proc::spawn(cmd, host_dir.path().join("http.log"));
+    let url = format!("http://127.0.0.1:{port}/hello.txt");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let served = loop {
+        let out = Command::new("curl").args(["-sS", "--max-time", "2", &url]).output().unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert_eq!(
+        String::from_utf8_lossy(&served.stdout),
+        "still served\n",
+        "a reverse socket under a hung mount held up the agent: {}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+    wait_for(GUARD, "the reverse socket listening once the mount answers", || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["state"] == "listening")
+    });
+    // (A socket bound on a FUSE mount cannot be connected to through it,
+    // which bindfs shows as a refusal: the listening state is the check.)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reverse_listener_survives_running_out_of_descriptors() {
     use tokio::io::AsyncWriteExt;

@@ -209,8 +209,25 @@ async fn a_connection_that_turns_to_bulk_moves_to_the_bulk_runtime_mid_stream() 
             for &pid in &pids {
                 assert_eq!(threads_named(pid, "ferry-bulk"), 0, "{turn:?}: a small exchange stays on the one thread");
             }
+            // Bulk both ways, the connection still open both ways: the
+            // move happens mid-stream, not at its end.
+            let (mut r, mut w) = client.into_split();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&sent).await.unwrap();
+                w
+            });
+            let mut got = vec![0u8; data.len()];
+            r.read_exact(&mut got).await.unwrap();
+            let w = writer.await.unwrap();
+            assert!(got == data, "{turn:?}: the bytes came back whole and in order");
+            for &pid in &pids {
+                assert!(threads_named(pid, "ferry-bulk") >= 2, "{turn:?}: pid {pid} moved the open connection");
+            }
+            client = r.reunite(w).unwrap();
         }
         let got = match turn {
+            // Then more, half-closed after the move.
             Turn::SmallThenEcho | Turn::SilentUntilEof => echo_round(client, data.clone(), 1 << 16).await,
             Turn::DownloadOnly => {
                 let mut got = Vec::new();

@@ -10,7 +10,10 @@ use std::{
     net::SocketAddr,
     os::unix::fs::{DirBuilderExt, MetadataExt},
     path::Path,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use ferry_mux::{
@@ -33,13 +36,23 @@ pub type ReverseAddrs = tokio::sync::watch::Sender<BTreeSet<(Proto, SocketAddr)>
 struct Running {
     spec: ReverseListener,
     task: JoinHandle<()>,
+    /// A Unix listener's: set once its socket is bound (only a socket this
+    /// listener made is removed when it closes).
+    bound: Option<Arc<AtomicBool>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
-        if let GuestEndpoint::Unix(path) = &self.spec.guest {
-            let _ = std::fs::remove_file(path);
+        let bound = self.bound.as_ref().is_some_and(|b| b.load(Ordering::Relaxed));
+        if let (GuestEndpoint::Unix(path), true) = (&self.spec.guest, bound) {
+            // A path under a hung mount must not stop the agent's thread.
+            let path = path.clone();
+            let remove = move || drop(std::fs::remove_file(path));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(remove)),
+                Err(_) => remove(),
+            }
         }
     }
 }
@@ -59,7 +72,9 @@ impl ReverseListeners {
 
     /// Makes the running listeners match `wanted`, reporting each new one's state.
     pub fn apply(&mut self, wanted: Vec<ReverseListener>) {
-        self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec));
+        // A listener whose task ended (a Unix socket that could not be
+        // bound) is started again.
+        self.running.retain(|id, r| wanted.iter().any(|w| w.id == *id && *w == r.spec) && !r.task.is_finished());
         // Left out before they listen: a scan may see a new listener before
         // this call ends, and must not report it to the host.
         self.addrs.send_modify(|own| own.extend(wanted.iter().filter_map(inet_addr)));
@@ -68,9 +83,14 @@ impl ReverseListeners {
                 continue;
             }
             let error = match self.start(&spec) {
-                Ok(task) => {
+                // A Unix listener reports its state itself, once bound.
+                Ok((task, Some(bound))) => {
+                    self.running.insert(spec.id, Running { spec: spec.clone(), task, bound: Some(bound) });
+                    continue;
+                }
+                Ok((task, None)) => {
                     tracing::info!("reverse listener {:?} -> host (id {})", spec.guest, spec.id);
-                    self.running.insert(spec.id, Running { spec: spec.clone(), task });
+                    self.running.insert(spec.id, Running { spec: spec.clone(), task, bound: None });
                     None
                 }
                 Err(e) => {
@@ -83,7 +103,9 @@ impl ReverseListeners {
         self.addrs.send_replace(self.running.values().filter_map(|r| inet_addr(&r.spec)).collect());
     }
 
-    fn start(&self, spec: &ReverseListener) -> Result<JoinHandle<()>, String> {
+    /// Starts a listener's task; a Unix listener's comes with its bound
+    /// flag, and binds and reports its state from the task.
+    fn start(&self, spec: &ReverseListener) -> Result<(JoinHandle<()>, Option<Arc<AtomicBool>>), String> {
         let (session, id) = (self.session.clone(), spec.id);
         match &spec.guest {
             GuestEndpoint::Tcp(addr) => {
@@ -91,18 +113,21 @@ impl ReverseListeners {
                 std.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let l = TcpListener::from_std(std).map_err(|e| e.to_string())?;
                 let name = addr.to_string();
-                Ok(tokio::spawn(async move {
-                    let mut errors = AcceptErrors::default();
-                    loop {
-                        match l.accept().await {
-                            Ok((tcp, _)) => {
-                                let _ = tcp.set_nodelay(true);
-                                tokio::spawn(to_host(session.clone(), id, LocalConn::Tcp(tcp)));
+                Ok((
+                    tokio::spawn(async move {
+                        let mut errors = AcceptErrors::default();
+                        loop {
+                            match l.accept().await {
+                                Ok((tcp, _)) => {
+                                    let _ = tcp.set_nodelay(true);
+                                    tokio::spawn(to_host(session.clone(), id, LocalConn::Tcp(tcp)));
+                                }
+                                Err(e) => errors.pause_after(&name, &e).await,
                             }
-                            Err(e) => errors.pause_after(&name, &e).await,
                         }
-                    }
-                }))
+                    }),
+                    None,
+                ))
             }
             GuestEndpoint::Udp(addr) => {
                 let std = std::net::UdpSocket::bind(addr).map_err(|e| format!("cannot listen on udp {addr}: {e}"))?;
@@ -113,12 +138,31 @@ impl ReverseListeners {
                 // bounds as host clients of a forwarded UDP port.
                 let stats = Arc::new(ConnStats::default());
                 let target = move || Target::Reverse(id);
-                Ok(tokio::spawn(udp_flows::serve_clients(socket, session, target, stats, UdpLimits::default())))
+                Ok((tokio::spawn(udp_flows::serve_clients(socket, session, target, stats, UdpLimits::default())), None))
             }
             GuestEndpoint::Unix(path) => {
-                let l = bind_unix(Path::new(path)).map_err(|e| format!("cannot listen on {path}: {e}"))?;
+                // Binding resolves the path, which may sit under a hung
+                // mount: on the blocking pool, its state reported from there.
                 let name = path.clone();
-                Ok(tokio::spawn(async move {
+                let bound = Arc::new(AtomicBool::new(false));
+                let bound_here = bound.clone();
+                let task = tokio::spawn(async move {
+                    let binding = {
+                        let path = name.clone();
+                        tokio::task::spawn_blocking(move || bind_unix(Path::new(&path)))
+                    };
+                    let l = match binding.await.map_err(std::io::Error::other).and_then(|r| r) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let error = format!("cannot listen on {name}: {e}");
+                            tracing::warn!("reverse listener {name}: {error}");
+                            let _ = session.send_control(&ControlMessage::ReverseState { id, error: Some(error) });
+                            return;
+                        }
+                    };
+                    bound_here.store(true, Ordering::Relaxed);
+                    tracing::info!("reverse listener {name} -> host (id {id})");
+                    let _ = session.send_control(&ControlMessage::ReverseState { id, error: None });
                     let mut errors = AcceptErrors::default();
                     loop {
                         match l.accept().await {
@@ -128,7 +172,8 @@ impl ReverseListeners {
                             Err(e) => errors.pause_after(&name, &e).await,
                         }
                     }
-                }))
+                });
+                Ok((task, Some(bound)))
             }
         }
     }

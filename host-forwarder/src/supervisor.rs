@@ -95,13 +95,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     });
     let setup = Setup { ports, sockets: config.sockets, reverse: config.reverse, files, master };
-    tokio::select! {
+    let ended = tokio::select! {
         r = connect_forever(&args, &setup) => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }
-    }
+    };
+    drop(setup);
+    EventSink::finish(Duration::from_secs(1));
+    ended
 }
 
 /// The control socket's server task; the socket file goes when it does.

@@ -29,6 +29,12 @@ pub const MAX_SHARE: usize = 4 << 20;
 /// How many data connections of this process hold a share.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// The kernel's default send buffer for this process's data connections,
+/// read off the first one sized (before it was resized), 0 until then. One
+/// value for all: a connection that moved to another runtime joins again
+/// with a buffer its first share already grew, which is no default.
+static FLOOR: AtomicUsize = AtomicUsize::new(0);
+
 /// Bytes a connection sends before its buffer is sized at all: short
 /// connections (most of them) then cost no extra system call.
 pub const SIZED_AFTER: u64 = 256 << 10;
@@ -38,9 +44,9 @@ pub struct BufferShare {
     fd: RawFd,
     /// Bytes sent so far (counted up to [`SIZED_AFTER`]).
     sent: AtomicU64,
-    /// The buffer the kernel gave the socket (its default), once read.
+    /// The kernel's default ([`FLOOR`]), once read.
     floor: AtomicUsize,
-    /// The size last asked for (the floor until then).
+    /// The size last asked for (what the socket held until then).
     applied: AtomicUsize,
 }
 
@@ -64,9 +70,18 @@ impl BufferShare {
         }
         let mut floor = self.floor.load(Ordering::Relaxed);
         if floor == 0 {
-            floor = crate::sockopt::send_buffer(self.fd).unwrap_or(1);
+            // What the socket holds now: the default, unless an earlier
+            // share (before a move) resized it.
+            let now = crate::sockopt::send_buffer(self.fd).unwrap_or(1);
+            floor = match FLOOR.load(Ordering::Relaxed) {
+                0 => {
+                    FLOOR.store(now, Ordering::Relaxed);
+                    now
+                }
+                known => known,
+            };
             self.floor.store(floor, Ordering::Relaxed);
-            self.applied.store(floor, Ordering::Relaxed);
+            self.applied.store(now, Ordering::Relaxed);
         }
         let want = share_of(LIVE.load(Ordering::Relaxed), floor);
         if want != self.applied.load(Ordering::Relaxed) {
@@ -141,5 +156,25 @@ mod tests {
         drop(crowd);
         share.refresh(1);
         assert_eq!(share.current().unwrap(), first, "the share grows back once they are gone");
+    }
+
+    #[test]
+    fn a_socket_that_joins_again_after_a_move_still_shrinks_to_its_share() {
+        use std::os::fd::AsRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let default = crate::sockopt::send_buffer(a.as_raw_fd()).unwrap();
+        // Its first share grows the buffer (as far as the sysctl cap lets it).
+        let first = BufferShare::join(a.as_raw_fd());
+        first.refresh(SIZED_AFTER as usize);
+        first.refresh(1);
+        drop(first);
+        // After the move, a crowd makes the share the default again: the
+        // grown buffer is not taken for the default.
+        let again = BufferShare::join(a.as_raw_fd());
+        let crowd: Vec<_> = (0..200).map(|_| BufferShare::join(a.as_raw_fd())).collect();
+        again.refresh(SIZED_AFTER as usize);
+        again.refresh(1);
+        assert_eq!(again.current().unwrap(), default, "with 201 live connections the share is the default");
+        drop(crowd);
     }
 }

@@ -146,6 +146,35 @@ pub enum DetachedLocal {
     Unix(std::os::unix::net::UnixStream),
 }
 
+impl DetachedLocal {
+    fn socket(&self) -> socket2::SockRef<'_> {
+        match self {
+            DetachedLocal::Tcp(s) => s.into(),
+            DetachedLocal::Unix(s) => s.into(),
+        }
+    }
+
+    /// Closes the socket so that its peer sees an abort where it can (TCP: RST).
+    pub fn abort(self) {
+        let _ = self.socket().set_linger(Some(std::time::Duration::ZERO));
+    }
+
+    /// Takes the socket up in the runtime this is called in, or aborts it
+    /// if it cannot be (a failed registration closes the socket it was
+    /// given, so a duplicate of its descriptor carries the abort).
+    pub fn attach_or_abort(self) -> std::io::Result<LocalConn> {
+        let spare = match &self {
+            DetachedLocal::Tcp(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned(),
+            DetachedLocal::Unix(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned(),
+        };
+        LocalConn::attach(self).inspect_err(|_| {
+            if let Ok(spare) = spare {
+                let _ = socket2::SockRef::from(&spare).set_linger(Some(std::time::Duration::ZERO));
+            }
+        })
+    }
+}
+
 impl Movable for LocalConn {
     type Detached = DetachedLocal;
     fn detach(self) -> std::io::Result<Self::Detached> {
@@ -204,14 +233,30 @@ impl DataRelay {
                 Err(e) => abort(local, e),
             };
         };
-        let (local, conn) = match (local.detach(), conn.detach()) {
-            (Ok(local), Ok(conn)) => (local, conn),
-            (Err(e), _) | (_, Err(e)) => return Some(format!("a bulk connection could not move: {e}")),
+        // A move that fails aborts the client, so that a cut transfer never
+        // looks complete. The data connection moves first, while the local
+        // socket can still be aborted whole.
+        let could_not = |e| Some(format!("a bulk connection could not move: {e}"));
+        let conn = match conn.detach() {
+            Ok(conn) => conn,
+            Err(e) => return abort(local, e),
+        };
+        // (tokio closes a socket it cannot deregister: nothing is left to abort.)
+        let local = match local.detach() {
+            Ok(local) => local,
+            Err(e) => return could_not(e),
         };
         let moved_on = parallel.spawn(async move {
-            let (local, conn) = match (LocalConn::attach(local), RawConn::attach(conn)) {
-                (Ok(local), Ok(conn)) => (local, conn),
-                (Err(e), _) | (_, Err(e)) => return Some(format!("a bulk connection could not move: {e}")),
+            let conn = match RawConn::attach(conn) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    local.abort();
+                    return could_not(e);
+                }
+            };
+            let local = match local.attach_or_abort() {
+                Ok(local) => local,
+                Err(e) => return could_not(e),
             };
             let meter = Metered::resumed(&self.history, moved);
             match self.relay(&local, &conn, &meter, from, false).await {
@@ -230,7 +275,8 @@ impl DataRelay {
         from: Resume,
         movable: bool,
     ) -> std::io::Result<Relayed> {
-        let duties = Duties { answer: self.answer, end: Some(&self.end), meter: Some(meter), share: None };
+        // The answer still to handle comes with `from`.
+        let duties = Duties { end: Some(&self.end), meter: Some(meter), ..Duties::default() };
         local.relay(conn, &self.traffic, duties, from, movable).await
     }
 }

@@ -2,7 +2,15 @@
 //! the shape of Lima's `PortForwardEvent` (time, type, protocol, guestAddr,
 //! hostAddr, error), so tools that follow Lima can follow ferry.
 
-use std::io::Write;
+use std::{
+    io::Write,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::SyncSender,
+        OnceLock,
+    },
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -33,10 +41,23 @@ struct Event<'a> {
 }
 
 /// Prints events when enabled; a no-op otherwise.
+///
+/// The lines go out from a thread of their own through a bounded queue: a
+/// reader of ferry's stdout that stops reading fills the pipe, and a write
+/// on the thread that forwards every connection would stop them all. Past
+/// [`QUEUE`] waiting lines, new events are dropped (and counted in the log).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventSink {
     enabled: bool,
 }
+
+/// The most event lines waiting for stdout.
+pub const QUEUE: usize = 1024;
+
+/// Lines queued and not yet written (for [`EventSink::finish`]).
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// Events dropped because the queue was full.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 impl EventSink {
     /// A sink that prints only if `enabled`.
@@ -44,17 +65,55 @@ impl EventSink {
         Self { enabled }
     }
 
-    /// Prints one event line.
+    /// Prints one event line (queues it for the writer).
     pub fn emit(&self, kind: EventKind, protocol: &str, guest: &str, host: &str, error: Option<&str>) {
         if !self.enabled {
             return;
         }
         let event = Event { time: rfc3339_now(), kind, protocol, guest, host, error };
         let line = serde_json::to_string(&event).expect("an event serialises");
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        let Some(writer) = writer() else { return };
+        PENDING.fetch_add(1, Ordering::Relaxed);
+        if writer.try_send(line).is_err() {
+            PENDING.fetch_sub(1, Ordering::Relaxed);
+            if DROPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!("stdout takes no more events (is its reader stuck?); dropping them until it does");
+            }
+        }
     }
+
+    /// Waits, at most `within`, for the queued lines to be written (before
+    /// the process exits).
+    pub fn finish(within: Duration) {
+        let deadline = Instant::now() + within;
+        while PENDING.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!("{dropped} events were dropped: stdout did not take them");
+        }
+    }
+}
+
+/// The queue to the writer thread, started with the first event; `None`
+/// if no thread could be made (events are then dropped, logged once).
+fn writer() -> Option<&'static SyncSender<String>> {
+    static WRITER: OnceLock<Option<SyncSender<String>>> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+            let spawned = std::thread::Builder::new().name("ferry-events".into()).spawn(move || {
+                for line in rx {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                    PENDING.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+            spawned.map_err(|e| tracing::warn!("no thread to print events ({e}); they are not printed")).ok()?;
+            Some(tx)
+        })
+        .as_ref()
 }
 
 /// The current UTC time as RFC 3339 with milliseconds.

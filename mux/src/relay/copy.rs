@@ -99,6 +99,14 @@ impl Conduit for CopyBuffer {
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         self.take_memory();
         if self.held() == 0 {
+            // A buffer taken or grown while few relays were live goes back
+            // to the size a crowd gets once there is one: equal buffers keep
+            // many busy streams fair (a relay that moved to another
+            // runtime takes a new buffer, and would otherwise keep a
+            // bigger one than those that did not).
+            if self.buf.capacity() > CROWDED_BUFFER && LIVE.load(Ordering::Relaxed) > GROWING_UP_TO {
+                self.buf = Vec::with_capacity(CROWDED_BUFFER);
+            }
             self.buf.clear();
             self.start = 0;
         } else if self.buf.len() == self.buf.capacity() {

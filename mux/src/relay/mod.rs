@@ -818,4 +818,108 @@ mod tests {
         assert_eq!((up, down), (data.len() as u64, 25));
         assert_eq!(traffic.snapshot(), (up, down));
     }
+    /// The agent's side of a data connection to a target that says nothing
+    /// until the host's upload ends (the answer waits all along): once 1 MiB
+    /// has gone down, the relay stops with nothing in flight and the answer
+    /// still to send; run again from there, it carries the rest, then the
+    /// answer with the target's reply, and the half-closes, every byte in
+    /// order and counted once.
+    #[tokio::test]
+    async fn a_relay_stops_for_a_move_with_nothing_in_flight_and_goes_on_from_there() {
+        for &kind in RelayKind::all() {
+            stop_and_go_on(kind).await;
+        }
+    }
+
+    async fn stop_and_go_on(kind: RelayKind) {
+        use crate::placement::BulkHistory;
+        let (target, mut target_far) = UnixStream::pair().unwrap();
+        let (conn, mut host) = UnixStream::pair().unwrap();
+        let upload: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
+        let (sent, back) = (upload.clone(), b"got it".to_vec());
+        // The target reads the whole upload, then replies and ends.
+        let target_task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            target_far.read_to_end(&mut got).await.unwrap();
+            target_far.write_all(b"got it").await.unwrap();
+            target_far.shutdown().await.unwrap();
+            got
+        });
+        let history = BulkHistory::default();
+        let traffic = Traffic::default();
+        let meter = Metered::new(&history);
+        let duties = Duties { answer: Answer::Send, meter: Some(&meter), ..Duties::default() };
+        let (mut host_r, mut host_w) = host.split();
+        let host_writes = async {
+            host_w.write_all(&sent).await.unwrap();
+            host_w.shutdown().await.unwrap();
+        };
+        let host_reads = async {
+            let mut got = Vec::new();
+            host_r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let relay = async {
+            let first = relay_from(kind, &target, &conn, &traffic, duties, Resume::start(Answer::Send), true).await;
+            let Ok(Relayed::Stopped(from)) = first else { panic!("{kind:?}: no stop for bulk: {first:?}") };
+            assert_eq!(from.answer, Answer::Send, "{kind:?}: the answer is still to send");
+            assert!(from.moved().1 >= crate::placement::BULK_BYTES, "{kind:?}: stopped after 1 MiB, at {from:?}");
+            assert!(meter.carried_bulk());
+            let rest = relay_from(kind, &target, &conn, &traffic, duties, from, false).await.unwrap();
+            (from, rest)
+        };
+        let ((), got_back, (from, rest)) = tokio::join!(host_writes, host_reads, relay);
+        let target_got = target_task.await.unwrap();
+        assert!(target_got == upload, "{kind:?}: the target got the upload whole and in order");
+        let mut expected = vec![ferry_protocol::data_conn::CONNECTED];
+        expected.extend_from_slice(&back);
+        assert_eq!(got_back, expected, "{kind:?}: the answer, then the reply");
+        assert_eq!(
+            rest,
+            Relayed::Ended(back.len() as u64, upload.len() as u64),
+            "{kind:?}: counted once (from {from:?})"
+        );
+        assert_eq!(traffic.snapshot(), (back.len() as u64, upload.len() as u64), "{kind:?}");
+    }
+    /// A direction that has ended before the move stays ended after it: the
+    /// client sends a request and half-closes, then the far side sends bulk;
+    /// the relay stops once (up ended, counted), goes on, and ends with every
+    /// byte, the client's half-close passed on once.
+    #[tokio::test]
+    async fn a_direction_that_ended_before_a_move_stays_ended() {
+        for &kind in RelayKind::all() {
+            use crate::placement::BulkHistory;
+            let (client, mut client_far) = tcp_pair().await;
+            let (conn, mut far) = UnixStream::pair().unwrap();
+            let reply: Vec<u8> = (0..3usize << 20).map(|i| (i % 253) as u8).collect();
+            let expected = reply.clone();
+            let far_task = tokio::spawn(async move {
+                let mut request = Vec::new();
+                far.read_to_end(&mut request).await.unwrap();
+                far.write_all(&reply).await.unwrap();
+                far.shutdown().await.unwrap();
+                request
+            });
+            client_far.write_all(b"GET /big").await.unwrap();
+            client_far.shutdown().await.unwrap();
+            let history = BulkHistory::default();
+            let (traffic, meter) = (Traffic::default(), Metered::new(&history));
+            let duties = Duties { meter: Some(&meter), ..Duties::default() };
+            let relay = async {
+                let first = relay_from(kind, &client, &conn, &traffic, duties, Resume::start(Answer::None), true).await;
+                let Ok(Relayed::Stopped(from)) = first else { panic!("{kind:?}: no stop for bulk: {first:?}") };
+                assert!(from.up.done && from.up.moved == 8, "{kind:?}: the request had ended: {from:?}");
+                relay_from(kind, &client, &conn, &traffic, duties, from, false).await.unwrap()
+            };
+            let reads = async {
+                let mut got = Vec::new();
+                client_far.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let (end, got) = tokio::join!(relay, reads);
+            assert_eq!(far_task.await.unwrap(), b"GET /big", "{kind:?}");
+            assert!(got == expected, "{kind:?}: the reply came whole and in order");
+            assert_eq!(end, Relayed::Ended(8, expected.len() as u64), "{kind:?}");
+        }
+    }
 }
