@@ -441,6 +441,71 @@ fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
     );
 }
 
+/// A client of a forwarded guest socket that sits under a mount which
+/// stops answering: the agent's connect(2) resolves the path, and waits, on
+/// its blocking pool, so its one thread goes on serving everything else
+/// (curl through another forwarded socket) while that client waits.
+#[test]
+fn connecting_to_a_guest_socket_under_a_hung_mount_stalls_nothing_else() {
+    let port = free_port();
+    let s = setup(
+        |g, h| {
+            format!(
+                "portForwards:\n- guestSocket: {g}/hung/d.sock\n  hostSocket: {h}/d.sock\n- guestPort: {port}\n  hostSocket: {h}/api.sock\n",
+                g = g.display(),
+                h = h.display()
+            )
+        },
+        &[],
+    );
+    let guest = &s.bridge.guest;
+    let (backing, hung) = (s.guest_dir.join("backing"), s.guest_dir.join("hung"));
+    assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
+    let mut cmd = guest.command("bindfs");
+    // No cached lookups: each path resolution asks bindfs.
+    cmd.args(["-f", "-o", "entry_timeout=0,attr_timeout=0,negative_timeout=0"]).arg(&backing).arg(&hung);
+    let bindfs = Proc::spawn(cmd, s.host_dir.path().join("bindfs.log"));
+    wait_for(GUARD, "the FUSE mount in the guest", || {
+        guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
+    });
+    // A socket under the mount (bound in the backing directory): the host
+    // socket appears for it.
+    let _socket_owner = guest_server(&s, &backing.join("d.sock"), "echo");
+    let stuck_sock = s.host_dir.path().join("host/d.sock");
+    wait_row_state(&s.bridge, &stuck_sock, "forwarding");
+    let site = s.host_dir.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
+    let mut cmd = guest.command("python3");
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
+    let _server = Proc::spawn(cmd, s.host_dir.path().join("http.log"));
+    let host_sock = s.host_dir.path().join("host/api.sock");
+    wait_row_state(&s.bridge, &host_sock, "forwarding");
+    assert_eq!(curl(&host_sock, "http://guest/hello.txt").stdout, b"still served\n");
+    // SAFETY: signals to the bindfs process this test started.
+    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    // A client of the socket under the stopped mount: the agent's connect
+    // to it waits for as long as the mount stays stopped.
+    let mut stuck = UnixStream::connect(&stuck_sock).unwrap();
+    stuck.write_all(b"hello?").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--unix-socket"])
+        .arg(&host_sock)
+        .arg("http://guest/hello.txt")
+        .output()
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "still served\n",
+        "a connect under a hung mount held up the agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(stuck);
+}
+
 /// A reverse Unix listener asked for under a guest mount that stops
 /// answering: the agent binds it on its blocking pool, so its one thread
 /// goes on forwarding meanwhile (curl through a forwarded port), and the

@@ -163,56 +163,81 @@ enum Turn {
     DownloadOnly,
 }
 
-/// A connection relayed on each process's own thread turns to bulk on a
-/// port that never carried any (so it was not placed on the bulk runtime
-/// when it opened): both processes move it to their bulk runtime while it
-/// runs, at a moment when nothing is in flight, and every byte arrives in
-/// order, with half-close carried after the move. Only such a move starts
-/// a bulk runtime here (one connection per port).
+/// Connections relayed on each process's own thread turn to bulk on a port
+/// that never carried any (so they were not placed on the bulk runtime
+/// when they opened). A lone one keeps the one thread; two at once both
+/// move to their bulk runtime while they run, at a moment when nothing is
+/// in flight, and every byte arrives in order, with half-close carried
+/// after the move. Only such a move starts a bulk runtime here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_that_turns_to_bulk_moves_to_the_bulk_runtime_mid_stream() {
+async fn connections_that_turn_to_bulk_together_move_to_the_bulk_runtime_mid_stream() {
     for turn in [Turn::SmallThenEcho, Turn::SilentUntilEof, Turn::DownloadOnly] {
         let bridge = Bridge::start();
         let pids = [bridge.forwarder.pid(), bridge.agent.pid()];
-        let port = free_port();
-        let listener = bridge.guest.tcp_listener(&format!("127.0.0.1:{port}"));
         let data = pattern(77, 24 << 20);
-        let served = data.clone();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            match turn {
-                Turn::SmallThenEcho => {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
+        let (lone, pair) = (free_port(), free_port());
+        for port in [lone, pair] {
+            serve_turn(bridge.guest.tcp_listener(&format!("127.0.0.1:{port}")), turn, data.clone());
+        }
+        // Alone, a bulk connection stays where it is.
+        let got = run_turn(connect_forwarded(&format!("127.0.0.1:{lone}")).await, turn, &data, &[]).await;
+        assert!(got == data, "{turn:?}: the lone connection's bytes came back whole and in order");
+        for &pid in &pids {
+            assert_eq!(threads_named(pid, "ferry-bulk"), 0, "{turn:?}: a lone bulk connection keeps the one thread");
+        }
+        // Two at once: both move.
+        let addr = format!("127.0.0.1:{pair}");
+        let (a, b) = (connect_forwarded(&addr).await, connect_forwarded(&addr).await);
+        let (got_a, got_b) = tokio::join!(run_turn(a, turn, &data, &pids), run_turn(b, turn, &data, &pids));
+        assert!(got_a == data && got_b == data, "{turn:?}: both came back whole and in order");
+        for &pid in &pids {
+            assert!(threads_named(pid, "ferry-bulk") >= 2, "{turn:?}: pid {pid} moved the connections");
+        }
+    }
+}
+
+/// Serves each connection to `listener` as `turn` says, with `data`.
+fn serve_turn(listener: tokio::net::TcpListener, turn: Turn, data: Vec<u8>) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                match turn {
+                    Turn::SmallThenEcho => {
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    }
+                    Turn::SilentUntilEof => {
+                        let mut got = Vec::new();
+                        s.read_to_end(&mut got).await.unwrap();
+                        s.write_all(&got).await.unwrap();
+                        s.shutdown().await.unwrap();
+                    }
+                    Turn::DownloadOnly => {
+                        s.write_all(&data).await.unwrap();
+                        s.shutdown().await.unwrap();
+                        let _ = s.read_to_end(&mut Vec::new()).await;
+                    }
                 }
-                Turn::SilentUntilEof => {
-                    let mut got = Vec::new();
-                    s.read_to_end(&mut got).await.unwrap();
-                    s.write_all(&got).await.unwrap();
-                    s.shutdown().await.unwrap();
-                }
-                Turn::DownloadOnly => {
-                    s.write_all(&served).await.unwrap();
-                    s.shutdown().await.unwrap();
-                    let _ = s.read_to_end(&mut Vec::new()).await;
-                }
-            }
-        });
-        let addr = format!("127.0.0.1:{port}");
-        let mut client = connect_forwarded(&addr).await;
-        if let Turn::SmallThenEcho = turn {
+            });
+        }
+    });
+}
+
+/// The client's side of `turn`: what came back. With [`Turn::SmallThenEcho`]
+/// it checks, once `data` went both ways with the connection still open
+/// both ways, that the processes `moved` run a bulk runtime (the move
+/// happened mid-stream), then sends `data` once more, half-closed.
+async fn run_turn(mut client: TcpStream, turn: Turn, data: &[u8], moved: &[u32]) -> Vec<u8> {
+    match turn {
+        Turn::SmallThenEcho => {
             client.write_all(b"ping").await.unwrap();
             let mut pong = [0u8; 4];
             client.read_exact(&mut pong).await.unwrap();
             assert_eq!(&pong, b"ping");
-            for &pid in &pids {
-                assert_eq!(threads_named(pid, "ferry-bulk"), 0, "{turn:?}: a small exchange stays on the one thread");
-            }
-            // Bulk both ways, the connection still open both ways: the
-            // move happens mid-stream, not at its end.
             let (mut r, mut w) = client.into_split();
-            let sent = data.clone();
+            let sent = data.to_vec();
             let writer = tokio::spawn(async move {
                 w.write_all(&sent).await.unwrap();
                 w
@@ -220,28 +245,17 @@ async fn a_connection_that_turns_to_bulk_moves_to_the_bulk_runtime_mid_stream() 
             let mut got = vec![0u8; data.len()];
             r.read_exact(&mut got).await.unwrap();
             let w = writer.await.unwrap();
-            assert!(got == data, "{turn:?}: the bytes came back whole and in order");
-            for &pid in &pids {
-                assert!(threads_named(pid, "ferry-bulk") >= 2, "{turn:?}: pid {pid} moved the open connection");
+            assert!(got == data, "the bytes came back whole and in order before the half-close");
+            for &pid in moved {
+                assert!(threads_named(pid, "ferry-bulk") >= 2, "pid {pid} moved the open connection");
             }
-            client = r.reunite(w).unwrap();
+            echo_round(r.reunite(w).unwrap(), data.to_vec(), 1 << 16).await
         }
-        let got = match turn {
-            // Then more, half-closed after the move.
-            Turn::SmallThenEcho | Turn::SilentUntilEof => echo_round(client, data.clone(), 1 << 16).await,
-            Turn::DownloadOnly => {
-                let mut got = Vec::new();
-                client.read_to_end(&mut got).await.unwrap();
-                got
-            }
-        };
-        assert_eq!(got.len(), data.len(), "{turn:?}: every byte came back");
-        assert!(got == data, "{turn:?}: the bytes came back in order");
-        for &pid in &pids {
-            assert!(
-                threads_named(pid, "ferry-bulk") >= 2,
-                "{turn:?}: pid {pid} moved the connection to the bulk runtime"
-            );
+        Turn::SilentUntilEof => echo_round(client, data.to_vec(), 1 << 16).await,
+        Turn::DownloadOnly => {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
         }
     }
 }

@@ -3,12 +3,15 @@
 //! runtime and the relay go on there from where it stopped (see
 //! [`crate::placement::DataRelay`]).
 //!
-//! A direction is parked while it waits for its source with nothing in its
-//! conduit (or only the agent's held-back answer), and for good once it has
-//! ended. When both are parked and the meter says the connection carries
-//! bulk, the relay stops. A parked direction whose source speaks before
-//! that goes on, so a move never holds up a byte: it waits for a quiet
-//! moment instead.
+//! A direction is parked while it holds nothing in its conduit (or only the
+//! agent's held-back answer) and waits for its source, or checks it at an
+//! empty conduit in the middle of a bulk stream; and for good once it has
+//! ended. When both are parked, the meter says the connection carries bulk
+//! and another connection of the process does too, the relay stops: the relay holds no byte then, and what the
+//! kernel still holds in the sockets moves with them. A parked direction
+//! whose source is ready before that goes on, so a move never holds up a
+//! byte: it waits for a quiet moment instead. (Two directions that both
+//! stream bulk at once meet as soon as one waits for its source, or ends.)
 //!
 //! Both directions run in one task (the relay joins them), so the one that
 //! decides the move wakes that task and the other sees the decision when
@@ -93,10 +96,11 @@ impl<'a> Handover<'a> {
         Self { meter, parked: AtomicU8::new(0), moving: AtomicBool::new(false) }
     }
 
-    /// Whether the connection carries bulk, so that a direction should
-    /// look for a moment to park.
+    /// Whether the connection should move: it carries bulk, and so does
+    /// another of this process's connections (see
+    /// [`crate::placement::bulk_crowd`]).
     pub(super) fn wanted(&self) -> bool {
-        self.meter.carried_bulk()
+        self.meter.carried_bulk() && crate::placement::bulk_crowd()
     }
 
     /// Counts a direction in; true if the relay stops now.

@@ -396,7 +396,9 @@ fn peer_gone(fd: RawFd) -> bool {
 #[derive(Clone, Copy, Default)]
 pub struct Duties<'a> {
     /// Whether `conn` carries the agent's answer to its hello: read here
-    /// before anything flows down, or sent ahead of the first bytes up.
+    /// before anything flows down, or sent ahead of the first bytes up
+    /// ([`relay_from`] takes the answer still to handle from its [`Resume`]
+    /// instead).
     pub answer: Answer,
     /// `conn`'s send buffer follows the process's live data connections
     /// (see [`crate::buffer_share`]), checked as bytes go up.
@@ -848,6 +850,8 @@ mod tests {
         let history = BulkHistory::default();
         let traffic = Traffic::default();
         let meter = Metered::new(&history);
+        // Another connection of the process carries bulk: moves are wanted.
+        let _other = another_bulk_connection(&history);
         let duties = Duties { answer: Answer::Send, meter: Some(&meter), ..Duties::default() };
         let (mut host_r, mut host_w) = host.split();
         let host_writes = async {
@@ -904,6 +908,7 @@ mod tests {
             client_far.shutdown().await.unwrap();
             let history = BulkHistory::default();
             let (traffic, meter) = (Traffic::default(), Metered::new(&history));
+            let _other = another_bulk_connection(&history);
             let duties = Duties { meter: Some(&meter), ..Duties::default() };
             let relay = async {
                 let first = relay_from(kind, &client, &conn, &traffic, duties, Resume::start(Answer::None), true).await;
@@ -920,6 +925,42 @@ mod tests {
             assert_eq!(far_task.await.unwrap(), b"GET /big", "{kind:?}");
             assert!(got == expected, "{kind:?}: the reply came whole and in order");
             assert_eq!(end, Relayed::Ended(8, expected.len() as u64), "{kind:?}");
+        }
+    }
+
+    /// A metered connection that has carried bulk, live while it is held.
+    fn another_bulk_connection(history: &crate::placement::BulkHistory) -> Metered<'_> {
+        let other = Metered::new(history);
+        other.add(crate::placement::BULK_BYTES as usize);
+        other
+    }
+
+    /// A lone bulk connection keeps its thread: the relay does not stop.
+    #[tokio::test]
+    async fn a_lone_bulk_connection_does_not_stop_for_a_move() {
+        for &kind in RelayKind::all() {
+            let history = crate::placement::BulkHistory::default();
+            let (client, mut client_far) = tcp_pair().await;
+            let (conn, mut far) = UnixStream::pair().unwrap();
+            let (traffic, meter) = (Traffic::default(), Metered::new(&history));
+            let duties = Duties { meter: Some(&meter), ..Duties::default() };
+            let far_task = tokio::spawn(async move {
+                far.write_all(&vec![7u8; 3 << 20]).await.unwrap();
+                far.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                far.read_to_end(&mut rest).await.unwrap();
+            });
+            let reads = async {
+                let mut got = Vec::new();
+                client_far.read_to_end(&mut got).await.unwrap();
+                client_far.shutdown().await.unwrap();
+                got.len()
+            };
+            let relay = relay_from(kind, &client, &conn, &traffic, duties, Resume::start(Answer::None), true);
+            let (end, got) = tokio::join!(relay, reads);
+            far_task.await.unwrap();
+            assert_eq!(got, 3 << 20, "{kind:?}");
+            assert_eq!(end.unwrap(), Relayed::Ended(0, 3 << 20), "{kind:?}: a lone bulk connection ran to its end");
         }
     }
 }
