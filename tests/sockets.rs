@@ -495,8 +495,16 @@ fn connecting_to_a_guest_socket_under_a_hung_mount_stalls_nothing_else() {
         .arg("http://guest/hello.txt")
         .output()
         .unwrap();
+    // The stuck client's connection really waits on the mount meanwhile
+    // (neither an answer nor an end).
+    stuck.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let waited = stuck.read(&mut [0u8; 16]).map_err(|e| e.kind());
     // SAFETY: as above.
     unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert!(
+        matches!(waited, Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the client under the stopped mount was answered ({waited:?}): nothing hung"
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "still served\n",
@@ -552,18 +560,22 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The bind really waits on the mount meanwhile.
+    let listening = |b: &Bridge| {
+        let rows = b.status()["ports"].as_array()?.clone();
+        rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["state"] == "listening")
+    };
+    let listening_while_hung = listening(&bridge).is_some();
     // SAFETY: as above.
     unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    assert!(!listening_while_hung, "the reverse socket was bound while the mount was stopped: nothing hung");
     assert_eq!(
         String::from_utf8_lossy(&served.stdout),
         "still served\n",
         "a reverse socket under a hung mount held up the agent: {}",
         String::from_utf8_lossy(&served.stderr)
     );
-    wait_for(GUARD, "the reverse socket listening once the mount answers", || {
-        let rows = bridge.status()["ports"].as_array()?.clone();
-        rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["state"] == "listening")
-    });
+    wait_for(GUARD, "the reverse socket listening once the mount answers", || listening(&bridge));
     // (A socket bound on a FUSE mount cannot be connected to through it,
     // which bindfs shows as a refusal: the listening state is the check.)
 }

@@ -44,15 +44,12 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        // Only a socket this listener bound is removed, and at once, so that
+        // a listener started next at the same path (which `apply` does right
+        // after) never loses its new socket to this removal.
         let bound = self.bound.as_ref().is_some_and(|b| b.load(Ordering::Relaxed));
         if let (GuestEndpoint::Unix(path), true) = (&self.spec.guest, bound) {
-            // A path under a hung mount must not stop the agent's thread.
-            let path = path.clone();
-            let remove = move || drop(std::fs::remove_file(path));
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(remove)),
-                Err(_) => remove(),
-            }
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -122,6 +122,9 @@ fn share_of(live: usize, floor: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// The tests that hold shares ([`LIVE`] is the process's).
+    static SHARE_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn shares_shrink_as_connections_grow_and_never_below_the_default() {
         let floor = 212_992;
@@ -137,6 +140,7 @@ mod tests {
 
     #[test]
     fn a_live_socket_follows_its_share_once_it_carries_bulk() {
+        let _serial = SHARE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         use std::os::fd::AsRawFd;
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let default = crate::sockopt::send_buffer(a.as_raw_fd()).unwrap();
@@ -160,6 +164,7 @@ mod tests {
 
     #[test]
     fn a_socket_that_joins_again_after_a_move_still_shrinks_to_its_share() {
+        let _serial = SHARE_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         use std::os::fd::AsRawFd;
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let default = crate::sockopt::send_buffer(a.as_raw_fd()).unwrap();

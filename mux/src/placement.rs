@@ -16,9 +16,10 @@
 //! whose connections have been carrying bulk runs on [`parallel`], a
 //! multi-thread runtime shared by the process, instead. Its sockets are
 //! detached from one runtime and taken up by the other before anything is
-//! relayed ([`spawn_served`]). A data connection the history did not
-//! foresee moves while it runs, once it has carried bulk, at a moment when
-//! its relay holds no byte ([`DataRelay`], `relay::handover`).
+//! relayed ([`spawn_served`]). Data connections the history did not
+//! foresee move while they run, once two or more of the process have
+//! carried bulk ([`bulk_crowd`]), at a moment when the relay holds no byte
+//! ([`DataRelay`], `relay::handover`).
 
 use crate::{
     data_end::EndTicket,
@@ -196,11 +197,12 @@ impl Movable for LocalConn {
 /// A data connection's relay (see [`crate::relay`]), with what it needs
 /// owned so that it can go on on [`parallel`]: a connection relayed on the
 /// process's own thread (see [`main_runtime`]) that turns out to carry bulk
-/// stops at a moment when nothing is in flight either way, its two sockets
-/// move, and the relay goes on there. So a bulk connection gets a core
-/// even when its target's history did not foresee it (the first transfer to
-/// a port, a hundred streams opened at once), while a small request never
-/// leaves the one thread.
+/// while another connection does too ([`bulk_crowd`]) stops at a moment when
+/// its relay holds no byte either way, its two sockets move, and the relay
+/// goes on there. So bulk connections get a core each even when their
+/// target's history did not foresee them (a hundred streams opened at once
+/// on a fresh port), while a lone one keeps the one thread and a small
+/// request never leaves it.
 pub struct DataRelay {
     /// Counts the bytes (up: the local socket -> the data connection).
     pub traffic: Arc<Traffic>,
@@ -404,12 +406,24 @@ impl Drop for Metered<'_> {
     }
 }
 
-/// Metered connections of this process that carry bulk now, wherever they
-/// run.
+/// Metered connections of this process that are open and have moved
+/// [`BULK_BYTES`], wherever they run.
 static BULK_LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether more than one metered connection of this process carries bulk
-/// now: a lone bulk stream keeps the one thread to itself (measured: one
+/// Held by the unit tests that make or count bulk connections ([`BULK_LIVE`]
+/// is the process's, and `cargo test` runs tests on threads of one process).
+#[cfg(test)]
+pub(crate) static BULK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`BULK_TESTS`] (a failed test's poison is no matter).
+#[cfg(test)]
+pub(crate) fn bulk_tests() -> std::sync::MutexGuard<'static, ()> {
+    BULK_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether more than one open connection of this process has moved
+/// [`BULK_BYTES`] (an idle one that did counts too): a lone bulk stream
+/// keeps the one thread to itself (measured: one
 /// stream moves 5-15% more there than on the multi-thread runtime, which
 /// wakes its other worker), while several want a core each.
 pub fn bulk_crowd() -> bool {
@@ -449,6 +463,7 @@ mod tests {
 
     #[test]
     fn a_target_turns_bulk_after_bulk_connections_and_back_after_small_ones() {
+        let _serial = bulk_tests();
         let h = BulkHistory::default();
         let connection = |bytes: u64| {
             let m = Metered::new(&h);
@@ -480,6 +495,7 @@ mod tests {
 
     #[test]
     fn a_connection_counts_as_bulk_while_it_is_still_moving_bytes() {
+        let _serial = bulk_tests();
         let h = BulkHistory::default();
         let m = Metered::new(&h);
         m.add(BULK_BYTES as usize / 2);
@@ -493,6 +509,7 @@ mod tests {
 
     #[test]
     fn histories_are_per_target_and_bounded() {
+        let _serial = bulk_tests();
         let all = BulkHistories::default();
         Metered::new(&all.of(&1u32)).add(BULK_BYTES as usize);
         assert!(all.of(&1).expects_bulk());

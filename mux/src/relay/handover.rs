@@ -128,9 +128,17 @@ impl<'a> Handover<'a> {
             return Ok(true);
         }
         let mut ready = pin!(ready);
+        // While a move is wanted, the other direction gets one turn before
+        // this one's source is looked at: two busy directions, each always
+        // ready, would otherwise never be parked at the same time.
+        let mut other_turn = self.wanted();
         let woken = std::future::poll_fn(|cx| {
             if self.moving.load(Ordering::Relaxed) {
                 return Poll::Ready(None);
+            }
+            if std::mem::take(&mut other_turn) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             ready.as_mut().poll(cx).map(Some)
         })

@@ -190,7 +190,12 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
         // Tokio's readiness is cleared only when the read would block for
         // want of bytes (see `Conduit::full_short_of_capacity`).
         let mut read_blocked = false;
-        if !eof && conduit.room() > 0 {
+        // While a move is wanted, the conduit empties before more is read:
+        // a stream whose destination is the bottleneck has an empty conduit
+        // (a moment to move) only then.
+        // (A held-back greeting waits for the source's bytes: never then.)
+        let hold_off = conduit.held() > 0 && !held_back && handover.is_some_and(|h| h.wanted());
+        if !eof && conduit.room() > 0 && !hold_off {
             // A held-back greeting is all the conduit holds: it cannot have
             // filled it, so a read that would block says the source is
             // empty (else nothing would wait and the loop would spin).
@@ -451,8 +456,9 @@ pub async fn relay_bidirectional_as<A: RelaySocket, B: RelaySocket>(
 /// [`relay_bidirectional_as`] from where an earlier relay of the same
 /// sockets stopped (`from`; the answer to handle is `from`'s, not
 /// `duties`'). With `movable` (and `duties.meter`), the relay stops once the
-/// connection carries bulk, at a moment when nothing is in flight either
-/// way, so that the sockets can move to another runtime
+/// connection carries bulk and another of the process does too
+/// ([`crate::placement::bulk_crowd`]), at a moment when the relay holds no
+/// byte either way, so that the sockets can move to another runtime
 /// ([`Relayed::Stopped`]; see [`crate::placement::DataRelay`]).
 pub async fn relay_from<A: RelaySocket, B: RelaySocket>(
     kind: RelayKind,
@@ -833,7 +839,10 @@ mod tests {
         }
     }
 
+    // Serial with the other bulk tests; each runs on one thread.
+    #[allow(clippy::await_holding_lock)]
     async fn stop_and_go_on(kind: RelayKind) {
+        let _serial = crate::placement::bulk_tests();
         use crate::placement::BulkHistory;
         let (target, mut target_far) = UnixStream::pair().unwrap();
         let (conn, mut host) = UnixStream::pair().unwrap();
@@ -889,8 +898,11 @@ mod tests {
     /// client sends a request and half-closes, then the far side sends bulk;
     /// the relay stops once (up ended, counted), goes on, and ends with every
     /// byte, the client's half-close passed on once.
+    // Serial with the other bulk tests; each runs on one thread.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn a_direction_that_ended_before_a_move_stays_ended() {
+        let _serial = crate::placement::bulk_tests();
         for &kind in RelayKind::all() {
             use crate::placement::BulkHistory;
             let (client, mut client_far) = tcp_pair().await;
@@ -936,8 +948,11 @@ mod tests {
     }
 
     /// A lone bulk connection keeps its thread: the relay does not stop.
+    // Serial with the other bulk tests; each runs on one thread.
+    #[allow(clippy::await_holding_lock)]
     #[tokio::test]
     async fn a_lone_bulk_connection_does_not_stop_for_a_move() {
+        let _serial = crate::placement::bulk_tests();
         for &kind in RelayKind::all() {
             let history = crate::placement::BulkHistory::default();
             let (client, mut client_far) = tcp_pair().await;
