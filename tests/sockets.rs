@@ -90,7 +90,13 @@ fn wait_row_state(bridge: &Bridge, host: &Path, state: &str) -> serde_json::Valu
 }
 
 fn curl(sock: &Path, url: &str) -> std::process::Output {
-    Command::new("curl").args(["-sS", "--max-time", "120", "--unix-socket"]).arg(sock).arg(url).output().unwrap()
+    curl_within(sock, url, 120)
+}
+
+/// `curl` through `sock`, giving up after `secs` seconds.
+fn curl_within(sock: &Path, url: &str, secs: u32) -> std::process::Output {
+    let limit = secs.to_string();
+    Command::new("curl").args(["-sS", "--max-time", &limit, "--unix-socket"]).arg(sock).arg(url).output().unwrap()
 }
 
 #[test]
@@ -386,13 +392,11 @@ fn a_guest_tcp_port_is_published_as_a_host_unix_socket() {
     wait_for(GUARD, "the host socket removed", || (!host_sock.exists()).then_some(()));
 }
 
-/// A wanted guest socket under a mount that stops answering (a hung FUSE
-/// or network file system) stalls only the check of that socket: the agent,
-/// which runs on one thread, serves everything else meanwhile.
-#[test]
-fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
-    let port = free_port();
-    let s = setup(
+/// Rules forwarding the guest socket `hung/d.sock` (under the mount
+/// [`bindfs_mount`] makes) to the host socket `d.sock`, and the guest port
+/// `port` to the host socket `api.sock`.
+fn hung_mount_setup(port: u16) -> Setup {
+    setup(
         |g, h| {
             format!(
                 "portForwards:\n- guestSocket: {g}/hung/d.sock\n  hostSocket: {h}/d.sock\n- guestPort: {port}\n  hostSocket: {h}/api.sock\n",
@@ -401,22 +405,45 @@ fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
             )
         },
         &[],
-    );
-    let guest = &s.bridge.guest;
-    let (backing, hung) = (s.guest_dir.join("backing"), s.guest_dir.join("hung"));
+    )
+}
+
+/// Mounts `dir/backing` at `dir/hung` in `guest` with bindfs (`options`
+/// passed on; its log in `logs`): (bindfs, backing, hung). Stopping bindfs
+/// with SIGSTOP makes the mount hang.
+fn bindfs_mount(guest: &Guest, dir: &Path, logs: &Path, options: &[&str]) -> (Proc, PathBuf, PathBuf) {
+    let (backing, hung) = (dir.join("backing"), dir.join("hung"));
     assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
     let mut cmd = guest.command("bindfs");
-    cmd.arg("-f").arg(&backing).arg(&hung);
-    let bindfs = Proc::spawn(cmd, s.host_dir.path().join("bindfs.log"));
+    cmd.arg("-f").args(options).arg(&backing).arg(&hung);
+    let bindfs = Proc::spawn(cmd, logs.join("bindfs.log"));
     wait_for(GUARD, "the FUSE mount in the guest", || {
         guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
     });
-    let site = s.host_dir.path().join("site");
+    (bindfs, backing, hung)
+}
+
+/// Python's `http.server` in `guest` on `port`, serving "still served" at
+/// `/hello.txt` (its files and log in `dir`).
+fn still_served(guest: &Guest, dir: &Path, port: u16) -> Proc {
+    let site = dir.join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
     let mut cmd = guest.command("python3");
     cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
-    let _server = Proc::spawn(cmd, s.host_dir.path().join("http.log"));
+    Proc::spawn(cmd, dir.join("http.log"))
+}
+
+/// A wanted guest socket under a mount that stops answering (a hung FUSE
+/// or network file system) stalls only the check of that socket: the agent,
+/// which runs on one thread, serves everything else meanwhile.
+#[test]
+fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
+    let port = free_port();
+    let s = hung_mount_setup(port);
+    let guest = &s.bridge.guest;
+    let (bindfs, _, _) = bindfs_mount(guest, &s.guest_dir, s.host_dir.path(), &[]);
+    let _server = still_served(guest, s.host_dir.path(), port);
     let host_sock = s.host_dir.path().join("host/api.sock");
     wait_row_state(&s.bridge, &host_sock, "forwarding");
     assert_eq!(curl(&host_sock, "http://guest/hello.txt").stdout, b"still served\n");
@@ -425,12 +452,7 @@ fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
     // SAFETY: signals to the bindfs process this test started.
     assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
     std::thread::sleep(Duration::from_millis(500));
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--unix-socket"])
-        .arg(&host_sock)
-        .arg("http://guest/hello.txt")
-        .output()
-        .unwrap();
+    let out = curl_within(&host_sock, "http://guest/hello.txt", 10);
     // SAFETY: as above.
     unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
     assert_eq!(
@@ -448,37 +470,21 @@ fn a_hung_mount_under_a_wanted_guest_socket_stalls_nothing_else() {
 #[test]
 fn connecting_to_a_guest_socket_under_a_hung_mount_stalls_nothing_else() {
     let port = free_port();
-    let s = setup(
-        |g, h| {
-            format!(
-                "portForwards:\n- guestSocket: {g}/hung/d.sock\n  hostSocket: {h}/d.sock\n- guestPort: {port}\n  hostSocket: {h}/api.sock\n",
-                g = g.display(),
-                h = h.display()
-            )
-        },
-        &[],
-    );
+    let s = hung_mount_setup(port);
     let guest = &s.bridge.guest;
-    let (backing, hung) = (s.guest_dir.join("backing"), s.guest_dir.join("hung"));
-    assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
-    let mut cmd = guest.command("bindfs");
     // No cached lookups: each path resolution asks bindfs.
-    cmd.args(["-f", "-o", "entry_timeout=0,attr_timeout=0,negative_timeout=0"]).arg(&backing).arg(&hung);
-    let bindfs = Proc::spawn(cmd, s.host_dir.path().join("bindfs.log"));
-    wait_for(GUARD, "the FUSE mount in the guest", || {
-        guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
-    });
+    let (bindfs, backing, _) = bindfs_mount(
+        guest,
+        &s.guest_dir,
+        s.host_dir.path(),
+        &["-o", "entry_timeout=0,attr_timeout=0,negative_timeout=0"],
+    );
     // A socket under the mount (bound in the backing directory): the host
     // socket appears for it.
     let _socket_owner = guest_server(&s, &backing.join("d.sock"), "echo");
     let stuck_sock = s.host_dir.path().join("host/d.sock");
     wait_row_state(&s.bridge, &stuck_sock, "forwarding");
-    let site = s.host_dir.path().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
-    let mut cmd = guest.command("python3");
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
-    let _server = Proc::spawn(cmd, s.host_dir.path().join("http.log"));
+    let _server = still_served(guest, s.host_dir.path(), port);
     let host_sock = s.host_dir.path().join("host/api.sock");
     wait_row_state(&s.bridge, &host_sock, "forwarding");
     assert_eq!(curl(&host_sock, "http://guest/hello.txt").stdout, b"still served\n");
@@ -489,12 +495,7 @@ fn connecting_to_a_guest_socket_under_a_hung_mount_stalls_nothing_else() {
     let mut stuck = UnixStream::connect(&stuck_sock).unwrap();
     stuck.write_all(b"hello?").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--unix-socket"])
-        .arg(&host_sock)
-        .arg("http://guest/hello.txt")
-        .output()
-        .unwrap();
+    let out = curl_within(&host_sock, "http://guest/hello.txt", 10);
     // The stuck client's connection really waits on the mount meanwhile
     // (neither an answer nor an end).
     stuck.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -523,14 +524,7 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
     let host_dir = tempfile::tempdir().unwrap();
     let guest_dir = host_dir.path().join("guest");
     let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
-    let (backing, hung) = (guest_dir.join("backing"), guest_dir.join("hung"));
-    assert!(guest.command("mkdir").arg(&backing).arg(&hung).status().unwrap().success());
-    let mut cmd = guest.command("bindfs");
-    cmd.arg("-f").arg(&backing).arg(&hung);
-    let bindfs = Proc::spawn(cmd, host_dir.path().join("bindfs.log"));
-    wait_for(GUARD, "the FUSE mount in the guest", || {
-        guest.command("mountpoint").arg("-q").arg(&hung).status().ok()?.success().then_some(())
-    });
+    let (bindfs, _, hung) = bindfs_mount(&guest, &guest_dir, host_dir.path(), &[]);
     // The host service the reverse socket leads to.
     let service_path = host_dir.path().join("service.sock");
     let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
@@ -545,12 +539,7 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
     let spec = format!("{}={}", guest_sock.display(), service_path.display());
     let bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
     let port = free_port();
-    let site = host_dir.path().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(site.join("hello.txt"), b"still served\n").unwrap();
-    let mut cmd = bridge.guest.command("python3");
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&site);
-    let _server = Proc::spawn(cmd, host_dir.path().join("http.log"));
+    let _server = still_served(&bridge.guest, host_dir.path(), port);
     let url = format!("http://127.0.0.1:{port}/hello.txt");
     let deadline = Instant::now() + Duration::from_secs(15);
     let served = loop {
