@@ -44,9 +44,8 @@ pub struct BufferShare {
     fd: RawFd,
     /// Bytes sent so far (counted up to [`SIZED_AFTER`]).
     sent: AtomicU64,
-    /// The kernel's default ([`FLOOR`]), once read.
-    floor: AtomicUsize,
-    /// The size last asked for (what the socket held until then).
+    /// The size last asked for (what the socket held until then); 0 until
+    /// the buffer is first sized.
     applied: AtomicUsize,
 }
 
@@ -55,7 +54,7 @@ impl BufferShare {
     /// sent [`SIZED_AFTER`] bytes.
     pub fn join(fd: RawFd) -> Self {
         LIVE.fetch_add(1, Ordering::Relaxed);
-        Self { fd, sent: AtomicU64::new(0), floor: AtomicUsize::new(0), applied: AtomicUsize::new(0) }
+        Self { fd, sent: AtomicU64::new(0), applied: AtomicUsize::new(0) }
     }
 
     /// Counts `sent` bytes; once past [`SIZED_AFTER`], resizes the send
@@ -68,22 +67,16 @@ impl BufferShare {
             self.sent.store(so_far + sent as u64, Ordering::Relaxed);
             return;
         }
-        let mut floor = self.floor.load(Ordering::Relaxed);
-        if floor == 0 {
+        if self.applied.load(Ordering::Relaxed) == 0 {
             // What the socket holds now: the default, unless an earlier
             // share (before a move) resized it.
             let now = crate::sockopt::send_buffer(self.fd).unwrap_or(1);
-            floor = match FLOOR.load(Ordering::Relaxed) {
-                0 => {
-                    FLOOR.store(now, Ordering::Relaxed);
-                    now
-                }
-                known => known,
-            };
-            self.floor.store(floor, Ordering::Relaxed);
+            if FLOOR.load(Ordering::Relaxed) == 0 {
+                FLOOR.store(now, Ordering::Relaxed);
+            }
             self.applied.store(now, Ordering::Relaxed);
         }
-        let want = share_of(LIVE.load(Ordering::Relaxed), floor);
+        let want = share_of(LIVE.load(Ordering::Relaxed), FLOOR.load(Ordering::Relaxed));
         if want != self.applied.load(Ordering::Relaxed) {
             self.applied.store(want, Ordering::Relaxed);
             // Linux doubles what it is asked for (bookkeeping overhead) and

@@ -149,30 +149,34 @@ pub enum DetachedLocal {
     Unix(std::os::unix::net::UnixStream),
 }
 
-impl DetachedLocal {
-    fn socket(&self) -> socket2::SockRef<'_> {
+impl std::os::fd::AsFd for DetachedLocal {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
-            DetachedLocal::Tcp(s) => s.into(),
-            DetachedLocal::Unix(s) => s.into(),
+            DetachedLocal::Tcp(s) => s.as_fd(),
+            DetachedLocal::Unix(s) => s.as_fd(),
         }
     }
+}
 
+/// Makes the socket's close an abort where it can be one (TCP: RST).
+fn reset_on_close(socket: &impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
+}
+
+impl DetachedLocal {
     /// Closes the socket so that its peer sees an abort where it can (TCP: RST).
     pub fn abort(self) {
-        let _ = self.socket().set_linger(Some(std::time::Duration::ZERO));
+        reset_on_close(&self);
     }
 
     /// Takes the socket up in the runtime this is called in, or aborts it
     /// if it cannot be (a failed registration closes the socket it was
     /// given, so a duplicate of its descriptor carries the abort).
     pub fn attach_or_abort(self) -> std::io::Result<LocalConn> {
-        let spare = match &self {
-            DetachedLocal::Tcp(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned(),
-            DetachedLocal::Unix(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned(),
-        };
+        let spare = std::os::fd::AsFd::as_fd(&self).try_clone_to_owned();
         LocalConn::attach(self).inspect_err(|_| {
             if let Ok(spare) = spare {
-                let _ = socket2::SockRef::from(&spare).set_linger(Some(std::time::Duration::ZERO));
+                reset_on_close(&spare);
             }
         })
     }
@@ -231,11 +235,7 @@ impl DataRelay {
         };
         let Some(parallel) = parallel() else {
             // No bulk runtime: go on here.
-            let meter = Metered::resumed(&self.history, moved);
-            return match self.relay(&local, &conn, &meter, from, false).await {
-                Ok(_) => None,
-                Err(e) => abort(local, e),
-            };
+            return self.go_on(local, &conn, from, moved).await;
         };
         // A move that fails aborts the client, so that a cut transfer never
         // looks complete. The data connection moves first, while the local
@@ -262,13 +262,19 @@ impl DataRelay {
                 Ok(local) => local,
                 Err(e) => return could_not(e),
             };
-            let meter = Metered::resumed(&self.history, moved);
-            match self.relay(&local, &conn, &meter, from, false).await {
-                Ok(_) => None,
-                Err(e) => abort(local, e),
-            }
+            self.go_on(local, &conn, from, moved).await
         });
         moved_on.await.unwrap_or_else(|e| Some(format!("the moved relay failed: {e}")))
+    }
+
+    /// The rest of a stopped relay (`moved` bytes metered so far), where it
+    /// is; the reason of an abort, as [`DataRelay::run`].
+    async fn go_on(&self, local: LocalConn, conn: &RawConn, from: Resume, moved: u64) -> Option<String> {
+        let meter = Metered::resumed(&self.history, moved);
+        match self.relay(&local, conn, &meter, from, false).await {
+            Ok(_) => None,
+            Err(e) => abort(local, e),
+        }
     }
 
     async fn relay(
@@ -378,7 +384,7 @@ impl<'a> Metered<'a> {
 
     /// Whether the connection has carried bulk.
     pub fn carried_bulk(&self) -> bool {
-        self.moved.load(Ordering::Relaxed) >= BULK_BYTES
+        self.moved() >= BULK_BYTES
     }
 
     /// The bytes moved so far.

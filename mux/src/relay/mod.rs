@@ -166,9 +166,10 @@ relay_socket!(UnixStream);
 /// filling the conduit, so the next write moves a large batch.
 ///
 /// `from` is what an earlier run of this direction moved (the relay went on
-/// after a move). With a `handover`, the direction parks there whenever it
-/// waits for `src` with nothing in the conduit but a held-back greeting,
-/// and stops when the relay does ([`LegEnd::Stopped`]).
+/// after a move). With a `handover`, the direction parks there whenever its
+/// conduit holds nothing but a held-back greeting and it waits for `src`
+/// (or, while a move is wanted, at each empty conduit), for good once it has
+/// ended, and stops when the relay does ([`LegEnd::Stopped`]).
 async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = io::Result<()>>>(
     src: &A,
     dst: &B,
@@ -255,6 +256,9 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
             let _ = dst.shutdown_write();
             // Only an empty conduit is reused; on errors it is dropped instead.
             conduit.give_back();
+            if let Some(h) = handover {
+                h.done().await;
+            }
             return Ok(LegEnd::Done(total));
         }
         let quiet = conduit.held() == 0 || held_back;
@@ -534,10 +538,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     // answer it handles is still to come.
     let up = async {
         if from.up.done {
-            if let Some(h) = handover {
-                h.done().await;
-            }
-            return Ok::<_, io::Error>((from.up, false));
+            return ended_before(from.up, handover).await;
         }
         match one_way::<C, _, _, _>(client, conn, greeting, sent_up, |_| async { Ok(()) }, from.up.moved, handover)
             .await?
@@ -547,9 +548,6 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
                 if let Some(end) = end {
                     end.sent_all(n);
                 }
-                if let Some(h) = handover {
-                    h.done().await;
-                }
                 Ok((Leg { moved: n, done: true }, false))
             }
             LegEnd::Stopped { moved, greeting } => Ok((Leg { moved, done: false }, greeting)),
@@ -557,10 +555,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
     };
     let down = async {
         if from.down.done {
-            if let Some(h) = handover {
-                h.done().await;
-            }
-            return Ok::<_, io::Error>((from.down, false));
+            return ended_before(from.down, handover).await;
         }
         if from.answer == Answer::Read && !read_answer(conn, handover).await? {
             return Ok((from.down, true));
@@ -580,12 +575,7 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
             }
         };
         match one_way::<C, _, _, _>(conn, client, &[], sent_down, at_eof, from.down.moved, handover).await? {
-            LegEnd::Done(n) => {
-                if let Some(h) = handover {
-                    h.done().await;
-                }
-                Ok((Leg { moved: n, done: true }, false))
-            }
+            LegEnd::Done(n) => Ok((Leg { moved: n, done: true }, false)),
             LegEnd::Stopped { moved, .. } => Ok((Leg { moved, done: false }, false)),
         }
     };
@@ -599,6 +589,15 @@ async fn relay_through<C: Conduit, A: RelaySocket, B: RelaySocket>(
         _ => Answer::None,
     };
     Ok(Relayed::Stopped(Resume { up, down, answer }))
+}
+
+/// A direction that had ended before the relay stopped for a move: parked
+/// for good from the start (its progress, and no answer still to come).
+async fn ended_before(leg: Leg, handover: Option<&Handover<'_>>) -> io::Result<(Leg, bool)> {
+    if let Some(h) = handover {
+        h.done().await;
+    }
+    Ok((leg, false))
 }
 
 #[cfg(test)]
