@@ -311,6 +311,60 @@ async fn while_the_master_carries_a_bulk_transfer_new_connections_go_over_the_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_uploads_that_greet_first_puts_one_on_the_master_and_the_rest_on_the_session() {
+    // Eight clients connect at once, each sends a greeting and waits (as the
+    // bench's 100 streams, or a parallel upload tool, do) before it turns
+    // bulk. Judged by the greeting alone each looked quiet, and all eight
+    // landed on the master, whose throughput collapses with many busy
+    // channels. Nothing has come back to them yet, so each holds a place.
+    let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
+    let port = free_port();
+    let listener = b.guest.tcp_listener(&format!("127.0.0.1:{port}"));
+    let (got, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let got = got.clone();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = s.read_to_end(&mut all).await;
+                let _ = got.send(all);
+            });
+        }
+    });
+    b.wait_forwarded(port);
+    let greeting = |i: u8| async move {
+        let mut c = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+        c.write_all(&[i; 8]).await.unwrap();
+        c
+    };
+    let connecting: Vec<_> = (0..8u8).map(|i| tokio::spawn(greeting(i))).collect();
+    let mut clients = Vec::new();
+    for c in connecting {
+        clients.push(c.await.unwrap());
+    }
+    wait_for(GUARD, "all eight carried", || {
+        let (master, session) = b.routes();
+        (master + session == 8).then_some(())
+    });
+    assert_eq!(b.routes(), (1, 7), "one place at the master, the rest over the session");
+    // Then every one uploads, and every byte arrives, in order.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.write_all(&pattern(i as u64, 1 << 20)).await.unwrap();
+        c.shutdown().await.unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let all = tokio::time::timeout(GUARD, received.recv()).await.expect("an upload hung").unwrap();
+        assert_eq!(all.len(), 8 + (1 << 20));
+        let i = all[0];
+        assert!(all[..8].iter().all(|&b| b == i) && all[8..] == pattern(i as u64, 1 << 20)[..], "upload {i} damaged");
+        seen.push(i);
+    }
+    seen.sort();
+    assert_eq!(seen, (0..8).collect::<Vec<u8>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forward_the_master_refuses_goes_over_the_session_with_every_byte() {
     // sshd allows no forwarding to anywhere: the master answers each
     // request with a failure, after which the client is carried by the

@@ -103,15 +103,22 @@ impl Carried {
 
     /// Takes a reading of the bytes the connection moved and says whether
     /// it holds a place at the master: it moves at least [`BULK_RATE`], or
-    /// it has moved nothing yet while young.
+    /// nothing has come back to its client yet while it is young. (A burst
+    /// of uploads or downloads each sends a greeting or a request first and
+    /// turns bulk only later: judged by their first bytes, every one would
+    /// land on the master. A conversation such as iperf3's control
+    /// connection has had its answers by the time the next client comes.)
     fn check_busy(&mut self, now: Instant) -> bool {
         let moved = match &self.socket {
-            Some(s) => tcp_activity::bytes_moved(s.as_fd()),
-            None => Some(self.returned.load(Ordering::Relaxed)),
+            Some(s) => tcp_activity::bytes_moved(s.as_fd()).map(|m| (m.total(), m.sent > 0)),
+            None => Some(self.returned.load(Ordering::Relaxed)).map(|r| (r, r > 0)),
         };
-        let Some(moved) = moved else { return true };
+        let Some((moved, answered)) = moved else { return true };
+        if !answered && now.duration_since(self.since) < SETTLE {
+            return true;
+        }
         if moved == 0 {
-            return now.duration_since(self.since) < SETTLE;
+            return false;
         }
         // Readings are taken when connections arrive; after a spell with
         // none, the last is too old to say when the bytes since moved: as
@@ -283,17 +290,47 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     /// A TCP connection (client end, served end) and the served end as the
-    /// route would carry it, admitted now, after the client sent 300 bytes
-    /// and they were read (a few messages, as iperf3's control connection).
-    fn carried_after_a_few_messages() -> (std::net::TcpStream, std::net::TcpStream, Carried, Instant) {
+    /// route would carry it, admitted now.
+    fn carried() -> (std::net::TcpStream, std::net::TcpStream, Carried, Instant) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (mut served, _) = l.accept().unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (served, _) = l.accept().unwrap();
         let t0 = Instant::now();
         let c = Carried::new(0, t0, Some(served.as_fd().try_clone_to_owned().unwrap()), Default::default());
+        (client, served, c, t0)
+    }
+
+    /// [`carried`], after the client sent 300 bytes, they were read and
+    /// answered with 20 (a few messages, as iperf3's control connection).
+    fn carried_after_a_few_messages() -> (std::net::TcpStream, std::net::TcpStream, Carried, Instant) {
+        let (mut client, mut served, c, t0) = carried();
         client.write_all(&[1u8; 300]).unwrap();
         served.read_exact(&mut [0u8; 300]).unwrap();
+        served.write_all(&[2u8; 20]).unwrap();
+        client.read_exact(&mut [0u8; 20]).unwrap();
+        // The client's acknowledgement of the answer may lag a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tcp_activity::bytes_moved(served.as_fd()).unwrap().sent == 0 {
+            assert!(Instant::now() < deadline, "the answer was never acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         (client, served, c, t0)
+    }
+
+    #[test]
+    fn a_young_connection_that_has_had_no_answer_holds_a_place_however_much_it_sent() {
+        // A burst of uploads (the bench's 100 streams, a parallel upload
+        // tool): each sends a greeting, then waits. Judged by those bytes
+        // alone, each would look quiet and all would land on the master.
+        let (mut client, mut served, mut c, t0) = carried();
+        client.write_all(&[1u8; 8]).unwrap();
+        served.read_exact(&mut [0u8; 8]).unwrap();
+        assert!(c.check_busy(t0 + Duration::from_millis(5)), "a greeting, no answer yet, 5 ms old");
+        assert!(c.check_busy(t0 + SETTLE / 2), "still no answer");
+        assert!(!c.check_busy(t0 + SETTLE + Duration::from_millis(10)), "old, 8 bytes: quiet");
+        // Answered, young: judged by its rate (a few messages: quiet).
+        let (.., mut answered, t1) = carried_after_a_few_messages();
+        assert!(!answered.check_busy(t1 + Duration::from_millis(5)), "answered, 320 bytes in 5 ms");
     }
 
     #[test]
