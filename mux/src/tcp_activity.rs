@@ -107,12 +107,13 @@ mod tests {
         client.read_exact(&mut buf[..300]).unwrap();
         // The acknowledgement of the 300 bytes may lag a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let expected = Some(Moved { received: 1000, sent: 300 });
+        let moved = Moved { received: 1000, sent: 300 };
+        assert_eq!(moved.total(), 1300);
+        let expected = Some(moved);
         while bytes_moved(server.as_fd()) != expected && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(bytes_moved(server.as_fd()), expected);
-        assert_eq!(expected.unwrap().total(), 1300);
         let pipe = std::os::unix::net::UnixStream::pair().unwrap().0;
         assert_eq!(bytes_moved(pipe.as_fd()), None, "not a TCP socket");
     }
