@@ -84,6 +84,15 @@ impl Gate {
     }
 }
 
+/// Closes `s` with a reset, dropping whatever it still holds unsent or
+/// unread: a path that fell behind (`ssh -L` with 100 streams holds hundreds
+/// of megabytes in its buffers) then has no backlog to work through while
+/// the next path is measured.
+pub fn reset(s: TcpStream) {
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
 fn sink_total(counters: &SinkCounters, ids: &[u64]) -> Vec<u64> {
     let map = counters.lock().unwrap();
     ids.iter().map(|id| map.get(id).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)).collect()
@@ -137,6 +146,7 @@ pub fn upload(
                         Err(_) => break,
                     }
                 }
+                reset(s);
             })
         })
         .collect();
@@ -164,6 +174,8 @@ pub fn upload(
         let _ = h.join();
     }
     let total_bytes = sink_total(counters, &ids).iter().sum();
+    // The sink resets these streams at their next bytes (see `reset`).
+    counters.lock().unwrap().retain(|id, _| !ids.contains(id));
     let per: Vec<f64> = after.iter().zip(&before).map(|(a, b)| (a - b) as f64).collect();
     let sum: f64 = per.iter().sum();
     let sq: f64 = per.iter().map(|x| x * x).sum();
@@ -200,6 +212,7 @@ pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
                         Err(_) => break,
                     }
                 }
+                reset(s);
             })
         })
         .collect();

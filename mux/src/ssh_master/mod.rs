@@ -18,15 +18,20 @@
 //! [`Outcome::NotTaken`]) and the caller can carry it another way. Masters
 //! before OpenSSH 9.4 cannot forward to a Unix socket path and refuse. The
 //! master holds the forward only while the control connection stays open:
-//! closing it aborts the forward.
+//! closing it aborts the forward. Once a forward has opened, the next
+//! client's control connection is readied in the background ([`spare`]).
 
 pub mod messages;
+mod spare;
 
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -48,6 +53,7 @@ pub struct SshMaster {
     control: PathBuf,
     next_request: AtomicU32,
     open_timeout: Duration,
+    spare: Arc<spare::Spare>,
 }
 
 /// How a forward through the master ended.
@@ -91,7 +97,12 @@ impl SshMaster {
 
     /// [`SshMaster::new`] with another limit on the master's answer.
     pub fn with_open_timeout(control: &Path, open_timeout: Duration) -> Self {
-        Self { control: control.to_path_buf(), next_request: AtomicU32::new(1), open_timeout }
+        Self {
+            control: control.to_path_buf(),
+            next_request: AtomicU32::new(1),
+            open_timeout,
+            spare: spare::Spare::new(control.to_path_buf()),
+        }
     }
 
     /// Forwards `local` to `to` through the master until it ends, counting
@@ -170,10 +181,18 @@ impl SshMaster {
     ) -> Result<(UnixStream, PipeReader), Refusal> {
         let untouched =
             |what: &str, e: &dyn std::fmt::Display| Refusal::Untouched(NotTaken::Unreachable(format!("{what}: {e}")));
-        let mut control = UnixStream::connect(&self.control)
-            .await
-            .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
-        let mut request = messages::hello();
+        // A control connection readied earlier has had its hello; a new one
+        // sends it with the request.
+        let (mut control, greeted) = match self.spare.take() {
+            Some(ready) => (ready, true),
+            None => {
+                let fresh = UnixStream::connect(&self.control)
+                    .await
+                    .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
+                (fresh, false)
+            }
+        };
+        let mut request = if greeted { Vec::new() } else { messages::hello() };
         request.extend_from_slice(&messages::stdio_forward(request_id, to));
         control.write_all(&request).await.map_err(|e| untouched("ControlMaster request", &e))?;
         let (ours, theirs) = pipe().map_err(|e| untouched("pipe", &e))?;
@@ -187,9 +206,13 @@ impl SshMaster {
         // The master holds its own copy now.
         drop(theirs);
         let limit = self.open_timeout;
-        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id)).await;
+        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id, greeted)).await;
         match answer {
-            Ok(Ok(())) => Ok((control, ours)),
+            Ok(Ok(())) => {
+                // The master works: ready a control connection for the next client.
+                self.spare.replenish(limit);
+                Ok((control, ours))
+            }
             Ok(Err(refusal)) => Err(refusal),
             Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {limit:?}"))),
         }
@@ -246,10 +269,11 @@ enum Refusal {
     Unknown(String),
 }
 
-/// Reads the master's hello, then its answer to `request_id`.
-async fn read_answer(control: &mut UnixStream, request_id: u32) -> Result<(), Refusal> {
+/// Reads the master's hello (unless `greeted` already), then its answer to
+/// `request_id`.
+async fn read_answer(control: &mut UnixStream, request_id: u32, greeted: bool) -> Result<(), Refusal> {
     let mut buf = Vec::new();
-    let mut hello_seen = false;
+    let mut hello_seen = greeted;
     loop {
         let reply = next_reply(control, &mut buf).await?;
         match reply {
