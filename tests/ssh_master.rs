@@ -34,8 +34,7 @@ impl SshBridge {
     fn start(guest: Guest, dir: tempfile::TempDir, sshd_options: &str, rules: Option<String>) -> Self {
         let ssh = SshGuest::with_sshd_options(dir.path(), sshd_options).unwrap();
         let control = dir.path().join("ssh.sock");
-        // The master logs each control connection's hello and each forward.
-        let master = ssh.start_master_with(&guest, &control, dir.path().join("master.log"), &["-o", "LogLevel=DEBUG2"]);
+        let master = ssh.start_master(&guest, &control, dir.path().join("master.log"));
         let secret = make_secret(dir.path());
         let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
         // The session has an ssh connection of its own, as `limactl ferry
@@ -363,40 +362,6 @@ async fn a_burst_of_uploads_that_greet_first_puts_one_on_the_master_and_the_rest
     }
     seen.sort();
     assert_eq!(seen, (0..8).collect::<Vec<u8>>());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_clients_control_connection_is_greeted_before_the_client_comes() {
-    // After a forward opens, ferry readies one control connection, hello
-    // exchanged, for the next client: each client then costs the master one
-    // request on its path instead of an accept, a hello and the request.
-    let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
-    let port = free_port();
-    spawn_echo(b.guest.tcp_listener(&format!("127.0.0.1:{port}")));
-    b.wait_forwarded(port);
-    let master_log = || b.master.as_ref().unwrap().log_text();
-    let hellos = |log: &str| log.matches("client version").count();
-    // (`ssh -O check` greeted the master too, while it started.)
-    let before = hellos(&master_log());
-    for n in 0..3 {
-        echo_round(&format!("127.0.0.1:{port}"), &pattern(20 + n, 64 << 10)).await;
-        // (A connection that just moved 128 KiB in a moment looks busy
-        // until it has ended.)
-        wait_for(GUARD, "the connection to end", || {
-            (b.status()["ports"].as_array()?.iter().all(|r| r["active_connections"] == 0)).then_some(())
-        });
-    }
-    assert_eq!(b.routes(), (3, 0), "all three through the master");
-    // Three forwards, and four greetings: the first client's own, then one
-    // readied after each forward, the first two of which the next clients
-    // used. Had a client not used the ready one, there would be more.
-    wait_for(GUARD, "the next control connection to be readied", || {
-        (hellos(&master_log()) - before >= 4).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let log = master_log();
-    assert_eq!(log.matches("stdio fwd to").count(), 3, "{log}");
-    assert_eq!(hellos(&log) - before, 4, "one greeting per client, and one ready: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

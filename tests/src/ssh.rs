@@ -103,17 +103,8 @@ impl SshGuest {
     /// (as Lima's hostagent keeps `<instance>/ssh.sock`), and waits until it
     /// answers.
     pub fn start_master(&self, guest: &Guest, control: &Path, log: PathBuf) -> Proc {
-        self.start_master_with(guest, control, log, &[])
-    }
-
-    /// [`SshGuest::start_master`] with more ssh options (`-o LogLevel=DEBUG2`
-    /// makes it log each control connection's hello and each forward).
-    pub fn start_master_with(&self, guest: &Guest, control: &Path, log: PathBuf, options: &[&str]) -> Proc {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-M", "-N", "-o", "ControlPersist=no", "-S"])
-            .arg(control)
-            .args(options)
-            .args(self.client_args(guest));
+        cmd.args(["-M", "-N", "-o", "ControlPersist=no", "-S"]).arg(control).args(self.client_args(guest));
         cmd.arg("root@guest");
         let mut master = Proc::spawn(cmd, log);
         let up = crate::try_wait_for(Duration::from_secs(20), || {

@@ -18,20 +18,15 @@
 //! [`Outcome::NotTaken`]) and the caller can carry it another way. Masters
 //! before OpenSSH 9.4 cannot forward to a Unix socket path and refuse. The
 //! master holds the forward only while the control connection stays open:
-//! closing it aborts the forward. Once a forward has opened, the next
-//! client's control connection is readied in the background ([`spare`]).
+//! closing it aborts the forward.
 
 pub mod messages;
-mod spare;
 
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -53,7 +48,6 @@ pub struct SshMaster {
     control: PathBuf,
     next_request: AtomicU32,
     open_timeout: Duration,
-    spare: Arc<spare::Spare>,
 }
 
 /// How a forward through the master ended.
@@ -97,12 +91,7 @@ impl SshMaster {
 
     /// [`SshMaster::new`] with another limit on the master's answer.
     pub fn with_open_timeout(control: &Path, open_timeout: Duration) -> Self {
-        Self {
-            control: control.to_path_buf(),
-            next_request: AtomicU32::new(1),
-            open_timeout,
-            spare: spare::Spare::new(control.to_path_buf()),
-        }
+        Self { control: control.to_path_buf(), next_request: AtomicU32::new(1), open_timeout }
     }
 
     /// Forwards `local` to `to` through the master until it ends, counting
@@ -181,18 +170,10 @@ impl SshMaster {
     ) -> Result<(UnixStream, PipeReader), Refusal> {
         let untouched =
             |what: &str, e: &dyn std::fmt::Display| Refusal::Untouched(NotTaken::Unreachable(format!("{what}: {e}")));
-        // A control connection readied earlier has had its hello; a new one
-        // sends it with the request.
-        let (mut control, greeted) = match self.spare.take() {
-            Some(ready) => (ready, true),
-            None => {
-                let fresh = UnixStream::connect(&self.control)
-                    .await
-                    .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
-                (fresh, false)
-            }
-        };
-        let mut request = if greeted { Vec::new() } else { messages::hello() };
+        let mut control = UnixStream::connect(&self.control)
+            .await
+            .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
+        let mut request = messages::hello();
         request.extend_from_slice(&messages::stdio_forward(request_id, to));
         control.write_all(&request).await.map_err(|e| untouched("ControlMaster request", &e))?;
         let (ours, theirs) = pipe().map_err(|e| untouched("pipe", &e))?;
@@ -206,13 +187,9 @@ impl SshMaster {
         // The master holds its own copy now.
         drop(theirs);
         let limit = self.open_timeout;
-        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id, greeted)).await;
+        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id)).await;
         match answer {
-            Ok(Ok(())) => {
-                // The master works: ready a control connection for the next client.
-                self.spare.replenish(limit);
-                Ok((control, ours))
-            }
+            Ok(Ok(())) => Ok((control, ours)),
             Ok(Err(refusal)) => Err(refusal),
             Err(_) => Err(Refusal::Unknown(format!("the ControlMaster did not answer within {limit:?}"))),
         }
@@ -269,11 +246,10 @@ enum Refusal {
     Unknown(String),
 }
 
-/// Reads the master's hello (unless `greeted` already), then its answer to
-/// `request_id`.
-async fn read_answer(control: &mut UnixStream, request_id: u32, greeted: bool) -> Result<(), Refusal> {
+/// Reads the master's hello, then its answer to `request_id`.
+async fn read_answer(control: &mut UnixStream, request_id: u32) -> Result<(), Refusal> {
     let mut buf = Vec::new();
-    let mut hello_seen = greeted;
+    let mut hello_seen = false;
     loop {
         let reply = next_reply(control, &mut buf).await?;
         match reply {
