@@ -318,35 +318,53 @@ async fn a_burst_of_uploads_that_greet_first_puts_one_on_the_master_and_the_rest
     // landed on the master, whose throughput collapses with many busy
     // channels. Nothing has come back to them yet, so each holds a place.
     let b = SshBridge::start(Guest::new(), tempfile::tempdir().unwrap(), "", None);
-    let port = free_port();
-    let listener = b.guest.tcp_listener(&format!("127.0.0.1:{port}"));
-    let (got, mut received) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let got = got.clone();
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                let _ = s.read_to_end(&mut all).await;
-                let _ = got.send(all);
-            });
+    // The rule holds for half a second after a connection arrives: a burst
+    // that took longer to open (a machine too busy) says nothing and is
+    // tried again, on a port of its own.
+    let mut attempts = 0;
+    let (clients, mut received) = loop {
+        attempts += 1;
+        let port = free_port();
+        let listener = b.guest.tcp_listener(&format!("127.0.0.1:{port}"));
+        let (got, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let got = got.clone();
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    let _ = s.read_to_end(&mut all).await;
+                    let _ = got.send(all);
+                });
+            }
+        });
+        b.wait_forwarded(port);
+        let before = b.routes();
+        let greeting = |i: u8| async move {
+            let mut c = connect_forwarded(&format!("127.0.0.1:{port}")).await;
+            c.write_all(&[i; 8]).await.unwrap();
+            c
+        };
+        let t0 = std::time::Instant::now();
+        // The first client's greeting is counted by the kernel before the
+        // others come (judged by it, the first looked quiet at once).
+        let mut clients = vec![greeting(0).await];
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let connecting: Vec<_> = (1..8u8).map(|i| tokio::spawn(greeting(i))).collect();
+        for c in connecting {
+            clients.push(c.await.unwrap());
         }
-    });
-    b.wait_forwarded(port);
-    let greeting = |i: u8| async move {
-        let mut c = connect_forwarded(&format!("127.0.0.1:{port}")).await;
-        c.write_all(&[i; 8]).await.unwrap();
-        c
+        let took = t0.elapsed();
+        let carried = wait_for(GUARD, "all eight carried", || {
+            let now = b.routes();
+            let carried = (now.0 - before.0, now.1 - before.1);
+            (carried.0 + carried.1 == 8).then_some(carried)
+        });
+        if took < Duration::from_millis(400) || attempts == 3 {
+            assert!(took < Duration::from_millis(400), "three bursts of eight connections took over 400 ms each");
+            assert_eq!(carried, (1, 7), "one place at the master, the rest over the session");
+            break (clients, received);
+        }
     };
-    let connecting: Vec<_> = (0..8u8).map(|i| tokio::spawn(greeting(i))).collect();
-    let mut clients = Vec::new();
-    for c in connecting {
-        clients.push(c.await.unwrap());
-    }
-    wait_for(GUARD, "all eight carried", || {
-        let (master, session) = b.routes();
-        (master + session == 8).then_some(())
-    });
-    assert_eq!(b.routes(), (1, 7), "one place at the master, the rest over the session");
     // Then every one uploads, and every byte arrives, in order.
     for (i, mut c) in clients.into_iter().enumerate() {
         c.write_all(&pattern(i as u64, 1 << 20)).await.unwrap();

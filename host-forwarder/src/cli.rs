@@ -419,9 +419,9 @@ pub struct RunArgs {
     /// throughput collapses with many busy channels, the session's single
     /// channel does not). A connection that is idle or exchanges a few
     /// messages (under 1 MiB/s: iperf3's control connection, `docker
-    /// events`) holds no place, nor does one that has had its first answer
-    /// (a new one holds a place until then, half a second at most); 64 at
-    /// most in all.
+    /// events`) holds no place; a new one holds a place until something
+    /// comes back to it (half a second at most), and after that only while
+    /// it moves bulk; 64 at most in all.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub ssh_master_max_connections: u64,
 

@@ -6,26 +6,11 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// The bytes a TCP connection has moved each way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moved {
-    /// Bytes the socket received.
-    pub received: u64,
-    /// Bytes it sent: those the peer acknowledged on Linux
-    /// (`tcpi_bytes_acked`), all sent on macOS (`tcpi_txbytes`).
-    pub sent: u64,
-}
-
-impl Moved {
-    /// Both ways together.
-    pub fn total(self) -> u64 {
-        self.received + self.sent
-    }
-}
-
-/// What `socket` (a TCP socket) has moved; `None` where the kernel cannot
-/// say (not TCP, an old kernel).
-pub fn bytes_moved(socket: BorrowedFd<'_>) -> Option<Moved> {
+/// Bytes `socket` (a TCP socket) has received plus those it sent (those
+/// the peer acknowledged on Linux, `tcpi_bytes_acked`; all sent on macOS,
+/// `tcpi_txbytes`); `None` where the kernel cannot say (not TCP, an old
+/// kernel).
+pub fn bytes_moved(socket: BorrowedFd<'_>) -> Option<u64> {
     platform::bytes_moved(socket.as_raw_fd())
 }
 
@@ -33,9 +18,7 @@ pub fn bytes_moved(socket: BorrowedFd<'_>) -> Option<Moved> {
 mod platform {
     use std::{mem, os::fd::RawFd};
 
-    use super::Moved;
-
-    pub fn bytes_moved(fd: RawFd) -> Option<Moved> {
+    pub fn bytes_moved(fd: RawFd) -> Option<u64> {
         // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
         let mut info: libc::tcp_info = unsafe { mem::zeroed() };
         let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -46,8 +29,7 @@ mod platform {
         };
         // Kernels before 4.1 write a shorter struct, without the byte counts.
         let needed = mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + mem::size_of::<u64>();
-        (rc == 0 && len as usize >= needed)
-            .then_some(Moved { received: info.tcpi_bytes_received, sent: info.tcpi_bytes_acked })
+        (rc == 0 && len as usize >= needed).then(|| info.tcpi_bytes_received + info.tcpi_bytes_acked)
     }
 }
 
@@ -55,9 +37,7 @@ mod platform {
 mod platform {
     use std::{mem, os::fd::RawFd};
 
-    use super::Moved;
-
-    pub fn bytes_moved(fd: RawFd) -> Option<Moved> {
+    pub fn bytes_moved(fd: RawFd) -> Option<u64> {
         // SAFETY: tcp_connection_info is plain old data; all zeroes is valid.
         let mut info: libc::tcp_connection_info = unsafe { mem::zeroed() };
         let mut len = mem::size_of::<libc::tcp_connection_info>() as libc::socklen_t;
@@ -73,13 +53,13 @@ mod platform {
             )
         };
         let needed = mem::offset_of!(libc::tcp_connection_info, tcpi_rxbytes) + mem::size_of::<u64>();
-        (rc == 0 && len as usize >= needed).then_some(Moved { received: info.tcpi_rxbytes, sent: info.tcpi_txbytes })
+        (rc == 0 && len as usize >= needed).then(|| info.tcpi_rxbytes + info.tcpi_txbytes)
     }
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod platform {
-    pub fn bytes_moved(_fd: std::os::fd::RawFd) -> Option<super::Moved> {
+    pub fn bytes_moved(_fd: std::os::fd::RawFd) -> Option<u64> {
         None
     }
 }
@@ -99,7 +79,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut server, _) = l.accept().unwrap();
-        assert_eq!(bytes_moved(server.as_fd()), Some(Moved { received: 0, sent: 0 }));
+        assert_eq!(bytes_moved(server.as_fd()), Some(0));
         client.write_all(&[7u8; 1000]).unwrap();
         let mut buf = [0u8; 1000];
         server.read_exact(&mut buf).unwrap();
@@ -107,13 +87,10 @@ mod tests {
         client.read_exact(&mut buf[..300]).unwrap();
         // The acknowledgement of the 300 bytes may lag a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let moved = Moved { received: 1000, sent: 300 };
-        assert_eq!(moved.total(), 1300);
-        let expected = Some(moved);
-        while bytes_moved(server.as_fd()) != expected && std::time::Instant::now() < deadline {
+        while bytes_moved(server.as_fd()) != Some(1300) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(bytes_moved(server.as_fd()), expected);
+        assert_eq!(bytes_moved(server.as_fd()), Some(1300));
         let pipe = std::os::unix::net::UnixStream::pair().unwrap().0;
         assert_eq!(bytes_moved(pipe.as_fd()), None, "not a TCP socket");
     }
