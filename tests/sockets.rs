@@ -569,6 +569,45 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
     // which bindfs shows as a refusal: the listening state is the check.)
 }
 
+#[test]
+fn a_reverse_socket_given_up_while_its_bind_hangs_leaves_no_file_behind() {
+    // The host goes away while the agent's bind of a reverse socket waits
+    // on a hung mount: the listener is closed before it ever listened. When
+    // the mount answers, the bind completes, and the socket it made is
+    // removed (it used to stay, a socket nobody listens on).
+    let host_dir = tempfile::tempdir().unwrap();
+    let guest_dir = host_dir.path().join("guest");
+    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
+    let (bindfs, backing, hung) = bindfs_mount(&guest, &guest_dir, host_dir.path(), &[]);
+    let service_path = host_dir.path().join("service.sock");
+    let _service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
+    // SAFETY: a signal to the bindfs process this test started.
+    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    let guest_sock = hung.join("sub/reverse.sock");
+    let spec = format!("{}={}", guest_sock.display(), service_path.display());
+    let mut bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
+    let binding = format!("reverse listener {}: binding", guest_sock.display());
+    wait_for(GUARD, "the agent to start the bind", || bridge.agent.log_text().contains(&binding).then_some(()));
+    // The host goes: the agent's session ends, and its reverse listeners
+    // with it.
+    bridge.forwarder.kill();
+    wait_for(GUARD, "the agent to see the session end", || {
+        bridge.agent.log_text().lines().any(|l| l.contains("host session via") && l.contains(" ended: ")).then_some(())
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    // The bind completes (it made the directory first), and nothing stays.
+    let in_guest =
+        |test: &str, path: &Path| bridge.guest.command("test").arg(test).arg(path).status().unwrap().success();
+    wait_for(GUARD, "the bind to go on once the mount answers", || in_guest("-d", &backing.join("sub")).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !in_guest("-e", &backing.join("sub/reverse.sock")),
+        "a socket bound for a listener that was closed stays behind: {}",
+        bridge.agent.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reverse_listener_survives_running_out_of_descriptors() {
     use tokio::io::AsyncWriteExt;

@@ -144,11 +144,16 @@ impl ReverseListeners {
                 let bound = Arc::new(AtomicBool::new(false));
                 let bound_here = bound.clone();
                 let task = tokio::spawn(async move {
+                    tracing::debug!("reverse listener {name}: binding");
                     let binding = {
                         let path = name.clone();
                         tokio::task::spawn_blocking(move || bind_unix(Path::new(&path)))
                     };
-                    let l = match binding.await.map_err(std::io::Error::other).and_then(|r| r) {
+                    // (Should this task be closed while the bind waits, the
+                    // socket it makes is removed as the bind's result is
+                    // dropped, unclaimed.)
+                    let bound = binding.await.map_err(std::io::Error::other).and_then(|r| r);
+                    let l = match bound.and_then(|b| b.claim()) {
                         Ok(l) => l,
                         Err(e) => {
                             let error = format!("cannot listen on {name}: {e}");
@@ -200,12 +205,40 @@ async fn to_host(session: Session, id: u32, conn: LocalConn) {
     }
 }
 
+/// A Unix socket bound on the blocking pool, not yet taken up by its
+/// listener's task. Its file is removed if it is dropped untaken: the
+/// listener was closed while the bind waited (on a hung mount, say), and
+/// nobody else will.
+struct Unclaimed {
+    listener: Option<std::os::unix::net::UnixListener>,
+    path: std::path::PathBuf,
+}
+
+impl Unclaimed {
+    /// The listener, on the runtime this is called in (its file removed if
+    /// it cannot join it).
+    fn claim(mut self) -> std::io::Result<UnixListener> {
+        let Some(listener) = self.listener.take() else { return Err(std::io::Error::other("claimed twice")) };
+        UnixListener::from_std(listener).inspect_err(|_| {
+            let _ = std::fs::remove_file(&self.path);
+        })
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Binds a Unix socket at `path`: a missing directory is created 0700, a
 /// stale socket replaced only if it belongs to the directory's owner or to
 /// root (never another user's, never another kind of file), and the socket
 /// exists only as 0600 and owned by the owner of its directory (so that
 /// /run/user/1000/x.sock belongs to user 1000).
-fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+fn bind_unix(path: &Path) -> std::io::Result<Unclaimed> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -225,6 +258,9 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     }
     ferry_mux::transport::remove_stale_socket(path)?;
     let l = ferry_mux::private_socket::bind(path, Some((owner.uid(), owner.gid())))?;
-    l.set_nonblocking(true)?;
-    UnixListener::from_std(l)
+    let unclaimed = Unclaimed { listener: Some(l), path: path.to_path_buf() };
+    if let Some(l) = &unclaimed.listener {
+        l.set_nonblocking(true)?;
+    }
+    Ok(unclaimed)
 }
