@@ -301,6 +301,69 @@ async fn events_to_a_reader_that_stopped_reading_do_not_stop_forwarding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_past_the_queue_are_dropped_and_counted_and_the_queue_is_written_at_exit() {
+    // ferry's stdout is a 4 KiB pipe read by a child that waits for the file
+    // `go` before it reads, copying everything to `out` (it gives up after
+    // two minutes, so it never outlives the test).
+    const HELD_STDOUT: &str = "import os, fcntl, sys, time\n\
+        r, w = os.pipe()\n\
+        fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ\n\
+        go, out = os.environ['FERRY_TEST_GO'], os.environ['FERRY_TEST_OUT']\n\
+        if os.fork() == 0:\n\
+        \x20   os.close(w)\n\
+        \x20   t = time.time()\n\
+        \x20   while not os.path.exists(go) and time.time() - t < 120: time.sleep(0.02)\n\
+        \x20   with open(out, 'wb') as f:\n\
+        \x20       while (b := os.read(r, 65536)): f.write(b); f.flush()\n\
+        \x20   os._exit(0)\n\
+        os.close(r)\n\
+        os.dup2(w, 1)\n\
+        os.execv(sys.argv[1], sys.argv[1:])\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (go, out) = (dir.path().join("go"), dir.path().join("out"));
+    let env = [("FERRY_TEST_GO", go.to_str().unwrap()), ("FERRY_TEST_OUT", out.to_str().unwrap())];
+    let mut bridge =
+        Bridge::start_env(ferry_tests::Guest::new(), &env, AGENT, &["--events", "-v"], &["python3", "-c", HELD_STDOUT]);
+    // 600 ports appear and go: 1,200 events, past the pipe and the queue of
+    // 1,024 lines.
+    let ports: Vec<u16> = (0..600).map(|_| free_port()).collect();
+    let listeners: Vec<_> = ports.iter().map(|p| bridge.guest.tcp_listener(&format!("127.0.0.1:{p}"))).collect();
+    let last = format!("127.0.0.1:{}", ports[599]);
+    wait_row(&bridge, "tcp", &last, |r| r["state"] == "forwarding");
+    drop(listeners);
+    bridge.wait_log(1, "stdout takes no more events");
+    // Forwarding goes on meanwhile.
+    let p = free_port();
+    let _echo = spawn_echo(bridge.guest.tcp_listener(&format!("127.0.0.1:{p}")));
+    let mut c = connect_forwarded(&format!("127.0.0.1:{p}")).await;
+    c.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(GUARD, c.read_exact(&mut back)).await.expect("echo hung").unwrap();
+    // The reader reads again and ferry stops at once: the 1,024 queued lines
+    // are written before it exits (it waits for them up to a second), and
+    // the drops are counted.
+    std::fs::write(&go, b"").unwrap();
+    assert!(bridge.forwarder.terminate(), "ferry did not exit on SIGTERM");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("each event line is JSON")).collect();
+    let log = bridge.forwarder.log_text();
+    assert_eq!(log.matches("stdout takes no more events").count(), 1, "the first drop is logged once");
+    let dropped: usize = log
+        .split(" events were dropped")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of dropped events at exit: {log}"));
+    assert!(dropped > 0);
+    assert!(lines.len() >= 1024, "only {} event lines written: the queue was not written at exit", lines.len());
+    let about = |port: u16, kind: &str| {
+        lines.iter().any(|e| e["type"] == kind && e["guestAddr"] == format!("127.0.0.1:{port}"))
+    };
+    assert!(about(ports[0], "forwarding"), "the first event, written before the pipe filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_closed_while_the_agent_was_down_is_released_after_it_returns() {
     let mut bridge = Bridge::start_with(AGENT, &["-v"]);
     let port = free_port();
