@@ -303,22 +303,26 @@ async fn events_to_a_reader_that_stopped_reading_do_not_stop_forwarding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_past_the_queue_are_dropped_and_counted_and_the_queue_is_written_at_exit() {
     // ferry's stdout is a 4 KiB pipe read by a child that waits for the file
-    // `go` before it reads, copying everything to `out` (it gives up after
-    // two minutes, so it never outlives the test).
+    // `go` before it reads (or for ferry to be gone), copies everything to
+    // `out.part` and renames it `out` at the end.
     const HELD_STDOUT: &str = "import os, fcntl, sys, time\n\
         r, w = os.pipe()\n\
         fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ\n\
         go, out = os.environ['FERRY_TEST_GO'], os.environ['FERRY_TEST_OUT']\n\
+        ferry = os.getpid()\n\
         if os.fork() == 0:\n\
         \x20   os.close(w)\n\
-        \x20   t = time.time()\n\
-        \x20   while not os.path.exists(go) and time.time() - t < 120: time.sleep(0.02)\n\
-        \x20   with open(out, 'wb') as f:\n\
-        \x20       while (b := os.read(r, 65536)): f.write(b); f.flush()\n\
+        \x20   while not os.path.exists(go) and os.getppid() == ferry: time.sleep(0.02)\n\
+        \x20   with open(out + '.part', 'wb') as f:\n\
+        \x20       while (b := os.read(r, 65536)): f.write(b)\n\
+        \x20   os.rename(out + '.part', out)\n\
         \x20   os._exit(0)\n\
         os.close(r)\n\
         os.dup2(w, 1)\n\
         os.execv(sys.argv[1], sys.argv[1:])\n";
+    // 600 guest listeners and their port locks: more descriptors than a
+    // soft limit of 1024 allows.
+    raise_descriptor_limit();
     let dir = tempfile::tempdir().unwrap();
     let (go, out) = (dir.path().join("go"), dir.path().join("out"));
     let env = [("FERRY_TEST_GO", go.to_str().unwrap()), ("FERRY_TEST_OUT", out.to_str().unwrap())];
@@ -328,8 +332,11 @@ async fn events_past_the_queue_are_dropped_and_counted_and_the_queue_is_written_
     // 1,024 lines.
     let ports: Vec<u16> = (0..600).map(|_| free_port()).collect();
     let listeners: Vec<_> = ports.iter().map(|p| bridge.guest.tcp_listener(&format!("127.0.0.1:{p}"))).collect();
-    let last = format!("127.0.0.1:{}", ports[599]);
-    wait_row(&bridge, "tcp", &last, |r| r["state"] == "forwarding");
+    wait_for(GUARD, "all 600 ports forwarded", || {
+        let rows = bridge.status()["ports"].as_array()?.clone();
+        let forwarding = rows.iter().filter(|r| r["proto"] == "tcp" && r["state"] == "forwarding").count();
+        (forwarding >= 600).then_some(())
+    });
     drop(listeners);
     bridge.wait_log(1, "stdout takes no more events");
     // Forwarding goes on meanwhile.
@@ -339,28 +346,45 @@ async fn events_past_the_queue_are_dropped_and_counted_and_the_queue_is_written_
     c.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
     tokio::time::timeout(GUARD, c.read_exact(&mut back)).await.expect("echo hung").unwrap();
-    // The reader reads again and ferry stops at once: the 1,024 queued lines
-    // are written before it exits (it waits for them up to a second), and
-    // the drops are counted.
+    drop(c);
+    // ferry is told to stop while its queue is full and nobody reads; it
+    // waits for the queue (up to a second), and the reader reads again.
+    // SAFETY: a signal to the forwarder this test started.
+    unsafe { libc::kill(bridge.forwarder.pid() as i32, libc::SIGTERM) };
+    bridge.wait_log(1, "queued events before exiting");
     std::fs::write(&go, b"").unwrap();
-    assert!(bridge.forwarder.terminate(), "ferry did not exit on SIGTERM");
-    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(bridge.forwarder.terminate(), "ferry did not exit");
+    wait_for(GUARD, "the reader to finish", || out.exists().then_some(()));
+    let text = std::fs::read_to_string(&out).unwrap();
     let lines: Vec<serde_json::Value> =
         text.lines().map(|l| serde_json::from_str(l).expect("each event line is JSON")).collect();
     let log = bridge.forwarder.log_text();
     assert_eq!(log.matches("stdout takes no more events").count(), 1, "the first drop is logged once");
     let dropped: usize = log
-        .split(" events were dropped")
-        .next()
-        .and_then(|head| head.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
+        .lines()
+        .find_map(|l| l.split_once(" events were dropped"))
+        .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no count of dropped events at exit: {log}"));
-    assert!(dropped > 0);
     assert!(lines.len() >= 1024, "only {} event lines written: the queue was not written at exit", lines.len());
-    let about = |port: u16, kind: &str| {
-        lines.iter().any(|e| e["type"] == kind && e["guestAddr"] == format!("127.0.0.1:{port}"))
-    };
-    assert!(about(ports[0], "forwarding"), "the first event, written before the pipe filled");
+    assert!(lines.len() + dropped >= 1200, "{} written and {dropped} dropped of 1,200 events", lines.len());
+    let forwarded =
+        |port: u16| lines.iter().any(|e| e["type"] == "forwarding" && e["guestAddr"] == format!("127.0.0.1:{port}"));
+    assert!(
+        ports.iter().all(|&p| forwarded(p)),
+        "an event of the first 600 (before the pipe and the queue filled) is missing"
+    );
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit.
+fn raise_descriptor_limit() {
+    // SAFETY: getrlimit/setrlimit fill and read the struct on the stack.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

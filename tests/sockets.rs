@@ -573,8 +573,8 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
 fn a_reverse_socket_given_up_while_its_bind_hangs_leaves_no_file_behind() {
     // The host goes away while the agent's bind of a reverse socket waits
     // on a hung mount: the listener is closed before it ever listened. When
-    // the mount answers, the bind completes, and the socket it made is
-    // removed (it used to stay, a socket nobody listens on).
+    // the mount answers, the bind goes on and makes no socket (it used to
+    // make one that nobody listened on or removed).
     let host_dir = tempfile::tempdir().unwrap();
     let guest_dir = host_dir.path().join("guest");
     let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
@@ -583,6 +583,16 @@ fn a_reverse_socket_given_up_while_its_bind_hangs_leaves_no_file_behind() {
     let _service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
     // SAFETY: a signal to the bindfs process this test started.
     assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+    // Whatever happens, bindfs goes on (a stopped process would hold up the
+    // clean-up).
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the bindfs process this test started.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let resume = Resume(bindfs.pid() as i32);
     let guest_sock = hung.join("sub/reverse.sock");
     let spec = format!("{}={}", guest_sock.display(), service_path.display());
     let mut bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
@@ -590,20 +600,23 @@ fn a_reverse_socket_given_up_while_its_bind_hangs_leaves_no_file_behind() {
     wait_for(GUARD, "the agent to start the bind", || bridge.agent.log_text().contains(&binding).then_some(()));
     // The host goes: the agent's session ends, and its reverse listeners
     // with it.
+    let ended = |log: String| log.lines().filter(|l| l.contains("host session via") && l.contains(" ended: ")).count();
+    let ended_before = ended(bridge.agent.log_text());
     bridge.forwarder.kill();
     wait_for(GUARD, "the agent to see the session end", || {
-        bridge.agent.log_text().lines().any(|l| l.contains("host session via") && l.contains(" ended: ")).then_some(())
+        (ended(bridge.agent.log_text()) > ended_before).then_some(())
     });
-    // SAFETY: as above.
-    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
-    // The bind completes (it made the directory first), and nothing stays.
+    drop(resume);
+    // The bind goes on once the mount answers, and stops short.
+    let not_bound = format!("reverse listener {}: closed before it was bound", guest_sock.display());
+    wait_for(GUARD, "the bind to go on once the mount answers", || {
+        bridge.agent.log_text().contains(&not_bound).then_some(())
+    });
     let in_guest =
         |test: &str, path: &Path| bridge.guest.command("test").arg(test).arg(path).status().unwrap().success();
-    wait_for(GUARD, "the bind to go on once the mount answers", || in_guest("-d", &backing.join("sub")).then_some(()));
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
         !in_guest("-e", &backing.join("sub/reverse.sock")),
-        "a socket bound for a listener that was closed stays behind: {}",
+        "a socket was made for a listener that was closed: {}",
         bridge.agent.log_text()
     );
 }

@@ -36,18 +36,32 @@ pub type ReverseAddrs = tokio::sync::watch::Sender<BTreeSet<(Proto, SocketAddr)>
 struct Running {
     spec: ReverseListener,
     task: JoinHandle<()>,
-    /// A Unix listener's: set once its socket is bound (only a socket this
-    /// listener made is removed when it closes).
-    bound: Option<Arc<AtomicBool>>,
+    /// A Unix listener's bind, shared with the blocking pool.
+    unix: Option<Arc<UnixBind>>,
+}
+
+/// Where a Unix listener's bind stands.
+#[derive(Default)]
+struct UnixBind {
+    /// Set once its socket is bound: only a socket this listener made is
+    /// removed when it closes.
+    bound: AtomicBool,
+    /// Set when the listener closes: a bind still waiting (on a hung mount)
+    /// then makes no socket when it goes on, which nobody would listen on
+    /// or remove.
+    closed: AtomicBool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if let Some(unix) = &self.unix {
+            unix.closed.store(true, Ordering::Release);
+        }
         self.task.abort();
         // Only a socket this listener bound is removed, and at once, so that
         // a listener started next at the same path (which `apply` does right
         // after) never loses its new socket to this removal.
-        let bound = self.bound.as_ref().is_some_and(|b| b.load(Ordering::Relaxed));
+        let bound = self.unix.as_ref().is_some_and(|u| u.bound.load(Ordering::Relaxed));
         if let (GuestEndpoint::Unix(path), true) = (&self.spec.guest, bound) {
             let _ = std::fs::remove_file(path);
         }
@@ -81,13 +95,13 @@ impl ReverseListeners {
             }
             let error = match self.start(&spec) {
                 // A Unix listener reports its state itself, once bound.
-                Ok((task, Some(bound))) => {
-                    self.running.insert(spec.id, Running { spec: spec.clone(), task, bound: Some(bound) });
+                Ok((task, Some(unix))) => {
+                    self.running.insert(spec.id, Running { spec: spec.clone(), task, unix: Some(unix) });
                     continue;
                 }
                 Ok((task, None)) => {
                     tracing::info!("reverse listener {:?} -> host (id {})", spec.guest, spec.id);
-                    self.running.insert(spec.id, Running { spec: spec.clone(), task, bound: None });
+                    self.running.insert(spec.id, Running { spec: spec.clone(), task, unix: None });
                     None
                 }
                 Err(e) => {
@@ -100,9 +114,9 @@ impl ReverseListeners {
         self.addrs.send_replace(self.running.values().filter_map(|r| inet_addr(&r.spec)).collect());
     }
 
-    /// Starts a listener's task; a Unix listener's comes with its bound
-    /// flag, and binds and reports its state from the task.
-    fn start(&self, spec: &ReverseListener) -> Result<(JoinHandle<()>, Option<Arc<AtomicBool>>), String> {
+    /// Starts a listener's task; a Unix listener's comes with its bind's
+    /// state, and binds and reports its state from the task.
+    fn start(&self, spec: &ReverseListener) -> Result<(JoinHandle<()>, Option<Arc<UnixBind>>), String> {
         let (session, id) = (self.session.clone(), spec.id);
         match &spec.guest {
             GuestEndpoint::Tcp(addr) => {
@@ -141,19 +155,15 @@ impl ReverseListeners {
                 // Binding resolves the path, which may sit under a hung
                 // mount: on the blocking pool, its state reported from there.
                 let name = path.clone();
-                let bound = Arc::new(AtomicBool::new(false));
-                let bound_here = bound.clone();
+                let unix = Arc::new(UnixBind::default());
+                let state = unix.clone();
                 let task = tokio::spawn(async move {
                     tracing::debug!("reverse listener {name}: binding");
                     let binding = {
-                        let path = name.clone();
-                        tokio::task::spawn_blocking(move || bind_unix(Path::new(&path)))
+                        let (path, state) = (name.clone(), state.clone());
+                        tokio::task::spawn_blocking(move || bind_unix(Path::new(&path), &state.closed))
                     };
-                    // (Should this task be closed while the bind waits, the
-                    // socket it makes is removed as the bind's result is
-                    // dropped, unclaimed.)
-                    let bound = binding.await.map_err(std::io::Error::other).and_then(|r| r);
-                    let l = match bound.and_then(|b| b.claim()) {
+                    let l = match binding.await.map_err(std::io::Error::other).and_then(|r| r) {
                         Ok(l) => l,
                         Err(e) => {
                             let error = format!("cannot listen on {name}: {e}");
@@ -162,7 +172,7 @@ impl ReverseListeners {
                             return;
                         }
                     };
-                    bound_here.store(true, Ordering::Relaxed);
+                    state.bound.store(true, Ordering::Relaxed);
                     tracing::info!("reverse listener {name} -> host (id {id})");
                     let _ = session.send_control(&ControlMessage::ReverseState { id, error: None });
                     let mut errors = AcceptErrors::default();
@@ -175,7 +185,7 @@ impl ReverseListeners {
                         }
                     }
                 });
-                Ok((task, Some(bound)))
+                Ok((task, Some(unix)))
             }
         }
     }
@@ -205,40 +215,14 @@ async fn to_host(session: Session, id: u32, conn: LocalConn) {
     }
 }
 
-/// A Unix socket bound on the blocking pool, not yet taken up by its
-/// listener's task. Its file is removed if it is dropped untaken: the
-/// listener was closed while the bind waited (on a hung mount, say), and
-/// nobody else will.
-struct Unclaimed {
-    listener: Option<std::os::unix::net::UnixListener>,
-    path: std::path::PathBuf,
-}
-
-impl Unclaimed {
-    /// The listener, on the runtime this is called in (its file removed if
-    /// it cannot join it).
-    fn claim(mut self) -> std::io::Result<UnixListener> {
-        let Some(listener) = self.listener.take() else { return Err(std::io::Error::other("claimed twice")) };
-        UnixListener::from_std(listener).inspect_err(|_| {
-            let _ = std::fs::remove_file(&self.path);
-        })
-    }
-}
-
-impl Drop for Unclaimed {
-    fn drop(&mut self) {
-        if self.listener.take().is_some() {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
 /// Binds a Unix socket at `path`: a missing directory is created 0700, a
 /// stale socket replaced only if it belongs to the directory's owner or to
 /// root (never another user's, never another kind of file), and the socket
 /// exists only as 0600 and owned by the owner of its directory (so that
-/// /run/user/1000/x.sock belongs to user 1000).
-fn bind_unix(path: &Path) -> std::io::Result<Unclaimed> {
+/// /run/user/1000/x.sock belongs to user 1000). Once `closed` is set
+/// (the listener closed while this waited on the file system), it makes
+/// nothing and touches no existing socket.
+fn bind_unix(path: &Path, closed: &AtomicBool) -> std::io::Result<UnixListener> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.exists() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -256,11 +240,12 @@ fn bind_unix(path: &Path) -> std::io::Result<Unclaimed> {
             ));
         }
     }
+    if closed.load(Ordering::Acquire) {
+        tracing::debug!("reverse listener {}: closed before it was bound; not binding", path.display());
+        return Err(std::io::Error::other("the listener closed before its socket was bound"));
+    }
     ferry_mux::transport::remove_stale_socket(path)?;
     let l = ferry_mux::private_socket::bind(path, Some((owner.uid(), owner.gid())))?;
-    let unclaimed = Unclaimed { listener: Some(l), path: path.to_path_buf() };
-    if let Some(l) = &unclaimed.listener {
-        l.set_nonblocking(true)?;
-    }
-    Ok(unclaimed)
+    l.set_nonblocking(true)?;
+    UnixListener::from_std(l)
 }

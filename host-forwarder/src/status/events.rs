@@ -85,6 +85,10 @@ impl EventSink {
     /// Waits, at most `within`, for the queued lines to be written (before
     /// the process exits).
     pub fn finish(within: Duration) {
+        let pending = PENDING.load(Ordering::Relaxed);
+        if pending > 0 {
+            tracing::debug!("writing the {pending} queued events before exiting");
+        }
         let deadline = Instant::now() + within;
         while PENDING.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
