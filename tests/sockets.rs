@@ -515,31 +515,70 @@ fn connecting_to_a_guest_socket_under_a_hung_mount_stalls_nothing_else() {
     drop(stuck);
 }
 
+/// A bridge whose forwarder asks for a reverse Unix socket (to a host
+/// service that answers "pong") under a guest mount that was stopped
+/// before it started (bindfs with SIGSTOP).
+struct ReverseUnderStoppedMount {
+    /// Sends bindfs on at the latest when dropped, before anything else is
+    /// (a stopped process would hold up the clean-up).
+    stopped: Stopped,
+    bridge: Bridge,
+    _bindfs: Proc,
+    /// The mount's backing directory, in the guest's mount namespace.
+    backing: PathBuf,
+    /// The reverse socket's path in the guest, under the mount.
+    guest_sock: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// A process stopped with SIGSTOP until [`Stopped::resume`] or drop.
+struct Stopped(i32);
+
+impl Stopped {
+    fn resume(&self) {
+        // SAFETY: a signal to a process the test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
+impl ReverseUnderStoppedMount {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let guest_dir = dir.path().join("guest");
+        let guest = Guest::with_private_dir(&guest_dir, dir.path().join("holder.log"));
+        let (bindfs, backing, hung) = bindfs_mount(&guest, &guest_dir, dir.path(), &[]);
+        let service_path = dir.path().join("service.sock");
+        let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
+        std::thread::spawn(move || {
+            for mut c in service.incoming().flatten() {
+                let _ = c.write_all(b"pong");
+            }
+        });
+        // SAFETY: a signal to the bindfs process this test started.
+        assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
+        let stopped = Stopped(bindfs.pid() as i32);
+        let guest_sock = hung.join("sub/reverse.sock");
+        let spec = format!("{}={}", guest_sock.display(), service_path.display());
+        let bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
+        Self { stopped, bridge, _bindfs: bindfs, backing, guest_sock, dir }
+    }
+}
+
 /// A reverse Unix listener asked for under a guest mount that stops
 /// answering: the agent binds it on its blocking pool, so its one thread
 /// goes on forwarding meanwhile (curl through a forwarded port), and the
 /// listener is bound and reported once the mount answers again.
 #[test]
 fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
-    let host_dir = tempfile::tempdir().unwrap();
-    let guest_dir = host_dir.path().join("guest");
-    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
-    let (bindfs, _, hung) = bindfs_mount(&guest, &guest_dir, host_dir.path(), &[]);
-    // The host service the reverse socket leads to.
-    let service_path = host_dir.path().join("service.sock");
-    let service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
-    std::thread::spawn(move || {
-        for mut c in service.incoming().flatten() {
-            let _ = c.write_all(b"pong");
-        }
-    });
-    // SAFETY: a signal to the bindfs process this test started.
-    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
-    let guest_sock = hung.join("sub/reverse.sock");
-    let spec = format!("{}={}", guest_sock.display(), service_path.display());
-    let bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
+    let s = ReverseUnderStoppedMount::start();
     let port = free_port();
-    let _server = still_served(&bridge.guest, host_dir.path(), port);
+    let _server = still_served(&s.bridge.guest, s.dir.path(), port);
     let url = format!("http://127.0.0.1:{port}/hello.txt");
     let deadline = Instant::now() + Duration::from_secs(15);
     let served = loop {
@@ -554,9 +593,8 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
         let rows = b.status()["ports"].as_array()?.clone();
         rows.into_iter().find(|r| r["proto"] == "reverse-unix" && r["state"] == "listening")
     };
-    let listening_while_hung = listening(&bridge).is_some();
-    // SAFETY: as above.
-    unsafe { libc::kill(bindfs.pid() as i32, libc::SIGCONT) };
+    let listening_while_hung = listening(&s.bridge).is_some();
+    s.stopped.resume();
     assert!(!listening_while_hung, "the reverse socket was bound while the mount was stopped: nothing hung");
     assert_eq!(
         String::from_utf8_lossy(&served.stdout),
@@ -564,7 +602,7 @@ fn a_reverse_socket_under_a_hung_mount_stalls_nothing_else() {
         "a reverse socket under a hung mount held up the agent: {}",
         String::from_utf8_lossy(&served.stderr)
     );
-    wait_for(GUARD, "the reverse socket listening once the mount answers", || listening(&bridge));
+    wait_for(GUARD, "the reverse socket listening once the mount answers", || listening(&s.bridge));
     // (A socket bound on a FUSE mount cannot be connected to through it,
     // which bindfs shows as a refusal: the listening state is the check.)
 }
@@ -575,49 +613,28 @@ fn a_reverse_socket_given_up_while_its_bind_hangs_leaves_no_file_behind() {
     // on a hung mount: the listener is closed before it ever listened. When
     // the mount answers, the bind goes on and makes no socket (it used to
     // make one that nobody listened on or removed).
-    let host_dir = tempfile::tempdir().unwrap();
-    let guest_dir = host_dir.path().join("guest");
-    let guest = Guest::with_private_dir(&guest_dir, host_dir.path().join("holder.log"));
-    let (bindfs, backing, hung) = bindfs_mount(&guest, &guest_dir, host_dir.path(), &[]);
-    let service_path = host_dir.path().join("service.sock");
-    let _service = std::os::unix::net::UnixListener::bind(&service_path).unwrap();
-    // SAFETY: a signal to the bindfs process this test started.
-    assert_eq!(unsafe { libc::kill(bindfs.pid() as i32, libc::SIGSTOP) }, 0);
-    // Whatever happens, bindfs goes on (a stopped process would hold up the
-    // clean-up).
-    struct Resume(i32);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            // SAFETY: a signal to the bindfs process this test started.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let resume = Resume(bindfs.pid() as i32);
-    let guest_sock = hung.join("sub/reverse.sock");
-    let spec = format!("{}={}", guest_sock.display(), service_path.display());
-    let mut bridge = Bridge::start_in(guest, &["-v"], &["--reverse", &spec, "-v"], &[]);
-    let binding = format!("reverse listener {}: binding", guest_sock.display());
-    wait_for(GUARD, "the agent to start the bind", || bridge.agent.log_text().contains(&binding).then_some(()));
+    let mut s = ReverseUnderStoppedMount::start();
+    let binding = format!("reverse listener {}: binding", s.guest_sock.display());
+    wait_for(GUARD, "the agent to start the bind", || s.bridge.agent.log_text().contains(&binding).then_some(()));
     // The host goes: the agent's session ends, and its reverse listeners
     // with it.
     let ended = |log: String| log.lines().filter(|l| l.contains("host session via") && l.contains(" ended: ")).count();
-    let ended_before = ended(bridge.agent.log_text());
-    bridge.forwarder.kill();
+    let ended_before = ended(s.bridge.agent.log_text());
+    s.bridge.forwarder.kill();
     wait_for(GUARD, "the agent to see the session end", || {
-        (ended(bridge.agent.log_text()) > ended_before).then_some(())
+        (ended(s.bridge.agent.log_text()) > ended_before).then_some(())
     });
-    drop(resume);
+    s.stopped.resume();
     // The bind goes on once the mount answers, and stops short.
-    let not_bound = format!("reverse listener {}: closed before it was bound", guest_sock.display());
+    let not_bound = format!("reverse listener {}: closed before it was bound", s.guest_sock.display());
     wait_for(GUARD, "the bind to go on once the mount answers", || {
-        bridge.agent.log_text().contains(&not_bound).then_some(())
+        s.bridge.agent.log_text().contains(&not_bound).then_some(())
     });
-    let in_guest =
-        |test: &str, path: &Path| bridge.guest.command("test").arg(test).arg(path).status().unwrap().success();
+    let socket = s.backing.join("sub/reverse.sock");
     assert!(
-        !in_guest("-e", &backing.join("sub/reverse.sock")),
+        !s.bridge.guest.command("test").arg("-e").arg(&socket).status().unwrap().success(),
         "a socket was made for a listener that was closed: {}",
-        bridge.agent.log_text()
+        s.bridge.agent.log_text()
     );
 }
 

@@ -23,6 +23,7 @@
 
 use crate::{
     data_end::EndTicket,
+    pump::reset_on_close,
     relay::{Answer, Duties, Relayed, Resume},
     LocalConn, RawConn, Traffic,
 };
@@ -156,11 +157,6 @@ impl std::os::fd::AsFd for DetachedLocal {
             DetachedLocal::Unix(s) => s.as_fd(),
         }
     }
-}
-
-/// Makes the socket's close an abort where it can be one (TCP: RST).
-fn reset_on_close(socket: &impl std::os::fd::AsFd) {
-    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
 }
 
 impl DetachedLocal {

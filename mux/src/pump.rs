@@ -107,7 +107,12 @@ fn err_text(e: StreamError) -> String {
 /// an abort, e.g. when the guest refused the connection.
 pub fn reset_tcp(tcp: tokio::net::TcpStream) {
     if let Ok(std) = tcp.into_std() {
-        let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
+        reset_on_close(&std);
         drop(std);
     }
+}
+
+/// Makes the socket's close an abort where it can be one (TCP: RST).
+pub(crate) fn reset_on_close(socket: &impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
