@@ -13,7 +13,7 @@ use ferry_bench::{
     discovery::{agent_cpu_percent, appear_and_release},
     load::{connection_rate, download, first_round_trips, round_trips, upload},
     paths::{self, ForwardPath},
-    procstat::{rss_bytes, CpuMeter},
+    procstat::{rss_bytes, settle, CpuMeter},
     report::Report,
     servers::GuestServers,
     udp::kernel_drops,
@@ -32,6 +32,10 @@ struct Plan {
     first_rr: usize,
     many: usize,
 }
+
+/// The longest wait for a quiet machine before a path is measured (see
+/// `procstat::settle`).
+const SETTLE: Duration = Duration::from_secs(3);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("FERRY_BENCH_QUICK").is_some();
@@ -143,6 +147,10 @@ fn main() {
             Err(why) => report.notes.push(format!("{name} not measured: {why}")),
         }
     }
+    report.notes.push(format!(
+        "Each path is measured once the machine is quiet (under a tenth of its CPUs busy for 100 ms; {} s at most).",
+        SETTLE.as_secs()
+    ));
     report
         .notes
         .push("Not measured here: pasta (its port forwarding needs a user namespace set-up of its own).".into());
@@ -173,6 +181,7 @@ fn main() {
         eprintln!("round {}/{}: {:?}", round + 1, plan.rounds, order.iter().map(|p| p.name).collect::<Vec<_>>());
         for streams in [1, 4].into_iter().filter(|_| want("tcp")) {
             for p in &order {
+                settle(SETTLE);
                 let meter = CpuMeter::start(&p.pids);
                 let up = upload(&p.sink(), &p.servers.counters, streams, plan.dur, &mut || {});
                 let cpu = meter.stop();
@@ -184,11 +193,13 @@ fn main() {
                 }
             }
             for p in &order {
+                settle(SETTLE);
                 let g = download(&p.source(), streams, plan.dur);
                 report.record(&format!("TCP bulk guest->host, {streams} stream(s)"), "Gbit/s", true, p.name, g);
             }
         }
         for p in order.iter().filter(|_| want("rr")) {
+            settle(SETTLE);
             let meter = CpuMeter::start(&p.pids);
             let (med, p99) = round_trips(&p.echo(), plan.rr);
             let cpu = meter.stop();
@@ -200,11 +211,13 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("rr")) {
+            settle(SETTLE);
             let (med, p99) = first_round_trips(&p.echo(), plan.first_rr);
             report.record("64 B round trip on a just-opened connection, median", "µs", false, p.name, med);
             report.record("64 B round trip on a just-opened connection, p99", "µs", false, p.name, p99);
         }
         for p in order.iter().filter(|_| want("conn")) {
+            settle(SETTLE);
             let meter = CpuMeter::start(&p.pids);
             let r = connection_rate(&p.echo(), plan.dur);
             let cpu = meter.stop();
@@ -215,6 +228,7 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("many")) {
+            settle(SETTLE);
             let rss0 = rss_bytes(&p.pids);
             let mut rss_idle = 0;
             let up = upload(&p.sink(), &p.servers.counters, plan.many, plan.dur, &mut || {

@@ -106,7 +106,10 @@ pub fn have(program: &str) -> bool {
 }
 
 /// socat two-hop over a Unix socket, 256 KiB buffers, one process pair per
-/// service (forking per connection, as socat does).
+/// service (forking per connection, as socat does). Both listeners take a
+/// backlog of 1024, as the floor's and ferry's do: with socat's default of
+/// 5, a hundred streams opened at once overflowed it, and the dropped
+/// handshakes took tens of seconds of SYN retries to open.
 pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
     if !have("socat") {
         return Err("socat not installed (apt-get install socat)".into());
@@ -115,14 +118,18 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     for gp in ports_of(servers) {
         let sock = dir.join(format!("socat-{gp}.sock"));
         let mut g = guest.command("socat");
-        g.args(["-b262144", &format!("UNIX-LISTEN:{},fork", sock.display()), &format!("TCP:127.0.0.1:{gp}")]);
+        g.args([
+            "-b262144",
+            &format!("UNIX-LISTEN:{},fork,backlog=1024", sock.display()),
+            &format!("TCP:127.0.0.1:{gp}"),
+        ]);
         path.adopt(Proc::spawn(g, dir.join(format!("socat-guest-{gp}.log"))));
         wait_for(Duration::from_secs(10), "socat guest socket", || sock.exists().then_some(()));
         let hp = free_port();
         let mut h = Command::new("socat");
         h.args([
             "-b262144",
-            &format!("TCP-LISTEN:{hp},fork,reuseaddr,bind=127.0.0.1"),
+            &format!("TCP-LISTEN:{hp},fork,reuseaddr,backlog=1024,bind=127.0.0.1"),
             &format!("UNIX-CONNECT:{}", sock.display()),
         ]);
         path.adopt(Proc::spawn(h, dir.join(format!("socat-host-{gp}.log"))));

@@ -97,6 +97,37 @@ impl CpuMeter {
 
 pub use ferry_tests::procs::rss_bytes;
 
+/// The machine's (busy, total) CPU ticks so far, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits until the machine is quiet (under a tenth of its CPUs busy over
+/// 100 ms), for at most `limit`; returns how long it waited. A path
+/// measured right after another must not pay for what the other still
+/// does: a forwarder that collapsed under many streams drains its buffers
+/// for seconds after its clients are gone.
+pub fn settle(limit: std::time::Duration) -> std::time::Duration {
+    let began = std::time::Instant::now();
+    let mut last = machine_ticks();
+    while began.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = machine_ticks();
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        if total > 0 && busy * 10 < total {
+            break;
+        }
+    }
+    began.elapsed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +142,15 @@ mod tests {
         root.wait().unwrap();
         let secs = meter.stop();
         assert!(secs > 0.3, "busy child used {secs} s");
+    }
+
+    #[test]
+    fn settle_waits_while_the_machine_is_busy() {
+        let mut busy =
+            std::process::Command::new("timeout").args(["0.6", "sh", "-c", "while :; do :; done"]).spawn().unwrap();
+        let waited = settle(std::time::Duration::from_secs(5));
+        busy.wait().unwrap();
+        // Half the machine or more stays busy while the loop spins.
+        assert!(waited >= std::time::Duration::from_millis(500), "settled after {waited:?} while a core spun");
     }
 }
