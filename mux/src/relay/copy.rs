@@ -14,10 +14,12 @@ use super::{os_result, Conduit};
 /// Linux pipe holds, so both relays move the same batches.
 pub const FIRST_BUFFER: usize = 64 * 1024;
 
-/// A buffer's size while more than [`GROWING_UP_TO`] relays are live: many
-/// busy streams with large buffers spill the CPU caches (measured: 100
-/// streams moved 0.44x of socat's aggregate with 64 KiB each).
-pub const CROWDED_BUFFER: usize = 16 * 1024;
+/// A buffer's size while more than [`GROWING_UP_TO`] relays are live, so
+/// that a crowd's memory stays bounded and its streams take even turns.
+/// Measured with 100 busy streams (docs/performance.md, 2026-12-03): 16 and
+/// 24 KiB moved 0.97-1.00x socat's aggregate, 32 KiB 1.18x with Jain 0.97,
+/// 64 KiB 1.12x with Jain falling to 0.90.
+pub const CROWDED_BUFFER: usize = 32 * 1024;
 
 /// The largest a buffer grows while its stream is a bulk transfer (a read
 /// filled it): fewer, larger system calls per byte.
