@@ -13,7 +13,7 @@ use ferry_bench::{
     discovery::{agent_cpu_percent, appear_and_release},
     load::{connection_rate, download, first_round_trips, round_trips, upload},
     paths::{self, ForwardPath},
-    procstat::{rss_bytes, settle, CpuMeter},
+    procstat::{rss_bytes, CpuMeter, Settler},
     report::Report,
     servers::GuestServers,
     udp::kernel_drops,
@@ -119,6 +119,7 @@ fn main() {
         .map(|b| Arc::new(GuestServers::start(&b.guest.name, [free_port(), free_port(), free_port()])));
     let work = tempfile::tempdir().expect("tempdir");
     let mut report = Report::default();
+    let mut quiet = Settler::new(SETTLE);
     if want("discovery") {
         report.notes.push("Port release is measured with --restart-grace-ms 0 (by default 2 s of grace).".into());
     }
@@ -181,7 +182,7 @@ fn main() {
         eprintln!("round {}/{}: {:?}", round + 1, plan.rounds, order.iter().map(|p| p.name).collect::<Vec<_>>());
         for streams in [1, 4].into_iter().filter(|_| want("tcp")) {
             for p in &order {
-                settle(SETTLE);
+                quiet.before(&format!("{} (host->guest, {streams} stream(s))", p.name));
                 let meter = CpuMeter::start(&p.pids);
                 let up = upload(&p.sink(), &p.servers.counters, streams, plan.dur, &mut || {});
                 let cpu = meter.stop();
@@ -193,13 +194,13 @@ fn main() {
                 }
             }
             for p in &order {
-                settle(SETTLE);
+                quiet.before(&format!("{} (guest->host, {streams} stream(s))", p.name));
                 let g = download(&p.source(), streams, plan.dur);
                 report.record(&format!("TCP bulk guest->host, {streams} stream(s)"), "Gbit/s", true, p.name, g);
             }
         }
         for p in order.iter().filter(|_| want("rr")) {
-            settle(SETTLE);
+            quiet.before(&format!("{} (round trips)", p.name));
             let meter = CpuMeter::start(&p.pids);
             let (med, p99) = round_trips(&p.echo(), plan.rr);
             let cpu = meter.stop();
@@ -211,13 +212,13 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("rr")) {
-            settle(SETTLE);
+            quiet.before(&format!("{} (round trips on new connections)", p.name));
             let (med, p99) = first_round_trips(&p.echo(), plan.first_rr);
             report.record("64 B round trip on a just-opened connection, median", "µs", false, p.name, med);
             report.record("64 B round trip on a just-opened connection, p99", "µs", false, p.name, p99);
         }
         for p in order.iter().filter(|_| want("conn")) {
-            settle(SETTLE);
+            quiet.before(&format!("{} (connections/s)", p.name));
             let meter = CpuMeter::start(&p.pids);
             let r = connection_rate(&p.echo(), plan.dur);
             let cpu = meter.stop();
@@ -228,7 +229,7 @@ fn main() {
             }
         }
         for p in order.iter().filter(|_| want("many")) {
-            settle(SETTLE);
+            quiet.before(&format!("{} ({} streams)", p.name, plan.many));
             let rss0 = rss_bytes(&p.pids);
             let mut rss_idle = 0;
             let up = upload(&p.sink(), &p.servers.counters, plan.many, plan.dur, &mut || {
@@ -267,6 +268,7 @@ fn main() {
         }
     }
 
+    report.notes.push(quiet.summary());
     let md = report.markdown("ferry forwarding benchmark");
     println!("{md}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

@@ -128,6 +128,55 @@ pub fn settle(limit: std::time::Duration) -> std::time::Duration {
     began.elapsed()
 }
 
+/// [`settle`] before each measurement, remembering the waits for the
+/// report: a path measured on a machine that never went quiet is worth
+/// knowing about when its figure looks odd.
+#[derive(Debug)]
+pub struct Settler {
+    limit: std::time::Duration,
+    waited: std::time::Duration,
+    times: usize,
+    /// What was measured after the machine stayed busy for all of `limit`.
+    unsettled: Vec<String>,
+}
+
+impl Settler {
+    /// Waits at most `limit` each time.
+    pub fn new(limit: std::time::Duration) -> Self {
+        Self { limit, waited: std::time::Duration::ZERO, times: 0, unsettled: Vec::new() }
+    }
+
+    /// Waits for a quiet machine before `what` is measured.
+    pub fn before(&mut self, what: &str) {
+        let waited = settle(self.limit);
+        self.waited += waited;
+        self.times += 1;
+        if waited >= self.limit {
+            self.unsettled.push(what.to_string());
+        }
+    }
+
+    /// A line for the report: how long the waits took, and what was
+    /// measured on a machine still busy.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "Waited {:.1} s in all for a quiet machine before {} measurements",
+            self.waited.as_secs_f64(),
+            self.times
+        );
+        if self.unsettled.is_empty() {
+            line.push('.');
+        } else {
+            line.push_str(&format!(
+                "; still busy after {} s before: {}.",
+                self.limit.as_secs_f64(),
+                self.unsettled.join(", ")
+            ));
+        }
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
