@@ -148,10 +148,6 @@ fn main() {
             Err(why) => report.notes.push(format!("{name} not measured: {why}")),
         }
     }
-    report.notes.push(format!(
-        "Each path is measured once the machine is quiet (under a tenth of its CPUs busy for 100 ms; {} s at most).",
-        SETTLE.as_secs()
-    ));
     report
         .notes
         .push("Not measured here: pasta (its port forwarding needs a user namespace set-up of its own).".into());
@@ -268,7 +264,7 @@ fn main() {
         }
     }
 
-    report.notes.push(quiet.summary());
+    report.notes.extend(quiet.summary());
     let md = report.markdown("ferry forwarding benchmark");
     println!("{md}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

@@ -1,4 +1,5 @@
-//! CPU time and memory of a forwarder's processes, read from /proc.
+//! CPU time and memory of a forwarder's processes, and whether the machine
+//! is quiet, read from /proc.
 
 use std::{
     collections::HashMap,
@@ -97,83 +98,139 @@ impl CpuMeter {
 
 pub use ferry_tests::procs::rss_bytes;
 
-/// The machine's (busy, total) CPU ticks so far, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0, 0) };
-    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+/// The machine's CPU time so far, from /proc/stat's first line, in ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// Ticks some CPU spent running anything (user, nice, system, irq,
+    /// softirq; guest time is part of user).
+    busy: u64,
+    /// `busy` plus idle and iowait. Steal, the time the hypervisor gave to
+    /// other VMs, is in neither: it says nothing of what runs here.
+    total: u64,
 }
 
-/// Waits until the machine is quiet (under a tenth of its CPUs busy over
-/// 100 ms), for at most `limit`; returns how long it waited. A path
-/// measured right after another must not pay for what the other still
-/// does: a forwarder that collapsed under many streams drains its buffers
-/// for seconds after its clients are gone.
-pub fn settle(limit: std::time::Duration) -> std::time::Duration {
+impl MachineTicks {
+    /// Now's ticks; zero if /proc/stat cannot be read.
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        stat.lines().find(|l| l.starts_with("cpu ")).map(Self::parse).unwrap_or_default()
+    }
+
+    /// Parses the `cpu ` line: user nice system idle iowait irq softirq ...
+    fn parse(line: &str) -> Self {
+        let f: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+        let at = |i: usize| f.get(i).copied().unwrap_or(0);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+        Self { busy, total: busy + at(3) + at(4) }
+    }
+}
+
+/// How many CPUs' worth may be busy for the machine to count as quiet.
+pub const QUIET_CPUS: f64 = 0.2;
+
+/// Whether the machine was quiet between two readings: under
+/// [`QUIET_CPUS`] busy on average, on a machine of `cpus` CPUs. A reading
+/// that did not move on (or went back: iowait may) says nothing, so it is
+/// not quiet.
+pub fn was_quiet(before: MachineTicks, after: MachineTicks, cpus: usize) -> bool {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 || after.total < before.total || after.busy < before.busy {
+        return false;
+    }
+    let busy = after.busy - before.busy;
+    (busy as f64 / total as f64) * (cpus as f64) < QUIET_CPUS
+}
+
+/// Readings one window apart; the machine is quiet after [`QUIET_WINDOWS`]
+/// quiet windows in a row (at 100 ticks a second one window holds only 10
+/// ticks per CPU, so a single one could miss a process at a third of a
+/// core).
+const WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+const QUIET_WINDOWS: usize = 2;
+
+/// Waits until the machine is quiet (see [`was_quiet`]), for at most
+/// `limit`; returns how long it waited and whether the machine went quiet.
+/// A path measured right after another must not pay for what the other
+/// still does: its clients end with a reset, but a forwarder that
+/// collapsed under many streams (ssh -L) can still be working through
+/// what its own buffers and its peer's hold.
+pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let began = std::time::Instant::now();
-    let mut last = machine_ticks();
+    let (mut last, mut quiet_in_a_row) = (MachineTicks::now(), 0);
     while began.elapsed() < limit {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let now = machine_ticks();
-        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        std::thread::sleep(WINDOW);
+        let now = MachineTicks::now();
+        quiet_in_a_row = if was_quiet(last, now, cpus) { quiet_in_a_row + 1 } else { 0 };
         last = now;
-        if total > 0 && busy * 10 < total {
-            break;
+        if quiet_in_a_row >= QUIET_WINDOWS {
+            return (began.elapsed(), true);
         }
     }
-    began.elapsed()
+    (began.elapsed(), false)
 }
 
 /// [`settle`] before each measurement, remembering the waits for the
-/// report: a path measured on a machine that never went quiet is worth
-/// knowing about when its figure looks odd.
+/// report: a figure measured on a machine that never went quiet is worth
+/// knowing about when it looks odd.
 #[derive(Debug)]
 pub struct Settler {
     limit: std::time::Duration,
     waited: std::time::Duration,
+    longest: std::time::Duration,
     times: usize,
-    /// What was measured after the machine stayed busy for all of `limit`.
+    /// What was measured while the machine stayed busy for all of `limit`.
     unsettled: Vec<String>,
 }
+
+/// The measurements on a busy machine the report names (the rest it counts).
+const UNSETTLED_NAMED: usize = 10;
 
 impl Settler {
     /// Waits at most `limit` each time.
     pub fn new(limit: std::time::Duration) -> Self {
-        Self { limit, waited: std::time::Duration::ZERO, times: 0, unsettled: Vec::new() }
+        let zero = std::time::Duration::ZERO;
+        Self { limit, waited: zero, longest: zero, times: 0, unsettled: Vec::new() }
     }
 
     /// Waits for a quiet machine before `what` is measured.
     pub fn before(&mut self, what: &str) {
-        let waited = settle(self.limit);
+        let (waited, quiet) = settle(self.limit);
         self.waited += waited;
+        self.longest = self.longest.max(waited);
         self.times += 1;
-        if waited >= self.limit {
+        if !quiet {
             self.unsettled.push(what.to_string());
         }
     }
 
-    /// A line for the report: how long the waits took, and what was
-    /// measured on a machine still busy.
-    pub fn summary(&self) -> String {
-        let mut line = format!(
-            "Waited {:.1} s in all for a quiet machine before {} measurements",
-            self.waited.as_secs_f64(),
-            self.times
-        );
-        if self.unsettled.is_empty() {
-            line.push('.');
-        } else {
-            line.push_str(&format!(
-                "; still busy after {} s before: {}.",
-                self.limit.as_secs_f64(),
-                self.unsettled.join(", ")
-            ));
+    /// A line for the report: what the waits were for, how long they took,
+    /// and what was measured on a machine still busy (none if nothing was
+    /// measured).
+    pub fn summary(&self) -> Option<String> {
+        if self.times == 0 {
+            return None;
         }
-        line
+        let mut line = format!(
+            "Before each TCP, round-trip, connection and concurrent-stream measurement the bench waits until \
+             the machine is quiet (under {QUIET_CPUS} CPU busy over {} windows of {} ms in a row; {} s at most): \
+             {:.1} s in all for {} measurements, {:.1} s at the longest",
+            QUIET_WINDOWS,
+            WINDOW.as_millis(),
+            self.limit.as_secs(),
+            self.waited.as_secs_f64(),
+            self.times,
+            self.longest.as_secs_f64(),
+        );
+        match self.unsettled.len() {
+            0 => line.push('.'),
+            n => {
+                let named = self.unsettled[..n.min(UNSETTLED_NAMED)].join(", ");
+                let more = if n > UNSETTLED_NAMED { format!(" and {} more", n - UNSETTLED_NAMED) } else { String::new() };
+                line.push_str(&format!("; {n} ran on a machine still busy: {named}{more}."));
+            }
+        }
+        Some(line)
     }
 }
 
@@ -194,12 +251,24 @@ mod tests {
     }
 
     #[test]
-    fn settle_waits_while_the_machine_is_busy() {
-        let mut busy =
-            std::process::Command::new("timeout").args(["0.6", "sh", "-c", "while :; do :; done"]).spawn().unwrap();
-        let waited = settle(std::time::Duration::from_secs(5));
-        busy.wait().unwrap();
-        // Half the machine or more stays busy while the loop spins.
-        assert!(waited >= std::time::Duration::from_millis(500), "settled after {waited:?} while a core spun");
+    fn quiet_means_under_a_fifth_of_a_cpu_busy_between_readings_that_moved_on() {
+        let reading = |busy, total| MachineTicks { busy, total };
+        // 2 CPUs, a 100 ms window: 20 ticks.
+        assert!(was_quiet(reading(100, 1000), reading(101, 1020), 2), "0.1 CPU busy");
+        assert!(!was_quiet(reading(100, 1000), reading(103, 1020), 2), "0.3 CPU busy");
+        assert!(!was_quiet(reading(100, 1000), reading(110, 1020), 2), "one core spinning");
+        // 16 CPUs, 160 ticks: one spinning core is a sixteenth of the machine, still busy.
+        assert!(!was_quiet(reading(0, 0), reading(10, 160), 16), "one core of sixteen");
+        assert!(was_quiet(reading(0, 0), reading(1, 160), 16));
+        assert!(!was_quiet(reading(5, 100), reading(5, 100), 2), "a reading that did not move on");
+        assert!(!was_quiet(reading(5, 100), reading(5, 90), 2), "a total that went back");
+    }
+
+    #[test]
+    fn the_cpu_line_is_read_without_steal() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let t = MachineTicks::parse("cpu  100 2 30 500 7 0 11 900 40 0");
+        assert_eq!(t, MachineTicks { busy: 143, total: 650 });
+        assert_eq!(MachineTicks::parse("cpu"), MachineTicks::default());
     }
 }

@@ -14,19 +14,25 @@ use super::{os_result, Conduit};
 /// Linux pipe holds, so both relays move the same batches.
 pub const FIRST_BUFFER: usize = 64 * 1024;
 
-/// A buffer's size while more than [`GROWING_UP_TO`] relays are live, so
-/// that a crowd's memory stays bounded and its streams take even turns.
-/// Measured with 100 busy streams (docs/performance.md, 2026-12-03): 16 and
-/// 24 KiB moved 0.97-1.00x socat's aggregate, 32 KiB 1.18x with Jain 0.97,
-/// 64 KiB 1.12x with Jain falling to 0.90.
+/// A buffer's size while more than [`GROWING_UP_TO`] buffers are live in
+/// the process (about 32 connections, one buffer each way), so that a
+/// crowd's memory stays bounded (32 KiB per busy direction: about 64 MiB
+/// for a thousand streams busy both ways) and its streams stay fair. The
+/// size trades some fairness for throughput: with 100 busy streams on the
+/// bulk runtime, 16 and 24 KiB moved 0.97-1.00x socat's aggregate (median of
+/// 15 rounds each) at Jain 0.99, 32 KiB 1.18x at Jain 0.97 (0.92 at worst),
+/// 64 KiB 1.12x at Jain down to 0.90 (docs/performance.md, "A crowd's copy
+/// buffers"). An older figure, 0.44x socat with 64 KiB, predates bulk
+/// connections moving to their own runtime.
 pub const CROWDED_BUFFER: usize = 32 * 1024;
 
 /// The largest a buffer grows while its stream is a bulk transfer (a read
 /// filled it): fewer, larger system calls per byte.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
-/// Above this many live copy buffers none grows, so a thousand busy streams
-/// hold `FIRST_BUFFER` each, not `MAX_BUFFER`.
+/// Above this many live copy buffers none grows, and each that empties goes
+/// back to [`CROWDED_BUFFER`], so a thousand busy streams hold that each,
+/// not `MAX_BUFFER`.
 pub const GROWING_UP_TO: usize = 64;
 
 /// How many copy buffers exist in this process.
