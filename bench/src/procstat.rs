@@ -226,7 +226,8 @@ impl Settler {
             0 => line.push('.'),
             n => {
                 let named = self.unsettled[..n.min(UNSETTLED_NAMED)].join(", ");
-                let more = if n > UNSETTLED_NAMED { format!(" and {} more", n - UNSETTLED_NAMED) } else { String::new() };
+                let more =
+                    if n > UNSETTLED_NAMED { format!(" and {} more", n - UNSETTLED_NAMED) } else { String::new() };
                 line.push_str(&format!("; {n} ran on a machine still busy: {named}{more}."));
             }
         }
