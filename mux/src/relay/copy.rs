@@ -162,6 +162,11 @@ impl Conduit for CopyBuffer {
     }
 
     fn give_back(self) {}
+
+    fn crowded(&self) -> bool {
+        // The same crowd as takes `CROWDED_BUFFER`s.
+        LIVE.load(Ordering::Relaxed) > GROWING_UP_TO
+    }
 }
 
 impl Drop for CopyBuffer {
@@ -208,6 +213,20 @@ mod tests {
         drop(c);
         writer.join().unwrap();
         assert!(reader.join().unwrap() == data);
+    }
+
+    #[test]
+    fn a_crowd_takes_crowded_buffers_and_says_so() {
+        // (Other tests' buffers only make the crowd bigger.)
+        let crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&[1u8; 100]).unwrap();
+        let mut buf = CopyBuffer::take().unwrap();
+        assert!(buf.crowded());
+        assert_eq!(buf.room(), CROWDED_BUFFER);
+        assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 100);
+        assert_eq!(buf.buf.capacity(), CROWDED_BUFFER);
+        drop(crowd);
     }
 
     #[test]

@@ -87,6 +87,15 @@ pub enum Answer {
     Send,
 }
 
+/// How many bytes a busy stream moves in a crowd (see
+/// [`Conduit::crowded`]) before the others take their turn. Tokio's own
+/// budget lets a task run 128 batches at a time, which in a crowd of a
+/// thousand busy streams on the copy relay is several times a stream's
+/// share of half a second: measured, Jain 0.02-0.08 and some streams at a
+/// twentieth of the mean, against 0.95-0.97 when a turn ends after 256 KiB
+/// (docs/performance.md, "A crowd's copy buffers").
+pub(crate) const CROWDED_TURN: usize = 256 * 1024;
+
 /// Where one direction's bytes wait between reading `src` and writing `dst`.
 pub(crate) trait Conduit: Sized {
     /// Whether the conduit can refuse more bytes before it holds its
@@ -115,6 +124,12 @@ pub(crate) trait Conduit: Sized {
     /// empty (a short read of a stream socket), so that the relay can wait
     /// for the source at once instead of making a read that would block.
     fn drained_source(&self) -> bool {
+        false
+    }
+    /// Whether the process relays so many streams through conduits like
+    /// this one that a busy stream should let the others take their turn
+    /// after [`CROWDED_TURN`] bytes.
+    fn crowded(&self) -> bool {
         false
     }
 }
@@ -186,6 +201,8 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
     // the greeting waits for company.
     let (mut greeting_left, mut held_back) = (greeting.len(), !greeting.is_empty());
     let (mut total, mut eof) = (from, false);
+    // Bytes moved since this direction last let others take their turn.
+    let mut turn = 0;
     loop {
         let mut progress = false;
         // Tokio's readiness is cleared only when the read would block for
@@ -246,6 +263,7 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
                     greeting_left -= greeted;
                     total += (m - greeted) as u64;
                     count(m - greeted);
+                    turn += m;
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -276,10 +294,17 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
                     return stop(conduit);
                 }
             }
-            // Busy streams still take turns with the runtime's other tasks.
-            // (Yielding every 256 KiB instead cost a single stream 10-20% of
-            // its throughput and 40% more CPU per GB, measured A/B.)
-            tokio::task::consume_budget().await;
+            // Busy streams still take turns with the runtime's other tasks:
+            // tokio's budget ends a turn after 128 batches, and in a crowd
+            // a turn ends after `CROWDED_TURN` bytes. (Ending every turn
+            // after 256 KiB cost a single stream 10-20% of its throughput
+            // and 40% more CPU per GB, measured A/B: hence only in a crowd.)
+            if turn >= CROWDED_TURN && conduit.crowded() {
+                turn = 0;
+                tokio::task::yield_now().await;
+            } else {
+                tokio::task::consume_budget().await;
+            }
             continue;
         }
         // Neither side moved. With bytes waiting, draining them is what
@@ -740,6 +765,119 @@ mod tests {
         assert_eq!(got, b"Ghi", "{what}");
         let end = relay.join().unwrap().unwrap();
         assert_eq!(end, LegEnd::Done(2), "{what}: the greeting is not counted");
+    }
+
+    thread_local! {
+        /// Whether [`Endless`] conduits say they are in a crowd.
+        static IN_A_CROWD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// A conduit whose source always has 32 KiB ready, up to 8 MiB, and
+    /// whose destination takes all at once: a relay of it never waits, so
+    /// only its turns let other tasks run.
+    struct Endless {
+        held: usize,
+        left: usize,
+    }
+
+    const ENDLESS_BATCH: usize = 32 * 1024;
+    const ENDLESS_TOTAL: usize = 8 << 20;
+
+    impl Conduit for Endless {
+        fn full_short_of_capacity(&self) -> bool {
+            false
+        }
+        fn take() -> io::Result<Self> {
+            Ok(Self { held: 0, left: ENDLESS_TOTAL })
+        }
+        fn room(&self) -> usize {
+            ENDLESS_BATCH - self.held
+        }
+        fn held(&self) -> usize {
+            self.held
+        }
+        fn fill(&mut self, _: RawFd) -> io::Result<usize> {
+            let n = self.room().min(self.left);
+            (self.held, self.left) = (self.held + n, self.left - n);
+            Ok(n)
+        }
+        fn drain(&mut self, _: RawFd) -> io::Result<usize> {
+            Ok(std::mem::take(&mut self.held))
+        }
+        fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+            self.held += bytes.len();
+            Ok(())
+        }
+        fn give_back(self) {}
+        fn crowded(&self) -> bool {
+            IN_A_CROWD.with(|c| c.get())
+        }
+    }
+
+    /// A socket that is always ready (the [`Endless`] conduit ignores it).
+    struct AlwaysReady;
+
+    impl AsRawFd for AlwaysReady {
+        fn as_raw_fd(&self) -> RawFd {
+            -1
+        }
+    }
+
+    impl RelaySocket for AlwaysReady {
+        fn try_op<R>(&self, _: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+            f()
+        }
+        async fn wait_ready(&self, _: Interest) -> io::Result<()> {
+            Ok(())
+        }
+        fn shutdown_write(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// How often another task of the thread ran while a relay that never
+    /// waits moved [`ENDLESS_TOTAL`] bytes.
+    fn turns_given_while_relaying(in_a_crowd: bool) -> usize {
+        use std::sync::{
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+            Arc,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async move {
+            IN_A_CROWD.with(|c| c.set(in_a_crowd));
+            let (done, ran) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+            let other = tokio::spawn({
+                let (done, ran) = (done.clone(), ran.clone());
+                async move {
+                    while !done.load(Ordering::Relaxed) {
+                        ran.fetch_add(1, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+            // Let the other task start first.
+            tokio::task::yield_now().await;
+            let before = ran.load(Ordering::Relaxed);
+            let end =
+                one_way::<Endless, _, _, _>(&AlwaysReady, &AlwaysReady, b"", |_| {}, |_| async { Ok(()) }, 0, None)
+                    .await
+                    .unwrap();
+            assert_eq!(end, LegEnd::Done(ENDLESS_TOTAL as u64));
+            let turns = ran.load(Ordering::Relaxed) - before;
+            done.store(true, Ordering::Relaxed);
+            other.await.unwrap();
+            turns
+        })
+    }
+
+    #[test]
+    fn in_a_crowd_a_busy_stream_lets_the_others_run_after_each_crowded_turn() {
+        let alone = turns_given_while_relaying(false);
+        let crowded = turns_given_while_relaying(true);
+        let crowded_turns = ENDLESS_TOTAL / CROWDED_TURN;
+        // Alone, tokio's budget ends a turn every 128 batches: about 2 here.
+        assert!(alone <= crowded_turns / 4, "alone, the relay gave {alone} turns");
+        assert!(crowded + 1 >= crowded_turns, "in a crowd, {crowded} turns for {crowded_turns} x CROWDED_TURN");
     }
 
     /// The agent's relay of `target` with the data connection `conn`.
