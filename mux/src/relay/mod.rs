@@ -87,14 +87,15 @@ pub enum Answer {
     Send,
 }
 
-/// How many bytes a busy stream moves in a crowd (see
-/// [`Conduit::crowded`]) before the others take their turn. Tokio's own
-/// budget lets a task run 128 batches at a time, which in a crowd of a
-/// thousand busy streams on the copy relay is several times a stream's
-/// share of half a second: measured, Jain 0.02-0.08 and some streams at a
-/// twentieth of the mean, against 0.95-0.97 when a turn ends after 256 KiB
-/// (docs/performance.md, "A crowd's copy buffers").
-pub(crate) const CROWDED_TURN: usize = 256 * 1024;
+/// How many batches (a read, a write, or both) a busy stream moves in a
+/// crowd (see [`Conduit::crowded`]) before the others take their turn: at
+/// most 256 KiB with a crowd's 32 KiB buffers. Tokio's own budget lets a
+/// task run 128 batches at a time, several times a stream's share of half
+/// a second when a thousand streams are busy on the copy relay. Measured
+/// there (docs/performance.md, "A crowd's copy buffers"): Jain 0.03-0.14
+/// with tokio's turns, 0.67-0.95 with these, 0.98-1.00 with one batch a
+/// turn, which halved the aggregate.
+pub(crate) const CROWDED_TURN: usize = 8;
 
 /// Where one direction's bytes wait between reading `src` and writing `dst`.
 pub(crate) trait Conduit: Sized {
@@ -128,7 +129,7 @@ pub(crate) trait Conduit: Sized {
     }
     /// Whether the process relays so many streams through conduits like
     /// this one that a busy stream should let the others take their turn
-    /// after [`CROWDED_TURN`] bytes.
+    /// after [`CROWDED_TURN`] batches.
     fn crowded(&self) -> bool {
         false
     }
@@ -201,7 +202,7 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
     // the greeting waits for company.
     let (mut greeting_left, mut held_back) = (greeting.len(), !greeting.is_empty());
     let (mut total, mut eof) = (from, false);
-    // Bytes moved since this direction last let others take their turn.
+    // Batches moved since this direction last let others take their turn.
     let mut turn = 0;
     loop {
         let mut progress = false;
@@ -263,7 +264,6 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
                     greeting_left -= greeted;
                     total += (m - greeted) as u64;
                     count(m - greeted);
-                    turn += m;
                     progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -296,9 +296,10 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
             }
             // Busy streams still take turns with the runtime's other tasks:
             // tokio's budget ends a turn after 128 batches, and in a crowd
-            // a turn ends after `CROWDED_TURN` bytes. (Ending every turn
-            // after 256 KiB cost a single stream 10-20% of its throughput
-            // and 40% more CPU per GB, measured A/B: hence only in a crowd.)
+            // a turn ends after `CROWDED_TURN`. (Ending every turn after
+            // 256 KiB cost a single stream 10-20% of its throughput and 40%
+            // more CPU per GB, measured A/B: hence only in a crowd.)
+            turn += 1;
             if turn >= CROWDED_TURN && conduit.crowded() {
                 turn = 0;
                 tokio::task::yield_now().await;
@@ -874,10 +875,10 @@ mod tests {
     fn in_a_crowd_a_busy_stream_lets_the_others_run_after_each_crowded_turn() {
         let alone = turns_given_while_relaying(false);
         let crowded = turns_given_while_relaying(true);
-        let crowded_turns = ENDLESS_TOTAL / CROWDED_TURN;
+        let crowded_turns = ENDLESS_TOTAL / (CROWDED_TURN * ENDLESS_BATCH);
         // Alone, tokio's budget ends a turn every 128 batches: about 2 here.
         assert!(alone <= crowded_turns / 4, "alone, the relay gave {alone} turns");
-        assert!(crowded + 1 >= crowded_turns, "in a crowd, {crowded} turns for {crowded_turns} x CROWDED_TURN");
+        assert!(crowded + 1 >= crowded_turns, "in a crowd, {crowded} turns for {crowded_turns} x CROWDED_TURN batches");
     }
 
     /// The agent's relay of `target` with the data connection `conn`.
