@@ -155,7 +155,10 @@ const QUIET_WINDOWS: usize = 2;
 /// collapsed under many streams (ssh -L) can still be working through
 /// what its own buffers and its peer's hold.
 pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // /proc/stat counts every CPU of the machine (not only those this
+    // process may use).
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpus = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count().max(1);
     let began = std::time::Instant::now();
     let (mut last, mut quiet_in_a_row) = (MachineTicks::now(), 0);
     while began.elapsed() < limit {

@@ -27,6 +27,9 @@ impl Adaptive {
     }
 }
 
+// `crowded` keeps its default (never): a Linux relay moves to splice once
+// it carries bulk, and spliced streams stay fair in a crowd of a thousand
+// with tokio's own turns (Jain 0.91-0.97 in the same runs).
 impl Conduit for Adaptive {
     fn full_short_of_capacity(&self) -> bool {
         match self {

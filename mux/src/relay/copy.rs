@@ -10,7 +10,7 @@ use std::{
 
 use super::{os_result, Conduit};
 
-/// A buffer's first size while few relays are live: as much as a default
+/// A buffer's first size while few buffers are live: as much as a default
 /// Linux pipe holds, so both relays move the same batches.
 pub const FIRST_BUFFER: usize = 64 * 1024;
 
@@ -38,6 +38,13 @@ pub const GROWING_UP_TO: usize = 64;
 /// How many copy buffers exist in this process.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// How many of them hold memory now: their streams are moving bytes (an
+/// idle connection's buffer gives its memory back). The crowd in which a
+/// busy stream takes short turns ([`Conduit::crowded`]) is counted in
+/// these, so that one bulk stream among many idle connections keeps
+/// tokio's long turns.
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
+
 /// The bytes of one relay direction on their way from one socket to the
 /// other: `buf[start..]` is waiting to be written, and `buf`'s capacity is
 /// the buffer's size (its spare capacity is read into without zeroing it
@@ -53,7 +60,7 @@ pub(super) struct CopyBuffer {
     bulk: bool,
 }
 
-/// The size of a buffer taken now: smaller while many relays are live.
+/// The size of a buffer taken now: smaller while many buffers are live.
 fn next_size() -> usize {
     if LIVE.load(Ordering::Relaxed) > GROWING_UP_TO {
         CROWDED_BUFFER
@@ -67,7 +74,16 @@ impl CopyBuffer {
     fn take_memory(&mut self) {
         if self.buf.capacity() == 0 {
             self.buf = Vec::with_capacity(next_size());
+            HOLDING.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Gives the buffer's memory back (it holds no byte).
+    fn give_memory_back(&mut self) {
+        if self.buf.capacity() > 0 {
+            HOLDING.fetch_sub(1, Ordering::Relaxed);
+        }
+        (self.buf, self.start) = (Vec::new(), 0);
     }
 
     /// Whether a read has filled all the room it had (a bulk transfer).
@@ -96,7 +112,7 @@ impl Conduit for CopyBuffer {
 
     fn idle(&mut self) {
         if self.held() == 0 {
-            (self.buf, self.start) = (Vec::new(), 0);
+            self.give_memory_back();
         }
     }
 
@@ -107,7 +123,7 @@ impl Conduit for CopyBuffer {
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         self.take_memory();
         if self.held() == 0 {
-            // A buffer taken or grown while few relays were live goes back
+            // A buffer taken or grown while few buffers were live goes back
             // to the size a crowd gets once there is one: equal buffers keep
             // many busy streams fair (a relay that moved to another
             // runtime takes a new buffer, and would otherwise keep a
@@ -164,13 +180,13 @@ impl Conduit for CopyBuffer {
     fn give_back(self) {}
 
     fn crowded(&self) -> bool {
-        // The same crowd as takes `CROWDED_BUFFER`s.
-        LIVE.load(Ordering::Relaxed) > GROWING_UP_TO
+        HOLDING.load(Ordering::Relaxed) > GROWING_UP_TO
     }
 }
 
 impl Drop for CopyBuffer {
     fn drop(&mut self) {
+        self.give_memory_back();
         LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -183,6 +199,7 @@ mod tests {
 
     #[test]
     fn bytes_come_out_in_order_across_compaction_and_growth() {
+        let _serial = crowd_tests();
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (c, mut d) = std::os::unix::net::UnixStream::pair().unwrap();
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
@@ -215,18 +232,37 @@ mod tests {
         assert!(reader.join().unwrap() == data);
     }
 
+    /// Held by the tests whose buffers' sizes depend on how many buffers
+    /// the process holds (tests run on threads of one process).
+    static CROWD_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn crowd_tests() -> std::sync::MutexGuard<'static, ()> {
+        CROWD_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn a_crowd_takes_crowded_buffers_and_says_so() {
-        // (Other tests' buffers only make the crowd bigger.)
-        let crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
+        let _serial = crowd_tests();
+        let mut crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
+        let mut probe = CopyBuffer::take().unwrap();
+        assert!(!probe.crowded(), "buffers that hold no memory (idle connections) make no crowd");
+        for b in &mut crowd {
+            b.put(b"x").unwrap();
+        }
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(&[1u8; 100]).unwrap();
         let mut buf = CopyBuffer::take().unwrap();
-        assert!(buf.crowded());
+        assert!(buf.crowded(), "buffers moving bytes make a crowd");
         assert_eq!(buf.room(), CROWDED_BUFFER);
         assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 100);
         assert_eq!(buf.buf.capacity(), CROWDED_BUFFER);
-        drop(crowd);
+        for b in &mut crowd {
+            b.start = b.buf.len(); // as if written out
+            b.idle();
+        }
+        assert!(!probe.crowded(), "buffers that went idle leave the crowd");
+        probe.put(b"y").unwrap();
+        drop((crowd, buf, probe));
     }
 
     #[test]
