@@ -38,13 +38,6 @@ pub const GROWING_UP_TO: usize = 64;
 /// How many copy buffers exist in this process.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// How many of them hold memory now: their streams are moving bytes (an
-/// idle connection's buffer gives its memory back). The crowd in which a
-/// busy stream takes short turns ([`Conduit::crowded`]) is counted in
-/// these, so that one bulk stream among many idle connections keeps
-/// tokio's long turns.
-static HOLDING: AtomicUsize = AtomicUsize::new(0);
-
 /// The bytes of one relay direction on their way from one socket to the
 /// other: `buf[start..]` is waiting to be written, and `buf`'s capacity is
 /// the buffer's size (its spare capacity is read into without zeroing it
@@ -74,16 +67,7 @@ impl CopyBuffer {
     fn take_memory(&mut self) {
         if self.buf.capacity() == 0 {
             self.buf = Vec::with_capacity(next_size());
-            HOLDING.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Gives the buffer's memory back (it holds no byte).
-    fn give_memory_back(&mut self) {
-        if self.buf.capacity() > 0 {
-            HOLDING.fetch_sub(1, Ordering::Relaxed);
-        }
-        (self.buf, self.start) = (Vec::new(), 0);
     }
 
     /// Whether a read has filled all the room it had (a bulk transfer).
@@ -112,7 +96,7 @@ impl Conduit for CopyBuffer {
 
     fn idle(&mut self) {
         if self.held() == 0 {
-            self.give_memory_back();
+            (self.buf, self.start) = (Vec::new(), 0);
         }
     }
 
@@ -180,13 +164,16 @@ impl Conduit for CopyBuffer {
     fn give_back(self) {}
 
     fn crowded(&self) -> bool {
-        HOLDING.load(Ordering::Relaxed) > GROWING_UP_TO
+        // The crowd that takes `CROWDED_BUFFER`s: open buffers, idle or
+        // not. (Counting only those that hold bytes at the moment, or only
+        // those that have carried bulk, was measured: with a thousand busy
+        // streams either crowd came and went, and fairness went with it.)
+        LIVE.load(Ordering::Relaxed) > GROWING_UP_TO
     }
 }
 
 impl Drop for CopyBuffer {
     fn drop(&mut self) {
-        self.give_memory_back();
         LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -243,26 +230,15 @@ mod tests {
     #[test]
     fn a_crowd_takes_crowded_buffers_and_says_so() {
         let _serial = crowd_tests();
-        let mut crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
-        let mut probe = CopyBuffer::take().unwrap();
-        assert!(!probe.crowded(), "buffers that hold no memory (idle connections) make no crowd");
-        for b in &mut crowd {
-            b.put(b"x").unwrap();
-        }
+        let crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(&[1u8; 100]).unwrap();
         let mut buf = CopyBuffer::take().unwrap();
-        assert!(buf.crowded(), "buffers moving bytes make a crowd");
+        assert!(buf.crowded(), "more than GROWING_UP_TO buffers make a crowd");
         assert_eq!(buf.room(), CROWDED_BUFFER);
         assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 100);
         assert_eq!(buf.buf.capacity(), CROWDED_BUFFER);
-        for b in &mut crowd {
-            b.start = b.buf.len(); // as if written out
-            b.idle();
-        }
-        assert!(!probe.crowded(), "buffers that went idle leave the crowd");
-        probe.put(b"y").unwrap();
-        drop((crowd, buf, probe));
+        drop((crowd, buf));
     }
 
     #[test]

@@ -93,10 +93,10 @@ pub enum Answer {
 /// buffers. Tokio's own budget lets a task go on for up to 128 batches, up
 /// to 4 MiB: a thousand streams busy at about 10 Gbit/s have about 0.6 MB
 /// each per half second. Measured with a thousand streams on the copy
-/// relay (docs/performance.md, "A crowd's copy buffers"): Jain 0.03-0.14
-/// with tokio's turns; 0.67-0.95 with these; 0.06-0.96 with turns of
-/// 256 KiB written instead of 8 batches; 0.98-1.00 with one batch a turn,
-/// which halved the aggregate. Counting batches bounds the system calls a
+/// relay (docs/performance.md, "A crowd's copy buffers"), Jain's median:
+/// 0.08 with tokio's turns; 0.95 with these; 0.29 with turns of 256 KiB
+/// written instead of 8 batches; 1.00 with one batch a turn, which halved
+/// the aggregate. Counting batches bounds the system calls a
 /// turn makes, which is what the streams share.
 pub(crate) const CROWDED_TURN: usize = 8;
 
@@ -205,7 +205,8 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
     // the greeting waits for company.
     let (mut greeting_left, mut held_back) = (greeting.len(), !greeting.is_empty());
     let (mut total, mut eof) = (from, false);
-    // Batches moved since this direction last waited or let others run.
+    // Batches moved since this direction last counted a turn (a wait does
+    // not end one: measured with the count as it is).
     let mut turn = 0;
     loop {
         let mut progress = false;
@@ -314,9 +315,7 @@ async fn one_way<C: Conduit, A: RelaySocket, B: RelaySocket, E: Future<Output = 
             continue;
         }
         // Neither side moved. With bytes waiting, draining them is what
-        // unblocks everything; else wait for the source. (Waiting lets
-        // the others run: the next turn starts afresh.)
-        turn = 0;
+        // unblocks everything; else wait for the source.
         if drainable {
             dst.wait_ready(Interest::WRITABLE).await?;
         } else if read_blocked {
