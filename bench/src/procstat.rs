@@ -148,17 +148,20 @@ pub fn was_quiet(before: MachineTicks, after: MachineTicks, cpus: usize) -> bool
 const WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 const QUIET_WINDOWS: usize = 2;
 
-/// Waits until the machine is quiet (see [`was_quiet`]), for at most
-/// `limit`; returns how long it waited and whether the machine went quiet.
+/// The CPUs /proc/stat counts: every CPU of the machine, not only those
+/// this process may use.
+pub fn machine_cpus() -> usize {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count().max(1)
+}
+
+/// Waits until the machine of `cpus` CPUs ([`machine_cpus`]) is quiet (see
+/// [`was_quiet`]), for at most `limit`; returns how long it waited and whether the machine went quiet.
 /// A path measured right after another must not pay for what the other
 /// still does: its clients end with a reset, but a forwarder that
 /// collapsed under many streams (ssh -L) can still be working through
 /// what its own buffers and its peer's hold.
-pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
-    // /proc/stat counts every CPU of the machine (not only those this
-    // process may use).
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpus = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count().max(1);
+pub fn settle(limit: std::time::Duration, cpus: usize) -> (std::time::Duration, bool) {
     let began = std::time::Instant::now();
     let (mut last, mut quiet_in_a_row) = (MachineTicks::now(), 0);
     while began.elapsed() < limit {
@@ -179,6 +182,7 @@ pub fn settle(limit: std::time::Duration) -> (std::time::Duration, bool) {
 #[derive(Debug)]
 pub struct Settler {
     limit: std::time::Duration,
+    cpus: usize,
     waited: std::time::Duration,
     longest: std::time::Duration,
     times: usize,
@@ -193,12 +197,12 @@ impl Settler {
     /// Waits at most `limit` each time.
     pub fn new(limit: std::time::Duration) -> Self {
         let zero = std::time::Duration::ZERO;
-        Self { limit, waited: zero, longest: zero, times: 0, unsettled: Vec::new() }
+        Self { limit, cpus: machine_cpus(), waited: zero, longest: zero, times: 0, unsettled: Vec::new() }
     }
 
     /// Waits for a quiet machine before `what` is measured.
     pub fn before(&mut self, what: &str) {
-        let (waited, quiet) = settle(self.limit);
+        let (waited, quiet) = settle(self.limit, self.cpus);
         self.waited += waited;
         self.longest = self.longest.max(waited);
         self.times += 1;

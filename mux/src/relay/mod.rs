@@ -96,8 +96,8 @@ pub enum Answer {
 /// relay (docs/performance.md, "A crowd's copy buffers"), Jain's median:
 /// 0.08 with tokio's turns; 0.95 with these; 0.29 with turns of 256 KiB
 /// written instead of 8 batches; 1.00 with one batch a turn, which halved
-/// the aggregate. Counting batches bounds the system calls a
-/// turn makes, which is what the streams share.
+/// the aggregate. Counting batches bounds the system calls a turn makes,
+/// which is what the streams share.
 pub(crate) const CROWDED_TURN: usize = 8;
 
 /// Where one direction's bytes wait between reading `src` and writing `dst`.
