@@ -141,6 +141,7 @@ fn main() {
         ("ssh -L", paths::ssh(&bridge.guest, work.path(), &servers)),
         ("ferry (exec:ssh)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, false)),
         ("ferry (ssh master)", paths::ferry_over_ssh(&bridge.guest, work.path(), &servers, true)),
+        ("ssh master floor", paths::ssh_master_floor(&bridge.guest, work.path(), &servers)),
         ("yamux (Go)", paths::yamux(&bridge.guest, work.path(), &servers)),
     ] {
         match made {
@@ -154,6 +155,8 @@ fn main() {
     report.pairs.push(("ferry (mux)".into(), "yamux (Go)".into()));
     report.pairs.push(("ferry (exec:ssh)".into(), "ssh -L".into()));
     report.pairs.push(("ferry (ssh master)".into(), "ssh -L".into()));
+    report.pairs.push(("ferry (ssh master)".into(), "ssh master floor".into()));
+    report.pairs.push(("ssh master floor".into(), "ssh -L".into()));
     report.pairs.push(("ferry (portable)".into(), "socat".into()));
     report.notes.push(format!(
         "Mode: {} ({} round(s), {:?} per throughput sample, {} round trips, {} on just-opened connections, {} concurrent streams).",

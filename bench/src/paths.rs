@@ -173,6 +173,39 @@ pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> 
     Ok(path)
 }
 
+/// The floor of the ssh ControlMaster route (bench/floor/ssh_master.c,
+/// built here with the machine's C compiler): a master of its own, and one
+/// single-threaded epoll process per service that carries each connection
+/// through it as ferry's master route does, with nothing else. What the
+/// route itself costs against `ssh -L`.
+pub fn ssh_master_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
+    if !have("cc") {
+        return Err("no C compiler (apt-get install gcc)".into());
+    }
+    let setup = ferry_tests::ssh::SshGuest::new(dir)?;
+    let d = dir.join("ssh-master-floor");
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("floor/ssh_master.c");
+    let bin = d.join("ssh-master-floor");
+    let built =
+        Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&source).output().map_err(|e| format!("cc: {e}"))?;
+    if !built.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    let control = d.join("ssh.sock");
+    let mut path = ForwardPath::host_side("ssh master floor", servers);
+    path.adopt(setup.start_master(guest, &control, d.join("master.log")));
+    for gp in ports_of(servers) {
+        let hp = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.arg(hp.to_string()).arg(&control).arg(gp.to_string());
+        path.adopt(Proc::spawn(cmd, d.join(format!("floor-{gp}.log"))));
+        path.ports.insert(gp, hp);
+    }
+    wait_host_ports(&path, "ssh master floor port");
+    Ok(path)
+}
+
 /// Where Debian's golang-github-hashicorp-yamux-dev puts its sources.
 const GOPATH: &str = "/usr/share/gocode";
 

@@ -30,12 +30,9 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{unix::AsyncFd, AsyncReadExt, AsyncWriteExt, Interest},
-    net::UnixStream,
-};
+use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::{relay, relay::RelaySocket, LocalConn, Traffic};
+use crate::{relay, relay::RelaySocket, unix_conn::UnixConn, LocalConn, Traffic};
 pub use messages::Destination;
 use messages::Reply;
 
@@ -107,7 +104,7 @@ impl SshMaster {
         taken: impl FnOnce(),
     ) -> Outcome {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (mut control, back) = match self.open(&local, to, request_id).await {
+        let (control, back) = match self.open(&local, to, request_id).await {
             Ok(opened) => {
                 taken();
                 opened
@@ -138,7 +135,7 @@ impl SshMaster {
         let mut rest = [0u8; 256];
         let ended = async {
             loop {
-                match control.read(&mut rest).await {
+                match relay::read_some(&control, &mut rest).await {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
@@ -167,15 +164,18 @@ impl SshMaster {
         local: &LocalConn,
         to: Destination<'_>,
         request_id: u32,
-    ) -> Result<(UnixStream, PipeReader), Refusal> {
+    ) -> Result<(UnixConn, PipeReader), Refusal> {
         let untouched =
             |what: &str, e: &dyn std::fmt::Display| Refusal::Untouched(NotTaken::Unreachable(format!("{what}: {e}")));
-        let mut control = UnixStream::connect(&self.control)
-            .await
+        // Watched for reading only, and connected without a wait (see
+        // [`UnixConn`]): the master reads the request and both descriptors
+        // as separate messages, and each read would otherwise wake ferry
+        // once more for nothing, on every new connection.
+        let control = UnixConn::connect(&self.control)
             .map_err(|e| untouched(&format!("ControlMaster {}", self.control.display()), &e))?;
         let mut request = messages::hello();
         request.extend_from_slice(&messages::stdio_forward(request_id, to));
-        control.write_all(&request).await.map_err(|e| untouched("ControlMaster request", &e))?;
+        relay::write_all(&control, &request).await.map_err(|e| untouched("ControlMaster request", &e))?;
         let (ours, theirs) = pipe().map_err(|e| untouched("pipe", &e))?;
         // SAFETY: `ours` is a pipe this function owns; AsyncFd takes it over
         // and it is neither closed nor registered elsewhere while it lives.
@@ -187,7 +187,7 @@ impl SshMaster {
         // The master holds its own copy now.
         drop(theirs);
         let limit = self.open_timeout;
-        let answer = tokio::time::timeout(limit, read_answer(&mut control, request_id)).await;
+        let answer = tokio::time::timeout(limit, read_answer(&control, request_id)).await;
         match answer {
             Ok(Ok(())) => Ok((control, ours)),
             Ok(Err(refusal)) => Err(refusal),
@@ -221,6 +221,18 @@ impl RelaySocket for PipeReader {
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
+#[cfg(target_os = "linux")]
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills the two-element array.
+    relay::os_result(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } as isize)?;
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A non-blocking, close-on-exec pipe: (read end, write end). (macOS has
+/// no pipe2.)
+#[cfg(not(target_os = "linux"))]
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) fills the two-element array.
@@ -247,7 +259,7 @@ enum Refusal {
 }
 
 /// Reads the master's hello, then its answer to `request_id`.
-async fn read_answer(control: &mut UnixStream, request_id: u32) -> Result<(), Refusal> {
+async fn read_answer(control: &UnixConn, request_id: u32) -> Result<(), Refusal> {
     let mut buf = Vec::new();
     let mut hello_seen = false;
     loop {
@@ -275,7 +287,7 @@ async fn read_answer(control: &mut UnixStream, request_id: u32) -> Result<(), Re
 }
 
 /// The next whole message from the master.
-async fn next_reply(control: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Reply, Refusal> {
+async fn next_reply(control: &UnixConn, buf: &mut Vec<u8>) -> Result<Reply, Refusal> {
     loop {
         match messages::message_len(buf) {
             Ok(Some(len)) => {
@@ -287,7 +299,7 @@ async fn next_reply(control: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Reply
             Err(e) => return Err(Refusal::Unknown(e.to_string())),
         }
         let mut chunk = [0u8; 512];
-        match control.read(&mut chunk).await {
+        match relay::read_some(control, &mut chunk).await {
             Ok(0) => return Err(Refusal::Unknown("the ControlMaster closed the control connection".into())),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(Refusal::Unknown(format!("reading from the ControlMaster: {e}"))),
@@ -297,11 +309,10 @@ async fn next_reply(control: &mut UnixStream, buf: &mut Vec<u8>) -> Result<Reply
 
 /// Sends the descriptor `fd` over `sock` (one byte with SCM_RIGHTS, as
 /// OpenSSH's mm_receive_fd expects).
-async fn send_fd(sock: &UnixStream, fd: RawFd) -> io::Result<()> {
+async fn send_fd(sock: &UnixConn, fd: RawFd) -> io::Result<()> {
     loop {
-        sock.writable().await?;
-        match sock.try_io(Interest::WRITABLE, || sendmsg_fd(sock.as_raw_fd(), fd)) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        match sock.try_op(Interest::WRITABLE, || sendmsg_fd(sock.as_raw_fd(), fd)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.wait_ready(Interest::WRITABLE).await?,
             other => return other,
         }
     }
@@ -366,12 +377,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_passed_descriptor_arrives_as_the_same_socket() {
-        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = UnixConn::from_std(a).unwrap();
         let (mut here, there) = std::os::unix::net::UnixStream::pair().unwrap();
         send_fd(&a, there.as_raw_fd()).await.unwrap();
         drop(there);
-        let b = b.into_std().unwrap();
-        b.set_nonblocking(false).unwrap();
         let got = recv_fd(b.as_raw_fd());
         // SAFETY: the descriptor was just received and is owned by nobody else.
         let mut got = unsafe { std::os::unix::net::UnixStream::from_raw_fd(got) };
