@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use ferry_bench::{
     discovery::{agent_cpu_percent, appear_and_release},
-    load::{connection_rate, download, first_round_trips, round_trips, upload},
+    load::{connection_rate, download, first_round_trips, idle_connections, reset, round_trips, upload},
     paths::{self, ForwardPath},
     procstat::{rss_bytes, CpuMeter, Settler},
     report::Report,
@@ -32,6 +32,11 @@ struct Plan {
     first_rr: usize,
     many: usize,
 }
+
+/// The idle connections (each answered once, then left open) beside the
+/// one bulk stream of the `idle` row: what a browser's or a database pool's
+/// keep-alive connections cost a transfer, on every path.
+const IDLE: usize = 100;
 
 /// The longest wait for a quiet machine before a path is measured (see
 /// `procstat::settle`).
@@ -82,7 +87,7 @@ fn main() {
         Ok(n) => Plan { rounds: n.trim().parse::<usize>().expect("FERRY_BENCH_ROUNDS").max(1), ..plan },
         Err(_) => plan,
     };
-    // FERRY_BENCH_ONLY=tcp,rr,conn,many,udp,discovery,files runs only those sections.
+    // FERRY_BENCH_ONLY=tcp,rr,conn,many,idle,udp,discovery,files runs only those sections.
     let only = std::env::var("FERRY_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == section));
     require_root();
@@ -249,6 +254,22 @@ fn main() {
                     per,
                 );
             }
+        }
+        for p in order.iter().filter(|_| want("idle")) {
+            quiet.before(&format!("{} (1 stream beside {IDLE} idle connections)", p.name));
+            let idle = idle_connections(&p.echo(), IDLE);
+            if idle.len() < IDLE {
+                report.notes.push(format!("{}: only {} of {IDLE} idle connections opened", p.name, idle.len()));
+            }
+            let up = upload(&p.sink(), &p.servers.counters, 1, plan.dur, &mut || {});
+            idle.into_iter().for_each(reset);
+            report.record(
+                &format!("TCP bulk host->guest, 1 stream beside {IDLE} idle connections"),
+                "Gbit/s",
+                true,
+                p.name,
+                up.gbit_s,
+            );
         }
     }
 

@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -50,9 +52,12 @@ struct conn {
     unsigned char answer[512];
     size_t len;
     int opened, back_done, control_done, waiting_client;
+    int dead; /* finished; freed once the current batch of events is done */
+    struct conn *next_dead;
 };
 
 static int ep;
+static struct conn *graveyard;
 static struct sockaddr_un master;
 static char target[16];
 static unsigned target_port;
@@ -93,7 +98,8 @@ static int send_fd(int sock, int fd) {
 
 /* Ends a connection whose control and back descriptors are no longer
  * watched. (The master holds a copy of the client's socket, so closing
- * ours would not take it out of epoll.) */
+ * ours would not take it out of epoll.) Events of this batch may still
+ * name it, so it is freed after the batch. */
 static void finish(struct conn *c) {
     if (c->waiting_client)
         epoll_ctl(ep, EPOLL_CTL_DEL, c->client, NULL);
@@ -101,19 +107,41 @@ static void finish(struct conn *c) {
     close(c->control);
     if (c->back >= 0)
         close(c->back);
-    free(c);
+    c->dead = 1;
+    c->next_dead = graveyard;
+    graveyard = c;
 }
 
-/* Asks the master to forward a new client; the answer comes on control. */
+/* Ends a connection the master did not carry (or that broke the
+ * protocol): the master may hold a copy of the client's socket, so the
+ * client is shut down both ways rather than only closed. */
+static void refuse(struct conn *c) {
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->control, NULL);
+    if (c->opened && !c->back_done)
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->back, NULL);
+    shutdown(c->client, SHUT_RDWR);
+    finish(c);
+}
+
+/* Asks the master to forward a new client; the answer comes on control.
+ * A client that cannot be carried (out of descriptors, no master) is
+ * closed. */
 static void carry(int client) {
+    int one = 1, pipefd[2] = {-1, -1};
+    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as ferry's listener does */
     struct conn *c = calloc(1, sizeof *c);
-    c->client = client, c->back = -1;
+    int control = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (!c || control < 0 || connect(control, (struct sockaddr *)&master, sizeof master) < 0 ||
+        pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
+        perror("control connection");
+        close(client);
+        if (control >= 0)
+            close(control);
+        free(c);
+        return;
+    }
+    c->client = client, c->control = control, c->back = -1;
     c->on_control = (struct watch){c, 1}, c->on_back = (struct watch){c, 2}, c->on_client = (struct watch){c, 3};
-    c->control = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int pipefd[2];
-    if (c->control < 0 || connect(c->control, (struct sockaddr *)&master, sizeof master) < 0 ||
-        pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) < 0)
-        die("control connection");
     unsigned char m[128];
     size_t n = 0, host = strlen(target);
     put32(m, 8), put32(m + 4, MUX_MSG_HELLO), put32(m + 8, 4), n = 12;
@@ -121,12 +149,16 @@ static void carry(int client) {
     put32(m + n, body), put32(m + n + 4, MUX_C_NEW_STDIO_FWD), put32(m + n + 8, 1), put32(m + n + 12, 0);
     put32(m + n + 16, host), memcpy(m + n + 20, target, host), put32(m + n + 20 + host, target_port);
     n += 4 + body;
-    if (write(c->control, m, n) != (ssize_t)n || send_fd(c->control, client) < 0 || send_fd(c->control, pipefd[1]) < 0)
-        die("asking the master");
+    int asked = write(c->control, m, n) == (ssize_t)n && send_fd(c->control, client) == 0 &&
+                send_fd(c->control, pipefd[1]) == 0;
     close(pipefd[1]);
     c->back = pipefd[0];
     fcntl(c->control, F_SETFL, O_NONBLOCK);
     watch_fd(EPOLL_CTL_ADD, c->control, EPOLLIN, &c->on_control);
+    if (!asked) {
+        perror("asking the master");
+        refuse(c);
+    }
 }
 
 /* Reads the master's messages: its hello, then the forward's answer; then
@@ -143,17 +175,20 @@ static void control_readable(struct conn *c) {
         return;
     }
     c->len += r;
-    while (c->len >= 8 && c->len >= 4 + get32(c->answer)) {
-        size_t whole = 4 + get32(c->answer);
+    while (c->len >= 4) {
+        size_t whole = 4 + (size_t)get32(c->answer);
+        if (whole < 8 || whole > sizeof c->answer) {
+            refuse(c); /* not a message the master sends */
+            return;
+        }
+        if (c->len < whole)
+            break;
         uint32_t kind = get32(c->answer + 4);
-        if (kind == MUX_S_SESSION_OPENED) {
+        if (kind == MUX_S_SESSION_OPENED && !c->opened) {
             c->opened = 1;
             watch_fd(EPOLL_CTL_ADD, c->back, EPOLLIN, &c->on_back);
         } else if (kind != MUX_MSG_HELLO) {
-            epoll_ctl(ep, EPOLL_CTL_DEL, c->control, NULL);
-            if (c->opened)
-                epoll_ctl(ep, EPOLL_CTL_DEL, c->back, NULL);
-            finish(c); /* refused: the client is reset */
+            refuse(c); /* refused, or out of protocol */
             return;
         }
         memmove(c->answer, c->answer + whole, c->len - whole);
@@ -168,6 +203,8 @@ static void back_readable(struct conn *c) {
         if (n > 0)
             continue;
         if (n < 0 && errno == EAGAIN) {
+            /* Empty pipe or full client: the pipe's count tells which (a
+             * write by the master in between only costs a wake-up). */
             int pending = 0;
             ioctl(c->back, FIONREAD, &pending);
             if (pending > 0 && !c->waiting_client) {
@@ -201,6 +238,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Three descriptors per connection: the full bench's 1000 streams need
+     * more than the usual soft limit. */
+    struct rlimit files;
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0) {
+        files.rlim_cur = files.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &files);
+    }
     master.sun_family = AF_UNIX;
     snprintf(master.sun_path, sizeof master.sun_path, "%s", argv[2]);
     snprintf(target, sizeof target, "127.0.0.1");
@@ -223,6 +267,8 @@ int main(int argc, char **argv) {
             die("epoll_wait");
         for (int i = 0; i < n; i++) {
             struct watch *w = events[i].data.ptr;
+            if (w->c && w->c->dead)
+                continue;
             if (w->which == 0) {
                 int client;
                 while ((client = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
@@ -234,6 +280,11 @@ int main(int argc, char **argv) {
             } else {
                 client_writable(w->c);
             }
+        }
+        while (graveyard) {
+            struct conn *c = graveyard;
+            graveyard = c->next_dead;
+            free(c);
         }
     }
 }

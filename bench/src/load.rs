@@ -189,6 +189,27 @@ pub fn upload(
     }
 }
 
+/// `n` connections to the echo server, each answered once (so that every
+/// hop holds it open end to end) and then left idle until dropped: a
+/// browser's or a database pool's keep-alive connections beside a
+/// transfer. Connections that fail to open are left out; the caller
+/// counts them.
+pub fn idle_connections(ep: &Endpoint, n: usize) -> Vec<TcpStream> {
+    let open = move |addr| {
+        (0..n)
+            .filter_map(|_| {
+                let mut s = try_connect(addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                s.write_all(&[7]).ok()?;
+                let mut answer = [0u8; 1];
+                s.read_exact(&mut answer).ok()?;
+                Some(s)
+            })
+            .collect()
+    };
+    ep.client_thread(open).join().unwrap_or_default()
+}
+
 /// `streams` clients download from the source for `dur`; returns Gbit/s.
 pub fn download(ep: &Endpoint, streams: usize, dur: Duration) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
