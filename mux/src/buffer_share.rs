@@ -6,13 +6,16 @@
 //! direct path's throughput against 0.7-0.87x, and 1.5x the CPU per GB),
 //! but 4 MiB on each of a thousand connections would let them pin 4 GiB of
 //! kernel memory, and every queued byte is latency. So the live data
-//! connections of a process share [`BUDGET`]: each gets `BUDGET / live`,
-//! at most [`MAX_SHARE`] and never less than the kernel's default, rounded
-//! down to a power of two so that small changes in the count do not resize
-//! every socket. A connection applies a changed share the next time it
-//! sends ([`BufferShare::refresh`]), from its first [`SIZED_AFTER`] bytes
-//! on; shrinking a buffer drops nothing, it
-//! only holds back further sends until the queue is below the new size.
+//! connections of a process that carry bulk (that sent [`SIZED_AFTER`]
+//! bytes) share [`BUDGET`]: each gets `BUDGET / bulk`, at most
+//! [`MAX_SHARE`] and never less than the kernel's default, rounded down to
+//! a power of two so that small changes in the count do not resize every
+//! socket. The others keep the kernel's default and take no share: counted
+//! too, a hundred idle keep-alive connections cut one transfer beside them
+//! to the default buffer (docs/performance.md, "Idle connections beside a
+//! transfer"). A connection applies a changed share the next time it sends
+//! ([`BufferShare::refresh`]); shrinking a buffer drops nothing, it only
+//! holds back further sends until the queue is below the new size.
 
 use std::{
     os::fd::RawFd,
@@ -26,7 +29,8 @@ pub const BUDGET: usize = 16 << 20;
 /// The largest send buffer one data connection asks for.
 pub const MAX_SHARE: usize = 4 << 20;
 
-/// How many data connections of this process hold a share.
+/// How many live data connections of this process hold a share (have sent
+/// [`SIZED_AFTER`] bytes).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// The kernel's default send buffer for this process's data connections,
@@ -39,21 +43,21 @@ static FLOOR: AtomicUsize = AtomicUsize::new(0);
 /// connections (most of them) then cost no extra system call.
 pub const SIZED_AFTER: u64 = 256 << 10;
 
-/// One data connection's share of [`BUDGET`], held while it relays.
+/// One data connection's share of [`BUDGET`], held while it relays from
+/// its first [`SIZED_AFTER`] bytes on.
 pub struct BufferShare {
     fd: RawFd,
     /// Bytes sent so far (counted up to [`SIZED_AFTER`]).
     sent: AtomicU64,
     /// The size last asked for (what the socket held until then); 0 until
-    /// the buffer is first sized.
+    /// the buffer is first sized, when the connection takes its share.
     applied: AtomicUsize,
 }
 
 impl BufferShare {
-    /// Takes a share for the socket `fd`; its buffer is sized once it has
-    /// sent [`SIZED_AFTER`] bytes.
+    /// The share of the socket `fd`, taken and applied once it has sent
+    /// [`SIZED_AFTER`] bytes.
     pub fn join(fd: RawFd) -> Self {
-        LIVE.fetch_add(1, Ordering::Relaxed);
         Self { fd, sent: AtomicU64::new(0), applied: AtomicUsize::new(0) }
     }
 
@@ -68,6 +72,8 @@ impl BufferShare {
             return;
         }
         if self.applied.load(Ordering::Relaxed) == 0 {
+            // The connection carries bulk: it takes a share from now on.
+            LIVE.fetch_add(1, Ordering::Relaxed);
             // What the socket holds now: the default, unless an earlier
             // share (before a move) resized it.
             let now = crate::sockopt::send_buffer(self.fd).unwrap_or(1);
@@ -96,7 +102,9 @@ impl BufferShare {
 
 impl Drop for BufferShare {
     fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
+        if self.applied.load(Ordering::Relaxed) != 0 {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -147,12 +155,28 @@ mod tests {
         // count is at least one: the share is above the default unless
         // the sysctl cap forbids it (as a non-root process may find).
         assert!(first >= default, "{default} -> {first}");
-        let crowd: Vec<_> = (0..200).map(|_| BufferShare::join(a.as_raw_fd())).collect();
+        // Idle connections (never past SIZED_AFTER) take no share.
+        let idle: Vec<_> = (0..200).map(|_| BufferShare::join(a.as_raw_fd())).collect();
         share.refresh(1);
-        assert_eq!(share.current().unwrap(), default, "with 201 live connections the share is the default");
+        assert_eq!(share.current().unwrap(), first, "200 idle connections took the share");
+        let crowd = bulk_shares(a.as_raw_fd(), 200);
+        share.refresh(1);
+        assert_eq!(share.current().unwrap(), default, "with 201 bulk connections the share is the default");
         drop(crowd);
         share.refresh(1);
         assert_eq!(share.current().unwrap(), first, "the share grows back once they are gone");
+        drop(idle);
+    }
+
+    /// `n` shares of `fd` whose connections carried bulk.
+    fn bulk_shares(fd: RawFd, n: usize) -> Vec<BufferShare> {
+        let bulk = |_| {
+            let s = BufferShare::join(fd);
+            s.refresh(SIZED_AFTER as usize);
+            s.refresh(1);
+            s
+        };
+        (0..n).map(bulk).collect()
     }
 
     #[test]
@@ -169,7 +193,7 @@ mod tests {
         // After the move, a crowd makes the share the default again: the
         // grown buffer is not taken for the default.
         let again = BufferShare::join(a.as_raw_fd());
-        let crowd: Vec<_> = (0..200).map(|_| BufferShare::join(a.as_raw_fd())).collect();
+        let crowd = bulk_shares(a.as_raw_fd(), 200);
         again.refresh(SIZED_AFTER as usize);
         again.refresh(1);
         assert_eq!(again.current().unwrap(), default, "with 201 live connections the share is the default");

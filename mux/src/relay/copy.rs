@@ -5,7 +5,11 @@
 use std::{
     io,
     os::fd::RawFd,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        OnceLock,
+    },
+    time::{Duration, Instant},
 };
 
 use super::{os_result, Conduit};
@@ -14,9 +18,9 @@ use super::{os_result, Conduit};
 /// Linux pipe holds, so both relays move the same batches.
 pub const FIRST_BUFFER: usize = 64 * 1024;
 
-/// A buffer's size while more than [`GROWING_UP_TO`] buffers are live in
-/// the process (about 32 connections, one buffer each way), so that a
-/// crowd's memory stays bounded (32 KiB per busy direction: about 64 MiB
+/// A buffer's size while more than [`GROWING_UP_TO`] buffers of the
+/// process moved bytes lately (a crowd, see [`Crowd`]), so that a crowd's
+/// memory stays bounded (32 KiB per busy direction: about 64 MiB
 /// for a thousand streams busy both ways) and its streams stay fair. The
 /// size trades some fairness for throughput: with 100 busy streams on the
 /// bulk runtime, 16 and 24 KiB moved 0.97-1.00x socat's aggregate (median of
@@ -30,13 +34,80 @@ pub const CROWDED_BUFFER: usize = 32 * 1024;
 /// filled it): fewer, larger system calls per byte.
 pub const MAX_BUFFER: usize = 256 * 1024;
 
-/// Above this many live copy buffers none grows, and each that empties goes
-/// back to [`CROWDED_BUFFER`], so a thousand busy streams hold that each,
-/// not `MAX_BUFFER`.
+/// Above this many copy buffers that moved bytes lately none grows, and
+/// each that empties goes back to [`CROWDED_BUFFER`], so a thousand busy
+/// streams hold that each, not `MAX_BUFFER`.
 pub const GROWING_UP_TO: usize = 64;
 
-/// How many copy buffers exist in this process.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The span in which a buffer that moved bytes counts in the crowd (and
+/// the one after it).
+const CROWD_WINDOW: Duration = Duration::from_secs(1);
+
+/// The copy buffers of the process that moved bytes lately: each counts
+/// once in every [`CROWD_WINDOW`] in which it moved some, and the crowd is
+/// the larger count of the present window and the one before, so it holds
+/// steady while busy streams take turns and is gone two windows after they
+/// stopped. Open connections that stay idle (a browser's or a database
+/// pool's keep-alive connections) are no crowd: a hundred of them, counted
+/// here and in the send buffers' share ([`crate::buffer_share`]), cost one
+/// transfer beside them 24-30% of its throughput, and 7-14% counted in
+/// neither (docs/performance.md, "Idle connections beside a transfer").
+/// The counts are approximate (a count made as a window begins may be
+/// lost): a crowd of a thousand does not notice.
+struct Crowd {
+    /// The present window's number, from the process's first copy.
+    window: AtomicU64,
+    /// Buffers counted in the even and the odd windows.
+    counts: [AtomicUsize; 2],
+}
+
+static CROWD: Crowd = Crowd { window: AtomicU64::new(0), counts: [AtomicUsize::new(0), AtomicUsize::new(0)] };
+
+/// The number of the window it is now (from 1).
+fn window_now() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    1 + (START.get_or_init(Instant::now).elapsed().as_millis() / CROWD_WINDOW.as_millis()) as u64
+}
+
+impl Crowd {
+    /// Moves on to window `now`, if it is later: its count starts at zero,
+    /// and so does the one before it if that one passed with no count.
+    fn roll(&self, now: u64) {
+        let mut seen = self.window.load(Ordering::Acquire);
+        while seen < now {
+            match self.window.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.counts[(now % 2) as usize].store(0, Ordering::Relaxed);
+                    if now > seen + 1 {
+                        self.counts[((now + 1) % 2) as usize].store(0, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                Err(later) => seen = later,
+            }
+        }
+    }
+
+    /// Counts a buffer that moved bytes in window `now`.
+    fn count(&self, now: u64) {
+        self.roll(now);
+        self.counts[(now % 2) as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether more than [`GROWING_UP_TO`] buffers moved bytes in this
+    /// window or the one before.
+    fn is_on(&self) -> bool {
+        self.roll(window_now());
+        let [a, b] = &self.counts;
+        a.load(Ordering::Relaxed).max(b.load(Ordering::Relaxed)) > GROWING_UP_TO
+    }
+
+    /// Forgets every count (for tests that need a process with no crowd).
+    #[cfg(test)]
+    fn forget(&self) {
+        self.counts.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+    }
+}
 
 /// The bytes of one relay direction on their way from one socket to the
 /// other: `buf[start..]` is waiting to be written, and `buf`'s capacity is
@@ -51,11 +122,13 @@ pub(super) struct CopyBuffer {
     drained: bool,
     /// A read has filled all the room it had: the stream carries bulk.
     bulk: bool,
+    /// The [`Crowd`] window in which the buffer was last counted (0: never).
+    counted_in: u64,
 }
 
 /// The size of a buffer taken now: smaller while many buffers are live.
 fn next_size() -> usize {
-    if LIVE.load(Ordering::Relaxed) > GROWING_UP_TO {
+    if CROWD.is_on() {
         CROWDED_BUFFER
     } else {
         FIRST_BUFFER
@@ -84,8 +157,7 @@ impl Conduit for CopyBuffer {
     }
 
     fn take() -> io::Result<Self> {
-        LIVE.fetch_add(1, Ordering::Relaxed);
-        Ok(Self { buf: Vec::new(), start: 0, drained: false, bulk: false })
+        Ok(Self { buf: Vec::new(), start: 0, drained: false, bulk: false, counted_in: 0 })
     }
 
     fn room(&self) -> usize {
@@ -112,7 +184,7 @@ impl Conduit for CopyBuffer {
             // many busy streams fair (a relay that moved to another
             // runtime takes a new buffer, and would otherwise keep a
             // bigger one than those that did not).
-            if self.buf.capacity() > CROWDED_BUFFER && LIVE.load(Ordering::Relaxed) > GROWING_UP_TO {
+            if self.buf.capacity() > CROWDED_BUFFER && CROWD.is_on() {
                 self.buf = Vec::with_capacity(CROWDED_BUFFER);
             }
             self.buf.clear();
@@ -127,13 +199,20 @@ impl Conduit for CopyBuffer {
         let n = os_result(unsafe { libc::read(src, free.as_mut_ptr().cast(), want) })?;
         // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
         unsafe { self.buf.set_len(self.buf.len() + n) };
+        if n > 0 {
+            let now = window_now();
+            if self.counted_in != now {
+                self.counted_in = now;
+                CROWD.count(now);
+            }
+        }
         // A stream socket's read returns less than asked only when it has
         // handed over all it held.
         self.drained = n < want;
         if n == want {
             self.bulk = true;
             let size = self.buf.capacity();
-            if size < MAX_BUFFER && LIVE.load(Ordering::Relaxed) <= GROWING_UP_TO {
+            if size < MAX_BUFFER && !CROWD.is_on() {
                 self.buf.reserve_exact(2 * size - self.buf.len());
             }
         }
@@ -164,17 +243,13 @@ impl Conduit for CopyBuffer {
     fn give_back(self) {}
 
     fn crowded(&self) -> bool {
-        // The crowd that takes `CROWDED_BUFFER`s: open buffers, idle or
-        // not. (Counting only those that hold bytes at the moment, or only
-        // those that have carried bulk, was measured: with a thousand busy
-        // streams either crowd came and went, and fairness went with it.)
-        LIVE.load(Ordering::Relaxed) > GROWING_UP_TO
-    }
-}
-
-impl Drop for CopyBuffer {
-    fn drop(&mut self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
+        // The crowd that takes `CROWDED_BUFFER`s: buffers that moved bytes
+        // in the last window or two. (Counting only those that held bytes
+        // at the moment, or only those that had carried bulk, was measured:
+        // with a thousand busy streams either crowd came and went, and
+        // fairness went with it. Counting every open buffer made idle
+        // connections a crowd.)
+        CROWD.is_on()
     }
 }
 
@@ -227,18 +302,54 @@ mod tests {
         CROWD_TESTS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `n` buffers that each moved a byte just now (a crowd's busy streams).
+    fn busy_buffers(n: usize) -> Vec<CopyBuffer> {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let busy = |_| {
+            a.write_all(&[1]).unwrap();
+            let mut buf = CopyBuffer::take().unwrap();
+            assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 1);
+            buf
+        };
+        (0..n).map(busy).collect()
+    }
+
     #[test]
     fn a_crowd_takes_crowded_buffers_and_says_so() {
         let _serial = crowd_tests();
-        let crowd: Vec<CopyBuffer> = (0..=GROWING_UP_TO).map(|_| CopyBuffer::take().unwrap()).collect();
+        CROWD.forget();
+        let crowd = busy_buffers(GROWING_UP_TO + 1);
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(&[1u8; 100]).unwrap();
         let mut buf = CopyBuffer::take().unwrap();
-        assert!(buf.crowded(), "more than GROWING_UP_TO buffers make a crowd");
+        assert!(buf.crowded(), "more than GROWING_UP_TO buffers that moved bytes make a crowd");
         assert_eq!(buf.room(), CROWDED_BUFFER);
         assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 100);
         assert_eq!(buf.buf.capacity(), CROWDED_BUFFER);
         drop((crowd, buf));
+        CROWD.forget();
+    }
+
+    #[test]
+    fn idle_connections_are_no_crowd_and_a_crowd_ends_two_windows_after_its_last_bytes() {
+        let _serial = crowd_tests();
+        CROWD.forget();
+        // A hundred open connections, a buffer each way, moving nothing
+        // (keep-alive connections beside a transfer).
+        let idle: Vec<CopyBuffer> = (0..200).map(|_| CopyBuffer::take().unwrap()).collect();
+        let buf = CopyBuffer::take().unwrap();
+        assert!(!buf.crowded(), "200 idle buffers made a crowd");
+        assert_eq!(buf.room(), FIRST_BUFFER);
+        // Busy ones make one, which holds while they are quiet for less
+        // than a window, and is gone two windows after their last bytes.
+        let busy = busy_buffers(GROWING_UP_TO + 1);
+        assert!(buf.crowded());
+        std::thread::sleep(CROWD_WINDOW / 2);
+        assert!(buf.crowded(), "a crowd quiet for half a window");
+        std::thread::sleep(2 * CROWD_WINDOW);
+        assert!(!buf.crowded(), "a crowd whose last bytes moved two windows ago");
+        assert_eq!(buf.room(), FIRST_BUFFER);
+        drop((idle, busy, buf));
     }
 
     #[test]
