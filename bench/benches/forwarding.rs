@@ -38,6 +38,9 @@ struct Plan {
 /// keep-alive connections cost a transfer, on every path.
 const IDLE: usize = 100;
 
+/// How long the `idle` row's connections stay idle before the upload starts.
+const IDLE_FOR: Duration = Duration::from_millis(2500);
+
 /// The longest wait for a quiet machine before a path is measured (see
 /// `procstat::settle`).
 const SETTLE: Duration = Duration::from_secs(3);
@@ -261,6 +264,9 @@ fn main() {
             if idle.len() < IDLE {
                 report.notes.push(format!("{}: only {} of {IDLE} idle connections opened", p.name, idle.len()));
             }
+            // Idle, not just opened: a forwarder may judge connections by
+            // what they moved in the last second or two.
+            std::thread::sleep(IDLE_FOR);
             let up = upload(&p.sink(), &p.servers.counters, 1, plan.dur, &mut || {});
             idle.into_iter().for_each(reset);
             report.record(

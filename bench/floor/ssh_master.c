@@ -273,6 +273,8 @@ int main(int argc, char **argv) {
                 int client;
                 while ((client = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
                     carry(client);
+                if (errno == EMFILE || errno == ENFILE)
+                    usleep(1000); /* out of descriptors: let connections end */
             } else if (w->which == 1) {
                 control_readable(w->c);
             } else if (w->which == 2) {

@@ -192,20 +192,19 @@ pub fn upload(
 /// `n` connections to the echo server, each answered once (so that every
 /// hop holds it open end to end) and then left idle until dropped: a
 /// browser's or a database pool's keep-alive connections beside a
-/// transfer. Connections that fail to open are left out; the caller
-/// counts them.
+/// transfer. Opening stops at the first connection that fails; the caller
+/// counts those opened.
 pub fn idle_connections(ep: &Endpoint, n: usize) -> Vec<TcpStream> {
     let open = move |addr| {
-        (0..n)
-            .filter_map(|_| {
-                let mut s = try_connect(addr)?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                s.write_all(&[7]).ok()?;
-                let mut answer = [0u8; 1];
-                s.read_exact(&mut answer).ok()?;
-                Some(s)
-            })
-            .collect()
+        let answered = |_| {
+            let mut s = try_connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(&[7]).ok()?;
+            let mut answer = [0u8; 1];
+            s.read_exact(&mut answer).ok()?;
+            Some(s)
+        };
+        (0..n).map_while(answered).collect()
     };
     ep.client_thread(open).join().unwrap_or_default()
 }

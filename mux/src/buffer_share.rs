@@ -1,4 +1,4 @@
-//! Send buffers of dedicated data connections, sized by how many are live.
+//! Send buffers of dedicated data connections, sized by how many carry bulk.
 //!
 //! A Unix stream socket's send buffer bounds the bytes in flight to its
 //! peer. With the kernel's default (about 208 KiB) one bulk stream makes
@@ -23,7 +23,8 @@ use std::{
 };
 
 /// The send-buffer bytes (as the kernel counts them: see
-/// [`BufferShare::refresh`]) shared by the live data connections of a process.
+/// [`BufferShare::refresh`]) shared by the live data connections of a process
+/// that carry bulk.
 pub const BUDGET: usize = 16 << 20;
 
 /// The largest send buffer one data connection asks for.
@@ -62,7 +63,7 @@ impl BufferShare {
     }
 
     /// Counts `sent` bytes; once past [`SIZED_AFTER`], resizes the send
-    /// buffer if the number of live connections changed this connection's
+    /// buffer if the number of bulk connections changed this connection's
     /// share since it was last sized. Costs two atomic loads when nothing
     /// changed.
     pub fn refresh(&self, sent: usize) {
@@ -196,7 +197,7 @@ mod tests {
         let crowd = bulk_shares(a.as_raw_fd(), 200);
         again.refresh(SIZED_AFTER as usize);
         again.refresh(1);
-        assert_eq!(again.current().unwrap(), default, "with 201 live connections the share is the default");
+        assert_eq!(again.current().unwrap(), default, "with 201 bulk connections the share is the default");
         drop(crowd);
     }
 }

@@ -9,12 +9,12 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         OnceLock,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use super::{os_result, Conduit};
 
-/// A buffer's first size while few buffers are live: as much as a default
+/// A buffer's first size while there is no crowd: as much as a default
 /// Linux pipe holds, so both relays move the same batches.
 pub const FIRST_BUFFER: usize = 64 * 1024;
 
@@ -36,76 +36,80 @@ pub const MAX_BUFFER: usize = 256 * 1024;
 
 /// Above this many copy buffers that moved bytes lately none grows, and
 /// each that empties goes back to [`CROWDED_BUFFER`], so a thousand busy
-/// streams hold that each, not `MAX_BUFFER`.
+/// streams hold that each, not `MAX_BUFFER`. Also the most buffers that
+/// hold more than [`CROWDED_BUFFER`] at once ([`LARGE`]), busy or stalled.
 pub const GROWING_UP_TO: usize = 64;
 
-/// The span in which a buffer that moved bytes counts in the crowd (and
-/// the one after it).
-const CROWD_WINDOW: Duration = Duration::from_secs(1);
+/// Copy buffers holding more than [`CROWDED_BUFFER`] of memory: at most
+/// about [`GROWING_UP_TO`], whatever their streams do, so the process's
+/// copy buffers hold at most that many times [`MAX_BUFFER`] plus
+/// [`CROWDED_BUFFER`] per busy direction (a stream whose far side stops
+/// reading keeps its buffer full, moves nothing and leaves the crowd, but
+/// not this count).
+static LARGE: AtomicUsize = AtomicUsize::new(0);
 
 /// The copy buffers of the process that moved bytes lately: each counts
-/// once in every [`CROWD_WINDOW`] in which it moved some, and the crowd is
-/// the larger count of the present window and the one before, so it holds
-/// steady while busy streams take turns and is gone two windows after they
-/// stopped. Open connections that stay idle (a browser's or a database
-/// pool's keep-alive connections) are no crowd: a hundred of them, counted
-/// here and in the send buffers' share ([`crate::buffer_share`]), cost one
-/// transfer beside them 24-30% of its throughput, and 7-14% counted in
-/// neither (docs/performance.md, "Idle connections beside a transfer").
-/// The counts are approximate (a count made as a window begins may be
-/// lost): a crowd of a thousand does not notice.
+/// once in every one-second window in which it moved some, and the crowd
+/// is the larger count of the present window and the one before, so it
+/// holds steady while busy streams take turns and is gone within two
+/// seconds of their last bytes. Open connections that stay idle (a
+/// browser's or a database pool's keep-alive connections) are no crowd
+/// (docs/performance.md, "Idle connections beside a transfer"). A count
+/// made in a window that ended meanwhile may be lost: a crowd of a
+/// thousand does not notice.
 struct Crowd {
-    /// The present window's number, from the process's first copy.
-    window: AtomicU64,
-    /// Buffers counted in the even and the odd windows.
-    counts: [AtomicUsize; 2],
+    /// The even and the odd windows: each the window's number (high 32
+    /// bits) and the buffers counted in it (low 32 bits).
+    slots: [AtomicU64; 2],
 }
 
-static CROWD: Crowd = Crowd { window: AtomicU64::new(0), counts: [AtomicUsize::new(0), AtomicUsize::new(0)] };
+static CROWD: Crowd = Crowd::new();
 
-/// The number of the window it is now (from 1).
+/// The number of the one-second window it is now (from 1).
 fn window_now() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    1 + (START.get_or_init(Instant::now).elapsed().as_millis() / CROWD_WINDOW.as_millis()) as u64
+    1 + START.get_or_init(Instant::now).elapsed().as_secs()
 }
 
 impl Crowd {
-    /// Moves on to window `now`, if it is later: its count starts at zero,
-    /// and so does the one before it if that one passed with no count.
-    fn roll(&self, now: u64) {
-        let mut seen = self.window.load(Ordering::Acquire);
-        while seen < now {
-            match self.window.compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    self.counts[(now % 2) as usize].store(0, Ordering::Relaxed);
-                    if now > seen + 1 {
-                        self.counts[((now + 1) % 2) as usize].store(0, Ordering::Relaxed);
-                    }
-                    return;
-                }
-                Err(later) => seen = later,
-            }
-        }
+    const fn new() -> Self {
+        Self { slots: [AtomicU64::new(0), AtomicU64::new(0)] }
     }
 
     /// Counts a buffer that moved bytes in window `now`.
     fn count(&self, now: u64) {
-        self.roll(now);
-        self.counts[(now % 2) as usize].fetch_add(1, Ordering::Relaxed);
+        let window = now & 0xffff_ffff;
+        let slot = &self.slots[(now % 2) as usize];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(if v >> 32 == window { v + 1 } else { window << 32 | 1 })
+        });
     }
 
-    /// Whether more than [`GROWING_UP_TO`] buffers moved bytes in this
-    /// window or the one before.
+    /// Whether more than [`GROWING_UP_TO`] buffers moved bytes in window
+    /// `now` or the one before.
+    fn is_on_at(&self, now: u64) -> bool {
+        let counted = |slot: &AtomicU64, window: u64| {
+            let v = slot.load(Ordering::Relaxed);
+            if v >> 32 == window & 0xffff_ffff {
+                (v & 0xffff_ffff) as usize
+            } else {
+                0
+            }
+        };
+        let here = counted(&self.slots[(now % 2) as usize], now);
+        let before = counted(&self.slots[((now + 1) % 2) as usize], now.saturating_sub(1));
+        here.max(before) > GROWING_UP_TO
+    }
+
+    /// Whether there is a crowd now.
     fn is_on(&self) -> bool {
-        self.roll(window_now());
-        let [a, b] = &self.counts;
-        a.load(Ordering::Relaxed).max(b.load(Ordering::Relaxed)) > GROWING_UP_TO
+        self.is_on_at(window_now())
     }
 
     /// Forgets every count (for tests that need a process with no crowd).
     #[cfg(test)]
     fn forget(&self) {
-        self.counts.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        self.slots.iter().for_each(|s| s.store(0, Ordering::Relaxed));
     }
 }
 
@@ -124,11 +128,14 @@ pub(super) struct CopyBuffer {
     bulk: bool,
     /// The [`Crowd`] window in which the buffer was last counted (0: never).
     counted_in: u64,
+    /// Counted in [`LARGE`].
+    large: bool,
 }
 
-/// The size of a buffer taken now: smaller while many buffers are live.
+/// The size of a buffer taken now: smaller in a crowd, or while
+/// [`GROWING_UP_TO`] buffers are large.
 fn next_size() -> usize {
-    if CROWD.is_on() {
+    if CROWD.is_on() || LARGE.load(Ordering::Relaxed) >= GROWING_UP_TO {
         CROWDED_BUFFER
     } else {
         FIRST_BUFFER
@@ -140,6 +147,20 @@ impl CopyBuffer {
     fn take_memory(&mut self) {
         if self.buf.capacity() == 0 {
             self.buf = Vec::with_capacity(next_size());
+            self.recount();
+        }
+    }
+
+    /// Keeps [`LARGE`] in step with the buffer's size.
+    fn recount(&mut self) {
+        let large = self.buf.capacity() > CROWDED_BUFFER;
+        if large != self.large {
+            self.large = large;
+            if large {
+                LARGE.fetch_add(1, Ordering::Relaxed);
+            } else {
+                LARGE.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -157,7 +178,7 @@ impl Conduit for CopyBuffer {
     }
 
     fn take() -> io::Result<Self> {
-        Ok(Self { buf: Vec::new(), start: 0, drained: false, bulk: false, counted_in: 0 })
+        Ok(Self { buf: Vec::new(), start: 0, drained: false, bulk: false, counted_in: 0, large: false })
     }
 
     fn room(&self) -> usize {
@@ -169,6 +190,7 @@ impl Conduit for CopyBuffer {
     fn idle(&mut self) {
         if self.held() == 0 {
             (self.buf, self.start) = (Vec::new(), 0);
+            self.recount();
         }
     }
 
@@ -178,14 +200,17 @@ impl Conduit for CopyBuffer {
 
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         self.take_memory();
+        let now = window_now();
+        let crowd = CROWD.is_on_at(now);
         if self.held() == 0 {
-            // A buffer taken or grown while few buffers were live goes back
-            // to the size a crowd gets once there is one: equal buffers keep
-            // many busy streams fair (a relay that moved to another
-            // runtime takes a new buffer, and would otherwise keep a
-            // bigger one than those that did not).
-            if self.buf.capacity() > CROWDED_BUFFER && CROWD.is_on() {
+            // A buffer taken or grown with no crowd goes back to the size a
+            // crowd gets once there is one: equal buffers keep many busy
+            // streams fair (a relay that moved to another runtime takes a
+            // new buffer, and would otherwise keep a bigger one than those
+            // that did not).
+            if self.buf.capacity() > CROWDED_BUFFER && crowd {
                 self.buf = Vec::with_capacity(CROWDED_BUFFER);
+                self.recount();
             }
             self.buf.clear();
             self.start = 0;
@@ -199,12 +224,9 @@ impl Conduit for CopyBuffer {
         let n = os_result(unsafe { libc::read(src, free.as_mut_ptr().cast(), want) })?;
         // SAFETY: read(2) initialised the first `n` bytes of the spare capacity.
         unsafe { self.buf.set_len(self.buf.len() + n) };
-        if n > 0 {
-            let now = window_now();
-            if self.counted_in != now {
-                self.counted_in = now;
-                CROWD.count(now);
-            }
+        if n > 0 && self.counted_in != now {
+            self.counted_in = now;
+            CROWD.count(now);
         }
         // A stream socket's read returns less than asked only when it has
         // handed over all it held.
@@ -212,8 +234,10 @@ impl Conduit for CopyBuffer {
         if n == want {
             self.bulk = true;
             let size = self.buf.capacity();
-            if size < MAX_BUFFER && !CROWD.is_on() {
+            let may_grow = self.large || LARGE.load(Ordering::Relaxed) < GROWING_UP_TO;
+            if size < MAX_BUFFER && !crowd && may_grow {
                 self.buf.reserve_exact(2 * size - self.buf.len());
+                self.recount();
             }
         }
         Ok(n)
@@ -237,6 +261,7 @@ impl Conduit for CopyBuffer {
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.take_memory();
         self.buf.extend_from_slice(bytes);
+        self.recount();
         Ok(())
     }
 
@@ -250,6 +275,14 @@ impl Conduit for CopyBuffer {
         // fairness went with it. Counting every open buffer made idle
         // connections a crowd.)
         CROWD.is_on()
+    }
+}
+
+impl Drop for CopyBuffer {
+    fn drop(&mut self) {
+        if self.large {
+            LARGE.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -302,16 +335,23 @@ mod tests {
         CROWD_TESTS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `n` buffers that each moved a byte just now (a crowd's busy streams).
+    /// `n` buffers that each moved a byte in one and the same window (a
+    /// crowd's busy streams).
     fn busy_buffers(n: usize) -> Vec<CopyBuffer> {
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let busy = |_| {
-            a.write_all(&[1]).unwrap();
-            let mut buf = CopyBuffer::take().unwrap();
-            assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 1);
-            buf
-        };
-        (0..n).map(busy).collect()
+        loop {
+            let window = window_now();
+            let busy = |_| {
+                a.write_all(&[1]).unwrap();
+                let mut buf = CopyBuffer::take().unwrap();
+                assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), 1);
+                buf
+            };
+            let buffers: Vec<CopyBuffer> = (0..n).map(busy).collect();
+            if window_now() == window {
+                return buffers;
+            }
+        }
     }
 
     #[test]
@@ -331,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_connections_are_no_crowd_and_a_crowd_ends_two_windows_after_its_last_bytes() {
+    fn idle_connections_are_no_crowd() {
         let _serial = crowd_tests();
         CROWD.forget();
         // A hundred open connections, a buffer each way, moving nothing
@@ -340,16 +380,55 @@ mod tests {
         let buf = CopyBuffer::take().unwrap();
         assert!(!buf.crowded(), "200 idle buffers made a crowd");
         assert_eq!(buf.room(), FIRST_BUFFER);
-        // Busy ones make one, which holds while they are quiet for less
-        // than a window, and is gone two windows after their last bytes.
-        let busy = busy_buffers(GROWING_UP_TO + 1);
-        assert!(buf.crowded());
-        std::thread::sleep(CROWD_WINDOW / 2);
-        assert!(buf.crowded(), "a crowd quiet for half a window");
-        std::thread::sleep(2 * CROWD_WINDOW);
-        assert!(!buf.crowded(), "a crowd whose last bytes moved two windows ago");
-        assert_eq!(buf.room(), FIRST_BUFFER);
-        drop((idle, busy, buf));
+        drop((idle, buf));
+    }
+
+    #[test]
+    fn a_crowd_is_the_buffers_that_moved_bytes_in_this_window_or_the_one_before() {
+        let crowd = Crowd::new();
+        (0..=GROWING_UP_TO).for_each(|_| crowd.count(7));
+        assert!(!crowd.is_on_at(6), "before its bytes");
+        assert!(crowd.is_on_at(7) && crowd.is_on_at(8), "in its window and the next");
+        assert!(!crowd.is_on_at(9) && !crowd.is_on_at(100), "two windows on, it is gone");
+        // A window's count starts over, even in a slot used before.
+        (0..10).for_each(|_| crowd.count(9));
+        assert!(!crowd.is_on_at(9) && !crowd.is_on_at(10));
+        // Each window counts on its own: busy streams whose bytes fall
+        // either side of a window's end are a crowd in the window that
+        // holds most of them, or in none (counts are per window).
+        let split = Crowd::new();
+        (0..40).for_each(|_| split.count(3));
+        (0..GROWING_UP_TO + 1).for_each(|_| split.count(4));
+        assert!(!split.is_on_at(3) && split.is_on_at(4) && split.is_on_at(5) && !split.is_on_at(6));
+    }
+
+    #[test]
+    fn no_more_than_growing_up_to_buffers_are_large_whatever_their_streams_do() {
+        let _serial = crowd_tests();
+        CROWD.forget();
+        // Buffers holding bytes their far side does not take: they move
+        // nothing, so they make no crowd, but they hold their memory.
+        let stalled: Vec<CopyBuffer> = (0..GROWING_UP_TO)
+            .map(|_| {
+                let mut buf = CopyBuffer::take().unwrap();
+                buf.put(b"waiting").unwrap();
+                buf
+            })
+            .collect();
+        assert!(stalled.iter().all(|b| b.buf.capacity() == FIRST_BUFFER));
+        assert!(LARGE.load(Ordering::Relaxed) >= GROWING_UP_TO);
+        // The next buffer takes a crowd's size and does not grow.
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(&vec![3u8; 2 * CROWDED_BUFFER]).unwrap();
+        let mut buf = CopyBuffer::take().unwrap();
+        assert!(!buf.crowded());
+        assert_eq!(buf.room(), CROWDED_BUFFER);
+        assert_eq!(buf.fill(b.as_raw_fd()).unwrap(), CROWDED_BUFFER, "a full read");
+        assert_eq!(buf.buf.capacity(), CROWDED_BUFFER, "grew past the bound on large buffers");
+        drop(stalled);
+        buf.start = buf.buf.len(); // as if written out
+        buf.idle();
+        assert_eq!(buf.room(), FIRST_BUFFER, "with the stalled ones gone, buffers are large again");
     }
 
     #[test]

@@ -441,7 +441,7 @@ pub struct Duties<'a> {
     /// ([`relay_from`] takes the answer still to handle from its [`Resume`]
     /// instead).
     pub answer: Answer,
-    /// `conn`'s send buffer follows the process's live data connections
+    /// `conn`'s send buffer follows the process's bulk data connections
     /// (see [`crate::buffer_share`]), checked as bytes go up.
     pub share: Option<&'a BufferShare>,
     /// Each side's clean end is confirmed on the session (see
