@@ -139,21 +139,27 @@ pub fn socat(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<F
     Ok(path)
 }
 
+/// Builds the floor `source` (in bench/floor) into `bin` with the
+/// machine's C compiler.
+fn build_floor(source: &str, bin: &Path) -> Result<std::path::PathBuf, String> {
+    if !have("cc") {
+        return Err("no C compiler (apt-get install gcc)".into());
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("floor").join(source);
+    let built =
+        Command::new("cc").args(["-O2", "-o"]).arg(bin).arg(&source).output().map_err(|e| format!("cc: {e}"))?;
+    if !built.status.success() {
+        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
+    }
+    Ok(bin.to_path_buf())
+}
+
 /// The floor of the two-hop topology (bench/floor/two_hop.c, built here
 /// with the machine's C compiler): one single-threaded epoll process on
 /// each side, copying, with no authentication and no framing, one process
 /// pair per service over a Unix socket. What the topology itself costs.
 pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
-    if !have("cc") {
-        return Err("no C compiler (apt-get install gcc)".into());
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("floor/two_hop.c");
-    let bin = dir.join("two-hop");
-    let built =
-        Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&source).output().map_err(|e| format!("cc: {e}"))?;
-    if !built.status.success() {
-        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
-    }
+    let bin = build_floor("two_hop.c", &dir.join("two-hop"))?;
     let bin = bin.to_str().ok_or("a non-UTF-8 temporary path")?;
     let mut path = ForwardPath::host_side("two-hop floor", servers);
     for gp in ports_of(servers) {
@@ -179,19 +185,10 @@ pub fn two_hop_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> 
 /// through it as ferry's master route does, with nothing else. What the
 /// route itself costs against `ssh -L`.
 pub fn ssh_master_floor(guest: &Guest, dir: &Path, servers: &Arc<GuestServers>) -> Result<ForwardPath, String> {
-    if !have("cc") {
-        return Err("no C compiler (apt-get install gcc)".into());
-    }
     let setup = ferry_tests::ssh::SshGuest::new(dir)?;
     let d = dir.join("ssh-master-floor");
     std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("floor/ssh_master.c");
-    let bin = d.join("ssh-master-floor");
-    let built =
-        Command::new("cc").args(["-O2", "-o"]).arg(&bin).arg(&source).output().map_err(|e| format!("cc: {e}"))?;
-    if !built.status.success() {
-        return Err(format!("cc failed: {}", String::from_utf8_lossy(&built.stderr)));
-    }
+    let bin = build_floor("ssh_master.c", &d.join("ssh-master-floor"))?;
     let control = d.join("ssh.sock");
     let mut path = ForwardPath::host_side("ssh master floor", servers);
     path.adopt(setup.start_master(guest, &control, d.join("master.log")));
