@@ -84,10 +84,14 @@ pub async fn serve(mut conn: RawConn, sessions: DataSessions, ticket: crate::pre
     // (a connection the host keeps warm for its next client).
     drop(ticket);
     // A proven connection is good only while its session lives: the keys
-    // die with the session, and so does a connection still waiting.
+    // die with the session, and so does a connection still waiting. The
+    // session's end is looked at first: a request that arrived by the time
+    // the agent saw its session end (both ready at once, on a busy machine)
+    // opens nothing, where an unbiased select would pick either.
     let request = tokio::select! {
-        r = tokio::time::timeout(data_conn::WARM_IDLE, read_request(&mut conn, &proof, &session)) => Some(r),
+        biased;
         _ = session.closed() => None,
+        r = tokio::time::timeout(data_conn::WARM_IDLE, read_request(&mut conn, &proof, &session)) => Some(r),
     };
     let target = match request {
         Some(Ok(Ok(t))) => t,
